@@ -1,0 +1,1 @@
+"""SAM models: architectures, the registry of named checkpoints, downloads, loading and export."""

@@ -1,0 +1,1 @@
+"""MedicoSAM training: Algorithm 1 finetuning, semantic models, evaluation and the demo."""
