@@ -1,0 +1,160 @@
+"""The `medicosam` command.
+
+The core defines `models` and `segment`; other installed packages add sub-commands through the
+`medicosam.cli` entry-point group (a function `register(subparsers)` that adds parsers whose
+`func(args) -> int` runs the command). That is how `medicosam train`, `export`, `demo` and
+`evaluate` arrive from the training package without the core importing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+from typing import List, Optional
+
+from .errors import MedicoSAMError
+
+
+def _load_plugins(subparsers) -> None:
+    eps = entry_points()
+    group = eps.select(group="medicosam.cli") if hasattr(eps, "select") else eps.get("medicosam.cli", [])
+    for ep in group:
+        ep.load()(subparsers)
+
+
+def _get_progress_bar(description: str):
+    """A tqdm bar driven through MedicoSAM's `progress(done, total)` callbacks."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+
+    def update(done: int, total: Optional[int]) -> bool:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        return True
+
+    return bar, update
+
+
+def _models(args) -> int:
+    from .models import download
+    from .models.registry import MODELS
+
+    if args.action == "list":
+        cached = {entry.name: entry for entry in download.list_cached_models()}
+        for name, spec in MODELS.items():
+            state = "cached" if name in cached and cached[name].complete else "not downloaded"
+            print(f"{name:28s} {spec.arch:6s} {state:15s} {spec.description}")
+        for name, entry in cached.items():
+            if name not in MODELS:
+                print(f"{name:28s} {'?':6s} {'cached' if entry.complete else 'partial':15s} {entry.path}")
+        return 0
+    if not args.names:
+        raise MedicoSAMError(f"`medicosam models {args.action}` needs at least one model name")
+    status = 0
+    for name in args.names:
+        if args.action == "download":
+            bar, update = _get_progress_bar(name)
+            with bar:
+                path = download.download_model(name, progress=update, offline=args.offline)
+            print(path)
+        elif args.action == "path":
+            print(download.get_model_path(name))
+        elif args.action == "verify":
+            ok = download.verify_cached_model(name)
+            print(f"{name}: {'ok' if ok else 'missing or corrupt (removed)'}")
+            status |= 0 if ok else 1
+        elif args.action == "remove":
+            print(f"{name}: {'removed' if download.remove_cached_model(name) else 'not cached'}")
+    return status
+
+
+def _parse_triplets(values: Optional[List[str]], what: str) -> List[List[float]]:
+    triplets = []
+    for value in values or []:
+        parts = value.split(",")
+        try:
+            triplets.append([float(p) for p in parts])
+        except ValueError:
+            parts = []
+        if len(parts) != 3:
+            raise MedicoSAMError(f"{what} {value!r} must be three comma-separated numbers, e.g. 10.5,-20,33")
+    return triplets
+
+
+def _segment(args) -> int:
+    from .segment import SegmentRequest, segment_volume
+
+    request = SegmentRequest(
+        image=args.image, out=args.out, model=args.checkpoint or args.model,
+        points=_parse_triplets(args.point, "--point"), negative_points=_parse_triplets(args.neg_point, "--neg-point"),
+        box=_parse_triplets(args.box, "--box"), ijk=args.ijk, view=args.view, window=args.window,
+        propagate=args.propagate, mode=args.mode, stop_iou=args.stop_iou, max_slices=args.max_slices,
+        device=args.device, offline=args.offline, allow_custom=args.allow_custom,
+    )
+    from tqdm import tqdm
+
+    with tqdm(desc="propagating", unit="slice", leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        summary = segment_volume(request, progress=progress, download_progress=_get_progress_bar("weights")[1])
+    print(summary)
+    return 0
+
+
+def _add_core_commands(subparsers) -> None:
+    models = subparsers.add_parser("models", help="list, download, verify or remove SAM checkpoints")
+    models.add_argument("action", choices=["list", "download", "verify", "remove", "path"])
+    models.add_argument("names", nargs="*", help="registry names (see `medicosam models list`)")
+    models.add_argument("--offline", action="store_true", default=None, help="never use the network")
+    models.set_defaults(func=_models)
+
+    seg = subparsers.add_parser("segment", help="segment a structure in a volume from point / box prompts")
+    seg.add_argument("image", help="NIfTI, NRRD, MHA file or DICOM series folder")
+    seg.add_argument("--point", action="append", metavar="R,A,S", help="positive point (repeatable)")
+    seg.add_argument("--neg-point", action="append", metavar="R,A,S", help="negative point (repeatable)")
+    seg.add_argument("--box", action="append", metavar="R,A,S", help="two opposite box corners (give twice)")
+    seg.add_argument("--ijk", action="store_true", help="points and box are voxel indices (i,j,k), not RAS mm")
+    seg.add_argument("--view", choices=["axial", "coronal", "sagittal"], default="axial",
+                     help="slice orientation the prompts are drawn on (default axial)")
+    seg.add_argument("--window", default="auto", help="intensity preset: auto, ct_soft_tissue, ct_lung, "
+                     "ct_bone, percentile, minmax")
+    seg.add_argument("--propagate", action="store_true", help="propagate the mask through the volume")
+    seg.add_argument("--mode", default="single_point", help="prompts derived for the next slice")
+    seg.add_argument("--stop-iou", type=float, default=0.5, help="stop when IoU with the previous slice is lower")
+    seg.add_argument("--max-slices", type=int, default=None, help="at most this many slices to each side")
+    model = seg.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="registry name (see `medicosam models list`) or URL")
+    model.add_argument("--checkpoint", help="local SAM-format checkpoint file")
+    seg.add_argument("--allow-custom", action="store_true",
+                     help="accept SAM checkpoints of non-official sizes (e.g. tiny models)")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    seg.add_argument("--offline", action="store_true", default=None, help="never use the network")
+    seg.add_argument("--out", required=True, help="mask file to write (same grid as the image)")
+    seg.set_defaults(func=_segment)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medicosam", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_core_commands(subparsers)
+    _load_plugins(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MedicoSAMError as error:
+        print(f"medicosam: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Voxel <-> world geometry: IJK <-> RAS, SimpleITK's LPS geometry, slice axes and 2D slice coordinates.
+
+Conventions (docs/architecture.md): world coordinates are RAS (Slicer), IJK indices are (i, j, k) and
+numpy arrays are indexed [k, j, i]. SimpleITK stores LPS geometry; it is flipped to RAS once, in
+`get_ijk_to_ras`, and nowhere else.
+
+Oblique views are refused, not resampled: SAM embeddings are computed and cached per stored slice of the
+volume, so a prompt must land on one of those slices. Resampling an oblique plane would need a fresh
+embedding for every view change and would have to interpolate the mask back onto the voxel grid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from medicosam.errors import MedicoSAMError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+DEFAULT_OBLIQUE_TOLERANCE_DEG = 1.0
+_AXIS_NAMES = ("K", "J", "I")
+
+Index = Tuple[int, int, int]
+Box = Tuple[int, int, int, int]
+
+
+class PointOutsideVolumeError(MedicoSAMError, ValueError):
+    """A world point does not fall inside any voxel of the volume."""
+
+
+class ObliqueViewError(MedicoSAMError, ValueError):
+    """The slice view is not parallel to one of the volume's stored slice planes."""
+
+
+def get_ijk_to_ras(
+    origin_lps: Sequence[float], spacing: Sequence[float], direction: Sequence[float]
+) -> np.ndarray:
+    """4x4 IJK -> RAS matrix from SimpleITK geometry (LPS origin, (i, j, k) spacing, row-major direction).
+
+    SimpleITK maps a continuous index to LPS as `origin + direction @ diag(spacing) @ ijk`; flipping L and P
+    gives RAS, the frame Slicer's IJKToRAS matrix uses.
+    """
+    matrix = np.eye(4)
+    matrix[:3, :3] = (
+        LPS_TO_RAS @ np.asarray(direction, float).reshape(3, 3) @ np.diag(np.asarray(spacing, float))
+    )
+    matrix[:3, 3] = LPS_TO_RAS @ np.asarray(origin_lps, float)
+    return matrix
+
+
+def get_ijk_to_ras_from_sitk(image) -> np.ndarray:
+    """4x4 IJK -> RAS matrix of a 3D `SimpleITK.Image`."""
+    if image.GetDimension() != 3:
+        raise ValueError(f"expected a 3D SimpleITK image, got {image.GetDimension()}D")
+    return get_ijk_to_ras(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+
+
+def ijk_to_ras(points_ijk: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
+    """RAS (mm) of continuous IJK indices; `points_ijk` is (3,) or (N, 3), the result has the same shape."""
+    points = np.asarray(points_ijk, float)
+    return points @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+
+
+def ras_to_ijk(points_ras: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
+    """Continuous IJK indices of RAS points; `points_ras` is (3,) or (N, 3), the result has the same shape."""
+    ras_to_ijk_matrix = np.linalg.inv(ijk_to_ras)
+    points = np.asarray(points_ras, float)
+    return points @ ras_to_ijk_matrix[:3, :3].T + ras_to_ijk_matrix[:3, 3]
+
+
+def _round_half_up(values: np.ndarray) -> np.ndarray:
+    """Nearest voxel index; halves go up like ITK's TransformPhysicalPointToIndex (np.rint rounds to even)."""
+    return np.floor(np.asarray(values, float) + 0.5).astype(int)
+
+
+def _describe_extent(matrix: np.ndarray, shape_kji: Sequence[int]) -> str:
+    """Voxel counts and the RAS bounding box of the voxel grid (outer voxel faces), for error messages."""
+    n_k, n_j, n_i = (int(n) for n in shape_kji[:3])
+    faces = [(-0.5, n - 0.5) for n in (n_i, n_j, n_k)]
+    corners = np.array([[i, j, k] for i in faces[0] for j in faces[1] for k in faces[2]])
+    ras = ijk_to_ras(corners, matrix)
+    ranges = ", ".join(f"{n} {lo:.1f}..{hi:.1f}" for n, lo, hi in zip("RAS", ras.min(0), ras.max(0)))
+    return f"{n_i} x {n_j} x {n_k} voxels (IJK), spanning RAS {ranges} mm"
+
+
+def ras_to_array_index(point_ras: Sequence[float], ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -> Index:
+    """Array index (k, j, i) of the voxel containing a RAS point (nearest voxel centre).
+
+    Raises:
+        PointOutsideVolumeError: the point is outside the volume; the message gives the volume's extent.
+    """
+    point = np.asarray(point_ras, float).reshape(3)
+    ijk = ras_to_ijk(point, ijk_to_ras)
+    index_ijk = _round_half_up(np.nan_to_num(ijk, nan=-1.0))
+    sizes_ijk = np.asarray(shape_kji[:3])[::-1]
+    if not np.all(np.isfinite(ijk)) or np.any(index_ijk < 0) or np.any(index_ijk >= sizes_ijk):
+        raise PointOutsideVolumeError(
+            f"The point at RAS ({point[0]:.1f}, {point[1]:.1f}, {point[2]:.1f}) mm is outside the volume: "
+            f"it falls at IJK ({ijk[0]:.1f}, {ijk[1]:.1f}, {ijk[2]:.1f}) but the volume has "
+            f"{_describe_extent(ijk_to_ras, shape_kji)}. Place the point inside the volume."
+        )
+    return tuple(int(v) for v in index_ijk[::-1])
+
+
+def get_slice_axis(
+    view_normal_ras: Sequence[float],
+    ijk_to_ras: np.ndarray,
+    tolerance_deg: float = DEFAULT_OBLIQUE_TOLERANCE_DEG,
+) -> int:
+    """Array axis (0 = K, 1 = J, 2 = I) whose voxel direction is parallel to a slice view's normal.
+
+    Each IJK axis is tested on its own, so flipped, permuted, rotated and sheared grids all work; the sign
+    of the normal does not matter.
+
+    Raises:
+        ObliqueViewError: no volume axis is within `tolerance_deg` of the normal.
+    """
+    normal = np.asarray(view_normal_ras, float).reshape(3)
+    norm = np.linalg.norm(normal)
+    if not np.isfinite(norm) or norm == 0:
+        raise ValueError(f"the view normal must be a non-zero vector, got {tuple(normal)}")
+    axes_ras = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    cosines = np.clip(np.abs(axes_ras.T @ (normal / norm)), 0.0, 1.0)
+    best_ijk = int(np.argmax(cosines))
+    angle = math.degrees(math.acos(cosines[best_ijk]))
+    array_axis = 2 - best_ijk
+    if angle > tolerance_deg:
+        raise ObliqueViewError(
+            f"The slice view is oblique to the volume's voxel grid: its normal is {angle:.1f} degrees "
+            f"from the closest volume axis ({_AXIS_NAMES[array_axis]}), more than the {tolerance_deg:g} "
+            "degree tolerance. MedicoSAM segments the volume's stored slices, so the view must show one "
+            "of them: in Slicer open the slice view's pin menu and click 'Rotate to volume plane' (or "
+            "choose Axial/Sagittal/Coronal if the volume is not rotated)."
+        )
+    return array_axis
+
+
+def _get_plane_axes(axis: int) -> Tuple[int, int]:
+    """(row axis, column axis) of the slice along `axis`: the two other array axes, in order."""
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0 (K), 1 (J) or 2 (I), got {axis!r}")
+    row_axis, col_axis = (a for a in (0, 1, 2) if a != axis)
+    return row_axis, col_axis
+
+
+def get_slice_point(index_kji: Sequence[int], axis: int) -> Tuple[int, int, int]:
+    """(slice_index, x, y) of voxel (k, j, i) on the slice `np.take(volume, slice_index, axis)`."""
+    row_axis, col_axis = _get_plane_axes(axis)
+    return int(index_kji[axis]), int(index_kji[col_axis]), int(index_kji[row_axis])
+
+
+def get_voxel_index(slice_index: int, x: int, y: int, axis: int) -> Index:
+    """(k, j, i) of pixel (x, y) on slice `slice_index` along `axis`; inverse of `get_slice_point`."""
+    row_axis, col_axis = _get_plane_axes(axis)
+    index = [0, 0, 0]
+    index[axis], index[row_axis], index[col_axis] = int(slice_index), int(y), int(x)
+    return tuple(index)
+
+
+def get_slice_box(
+    corner_a_ras: Sequence[float],
+    corner_b_ras: Sequence[float],
+    ijk_to_ras: np.ndarray,
+    shape_kji: Sequence[int],
+    axis: int,
+) -> Tuple[int, Box]:
+    """(slice_index, (x0, y0, x1, y1)) of a box given by two opposite RAS corners, on the slice along `axis`.
+
+    The corners are those of a rectangle drawn in a slice view aligned with the volume (a box drag). The
+    box holds every pixel a corner falls in and everything between (x1, y1 exclusive), clipped to the slice;
+    the slice is the one the box centre falls in.
+
+    Raises:
+        PointOutsideVolumeError: the box centre is outside the volume.
+    """
+    corners = np.stack([np.asarray(corner_a_ras, float), np.asarray(corner_b_ras, float)])
+    slice_index = ras_to_array_index(corners.mean(0), ijk_to_ras, shape_kji)[axis]
+    corners_kji = _round_half_up(ras_to_ijk(corners, ijk_to_ras)[:, ::-1])
+    row_axis, col_axis = _get_plane_axes(axis)
+    in_plane = corners_kji[:, [row_axis, col_axis]]
+    (y0, x0), (y1, x1) = in_plane.min(0), in_plane.max(0)
+    n_rows, n_cols = shape_kji[row_axis], shape_kji[col_axis]
+    box = (max(int(x0), 0), max(int(y0), 0), min(int(x1) + 1, n_cols), min(int(y1) + 1, n_rows))
+    return int(slice_index), box

@@ -1,0 +1,309 @@
+"""Safe checkpoint loading, format unwrapping, compatibility errors, and export.
+
+A checkpoint is untrusted input: it is always read with `torch.load(weights_only=True)`, which
+rebuilds tensors and plain containers but never calls code named in the pickle. Files from
+micro-sam / torch-em training (`model_state`, `decoder_state`, `sam.` / `module.` prefixes) are
+unwrapped to a plain SAM state dict; anything that is not plain SAM (adapters, other sizes) gets
+an error that names the difference instead of a wall of `load_state_dict` key lists.
+
+Two export layouts, two functions, so the choice is visible at the call site:
+`export_sam` writes the plain state dict `segment_anything.sam_model_registry` loads;
+`export_sam_with_decoder` writes micro-sam's `{"model_state", "decoder_state"}` for tools that
+also use the segmentation decoder (segment_anything cannot load that file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from medicosam.errors import MedicoSAMError
+from medicosam.models.config import OFFICIAL_CONFIGS, SamConfig, build_sam, detect_config
+from medicosam.models.download import ProgressCallback, get_file_hash, resolve_checkpoint
+
+_SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+#: Wrapper prefixes, outermost first: DDP, torch.compile, micro-sam's TrainableSAM.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "sam.")
+_UNETR_PARTS = ("base.", "decoder.", "deconv1.", "deconv_out.", "decoder_head.", "out_conv.")
+
+
+class CheckpointError(MedicoSAMError, ValueError):
+    """A checkpoint that cannot be read safely or does not fit a SAM model."""
+
+
+@dataclasses.dataclass
+class LoadedSam:
+    """A ready SAM model and where it came from.
+
+    Attributes:
+        sam: the `segment_anything.modeling.Sam`, in eval mode on the requested device.
+        config: its architecture.
+        decoder_state: the segmentation decoder's state dict when the file carried one.
+        source: what the caller asked for (registry name, path or URL).
+        path: the local file that was read.
+        model_id: first 16 hex digits of the file's xxh128, a stable key for embedding caches.
+    """
+
+    sam: Any
+    config: SamConfig
+    decoder_state: Optional[Dict[str, Any]]
+    source: str
+    path: Path
+    model_id: str
+
+
+def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
+    """The dict stored in a checkpoint file, read without ever executing code from it."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        names = _get_unsafe_globals(path)
+        if names:
+            raise CheckpointError(
+                f"{path} is not a plain state dict: it holds Python objects ({', '.join(names)}) and "
+                "unpickling those could run arbitrary code, so MedicoSAM refuses to. If you trust its "
+                "source, load it yourself and re-save only the tensors, e.g. "
+                "torch.save(model.state_dict(), 'plain.pth')."
+            ) from e
+        raise CheckpointError(
+            f"Cannot read {path} as a plain state dict ({_get_first_line(e)}): it is corrupt, not a "
+            "PyTorch checkpoint, or holds Python objects the safe loader refuses."
+        ) from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... on damaged files
+        raise CheckpointError(
+            f"Cannot read checkpoint {path} ({type(e).__name__}: {_get_first_line(e)}): "
+            "the file is incomplete or not a PyTorch checkpoint. Download or export it again."
+        ) from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
+    return dict(obj)
+
+
+def get_sam_state_dict(
+    obj: Mapping[str, Any], source: str = "checkpoint"
+) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """(plain SAM state dict, decoder state dict or None) from any supported layout.
+
+    Layouts: a plain SAM state dict; micro-sam / torch-em dicts with `model_state` (and
+    `decoder_state`); anything under a `state_dict` key; keys prefixed by `module.`, `sam.`,
+    `module.sam.` or `_orig_mod.`.
+    """
+    if isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    decoder = obj.get("decoder_state")
+    if isinstance(obj.get("model_state"), Mapping):
+        obj = obj["model_state"]
+    sam_state = _strip_wrapper_prefixes(obj)
+    if not any(key.startswith(_SAM_PARTS) for key in sam_state):
+        hint = (" It looks like a segmentation decoder: load it with load_decoder_state."
+                if any(key.startswith(_UNETR_PARTS) for key in sam_state) else "")
+        raise CheckpointError(
+            f"{source} holds no SAM weights (no image_encoder.*, prompt_encoder.*, mask_decoder.* keys; "
+            f"top-level keys: {_summarize_keys(list(obj))}).{hint}"
+        )
+    return sam_state, (_strip_wrapper_prefixes(decoder) if isinstance(decoder, Mapping) else None)
+
+
+def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
+                    source: str = "checkpoint") -> SamConfig:
+    """The architecture of a plain SAM state dict, or an error naming everything that differs.
+
+    Keys are compared with a model built on the `meta` device, which costs no memory even for
+    ViT-H. With `allow_custom=False` only the official ViT-b/l/h architectures pass, because
+    those are the ones `segment_anything.sam_model_registry` (and other SAM tools) can load.
+    """
+    try:
+        config = detect_config(state)
+    except KeyError as e:
+        raise CheckpointError(
+            f"{source} is not a complete SAM state dict: it lacks {e.args[0]!r}, which every SAM has."
+        ) from None
+    expected = _get_expected_shapes(config)
+    problems = []
+    unexpected = [key for key in state if key not in expected]
+    adapters = [key for key in unexpected if "adapter" in key.lower()]
+    if adapters:
+        problems.append(f"{len(adapters)} adapter weights, as in SAM-Med2D, which plain SAM has no place "
+                        f"for: {_summarize_keys(adapters)}")
+    others = [key for key in unexpected if key not in adapters]
+    if others:
+        problems.append(f"{len(others)} unexpected keys: {_summarize_keys(others)}")
+    missing = [key for key in expected if key not in state]
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_summarize_keys(missing)}")
+    mismatched = [f"{key} {tuple(state[key].shape)} (expected {shape})"
+                  for key, shape in expected.items() if key in state and tuple(state[key].shape) != shape]
+    if mismatched:
+        problems.append(f"{len(mismatched)} tensors of unexpected shape: {', '.join(mismatched[:4])}")
+    if not allow_custom and config.arch == "custom":
+        problems.append(
+            f"a non-official architecture ({_describe_config_difference(config)}): "
+            "segment_anything.sam_model_registry cannot load it; pass allow_custom=True to build it "
+            "with MedicoSAM's builder"
+        )
+    if problems:
+        raise CheckpointError(f"{source} cannot be loaded as a SAM model:\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def load_sam(
+    checkpoint: Union[str, Path],
+    *,
+    device: str = "cpu",
+    allow_custom: bool = False,
+    offline: Optional[bool] = None,
+    progress: Optional[ProgressCallback] = None,
+) -> LoadedSam:
+    """Load a SAM model from a registry name, a local file or an http(s) URL."""
+    import torch
+
+    path = resolve_checkpoint(checkpoint, offline=offline, progress=progress)
+    sam_state, decoder_state = get_sam_state_dict(load_checkpoint_file(path), source=str(path))
+    config = check_sam_state(sam_state, allow_custom=allow_custom, source=str(path))
+    with torch.device(device):  # random init on the target device: fast on GPUs, no CPU copy
+        sam = build_sam(config)
+    sam.load_state_dict(sam_state)
+    return LoadedSam(sam=sam.to(device).eval(), config=config, decoder_state=decoder_state,
+                     source=str(checkpoint), path=path, model_id=get_file_hash(path, "xxh128")[:16])
+
+
+def load_decoder_state(
+    checkpoint: Union[str, Path],
+    *,
+    offline: Optional[bool] = None,
+    progress: Optional[ProgressCallback] = None,
+) -> Dict[str, Any]:
+    """The segmentation decoder's state dict from a released decoder file or a joint checkpoint."""
+    path = resolve_checkpoint(checkpoint, offline=offline, progress=progress)
+    obj = load_checkpoint_file(path)
+    if "decoder_state" in obj or "model_state" in obj:
+        decoder = get_sam_state_dict(obj, source=str(path))[1]
+        if decoder is None:
+            raise CheckpointError(f"{path} holds a SAM model but no decoder_state.")
+        return decoder
+    state = _strip_wrapper_prefixes(obj)
+    if not any(key.startswith(_UNETR_PARTS) for key in state):
+        raise CheckpointError(f"{path} holds no segmentation decoder (keys: {_summarize_keys(list(state))}).")
+    return state
+
+
+def export_sam(model_or_state: Any, path: Union[str, Path]) -> Path:
+    """Write a plain SAM state dict that `sam_model_registry[arch](checkpoint=path)` loads unchanged.
+
+    Accepts a `Sam` module, a wrapper module (DDP, micro-sam's TrainableSAM) or any state-dict
+    layout `get_sam_state_dict` reads. The file is replaced atomically.
+    """
+    return save_atomically(_get_exportable_state(model_or_state), path)
+
+
+def export_sam_with_decoder(model_or_state: Any, decoder_state: Mapping[str, Any],
+                            path: Union[str, Path]) -> Path:
+    """Write micro-sam's joint layout `{"model_state": sam, "decoder_state": decoder}`.
+
+    For micro-sam-style tools that also run the segmentation decoder; `segment_anything`
+    cannot load this file (use `export_sam` for that).
+    """
+    decoder = {key: _get_compact_tensor(value)
+               for key, value in _strip_wrapper_prefixes(decoder_state).items()}
+    return save_atomically({"model_state": _get_exportable_state(model_or_state), "decoder_state": decoder},
+                           path)
+
+
+def save_atomically(obj: Any, path: Union[str, Path]) -> Path:
+    """`torch.save` to a temporary file beside `path`, fsync, then rename over `path`.
+
+    A crash or a failing save leaves either the old file or the new one, never half of one.
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _get_exportable_state(model_or_state: Any) -> Dict[str, Any]:
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    sam_state, _ = get_sam_state_dict(state, source="the model to export")
+    check_sam_state(sam_state, allow_custom=True, source="the model to export")
+    return {key: _get_compact_tensor(value) for key, value in sam_state.items()}
+
+
+def _get_compact_tensor(tensor):
+    """A detached, contiguous CPU tensor that owns exactly its bytes (torch.save writes whole storages)."""
+    tensor = tensor.detach().to("cpu").contiguous()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
+
+
+def _strip_wrapper_prefixes(state: Mapping[str, Any]) -> Dict[str, Any]:
+    stripped = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        stripped[key] = value
+    return stripped
+
+
+def _get_expected_shapes(config: SamConfig) -> Dict[str, Tuple[int, ...]]:
+    import torch
+
+    with torch.device("meta"):
+        sam = build_sam(config)
+    return {key: tuple(value.shape) for key, value in sam.state_dict().items()}
+
+
+def _describe_config_difference(config: SamConfig) -> str:
+    """E.g. `image_size 256 (vit_b: 1024)`, against the official model of the same width if any."""
+    arch = next((name for name, official in OFFICIAL_CONFIGS.items()
+                 if official.encoder_embed_dim == config.encoder_embed_dim), "vit_b")
+    official = OFFICIAL_CONFIGS[arch]
+    return ", ".join(f"{field.name} {getattr(config, field.name)} ({arch}: {getattr(official, field.name)})"
+                     for field in dataclasses.fields(SamConfig)
+                     if getattr(config, field.name) != getattr(official, field.name))
+
+
+def _summarize_keys(keys: List[str], limit: int = 6) -> str:
+    """Keys that differ only in their numbers fold into one pattern (`blocks.N.Adapter.channel.N.weight
+    (x12)`), so 48 adapter keys read as four entries; a key without siblings is shown as is."""
+    groups: Dict[str, List[str]] = {}
+    for key in keys:
+        groups.setdefault(re.sub(r"(?<=\.)\d+(?=\.)", "N", key), []).append(key)
+    entries = [members[0] if len(members) == 1 else f"{pattern} (x{len(members)})"
+               for pattern, members in groups.items()]
+    more = f", ... ({len(entries) - limit} more)" if len(entries) > limit else ""
+    return ", ".join(entries[:limit]) + more
+
+
+def _get_first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [""])[0]
+
+
+def _get_unsafe_globals(path: Path) -> List[str]:
+    """Names of the Python objects a zip checkpoint references beyond what weights_only allows."""
+    import torch
+
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # legacy (non-zip) files, torch < 2.5: no names to report
+        return []

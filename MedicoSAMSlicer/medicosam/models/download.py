@@ -1,0 +1,421 @@
+"""Checkpoint downloads into a user cache: resumable, hash-verified, renamed only when whole.
+
+A download streams into `<file>.part`; an interrupted one resumes with an HTTP Range request.
+The file gets its final name (atomic `os.replace`) only once its size and hash match, so a
+cached file is always a complete one. Beside it a small `<file>.verified` marker records the
+size, mtime and hash that were checked, so later uses skip rehashing hundreds of megabytes;
+any change to the file's size or mtime makes the next use rehash it.
+
+Offline mode (`offline=True` or `MEDICOSAM_OFFLINE=1`) never touches the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Union
+from urllib.parse import urlparse
+
+from medicosam import __version__
+from medicosam.errors import MedicoSAMError
+from medicosam.models.registry import MODELS, ModelSpec, get_model_spec
+
+logger = logging.getLogger(__name__)
+
+#: `progress(done_bytes, total_bytes_or_None)`; returning False cancels the download.
+ProgressCallback = Callable[[int, Optional[int]], Optional[bool]]
+
+CHUNK_SIZE = 1 << 20
+#: (connect, read) seconds; the read timeout is the longest silence between two packets.
+DEFAULT_TIMEOUT = (10.0, 60.0)
+_URL_SUBDIR = "url"
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+class DownloadError(MedicoSAMError, OSError):
+    """The server could not be reached or answered with an error."""
+
+
+class IncompleteDownloadError(DownloadError):
+    """The transfer stopped early; the `.part` file is kept so the next call resumes."""
+
+
+class HashMismatchError(MedicoSAMError, ValueError):
+    """A file's size or hash differs from what the registry (or the caller) expects."""
+
+
+class DownloadCancelled(MedicoSAMError):
+    """The progress callback asked to stop; the `.part` file is kept for resuming."""
+
+
+class OfflineError(MedicoSAMError, OSError):
+    """Offline mode is on and the file is not in the cache."""
+
+
+class CheckpointNotFoundError(MedicoSAMError, FileNotFoundError):
+    """A local checkpoint path that does not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedModel:
+    """One entry of the cache, for listings and the Slicer "delete cached weights" button.
+
+    Attributes:
+        name: registry name, or `url/<file>` for a checkpoint downloaded from a URL.
+        path: the final file (it may not exist yet when only a partial download does).
+        size: bytes on disk, partial download included.
+        complete: False while only a `.part` file exists.
+    """
+
+    name: str
+    path: Path
+    size: int
+    complete: bool
+
+
+def get_cache_dir() -> Path:
+    """`$MEDICOSAM_CACHE_DIR`, else the per-user cache (outside any install folder)."""
+    env = os.environ.get("MEDICOSAM_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("medicosam")) / "models"
+
+
+def get_offline(offline: Optional[bool] = None) -> bool:
+    """The offline flag: the explicit argument wins, else `MEDICOSAM_OFFLINE`."""
+    if offline is not None:
+        return offline
+    return os.environ.get("MEDICOSAM_OFFLINE", "").strip().lower() in _TRUE_WORDS
+
+
+def get_file_hash(path: Union[str, Path], algo: str = "xxh128") -> str:
+    """Hex digest of a file (`sha256` or `xxh128`), read in chunks."""
+    hasher = _new_hasher(algo)
+    _update_from_file(hasher, Path(path))
+    return hasher.hexdigest()
+
+
+def get_model_path(name_or_spec: Union[str, ModelSpec], cache_dir: Optional[Path] = None) -> Path:
+    """Where a registry model lives in the cache (whether or not it is there yet)."""
+    spec = _get_spec(name_or_spec)
+    return Path(cache_dir or get_cache_dir()) / spec.filename
+
+
+def get_url_cache_path(url: str, cache_dir: Optional[Path] = None) -> Path:
+    """Cache path for an arbitrary URL: a digest of the whole URL plus its last path part."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urlparse(url).path).name) or "checkpoint"
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return Path(cache_dir or get_cache_dir()) / _URL_SUBDIR / f"{digest}-{base}"
+
+
+def download_url(
+    url: str,
+    dest: Union[str, Path],
+    *,
+    hash_algo: Optional[str] = None,
+    expected_hash: Optional[str] = None,
+    expected_size: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    timeout: Tuple[float, float] = DEFAULT_TIMEOUT,
+) -> Path:
+    """Download `url` to `dest`, resuming `dest.part` if a previous attempt left one.
+
+    Without an expected hash the file's sha256 is recorded in the marker, so later
+    verification still catches corruption on disk.
+
+    Raises:
+        DownloadError: unreachable server or an HTTP error status.
+        IncompleteDownloadError: fewer bytes than announced or expected (`.part` kept).
+        HashMismatchError: wrong hash, or more bytes than expected (`.part` deleted).
+        DownloadCancelled: `progress` returned False (`.part` kept).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = _get_part_path(dest)
+    algo = hash_algo or "sha256"
+    digest, size, announced = _fetch_into(url, part, algo, expected_size, progress, timeout)
+    if expected_size is not None and size > expected_size:
+        part.unlink()
+        raise HashMismatchError(
+            f"{url} sent more than the expected {expected_size} bytes; the upstream file changed "
+            "or the registry entry is wrong. Nothing was kept."
+        )
+    wanted = expected_size if expected_size is not None else announced
+    if wanted is not None and size < wanted:
+        raise IncompleteDownloadError(
+            f"Download of {url} stopped after {size} of {wanted} bytes. The partial file {part} "
+            "is kept: run the same command again to resume."
+        )
+    if expected_hash is not None and digest != expected_hash.lower():
+        part.unlink()
+        raise HashMismatchError(
+            f"{url} has {algo} {digest}, expected {expected_hash}: the download is corrupt or the "
+            "upstream file changed. Nothing was kept; run again to download it afresh."
+        )
+    os.replace(part, dest)
+    _write_marker(dest, algo, digest)
+    return dest
+
+
+def download_model(
+    name_or_spec: Union[str, ModelSpec],
+    *,
+    cache_dir: Optional[Path] = None,
+    progress: Optional[ProgressCallback] = None,
+    offline: Optional[bool] = None,
+    timeout: Tuple[float, float] = DEFAULT_TIMEOUT,
+) -> Path:
+    """Path of a verified registry model in the cache, downloading it when needed."""
+    spec = _get_spec(name_or_spec)
+    return _get_cached_or_download(
+        spec.url, get_model_path(spec, cache_dir), spec.name, spec.hash_algo, spec.hash, spec.size,
+        progress=progress, offline=offline, timeout=timeout,
+    )
+
+
+def resolve_checkpoint(
+    model: Union[str, Path],
+    *,
+    offline: Optional[bool] = None,
+    progress: Optional[ProgressCallback] = None,
+    cache_dir: Optional[Path] = None,
+) -> Path:
+    """Local path of a checkpoint given as a registry name, a local file or an http(s) URL."""
+    text = str(model)
+    if not isinstance(model, Path) and text.startswith(("http://", "https://")):
+        return _get_cached_or_download(
+            text, get_url_cache_path(text, cache_dir), text, None, None, None,
+            progress=progress, offline=offline, timeout=DEFAULT_TIMEOUT,
+        )
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if isinstance(model, Path) or "/" in text or os.sep in text or path.suffix:
+        raise CheckpointNotFoundError(f"Checkpoint file {path.resolve()} does not exist.")
+    # Anything else must be a registry name; an unknown one raises UnknownModelError listing them.
+    return download_model(text, cache_dir=cache_dir, progress=progress, offline=offline)
+
+
+def list_cached_models(cache_dir: Optional[Path] = None) -> List[CachedModel]:
+    """Every registry model and URL download in the cache, partial downloads included."""
+    root = Path(cache_dir or get_cache_dir())
+    named = [(name, root / spec.filename) for name, spec in MODELS.items()]
+    url_dir = root / _URL_SUBDIR
+    if url_dir.is_dir():
+        url_files = {p.name[: -len(".part")] if p.suffix == ".part" else p.name
+                     for p in url_dir.iterdir() if p.suffix != ".verified"}
+        named += [(f"{_URL_SUBDIR}/{name}", url_dir / name) for name in sorted(url_files)]
+    entries = []
+    for name, path in named:
+        part = _get_part_path(path)
+        sizes = [p.stat().st_size for p in (path, part) if p.is_file()]
+        if sizes:
+            entries.append(CachedModel(name, path, sum(sizes), path.is_file()))
+    return entries
+
+
+def verify_cached_model(name: str, cache_dir: Optional[Path] = None) -> bool:
+    """Rehash a cached model: True when present and intact.
+
+    A file that fails is deleted, since it cannot be used: the next use downloads it afresh.
+    """
+    path = _get_cached_path(name, cache_dir)
+    spec = MODELS.get(name)
+    if not path.is_file():
+        return False
+    algo, expected, size = (spec.hash_algo, spec.hash, spec.size) if spec else (None, None, None)
+    if _check_cached_file(path, algo, expected, size, rehash=True):
+        return True
+    logger.warning("Cached %s failed verification and was removed: %s", name, path)
+    remove_cached_model(name, cache_dir)
+    return False
+
+
+def remove_cached_model(name: str, cache_dir: Optional[Path] = None) -> bool:
+    """Delete a cached model with its partial download and marker; True if anything was removed."""
+    path = _get_cached_path(name, cache_dir)
+    removed = False
+    for p in (path, _get_part_path(path), _get_marker_path(path)):
+        if p.is_file():
+            p.unlink()
+            removed = True
+    return removed
+
+
+def _get_spec(name_or_spec: Union[str, ModelSpec]) -> ModelSpec:
+    return name_or_spec if isinstance(name_or_spec, ModelSpec) else get_model_spec(name_or_spec)
+
+
+def _get_cached_path(name: str, cache_dir: Optional[Path]) -> Path:
+    """Path for a name from `list_cached_models`; refuses names that would leave the cache."""
+    prefix = _URL_SUBDIR + "/"
+    if name.startswith(prefix) and re.fullmatch(r"[A-Za-z0-9._-]+", name[len(prefix):]) \
+            and name[len(prefix):] not in {".", ".."}:
+        return Path(cache_dir or get_cache_dir()) / name
+    return get_model_path(name, cache_dir)
+
+
+def _get_cached_or_download(
+    url: str,
+    path: Path,
+    label: str,
+    hash_algo: Optional[str],
+    expected_hash: Optional[str],
+    expected_size: Optional[int],
+    *,
+    progress: Optional[ProgressCallback],
+    offline: Optional[bool],
+    timeout: Tuple[float, float],
+) -> Path:
+    offline = get_offline(offline)
+    if path.is_file():
+        if _check_cached_file(path, hash_algo, expected_hash, expected_size, rehash=False):
+            return path
+        if offline:
+            raise HashMismatchError(
+                f"Cached {label} at {path} does not match its expected size/hash. Replace it with a "
+                f"good copy of {url}, or turn offline mode off to download it again."
+            )
+        logger.warning("Cached %s at %s is corrupt; downloading it again.", label, path)
+        path.unlink()
+    if offline:
+        raise OfflineError(
+            f"Offline mode is on (offline=True or MEDICOSAM_OFFLINE) and {label} is not cached. "
+            f"On a machine with internet access download {url} and save it as {path} "
+            "(or set MEDICOSAM_CACHE_DIR to a folder holding it), or pass a local checkpoint path."
+        )
+    if expected_hash is None:
+        logger.warning("Upstream publishes no checksum for %s: only its size and loadability are "
+                       "checked; its sha256 is recorded to detect later corruption.", label)
+    return download_url(url, path, hash_algo=hash_algo, expected_hash=expected_hash,
+                        expected_size=expected_size, progress=progress, timeout=timeout)
+
+
+def _fetch_into(
+    url: str,
+    part: Path,
+    algo: str,
+    expected_size: Optional[int],
+    progress: Optional[ProgressCallback],
+    timeout: Tuple[float, float],
+) -> Tuple[str, int, Optional[int]]:
+    """Stream `url` into `part` (appending after what is there); return (hash, size, announced size)."""
+    import requests
+
+    offset = part.stat().st_size if part.is_file() else 0
+    # identity: byte offsets and Content-Length must refer to the file itself, not a gzip of it.
+    headers = {"Accept-Encoding": "identity", "User-Agent": f"medicosam/{__version__}"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = requests.get(url, headers=headers, stream=True, timeout=timeout)
+    except requests.RequestException as e:
+        raise DownloadError(f"Cannot reach {url}: {e}. Check the network connection or proxy.") from e
+    with response:
+        if offset and response.status_code == 416:  # the .part is no prefix of this file: start over
+            response.close()
+            part.unlink()
+            return _fetch_into(url, part, algo, expected_size, progress, timeout)
+        if response.status_code not in (200, 206):
+            raise DownloadError(f"Downloading {url} failed: HTTP {response.status_code} {response.reason}.")
+        if response.status_code == 206 and not response.headers.get("Content-Range", "").startswith(
+                f"bytes {offset}-"):
+            raise DownloadError(f"{url} answered the resume request at offset {offset} with "
+                                f"Content-Range {response.headers.get('Content-Range')!r}.")
+        if response.status_code == 200:
+            offset = 0  # the server ignored the Range header: restart from the beginning
+        hasher = _new_hasher(algo)
+        if offset:
+            _update_from_file(hasher, part)
+        length = response.headers.get("Content-Length")
+        announced = offset + int(length) if length and length.isdigit() else None
+        total = expected_size if expected_size is not None else announced
+        done = offset
+        with open(part, "ab" if offset else "wb") as out:
+            try:
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    done += len(chunk)
+                    if progress is not None and progress(done, total) is False:
+                        raise DownloadCancelled(f"Download of {url} cancelled; {part} is kept for resuming.")
+                    if expected_size is not None and done > expected_size:
+                        break
+            except requests.RequestException as e:
+                raise IncompleteDownloadError(
+                    f"Download of {url} broke off after {done} bytes ({e}). The partial file {part} "
+                    "is kept: run the same command again to resume."
+                ) from e
+    return hasher.hexdigest(), done, announced
+
+
+def _check_cached_file(
+    path: Path, hash_algo: Optional[str], expected_hash: Optional[str], expected_size: Optional[int],
+    *, rehash: bool,
+) -> bool:
+    """Whether `path` is intact; the marker vouches for it unless `rehash` or the file changed.
+
+    With no upstream hash, the hash recorded when the file arrived is the reference; a file
+    with neither (placed by hand) is accepted and its hash recorded.
+    """
+    marker = _read_marker(path)
+    if expected_hash is None and marker is not None:
+        hash_algo, expected_hash = marker["algo"], marker["hash"]
+    stat = path.stat()
+    if expected_size is not None and stat.st_size != expected_size:
+        return False
+    algo = hash_algo or "sha256"
+    if (not rehash and marker is not None and expected_hash is not None
+            and (marker["size"], marker["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+            and (marker["algo"], marker["hash"]) == (algo, expected_hash.lower())):
+        return True
+    digest = get_file_hash(path, algo)
+    if expected_hash is not None and digest != expected_hash.lower():
+        return False
+    _write_marker(path, algo, digest)
+    return True
+
+
+def _new_hasher(algo: str):
+    if algo == "sha256":
+        return hashlib.sha256()
+    if algo == "xxh128":
+        import xxhash
+
+        return xxhash.xxh128()
+    raise ValueError(f"Unsupported hash algorithm {algo!r}; use 'sha256' or 'xxh128'.")
+
+
+def _update_from_file(hasher, path: Path) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK_SIZE), b""):
+            hasher.update(block)
+
+
+def _get_part_path(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def _get_marker_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _write_marker(path: Path, algo: str, digest: str) -> None:
+    stat = path.stat()
+    record = {"algo": algo, "hash": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    _get_marker_path(path).write_text(json.dumps(record))
+
+
+def _read_marker(path: Path) -> Optional[dict]:
+    try:
+        record = json.loads(_get_marker_path(path).read_text())
+        return {key: record[key] for key in ("algo", "hash", "size", "mtime_ns")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,99 @@
+"""Named checkpoints users can ask for by name: where they live, how to check them, what they hold.
+
+Hashes are the strongest upstream publishes: sha256 for Meta's SAM files (with their exact sizes),
+xxh128 from micro-sam's registry for the MedicoSAM files. MedSAM's authors publish no checksum at
+all; that entry downloads with a warning (see docs/models.md for the policy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional
+
+from medicosam.errors import MedicoSAMError
+
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+_GWDG_URL = "https://owncloud.gwdg.de/index.php/s/"
+
+
+class UnknownModelError(MedicoSAMError, ValueError):
+    """A model name that is not in the registry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One downloadable checkpoint.
+
+    Attributes:
+        name: registry name; also the cache file name (`<name>.pth`).
+        url: where to download it.
+        arch: SAM architecture (`vit_b`, `vit_l`, `vit_h`) the weights belong to.
+        hash_algo: `sha256`, `xxh128`, or None when upstream publishes no checksum.
+        hash: hex digest for `hash_algo`.
+        size: exact size in bytes, when known.
+        description: one line for listings and the Slicer model menu.
+        decoder: registry name of the companion segmentation decoder, if there is one.
+        format: `sam` (a SAM state dict) or `unetr_decoder` (a 2D UNETR decoder state dict).
+    """
+
+    name: str
+    url: str
+    arch: str
+    hash_algo: Optional[str]
+    hash: Optional[str]
+    size: Optional[int]
+    description: str
+    decoder: Optional[str] = None
+    format: str = "sam"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.pth"
+
+
+MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec(
+        name="sam_vit_b", url=_SAM_URL + "sam_vit_b_01ec64.pth", arch="vit_b",
+        hash_algo="sha256", hash="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        size=375_042_383, description="Segment Anything ViT-B (Meta, natural images).",
+    ),
+    ModelSpec(
+        name="sam_vit_l", url=_SAM_URL + "sam_vit_l_0b3195.pth", arch="vit_l",
+        hash_algo="sha256", hash="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        size=1_249_524_607, description="Segment Anything ViT-L (Meta, natural images).",
+    ),
+    ModelSpec(
+        name="sam_vit_h", url=_SAM_URL + "sam_vit_h_4b8939.pth", arch="vit_h",
+        hash_algo="sha256", hash="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        size=2_564_550_879, description="Segment Anything ViT-H (Meta, natural images).",
+    ),
+    ModelSpec(
+        name="medicosam_vit_b", url=_GWDG_URL + "f5Ol4FrjPQWfjUF/download", arch="vit_b",
+        hash_algo="xxh128", hash="40169f1e3c03a4b67bff58249c176d92", size=None,
+        description="MedicoSAM v2 ViT-B (SAM fine-tuned on SA-Med2D-20M, Archit et al.).",
+        decoder="medicosam_vit_b_decoder",
+    ),
+    ModelSpec(
+        name="medicosam_vit_b_decoder", url=_GWDG_URL + "ahd3ZhZl2e0RIwz/download", arch="vit_b",
+        hash_algo="xxh128", hash="9e498b12f526f119b96c88be76e3b2ed", size=None,
+        description="MedicoSAM v2 2-channel UNETR decoder (background, foreground) for medicosam_vit_b.",
+        format="unetr_decoder",
+    ),
+    ModelSpec(
+        name="medsam_vit_b",
+        url="https://syncandshare.desy.de/index.php/s/yLfdFbpfEGSHJWY/download/medsam_20230423_vit_b_0.0.1.pth",
+        arch="vit_b", hash_algo=None, hash=None, size=None,
+        description="MedSAM ViT-B (Ma et al., 2023). Upstream publishes no checksum: not hash-verified.",
+    ),
+)}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registry entry called `name`; the error lists every known name."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"Unknown model {name!r}. Known models: {', '.join(MODELS)}. "
+            "A local checkpoint path or an http(s) URL works too."
+        ) from None

@@ -1,0 +1,235 @@
+"""SAM on the slices of a volume: lazy, cached slice embeddings and batched prompt decoding.
+
+The image path is exactly `segment_anything.SamPredictor`'s (uint8 RGB -> ResizeLongestSide ->
+`Sam.preprocess` -> image encoder), so masks equal the official predictor's for the same model
+and prompts. What this adds: intensity windows computed once per volume (slices of a volume are
+consistent), an embedding cache shared across slices, axes and calls, several objects decoded
+in one mask-decoder call, and the rule "one point -> three masks, keep the best predicted IoU".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .embedding_cache import EmbeddingCache
+from .errors import MedicoSAMError
+from .prompts import PromptError, Prompts
+
+if TYPE_CHECKING:
+    from .normalization import IntensityWindow
+    from .propagation import PropagationConfig, PropagationResult
+
+
+@dataclasses.dataclass
+class SliceEmbedding:
+    """Image-encoder output of one slice plus the sizes needed to map prompts and masks."""
+
+    features: object  # torch.Tensor (1, C, h, w)
+    input_size: tuple  # (H, W) after ResizeLongestSide
+    original_size: tuple  # (H, W) of the slice
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.numel()
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Masks for n objects on one slice."""
+
+    masks: np.ndarray  # (n, H, W) bool
+    logits: np.ndarray  # (n, h, w) float32 low-res logits, usable as the next mask prompt
+    scores: np.ndarray  # (n,) predicted IoU of the returned masks
+
+
+def get_mask_logits(mask: np.ndarray, low_res_size: int, eps: float = 1e-3) -> np.ndarray:
+    """A binary full-resolution mask as SAM low-res logits (for mask prompts from projected masks).
+
+    The binary mask is resized (longest side = `low_res_size`), re-binarised and padded with
+    background, then mapped to +-log((1 - eps) / eps): padding stays "outside", so small objects
+    in non-square slices remain visible (micro-sam's current rule).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    h, w = mask.shape
+    scale = low_res_size / max(h, w)
+    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    resized = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], (new_h, new_w),
+                            mode="bilinear", align_corners=False)[0, 0] > 0.5
+    out = np.zeros((low_res_size, low_res_size), dtype=bool)
+    out[:new_h, :new_w] = resized.numpy()
+    value = float(np.log((1 - eps) / eps))
+    return np.where(out, value, -value).astype(np.float32)
+
+
+class VolumePredictor:
+    """Interactive SAM on one volume (KJI array; a 2D image is a volume with one slice).
+
+    Args:
+        sam: a `segment_anything` `Sam` model.
+        volume: (K, J, I) intensities, or (H, W) for a single image.
+        window: intensity window computed on the whole volume; "auto" per-volume default if None.
+        model_id: identifies the weights in cache keys (a checkpoint fingerprint).
+        cache: embedding cache, shareable between predictors; a 2 GiB one if None.
+        device: torch device for the model ("cpu", "cuda", "mps"); the model's own if None.
+    """
+
+    def __init__(self, sam, volume: np.ndarray, window: Optional[IntensityWindow] = None, *,
+                 model_id: str = "", volume_id: Optional[str] = None,
+                 cache: Optional[EmbeddingCache] = None, device=None):
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        from .normalization import get_intensity_window
+
+        volume = np.asarray(volume)
+        if volume.ndim == 2:
+            volume = volume[None]
+        if volume.ndim != 3:
+            raise MedicoSAMError(f"expected a 3D volume (K, J, I) or a 2D image, got shape {volume.shape}")
+        self.sam = sam if device is None else sam.to(device)
+        self.device = next(self.sam.parameters()).device
+        self.volume = volume
+        self.window = window if window is not None else get_intensity_window(volume, "auto")
+        self.model_id = model_id
+        self.volume_id = volume_id or uuid.uuid4().hex
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.image_size = self.sam.image_encoder.img_size
+        self.transform = ResizeLongestSide(self.image_size)
+        self.encoder_calls = 0
+
+    @classmethod
+    def from_loaded(cls, loaded, volume: np.ndarray, **kwargs) -> VolumePredictor:
+        """Predictor for a `medicosam.models.checkpoint.LoadedSam`."""
+        return cls(loaded.sam, volume, model_id=loaded.model_id, **kwargs)
+
+    @property
+    def low_res_size(self) -> int:
+        return self.image_size // 4
+
+    def get_slice(self, axis: int, index: int) -> np.ndarray:
+        if not 0 <= index < self.volume.shape[axis]:
+            raise PromptError(f"slice {index} is outside the volume: axis {axis} has "
+                              f"{self.volume.shape[axis]} slices (0..{self.volume.shape[axis] - 1})")
+        return np.take(self.volume, index, axis=axis)
+
+    def get_embedding(self, axis: int, index: int) -> SliceEmbedding:
+        """The slice's embedding, from the cache or computed now (once)."""
+        key = (self.volume_id, axis, index, self.model_id, self.window.key)
+        return self.cache.get_or_compute(key, lambda: self._compute_embedding(axis, index))
+
+    def _compute_embedding(self, axis: int, index: int) -> SliceEmbedding:
+        import torch
+
+        image = self.window.apply(self.get_slice(axis, index))
+        resized = self.transform.apply_image(image)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        with torch.no_grad():
+            features = self.sam.image_encoder(self.sam.preprocess(tensor))
+        self.encoder_calls += 1
+        return SliceEmbedding(features, tuple(resized.shape[:2]), tuple(image.shape[:2]))
+
+    def predict(self, axis: int, index: int, prompts: Union[Prompts, Sequence[Prompts]],
+                multimask: Optional[bool] = None) -> Prediction:
+        """Masks for one or several objects on a slice.
+
+        Objects with one positive point and nothing else get SAM's three masks and keep the one
+        with the best predicted IoU (unless `multimask=False`); objects that share a prompt
+        layout are decoded in one batched mask-decoder call.
+        """
+        single = isinstance(prompts, Prompts)
+        objects: List[Prompts] = [prompts] if single else list(prompts)
+        if not objects:
+            raise PromptError("no objects to predict: give at least one Prompts")
+        embedding = self.get_embedding(axis, index)
+        for prompt in objects:
+            self._check_prompt(prompt, embedding.original_size)
+        flags = [self._use_multimask(p) if multimask is None else multimask for p in objects]
+        groups: dict = {}
+        for i, (prompt, flag) in enumerate(zip(objects, flags)):
+            layout = (flag, prompt.box is not None, prompt.mask is not None or prompt.logits is not None)
+            groups.setdefault(layout, []).append(i)
+        h, w = embedding.original_size
+        masks = np.zeros((len(objects), h, w), dtype=bool)
+        logits = np.zeros((len(objects), self.low_res_size, self.low_res_size), dtype=np.float32)
+        scores = np.zeros(len(objects), dtype=np.float32)
+        for (flag, _, _), indexes in groups.items():
+            group_masks, group_logits, group_scores = self._decode(embedding, [objects[i] for i in indexes], flag)
+            masks[indexes], logits[indexes], scores[indexes] = group_masks, group_logits, group_scores
+        return Prediction(masks, logits, scores)
+
+    def predict_mask(self, axis: int, index: int, prompts: Prompts) -> np.ndarray:
+        """The 2D bool mask of one object (the callable propagation needs)."""
+        return self.predict(axis, index, prompts).masks[0]
+
+    def propagate(self, axis: int, seeds: dict, config: Optional[PropagationConfig] = None,
+                  progress: Optional[Callable[[int, int], None]] = None,
+                  should_cancel: Optional[Callable[[], bool]] = None) -> PropagationResult:
+        """Propagate seed masks {slice index: 2D mask} along `axis`; embeddings only for reached slices."""
+        from .propagation import PropagationConfig, propagate_mask
+
+        return propagate_mask(lambda index, prompts: self.predict_mask(axis, index, prompts), seeds,
+                              self.volume.shape[axis], config or PropagationConfig(), progress, should_cancel)
+
+    @staticmethod
+    def _use_multimask(prompt: Prompts) -> bool:
+        return (len(prompt.points) == 1 and int(prompt.labels[0]) == 1 and prompt.box is None
+                and prompt.mask is None and prompt.logits is None)
+
+    @staticmethod
+    def _check_prompt(prompt: Prompts, size: tuple) -> None:
+        h, w = size
+        if len(prompt.points) == 0 and prompt.box is None:
+            raise PromptError("an object needs at least one point or a box")
+        points = np.asarray(prompt.points, dtype=float).reshape(-1, 2)
+        outside = (points[:, 0] < 0) | (points[:, 0] > w) | (points[:, 1] < 0) | (points[:, 1] > h)
+        if outside.any():
+            raise PromptError(f"point {points[outside][0].tolist()} (x, y) is outside the {w} x {h} slice")
+        if prompt.box is not None:
+            x0, y0, x1, y1 = np.asarray(prompt.box, dtype=float)
+            if x1 <= x0 or y1 <= y0:
+                raise PromptError(f"empty box {[x0, y0, x1, y1]}: x1 must exceed x0 and y1 must exceed y0")
+
+    def _decode(self, embedding: SliceEmbedding, objects: List[Prompts], multimask: bool):
+        import torch
+
+        n_points = max(len(p.points) for p in objects)
+        coords = np.zeros((len(objects), n_points, 2), dtype=np.float32)
+        labels = np.full((len(objects), n_points), -1, dtype=np.int64)  # -1: SAM's "not a point"
+        for i, prompt in enumerate(objects):
+            coords[i, : len(prompt.points)] = prompt.points
+            labels[i, : len(prompt.points)] = prompt.labels
+        points = None
+        if n_points:
+            coords = self.transform.apply_coords(coords, embedding.original_size)
+            points = (torch.as_tensor(coords, dtype=torch.float32, device=self.device),
+                      torch.as_tensor(labels, device=self.device))
+        boxes = None
+        if objects[0].box is not None:
+            box_array = np.stack([np.asarray(p.box, dtype=np.float32) for p in objects])
+            box_array = self.transform.apply_boxes(box_array, embedding.original_size)
+            boxes = torch.as_tensor(box_array, dtype=torch.float32, device=self.device)
+        mask_input = None
+        if objects[0].mask is not None or objects[0].logits is not None:
+            mask_input = torch.as_tensor(np.stack([self._get_logits(p) for p in objects])[:, None],
+                                         device=self.device)
+        with torch.no_grad():
+            sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=embedding.features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+            best = iou.argmax(dim=1)
+            rows = torch.arange(len(objects), device=self.device)
+            low_res, iou = low_res[rows, best][:, None], iou[rows, best]
+            masks = self.sam.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+        return ((masks[:, 0] > self.sam.mask_threshold).cpu().numpy(), low_res[:, 0].float().cpu().numpy(),
+                iou.float().cpu().numpy())
+
+    def _get_logits(self, prompt: Prompts) -> np.ndarray:
+        if prompt.logits is not None:
+            return np.asarray(prompt.logits, dtype=np.float32)
+        return get_mask_logits(np.asarray(prompt.mask, dtype=bool), self.low_res_size)

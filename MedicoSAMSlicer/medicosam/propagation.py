@@ -1,0 +1,249 @@
+"""Propagate an object's mask from seed slices through a volume, one slice at a time.
+
+micro-sam's rule (`segment_mask_in_volume`): from the outermost seed slices outward, the prompts
+for slice z come from the mask just predicted on its neighbour (chained, not from the seed); a side
+stops at an empty mask or when IoU(neighbour, new) falls below a threshold (that slice is not
+written). Gaps between seed slices are filled from both ends toward the middle, without an IoU
+threshold; an equidistant middle slice is prompted with the union of its two neighbours.
+
+Additions: an empty seed mask is a stop annotation (the structure is absent there: nothing is
+written on or past it), a range limit, one-sided propagation, progress and cancellation. The
+predictor is a callable, so embeddings are computed only for the slices actually reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import MedicoSAMError
+from .prompts import PROPAGATION_MODES, Prompts, derive_prompts_from_mask, get_mask
+
+DIRECTIONS = ("both", "up", "down")
+
+
+class PropagationError(MedicoSAMError, ValueError):
+    """Propagation cannot start: bad configuration, no seeds, seeds off the volume or of mixed sizes."""
+
+
+class StopReason(str, enum.Enum):
+    """Why propagation on one side ("up" = increasing index, "down") ended."""
+
+    BORDER = "border"  # reached the first / last slice of the volume
+    EMPTY = "empty"  # the predicted mask was empty
+    LOW_IOU = "low_iou"  # IoU with the neighbouring slice's mask fell below the threshold
+    MAX_SLICES = "max_slices"  # the range limit was reached
+    STOP_SEED = "stop_seed"  # the outermost seed on that side is empty (a stop annotation)
+    NOT_REQUESTED = "not_requested"  # the configured direction excludes this side
+    CANCELLED = "cancelled"  # should_cancel() returned True before this side finished
+
+
+@dataclasses.dataclass
+class PropagationConfig:
+    """How to propagate (defaults: micro-sam's annotator)."""
+
+    mode: str = "single_point"  # one of prompts.PROPAGATION_MODES
+    iou_threshold: float = 0.5  # stop a side when IoU(previous slice mask, new mask) < threshold
+    box_extension: float = 0.05  # grow projected boxes: < 1 fraction of the side, >= 1 pixels
+    direction: str = "both"  # "both" | "up" (increasing index) | "down"; gaps are always filled
+    max_slices: Optional[int] = None  # at most this many slices beyond the outermost seeds, per side
+
+    def __post_init__(self) -> None:
+        if self.mode not in PROPAGATION_MODES:
+            raise PropagationError(f"unknown propagation mode {self.mode!r}: use one of {PROPAGATION_MODES}")
+        if self.direction not in DIRECTIONS:
+            raise PropagationError(f"unknown direction {self.direction!r}: use one of {DIRECTIONS}")
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise PropagationError(f"iou_threshold {self.iou_threshold} is outside [0, 1]")
+        if self.max_slices is not None and self.max_slices < 0:
+            raise PropagationError(f"max_slices {self.max_slices} is negative: use None for no limit")
+
+
+@dataclasses.dataclass
+class PropagationResult:
+    """What propagation produced.
+
+    Attributes:
+        masks: slice index -> 2D bool mask, for every non-empty seed and every accepted slice.
+        stopped_at: per side ("up", "down"), the first slice beyond the result that was not written
+            (the rejected slice for EMPTY / LOW_IOU), or None when the result reaches the volume border.
+        reasons: per side, the StopReason.
+        cancelled: True when should_cancel() interrupted the run (masks hold what was done).
+    """
+
+    masks: Dict[int, np.ndarray]
+    stopped_at: Dict[str, Optional[int]]
+    reasons: Dict[str, StopReason]
+    cancelled: bool = False
+
+
+class _Run:
+    """State of one propagate_mask call: the predictor, the written masks, progress and cancellation."""
+
+    def __init__(self, predict, config, total, progress, should_cancel):
+        self.predict, self.config = predict, config
+        self.total, self.done = total, 0
+        self.progress, self.should_cancel = progress, should_cancel
+        self.masks: Dict[int, np.ndarray] = {}
+        self.cancelled = False
+
+    def segment(self, index: int, prompt_mask: np.ndarray) -> Optional[np.ndarray]:
+        """The predicted mask of slice `index` prompted from `prompt_mask`; None once cancelled."""
+        self.cancelled = self.cancelled or (self.should_cancel is not None and bool(self.should_cancel()))
+        if self.cancelled:
+            return None
+        prompts = derive_prompts_from_mask(prompt_mask, self.config.mode, self.config.box_extension)
+        mask = get_mask(self.predict(index, prompts))
+        if mask.shape != prompt_mask.shape:
+            raise PropagationError(f"predict returned shape {mask.shape} for slice {index}, "
+                                   f"expected {prompt_mask.shape}: return the 2D mask of that slice")
+        self.done += 1
+        self.report()
+        return mask
+
+    def skip(self, n: int) -> None:
+        """Drop `n` planned slices that will not be segmented from the progress total."""
+        self.total -= n
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def chain(self, start: int, stop: int, step: int,
+              threshold: Optional[float]) -> Tuple[int, Optional[StopReason]]:
+        """Segment start+step .. stop (inclusive), each slice prompted from the one before.
+
+        Returns the last written index and why it stopped early (None: it reached `stop`): an empty
+        mask, IoU below `threshold` (None: no threshold) or cancellation.
+        """
+        index = start
+        while index != stop:
+            previous = self.masks[index]
+            mask = self.segment(index + step, previous)
+            if mask is None:
+                return index, StopReason.CANCELLED
+            if not mask.any():
+                reason = StopReason.EMPTY
+            elif threshold is not None and _get_iou(previous, mask) < threshold:
+                reason = StopReason.LOW_IOU
+            else:
+                index += step
+                self.masks[index] = mask
+                continue
+            self.skip(abs(stop - index) - 1)
+            return index, reason
+        return index, None
+
+
+def _get_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
+
+
+def _get_seeds(seeds: Dict[int, np.ndarray], n_slices: int) -> Dict[int, np.ndarray]:
+    if not seeds:
+        raise PropagationError("no seed slices: segment the object on at least one slice first")
+    checked = {int(index): get_mask(mask) for index, mask in sorted(seeds.items())}
+    outside = [index for index in checked if not 0 <= index < n_slices]
+    if outside:
+        raise PropagationError(f"seed slices {outside} are outside the volume's {n_slices} slices")
+    shapes = {mask.shape for mask in checked.values()}
+    if len(shapes) > 1:
+        raise PropagationError(f"seed masks have different shapes {sorted(shapes)}: give slices of one axis")
+    return checked
+
+
+def _get_outward_ranges(seeds: Dict[int, np.ndarray], n_slices: int,
+                        config: PropagationConfig) -> Dict[str, Tuple[int, int, int]]:
+    """Per side: (seed index, last index to reach, step), the last one clipped by max_slices."""
+    lowest, highest = min(seeds), max(seeds)
+    limit = n_slices if config.max_slices is None else config.max_slices
+    return {"down": (lowest, max(lowest - limit, 0), -1),
+            "up": (highest, min(highest + limit, n_slices - 1), 1)}
+
+
+def _propagate_outward(run: _Run, side: str, seed: int, last: int, step: int,
+                       n_slices: int) -> Tuple[Optional[int], StopReason]:
+    """Propagate beyond the outermost seed on one side; returns (first slice not written, reason)."""
+    reason: Optional[StopReason]
+    if run.config.direction not in ("both", side):
+        reached, reason = seed, StopReason.NOT_REQUESTED
+    elif seed not in run.masks:  # an empty seed: the stop slice itself is not part of the result
+        reached, reason = seed - step, StopReason.STOP_SEED
+    else:
+        reached, reason = run.chain(seed, last, step, run.config.iou_threshold)
+    next_index = reached + step
+    inside = 0 <= next_index < n_slices
+    if reason is None:
+        reason = StopReason.MAX_SLICES if inside else StopReason.BORDER
+    return (next_index if inside else None), reason
+
+
+def _fill_gap(run: _Run, lower: int, upper: int) -> None:
+    """Segment the slices strictly between two seeds from both ends toward the middle."""
+    has_lower, has_upper = lower in run.masks, upper in run.masks
+    if has_lower and not has_upper:  # the upper seed is a stop annotation: come from below only
+        run.chain(lower, upper - 1, 1, None)
+    elif has_upper and not has_lower:
+        run.chain(upper, lower + 1, -1, None)
+    elif has_lower and has_upper:
+        middle = (lower + upper) // 2
+        even = (upper - lower) % 2 == 0
+        run.chain(lower, middle - 1 if even else middle, 1, None)
+        run.chain(upper, middle + 1, -1, None)
+        if even and not run.cancelled:
+            neighbours = [run.masks[i] for i in (middle - 1, middle + 1) if i in run.masks]
+            if neighbours:
+                mask = run.segment(middle, np.logical_or.reduce(neighbours))
+                if mask is not None and mask.any():
+                    run.masks[middle] = mask
+            else:
+                run.skip(1)
+
+
+def propagate_mask(predict: Callable[[int, Prompts], np.ndarray], seeds: Dict[int, np.ndarray], n_slices: int,
+                   config: Optional[PropagationConfig] = None,
+                   progress: Optional[Callable[[int, int], None]] = None,
+                   should_cancel: Optional[Callable[[], bool]] = None) -> PropagationResult:
+    """Propagate an object's seed masks through `n_slices` slices along one axis.
+
+    Args:
+        predict: `predict(slice_index, prompts) -> 2D bool mask`; called only for slices actually
+            reached, so it may compute that slice's embedding lazily.
+        seeds: slice index -> 2D mask drawn or accepted by the user. An empty mask is a stop
+            annotation: the object does not exist there, and nothing propagates onto or past it.
+        n_slices: number of slices along the axis.
+        config: mode, IoU threshold, box extension, direction and range limit.
+        progress: called as `progress(done, total_estimate)` at the start and after each predicted
+            slice; the estimate shrinks when a side stops early, so at the end done == total.
+        should_cancel: checked before each slice; when it returns True the run ends, returning
+            what was done with `cancelled=True`.
+
+    Returns:
+        The masks of the non-empty seeds and accepted slices, and where / why each side stopped.
+    """
+    config = config or PropagationConfig()
+    seeds = _get_seeds(seeds, n_slices)
+    ranges = _get_outward_ranges(seeds, n_slices, config)
+    indices: List[int] = list(seeds)
+    gaps = [(lower, upper) for lower, upper in zip(indices[:-1], indices[1:])
+            if seeds[lower].any() or seeds[upper].any()]
+    total = sum(upper - lower - 1 for lower, upper in gaps)
+    for side, (seed, last, _) in ranges.items():
+        if config.direction in ("both", side) and seeds[seed].any():
+            total += abs(last - seed)
+    run = _Run(predict, config, total, progress, should_cancel)
+    run.masks.update({index: mask for index, mask in seeds.items() if mask.any()})
+    run.report()
+
+    stopped_at: Dict[str, Optional[int]] = {}
+    reasons: Dict[str, StopReason] = {}
+    for side, (seed, last, step) in ranges.items():
+        stopped_at[side], reasons[side] = _propagate_outward(run, side, seed, last, step, n_slices)
+    for lower, upper in gaps:
+        _fill_gap(run, lower, upper)
+    return PropagationResult(masks=dict(sorted(run.masks.items())), stopped_at=stopped_at, reasons=reasons,
+                             cancelled=run.cancelled)

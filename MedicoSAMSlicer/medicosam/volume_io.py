@@ -1,0 +1,253 @@
+"""Read medical volumes with SimpleITK and write masks back on exactly the input's voxel grid.
+
+Reading rules:
+- NIfTI, NRRD/NHDR, MHA/MHD and any other format SimpleITK reads; DICOM as a series folder or one file.
+- A DICOM file is read alone (a multi-frame file is a volume); pass the folder to read a series.
+  Guessing the series from one file means scanning its whole folder, and goes wrong in folders that
+  hold copies or echoes sharing a series UID.
+- A folder with several DICOM series reads the one with the most files unless `series_uid` names
+  another; the choice is logged. Series with uneven or repeated slice positions (gaps, a localizer,
+  several echoes) are refused: SimpleITK would silently give them a wrong geometry.
+- A 2D image is read as a volume of one slice, so 2D and 3D go through the same code.
+- RGB(A) 8-bit images keep their colour: `Volume.array` is (K, J, I, 3) (alpha dropped). Other
+  multi-component (vector, complex) images and 4D series with more than one time point are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from medicosam.errors import MedicoSAMError
+from medicosam.geometry import get_ijk_to_ras
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_FORMATS = (
+    "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), DICOM (file or folder)"
+)
+MASK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+_POSITION_TAG = "0020|0032"
+_SPACING_RELATIVE_TOLERANCE = 0.01
+
+PathLike = Union[str, os.PathLike]
+
+
+class VolumeReadError(MedicoSAMError, OSError):
+    """A volume file or DICOM folder is missing or cannot be read."""
+
+
+class UnsupportedVolumeError(MedicoSAMError, ValueError):
+    """The file was read but is not a volume MedicoSAM can segment (4D, vector, uneven DICOM series)."""
+
+
+class MaskWriteError(MedicoSAMError, ValueError):
+    """A mask cannot be written: wrong shape, values, format or destination."""
+
+
+@dataclass
+class Volume:
+    """A volume as a KJI array plus the SimpleITK (LPS) geometry it was stored with.
+
+    The LPS geometry is kept verbatim, not re-derived from `ijk_to_ras`, so written masks carry
+    bit-identical origin, spacing and direction.
+
+    Attributes:
+        array: (K, J, I) intensities, or (K, J, I, 3) for RGB.
+        spacing: voxel size in mm in (i, j, k) order, as SimpleITK's GetSpacing; array axis a has
+            spacing `spacing[2 - a]`.
+        origin_lps: world position (LPS, mm) of voxel (0, 0, 0).
+        direction_lps: 3x3 direction cosines, row-major, as SimpleITK's GetDirection.
+        path: the file or folder it was read from.
+    """
+
+    array: np.ndarray
+    spacing: Tuple[float, float, float]
+    origin_lps: Tuple[float, float, float]
+    direction_lps: Tuple[float, ...]
+    path: Optional[Path] = None
+
+    @property
+    def ijk_to_ras(self) -> np.ndarray:
+        """4x4 IJK -> RAS matrix (Slicer's IJKToRAS)."""
+        return get_ijk_to_ras(self.origin_lps, self.spacing, self.direction_lps)
+
+    @property
+    def shape_kji(self) -> Tuple[int, int, int]:
+        """(K, J, I) voxel counts, without the colour axis of RGB volumes."""
+        return tuple(self.array.shape[:3])
+
+
+def _read_failure(path: Path, reason: str) -> VolumeReadError:
+    return VolumeReadError(f"Cannot read {path}: {reason}. Supported formats: {SUPPORTED_FORMATS}.")
+
+
+def _get_series_files(folder: Path, series_uid: Optional[str]) -> Tuple[str, ...]:
+    """Files of one DICOM series in `folder`, in slice order (GDCM sorts them by position)."""
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not uids:
+        raise _read_failure(folder, "the folder holds no DICOM series")
+    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in uids}
+    if series_uid is not None:
+        if series_uid not in files:
+            raise _read_failure(
+                folder, f"series {series_uid} is not in the folder (it holds {', '.join(uids)})"
+            )
+        return files[series_uid]
+    chosen = max(sorted(files), key=lambda uid: len(files[uid]))
+    if len(files) > 1:
+        others = ", ".join(f"{uid} ({len(files[uid])} files)" for uid in sorted(files) if uid != chosen)
+        logger.warning(
+            "%s holds %d DICOM series; reading %s (%d files), the largest. Others: %s. "
+            "Pass series_uid to read another.",
+            folder,
+            len(files),
+            chosen,
+            len(files[chosen]),
+            others,
+        )
+    return files[chosen]
+
+
+def _check_even_slice_spacing(reader, folder: Path) -> None:
+    """Refuse series whose slice positions are repeated or unevenly spaced along the stack."""
+    n_slices = len(reader.GetFileNames())
+    if n_slices < 2 or not all(reader.HasMetaDataKey(i, _POSITION_TAG) for i in range(n_slices)):
+        return
+    positions = [
+        [float(v) for v in reader.GetMetaData(i, _POSITION_TAG).split("\\")] for i in range(n_slices)
+    ]
+    steps = np.linalg.norm(np.diff(np.asarray(positions), axis=0), axis=1)
+    if steps.min() == 0 or np.ptp(steps) > _SPACING_RELATIVE_TOLERANCE * np.median(steps):
+        raise UnsupportedVolumeError(
+            f"The DICOM series in {folder} has uneven or repeated slice positions (steps from "
+            f"{steps.min():.2f} to {steps.max():.2f} mm: missing slices, a localizer, or several echoes or "
+            "phases in one series). MedicoSAM needs a regular grid: load it in Slicer's DICOM module (which "
+            "regularizes the geometry) and save it as NRRD, or remove the stray files."
+        )
+
+
+def _read_dicom_series(files: Tuple[str, ...], folder: Path):
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    _check_even_slice_spacing(reader, folder)
+    return image
+
+
+def _read_image(path: Path, series_uid: Optional[str]):
+    """The SimpleITK image at `path` (file or DICOM folder)."""
+    if not path.exists():
+        raise _read_failure(path, "no such file or folder")
+    try:
+        if path.is_dir():
+            return _read_dicom_series(_get_series_files(path, series_uid), path)
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise _read_failure(path, f"SimpleITK could not read it ({reason})") from error
+
+
+def _to_3d_scalar_or_rgb(image, path: Path):
+    """Bring 2D images and 4D single-time-point images to 3D; refuse what SAM cannot segment."""
+    dimension = image.GetDimension()
+    if dimension == 2:
+        image = sitk.JoinSeries([image])
+    elif dimension == 4:
+        n_times = image.GetSize()[3]
+        if n_times != 1:
+            raise UnsupportedVolumeError(
+                f"{path} is a 4D image with {n_times} time points: MedicoSAM segments 3D volumes; "
+                "extract one time point first (e.g. in Slicer's Sequences module or with SimpleITK)."
+            )
+        image = image[:, :, :, 0]
+    elif dimension != 3:
+        raise UnsupportedVolumeError(f"{path} is a {dimension}D image: MedicoSAM segments 2D and 3D images.")
+    n_components = image.GetNumberOfComponentsPerPixel()
+    is_rgb = n_components in (3, 4) and image.GetPixelID() == sitk.sitkVectorUInt8
+    if n_components > 1 and not is_rgb:
+        raise UnsupportedVolumeError(
+            f"{path} has {n_components} values per voxel ({image.GetPixelIDTypeAsString()}): MedicoSAM "
+            "segments grey-scale or 8-bit RGB images; extract one component (or the magnitude) first."
+        )
+    return image
+
+
+def read_volume(path: PathLike, series_uid: Optional[str] = None) -> Volume:
+    """Read a volume file or DICOM folder into a `Volume` (see the module docstring for the rules).
+
+    Args:
+        path: image file, or a folder of DICOM files.
+        series_uid: which DICOM series to read from a folder holding several (default: the largest).
+
+    Raises:
+        VolumeReadError: the path is missing or SimpleITK cannot read it.
+        UnsupportedVolumeError: a 4D, vector or unevenly spaced image.
+    """
+    path = Path(path)
+    image = _to_3d_scalar_or_rgb(_read_image(path, series_uid), path)
+    array = sitk.GetArrayFromImage(image)
+    if array.ndim == 4:
+        array = np.ascontiguousarray(array[..., :3])
+    return Volume(
+        array=array,
+        spacing=tuple(image.GetSpacing()),
+        origin_lps=tuple(image.GetOrigin()),
+        direction_lps=tuple(image.GetDirection()),
+        path=path,
+    )
+
+
+def _check_mask_suffix(path: Path) -> None:
+    name = path.name.lower()
+    if any(name.endswith(suffix) and len(name) > len(suffix) for suffix in MASK_SUFFIXES):
+        return
+    raise MaskWriteError(
+        f"Cannot write a mask to {path}: use one of {', '.join(MASK_SUFFIXES)} (single-file formats, "
+        "so the mask is written whole or not at all)."
+    )
+
+
+def write_mask(mask: np.ndarray, reference: Volume, path: PathLike) -> Path:
+    """Write a (K, J, I) labelmap as uint8 on the reference volume's exact grid; return the path.
+
+    The file is written under a temporary name in the destination folder and renamed when complete,
+    so a crash never leaves a half-written mask where a previous one was.
+
+    Raises:
+        MaskWriteError: the shape differs from the reference, values do not fit 0..255, the suffix is
+            not a single-file format or the folder does not exist.
+    """
+    path = Path(path)
+    _check_mask_suffix(path)
+    mask = np.asarray(mask)
+    if mask.shape != reference.shape_kji:
+        raise MaskWriteError(
+            f"The mask has shape {mask.shape} but the volume {reference.path or ''} has "
+            f"{reference.shape_kji} (K, J, I): a mask must be on the volume's voxel grid."
+        )
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise MaskWriteError(f"Mask values must be labels in 0..255, got {mask.min()}..{mask.max()}.")
+    if not path.parent.is_dir():
+        raise MaskWriteError(f"Cannot write {path}: the folder {path.parent} does not exist.")
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing(reference.spacing)
+    image.SetOrigin(reference.origin_lps)
+    image.SetDirection(reference.direction_lps)
+    temporary = path.with_name(f".{uuid.uuid4().hex}.tmp-{path.name}")
+    try:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+        os.replace(temporary, path)
+    except (RuntimeError, OSError) as error:
+        raise MaskWriteError(f"Cannot write the mask to {path}: {error}") from error
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,302 @@
+"""Results on disk: a resumable CSV of every measurement, summary tables and the paper's plots.
+
+`ResultsCSV` is what makes long evaluations interruptible: each finished unit (one object from one
+start, plus its propagation setting in 3D) appends all its rows in one write and flushes. Reopening
+the file drops incomplete units (a torn last write) and reports the finished keys, which the
+evaluation then skips. `check_run_config` keeps a resumed run from mixing results of another
+protocol configuration into the same file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from medicosam.errors import MedicoSAMError
+
+PathLike = Union[str, Path]
+Row = Dict[str, object]
+
+#: Colours of the paper's figures: point starts green, box starts yellow / orange.
+START_COLORMAPS = {"point": "Greens", "box": "YlOrBr"}
+
+
+class ResultsError(MedicoSAMError, ValueError):
+    """An output folder holds results that do not fit this run (other columns or configuration)."""
+
+
+class ResultsCSV:
+    """An append-only CSV of measurements, keyed by the unit of work that produced them.
+
+    Args:
+        path: the CSV file (created with a header when missing).
+        fields: column names, in order.
+        key_fields: the columns that identify a unit of work (e.g. model, image, object, start).
+        rows_per_key: how many rows a finished unit has; units with fewer rows are dropped on open.
+    """
+
+    def __init__(self, path: PathLike, fields: Sequence[str], key_fields: Sequence[str], rows_per_key: int = 1):
+        self.path = Path(path)
+        self.fields = list(fields)
+        self.key_fields = list(key_fields)
+        self.rows_per_key = rows_per_key
+        self.rows: List[Dict[str, str]] = []
+        if self.path.exists():
+            self._load()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._rewrite()
+        self.done = {self.get_key(row) for row in self.rows}
+
+    def get_key(self, row: Mapping[str, object]) -> Tuple[str, ...]:
+        return tuple(str(row[field]) for field in self.key_fields)
+
+    def _load(self) -> None:
+        text = self.path.read_text()
+        complete_lines = text.splitlines(keepends=True)
+        torn = bool(complete_lines) and not complete_lines[-1].endswith("\n")  # interrupted mid-write
+        if torn:
+            complete_lines = complete_lines[:-1]
+        reader = csv.DictReader(complete_lines)
+        if reader.fieldnames != self.fields:
+            raise ResultsError(f"{self.path} has columns {reader.fieldnames}, this evaluation writes "
+                               f"{self.fields}: write to another output folder or pass --overwrite")
+        rows = list(reader)
+        counts: Dict[Tuple[str, ...], int] = {}
+        for row in rows:
+            counts[self.get_key(row)] = counts.get(self.get_key(row), 0) + 1
+        self.rows = [row for row in rows if counts[self.get_key(row)] == self.rows_per_key]
+        if torn or len(self.rows) != len(rows):
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        with open(self.path, "w", newline="") as file:
+            file.write(self._format(self.rows, header=True))
+
+    def _format(self, rows: Iterable[Mapping[str, object]], header: bool = False) -> str:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.fields, lineterminator="\n")
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    def append(self, rows: Sequence[Mapping[str, object]]) -> None:
+        """Write the rows of one or more finished units at once and flush them to disk."""
+        rows = [{field: _format_value(row[field]) for field in self.fields} for row in rows]
+        with open(self.path, "a", newline="") as file:
+            file.write(self._format(rows))
+            file.flush()
+        self.rows.extend(rows)
+        self.done.update(self.get_key(row) for row in rows)
+
+
+def _format_value(value: object) -> str:
+    """The text a value has in the CSV (so rows read back equal rows just written); floats round-trip."""
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return str(value)
+
+
+def check_run_config(path: PathLike, config: Mapping[str, object]) -> None:
+    """Record the protocol settings of an output folder, or check that a resumed run uses the same.
+
+    Raises ResultsError naming the differing settings.
+    """
+    path = Path(path)
+    config = json.loads(json.dumps(config))
+    if path.exists():
+        previous = json.loads(path.read_text())
+        differing = sorted(key for key in set(previous) | set(config) if previous.get(key) != config.get(key))
+        if differing:
+            details = ", ".join(f"{key}: {previous.get(key)!r} -> {config.get(key)!r}" for key in differing)
+            raise ResultsError(f"{path.parent} holds results of another configuration ({details}): use the same "
+                               "settings to resume, another output folder, or --overwrite")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def get_progress_bar(n_items: int, description: str, enabled: bool = True):
+    """A tqdm bar over images / volumes that advances by fractions as their objects finish.
+
+    Fractional steps keep the time estimate honest when one image holds many objects.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n_items, desc=description, disable=not enabled, unit="image",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]")
+
+
+# ---------------------------------------------------------------- tables
+
+
+def get_summary(rows: Iterable[Mapping[str, object]], group_fields: Sequence[str],
+                value_field: str = "dice") -> List[Row]:
+    """Mean, standard deviation and count of `value_field` per group, groups in first-seen order."""
+    groups: Dict[Tuple[str, ...], List[float]] = {}
+    for row in rows:
+        groups.setdefault(tuple(str(row[f]) for f in group_fields), []).append(float(row[value_field]))
+    summary = []
+    for key, values in groups.items():
+        array = np.array(values, dtype=float)
+        summary.append({**dict(zip(group_fields, key)), "mean": float(np.nanmean(array)) if array.size else math.nan,
+                        "std": float(np.nanstd(array)), "n": int(np.count_nonzero(~np.isnan(array)))})
+    return summary
+
+
+def write_table_csv(rows: Sequence[Mapping[str, object]], path: PathLike) -> Path:
+    """Write rows (dicts with equal keys) as CSV."""
+    path = Path(path)
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def get_markdown_table(header: Sequence[str], body: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table; floats with 3 decimals."""
+    def cell(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def get_pivot(summary: Sequence[Mapping[str, object]], row_fields: Sequence[str], column_field: str,
+              value: Callable[[Mapping[str, object]], object] = lambda s: s["mean"]
+              ) -> Tuple[List[str], List[List[object]]]:
+    """A summary as (header, rows): one row per `row_fields` value, one column per `column_field` value."""
+    columns: List[str] = []
+    table: Dict[Tuple[str, ...], Dict[str, object]] = {}
+    for entry in summary:
+        column = str(entry[column_field])
+        if column not in columns:
+            columns.append(column)
+        table.setdefault(tuple(str(entry[f]) for f in row_fields), {})[column] = value(entry)
+    header = [*row_fields, *columns]
+    return header, [[*key, *(cells.get(c, "") for c in columns)] for key, cells in table.items()]
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _get_pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _get_models(summary: Sequence[Mapping[str, object]]) -> List[str]:
+    models: List[str] = []
+    for entry in summary:
+        if entry["model"] not in models:
+            models.append(str(entry["model"]))
+    return models
+
+
+def get_dataset_mean(summary: Sequence[Mapping[str, object]], fields: Sequence[str]) -> Dict[Tuple[str, ...], float]:
+    """Mean over datasets of the per-dataset means (the paper averages datasets, not objects)."""
+    values: Dict[Tuple[str, ...], List[float]] = {}
+    for entry in summary:
+        values.setdefault(tuple(str(entry[f]) for f in fields), []).append(float(entry["mean"]))
+    return {key: float(np.mean(v)) for key, v in values.items()}
+
+
+def plot_interactive_2d(summary: Sequence[Mapping[str, object]], path: PathLike) -> Path:
+    """Grouped bars like the paper's Fig. 3a: per model, one bar per iteration for point and box starts.
+
+    Shades darken with the iteration (the start prompt lightest, the last correction darkest);
+    values are averaged over datasets.
+    """
+    plt = _get_pyplot()
+    means = get_dataset_mean(summary, ("model", "start", "iteration"))
+    models = _get_models(summary)
+    starts = [s for s in START_COLORMAPS if any(key[1] == s for key in means)]
+    n_iterations = 1 + max(int(key[2]) for key in means)
+    width = 0.8 / (len(starts) * n_iterations)
+    figure, axes = plt.subplots(figsize=(max(6.0, 2.5 * len(models)), 4.0))
+    for s, start in enumerate(starts):
+        colors = plt.get_cmap(START_COLORMAPS[start])(np.linspace(0.3, 0.95, n_iterations))
+        for it in range(n_iterations):
+            offset = (s * n_iterations + it) * width - 0.4 + width / 2
+            heights = [means.get((m, start, str(it)), math.nan) for m in models]
+            label = f"{start}: start" if it == 0 else (f"{start}: {it} corrections" if it == n_iterations - 1 else None)
+            axes.bar(np.arange(len(models)) + offset, heights, width, color=colors[it], label=label)
+    axes.set_xticks(np.arange(len(models)), models)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("Dice")
+    axes.set_title("Interactive 2D segmentation: Dice per correction iteration")
+    axes.legend(fontsize="small", ncol=len(starts))
+    return _save(figure, path)
+
+
+def plot_interactive_2d_curves(summary: Sequence[Mapping[str, object]], path: PathLike) -> Path:
+    """Dice against the correction iteration, one line per model (the paper's Fig. 7a), per start."""
+    plt = _get_pyplot()
+    means = get_dataset_mean(summary, ("model", "start", "iteration"))
+    starts = [s for s in START_COLORMAPS if any(key[1] == s for key in means)]
+    figure, axes = plt.subplots(1, len(starts), figsize=(5.0 * len(starts), 4.0), squeeze=False, sharey=True)
+    for ax, start in zip(axes[0], starts):
+        for model in _get_models(summary):
+            points = sorted((int(k[2]), v) for k, v in means.items() if k[0] == model and k[1] == start)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+        ax.set_title(f"start: {start}")
+        ax.set_xlabel("correction iteration")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("Dice")
+    axes[0, -1].legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_interactive_3d(summary: Sequence[Mapping[str, object]], path: PathLike) -> Path:
+    """Grouped bars per model: mean 3D Dice from a point and from a box start (error bars: std over objects)."""
+    plt = _get_pyplot()
+    means = get_dataset_mean(summary, ("model", "start"))
+    stds = {(str(e["model"]), str(e["start"])): float(e["std"]) for e in summary}
+    models = _get_models(summary)
+    starts = [s for s in START_COLORMAPS if any(key[1] == s for key in means)]
+    width = 0.8 / max(len(starts), 1)
+    figure, axes = plt.subplots(figsize=(max(5.0, 1.8 * len(models)), 4.0))
+    for s, start in enumerate(starts):
+        heights = [means.get((m, start), math.nan) for m in models]
+        errors = [stds.get((m, start), 0.0) if len({e["dataset"] for e in summary}) == 1 else 0.0 for m in models]
+        axes.bar(np.arange(len(models)) + (s - (len(starts) - 1) / 2) * width, heights, width, yerr=errors,
+                 capsize=3, color=plt.get_cmap(START_COLORMAPS[start])(0.6), label=start)
+    axes.set_xticks(np.arange(len(models)), models)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("Dice")
+    axes.set_title("Interactive 3D segmentation (best propagation setting from validation)")
+    axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def _save(figure, path: PathLike) -> Path:
+    path = Path(path)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return path
+
+
+def write_markdown(path: PathLike, sections: Sequence[Tuple[str, str]], title: Optional[str] = None) -> Path:
+    """A markdown file of (heading, body) sections."""
+    parts = [f"# {title}\n"] if title else []
+    parts += [f"## {heading}\n\n{body}" for heading, body in sections]
+    path = Path(path)
+    path.write_text("\n".join(parts))
+    return path

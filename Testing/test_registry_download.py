@@ -1,0 +1,241 @@
+"""Registry entries and downloads against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+
+import pytest
+import xxhash
+from http_server import FileServer, Route
+from medicosam.models.download import (
+    CheckpointNotFoundError,
+    DownloadCancelled,
+    DownloadError,
+    HashMismatchError,
+    IncompleteDownloadError,
+    OfflineError,
+    download_model,
+    get_cache_dir,
+    get_model_path,
+    list_cached_models,
+    remove_cached_model,
+    resolve_checkpoint,
+    verify_cached_model,
+)
+from medicosam.models.registry import MODELS, ModelSpec, UnknownModelError, get_model_spec
+
+PAYLOAD = random.Random(0).randbytes(2_500_000)  # > 2 chunks of download.CHUNK_SIZE
+PATH = "/weights/model.pth"
+
+
+@pytest.fixture
+def server():
+    with FileServer() as s:
+        s.routes[PATH] = Route(PAYLOAD)
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def _online(monkeypatch):
+    monkeypatch.delenv("MEDICOSAM_OFFLINE", raising=False)
+
+
+def make_spec(server: FileServer, algo: str = "xxh128", size: int = len(PAYLOAD)) -> ModelSpec:
+    digest = xxhash.xxh128(PAYLOAD).hexdigest() if algo == "xxh128" else hashlib.sha256(PAYLOAD).hexdigest()
+    return ModelSpec(name="test_model", url=server.url(PATH), arch="vit_b", hash_algo=algo, hash=digest,
+                     size=size, description="test")
+
+
+def test_registry_entries_are_consistent():
+    digest_lengths = {"sha256": 64, "xxh128": 32}
+    for name, spec in MODELS.items():
+        assert spec.name == name and spec.url.startswith("https://")
+        assert spec.arch in {"vit_b", "vit_l", "vit_h"}
+        if spec.hash_algo is None:
+            assert spec.hash is None and "no checksum" in spec.description
+        else:
+            assert re.fullmatch(f"[0-9a-f]{{{digest_lengths[spec.hash_algo]}}}", spec.hash)
+        if spec.decoder:
+            assert MODELS[spec.decoder].format == "unetr_decoder"
+    assert get_model_spec("sam_vit_b").size == 375_042_383
+    with pytest.raises(UnknownModelError, match="sam_vit_b.*medsam_vit_b.*local checkpoint path"):
+        get_model_spec("sam_vit_x")
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path))
+    assert get_cache_dir() == tmp_path
+    monkeypatch.delenv("MEDICOSAM_CACHE_DIR")
+    assert get_cache_dir().name == "models"
+
+
+@pytest.mark.parametrize("algo", ["xxh128", "sha256"])
+def test_whole_file_downloads_once_then_comes_from_cache(server, tmp_path, algo):
+    spec = make_spec(server, algo)
+    path = download_model(spec, cache_dir=tmp_path)
+    assert path == get_model_path(spec, tmp_path) and path.read_bytes() == PAYLOAD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test_model.pth", "test_model.pth.verified"]
+    assert download_model(spec, cache_dir=tmp_path) == path
+    assert len(server.requests) == 1
+
+
+def test_hash_mismatch_leaves_nothing_in_the_cache(server, tmp_path):
+    server.routes[PATH] = Route(bytes(len(PAYLOAD)))  # right size, wrong content
+    with pytest.raises(HashMismatchError, match="expected .*Nothing was kept"):
+        download_model(make_spec(server), cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_oversized_file_is_rejected(server, tmp_path):
+    server.routes[PATH] = Route(PAYLOAD + b"extra")
+    with pytest.raises(HashMismatchError, match="more than the expected"):
+        download_model(make_spec(server), cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_file_is_not_taken_and_a_later_call_resumes(server, tmp_path):
+    spec = make_spec(server)
+    server.routes[PATH] = Route(PAYLOAD[:1_000_000])  # the server holds a short copy
+    with pytest.raises(IncompleteDownloadError, match="1000000 of 2500000 bytes.*resume"):
+        download_model(spec, cache_dir=tmp_path)
+    final = get_model_path(spec, tmp_path)
+    assert not final.exists()
+    assert final.with_name("test_model.pth.part").stat().st_size == 1_000_000
+    server.routes[PATH] = Route(PAYLOAD)
+    assert download_model(spec, cache_dir=tmp_path).read_bytes() == PAYLOAD
+    assert server.requests[-1]["Range"] == "bytes=1000000-"
+
+
+def test_interrupted_transfer_resumes_with_range(server, tmp_path):
+    server.routes[PATH] = Route(PAYLOAD, cut_at=1_500_000, cut_times=1)
+    spec = make_spec(server)
+    with pytest.raises(IncompleteDownloadError, match="broke off"):
+        download_model(spec, cache_dir=tmp_path)
+    part = get_model_path(spec, tmp_path).with_name("test_model.pth.part")
+    kept = part.stat().st_size
+    assert 0 < kept <= 1_500_000 and not get_model_path(spec, tmp_path).exists()
+    assert download_model(spec, cache_dir=tmp_path).read_bytes() == PAYLOAD
+    assert "Range" not in server.requests[0] and server.requests[1]["Range"] == f"bytes={kept}-"
+    assert not part.exists()
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    spec = make_spec(server)
+    part = get_model_path(spec, tmp_path).with_name("test_model.pth.part")
+    part.write_bytes(b"stale bytes from another file")
+    server.routes[PATH] = Route(PAYLOAD, honour_range=False)
+    assert download_model(spec, cache_dir=tmp_path).read_bytes() == PAYLOAD
+    assert server.requests[0]["Range"] == f"bytes={len(b'stale bytes from another file')}-"
+
+
+def test_part_longer_than_the_file_restarts(server, tmp_path):
+    spec = make_spec(server)
+    get_model_path(spec, tmp_path).with_name("test_model.pth.part").write_bytes(PAYLOAD + b"junk")
+    assert download_model(spec, cache_dir=tmp_path).read_bytes() == PAYLOAD
+    assert [r.get("Range") for r in server.requests] == [f"bytes={len(PAYLOAD) + 4}-", None]
+
+
+def test_http_error_names_url_and_status(server, tmp_path):
+    spec = make_spec(server)
+    server.routes[PATH] = Route(b"", status=404)
+    with pytest.raises(DownloadError, match=re.escape(spec.url) + ".*HTTP 404"):
+        download_model(spec, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_mode_never_touches_the_network(server, tmp_path, monkeypatch):
+    spec = make_spec(server)
+    target = get_model_path(spec, tmp_path)
+    with pytest.raises(OfflineError, match=re.escape(spec.url) + ".*save it as " + re.escape(str(target))):
+        download_model(spec, cache_dir=tmp_path, offline=True)
+    assert server.requests == []
+    target.write_bytes(PAYLOAD)  # placed by hand, as the error says: verified by rehashing
+    monkeypatch.setenv("MEDICOSAM_OFFLINE", "1")
+    assert download_model(spec, cache_dir=tmp_path) == target
+    target.write_bytes(PAYLOAD[:-1] + b"\0")
+    os.utime(target, ns=(0, target.stat().st_mtime_ns + 10**9))  # coarse clocks: make the change visible
+    with pytest.raises(HashMismatchError, match="Replace it"):
+        download_model(spec, cache_dir=tmp_path)
+    assert server.requests == [] and target.exists()
+
+
+def test_progress_reports_bytes_and_total(server, tmp_path):
+    calls = []
+    download_model(make_spec(server), cache_dir=tmp_path, progress=lambda *args: calls.append(args))
+    assert len(calls) >= 3 and calls[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_cancel_keeps_the_part_for_resuming(server, tmp_path):
+    spec = make_spec(server)
+    with pytest.raises(DownloadCancelled):
+        download_model(spec, cache_dir=tmp_path, progress=lambda done, total: False)
+    part = get_model_path(spec, tmp_path).with_name("test_model.pth.part")
+    kept = part.stat().st_size
+    assert 0 < kept < len(PAYLOAD) and not get_model_path(spec, tmp_path).exists()
+    assert download_model(spec, cache_dir=tmp_path).read_bytes() == PAYLOAD
+    assert server.requests[1]["Range"] == f"bytes={kept}-"
+
+
+def test_resolve_checkpoint_accepts_paths_urls_and_names(server, tmp_path):
+    local = tmp_path / "mine.pt"
+    local.write_bytes(b"x")
+    assert resolve_checkpoint(local) == local and resolve_checkpoint(str(local)) == local
+    with pytest.raises(CheckpointNotFoundError, match="missing.pt"):
+        resolve_checkpoint(str(tmp_path / "missing.pt"))
+    with pytest.raises(UnknownModelError, match="Known models"):
+        resolve_checkpoint("not_a_model", cache_dir=tmp_path)
+    cache = tmp_path / "cache"
+    path = resolve_checkpoint(server.url(PATH), cache_dir=cache)
+    assert path.read_bytes() == PAYLOAD and path.parent == cache / "url" and path.name.endswith("-model.pth")
+    assert resolve_checkpoint(server.url(PATH), cache_dir=cache, offline=True) == path
+    assert len(server.requests) == 1
+
+
+def test_registry_name_without_checksum_downloads_with_a_warning(server, tmp_path, monkeypatch, caplog):
+    spec = ModelSpec(name="medsam_vit_b", url=server.url(PATH), arch="vit_b", hash_algo=None, hash=None,
+                     size=None, description="no checksum")
+    monkeypatch.setitem(MODELS, "medsam_vit_b", spec)
+    with caplog.at_level(logging.WARNING, logger="medicosam.models.download"):
+        path = resolve_checkpoint("medsam_vit_b", cache_dir=tmp_path)
+    assert "no checksum" in caplog.text and path.read_bytes() == PAYLOAD
+    assert hashlib.sha256(PAYLOAD).hexdigest() in (tmp_path / "medsam_vit_b.pth.verified").read_text()
+    # The hash recorded at download is the reference from now on: on-disk corruption is caught.
+    assert verify_cached_model("medsam_vit_b", tmp_path)
+    path.write_bytes(PAYLOAD[:-1] + b"\0")
+    assert not verify_cached_model("medsam_vit_b", tmp_path) and not path.exists()
+
+
+def test_list_verify_remove(server, tmp_path, monkeypatch):
+    spec = make_spec(server)
+    monkeypatch.setitem(MODELS, spec.name, spec)
+    path = download_model(spec.name, cache_dir=tmp_path)
+    resolve_checkpoint(server.url(PATH), cache_dir=tmp_path)
+    entries = {m.name: m for m in list_cached_models(tmp_path)}
+    url_name = next(name for name in entries if name.startswith("url/"))
+    assert set(entries) == {"test_model", url_name}
+    assert entries["test_model"].complete and entries["test_model"].size == len(PAYLOAD)
+    assert verify_cached_model("test_model", tmp_path)
+    # Same size, same mtime, different bytes: only a full rehash notices.
+    stat = path.stat()
+    path.write_bytes(bytes(len(PAYLOAD)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert not verify_cached_model("test_model", tmp_path) and not path.exists()
+    assert download_model(spec.name, cache_dir=tmp_path).read_bytes() == PAYLOAD  # fetched afresh
+    assert remove_cached_model(url_name, tmp_path) and remove_cached_model("test_model", tmp_path)
+    assert not remove_cached_model("test_model", tmp_path)
+    assert list_cached_models(tmp_path) == []
+    with pytest.raises(UnknownModelError):
+        remove_cached_model("url/../../etc", tmp_path)
+
+
+def test_corrupt_cached_file_is_downloaded_again_online(server, tmp_path):
+    spec = make_spec(server)
+    target = get_model_path(spec, tmp_path)
+    target.write_bytes(bytes(len(PAYLOAD)))
+    assert download_model(spec, cache_dir=tmp_path).read_bytes() == PAYLOAD
+    assert len(server.requests) == 1
