@@ -6,6 +6,7 @@ from collections import OrderedDict
 from typing import Dict, Optional
 
 import torch
+
 from medicosam.models.config import SamConfig, build_sam, get_tiny_config
 
 

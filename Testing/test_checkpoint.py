@@ -17,6 +17,8 @@ from helpers_models import (
     get_unetr_decoder_state,
 )
 from http_server import FileServer, Route
+from segment_anything import sam_model_registry
+
 from medicosam.models.checkpoint import (
     CheckpointError,
     check_sam_state,
@@ -28,7 +30,7 @@ from medicosam.models.checkpoint import (
     load_sam,
 )
 from medicosam.models.config import OFFICIAL_CONFIGS, build_sam, get_tiny_config
-from segment_anything import sam_model_registry
+from medicosam.models.download import CheckpointNotFoundError
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +163,8 @@ def test_damaged_files_are_named(tiny_sam, tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(CheckpointError, match=f"{name}.*(corrupt|incomplete)"):
             load_checkpoint_file(tmp_path / name)
+    with pytest.raises(CheckpointNotFoundError, match="nowhere.pth does not exist"):
+        load_checkpoint_file(tmp_path / "nowhere.pth")
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="holds a list, not a state dict"):
         load_checkpoint_file(tmp_path / "list.pth")
@@ -186,3 +190,16 @@ def test_load_sam_from_url_uses_the_cache(tiny_sam, tmp_path, monkeypatch):
         assert len(server.requests) == 1
     assert first.path == second.path and first.path.parent == tmp_path / "cache" / "url"
     assert first.model_id == second.model_id == xxhash.xxh128(data).hexdigest()[:16]
+
+
+def test_export_writes_compact_contiguous_tensors(tiny_sam, tmp_path):
+    state = dict(tiny_sam.state_dict())
+    transposed, sliced = "mask_decoder.mask_tokens.weight", "mask_decoder.iou_token.weight"
+    state[transposed] = state[transposed].t().contiguous().t()  # same values, non-contiguous
+    state[sliced] = torch.cat([state[sliced].flatten(), torch.zeros(1_000_000)])[:64].view(1, 64)
+    assert not state[transposed].is_contiguous() and state[sliced].untyped_storage().nbytes() > 4_000_000
+    path = export_sam(state, tmp_path / "model.pth")
+    assert path.stat().st_size < 1_000_000  # the 4 MB buffer behind the slice was not written
+    saved = torch.load(path, weights_only=True)
+    assert all(t.is_contiguous() for t in saved.values())
+    assert_same_state(saved, tiny_sam.state_dict())

@@ -11,6 +11,7 @@ import re
 import pytest
 import xxhash
 from http_server import FileServer, Route
+
 from medicosam.models.download import (
     CheckpointNotFoundError,
     DownloadCancelled,

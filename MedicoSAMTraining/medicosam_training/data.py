@@ -35,8 +35,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
-from medicosam.errors import MedicoSAMError
 from torch.utils.data import Dataset
+
+from medicosam.errors import MedicoSAMError
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,8 @@ def get_label_array(array: np.ndarray, path: PathLike) -> np.ndarray:
         raise DataError(f"{path}: masks must hold integer labels, got pixel type {array.dtype}.")
     if array.size and array.min() < 0:
         raise DataError(f"{path}: the mask has negative values; label ids must be >= 0 (0 = background).")
-    n_values = len(np.unique(array))
+    small = array.dtype.kind in "iu" and array.dtype.itemsize <= 2
+    n_values = np.count_nonzero(np.bincount(array.ravel())) if small else len(np.unique(array))
     if n_values > MAX_LABELS:
         raise DataError(f"{path}: the mask has {n_values} distinct values (more than {MAX_LABELS}): it "
                         "looks like an intensity image (e.g. a 16-bit scan) saved as a mask. Masks must "
@@ -449,12 +451,13 @@ class FolderDataset2D(_RecordDataset):
 
 
 def list_images(directory: PathLike) -> List[Path]:
-    """Image files (by suffix) in `directory`, sorted by name."""
+    """Image files (by suffix; hidden files such as macOS `._*` skipped) in `directory`, sorted by name."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: not a folder.")
     return sorted(path for path in directory.iterdir()
-                  if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES))
+                  if path.is_file() and not path.name.startswith(".")
+                  and path.name.lower().endswith(IMAGE_SUFFIXES))
 
 
 def get_folder_records(images_dir: PathLike, labels_dir: PathLike, modality: str = "unknown") -> List[Record]:

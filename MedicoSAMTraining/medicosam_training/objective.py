@@ -46,9 +46,10 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from medicosam.errors import MedicoSAMError
 from medicosam.prompts import CORRECTION_MODES, get_box, sample_correction_points, sample_point_in_mask
-from torch import nn
 
 PRESETS: Dict[str, Dict[str, object]] = {
     "medsam": {"n_steps": 0, "p_box": 1.0, "p_mask": 0.0},

@@ -23,7 +23,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from medicosam.errors import MedicoSAMError
 from medicosam.models.config import OFFICIAL_CONFIGS, SamConfig, build_sam, detect_config
-from medicosam.models.download import ProgressCallback, get_file_hash, resolve_checkpoint
+from medicosam.models.download import (
+    CheckpointNotFoundError,
+    ProgressCallback,
+    get_file_hash,
+    resolve_checkpoint,
+)
 
 _SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 #: Wrapper prefixes, outermost first: DDP, torch.compile, micro-sam's TrainableSAM.
@@ -63,6 +68,8 @@ def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
     import torch
 
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"Checkpoint file {path.resolve()} does not exist.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -251,7 +258,7 @@ def _get_compact_tensor(tensor):
     """A detached, contiguous CPU tensor that owns exactly its bytes (torch.save writes whole storages)."""
     tensor = tensor.detach().to("cpu").contiguous()
     if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
-        tensor = tensor.clone()
+        pass
     return tensor
 
 

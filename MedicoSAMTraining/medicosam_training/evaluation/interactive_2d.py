@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from medicosam.errors import MedicoSAMError
+from medicosam.normalization import PRESETS, get_intensity_window
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import CORRECTION_MODES, Prompts, get_box, get_center_point, sample_correction_points
 
@@ -53,6 +54,7 @@ class Interactive2DConfig:
     classes: Optional[Tuple[int, ...]] = None  # None: every class in the label map
     seed: int = 0
     batch_size: int = 16  # objects of one image decoded together
+    window: str = "auto"  # intensity preset per image (medicosam.normalization.PRESETS)
 
     def __post_init__(self) -> None:
         if self.n_corrections < 0 or self.min_size < 1 or self.batch_size < 1:
@@ -60,6 +62,7 @@ class Interactive2DConfig:
                                   f"{self.n_corrections}, {self.min_size}, {self.batch_size}")
         if self.correction_mode not in CORRECTION_MODES:
             raise EvaluationError(f"unknown correction mode {self.correction_mode!r}: use one of {CORRECTION_MODES}")
+        check_window(self.window)
         if self.classes is not None:
             self.classes = tuple(int(c) for c in self.classes)
 
@@ -94,6 +97,11 @@ class EvaluationRun:
     traces: list = dataclasses.field(default_factory=list)
     complete: bool = False
     skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def check_window(preset: str) -> None:
+    if preset not in PRESETS:
+        raise EvaluationError(f"unknown intensity preset {preset!r}: use one of {PRESETS}")
 
 
 def check_starts(starts: Sequence[str]) -> Tuple[str, ...]:
@@ -187,7 +195,8 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
                 if any(todo):
                     if max_objects is not None and len(run.traces) >= max_objects:
                         return run
-                    predictor = predictor or VolumePredictor(sam, sample.image)
+                    predictor = predictor or VolumePredictor(
+                        sam, sample.image, get_intensity_window(sample.image, config.window))
                     traces = run_interactive_2d(predictor, chunk, start, config, sample.image_id, record_masks)
                     for trace in (t for t, flag in zip(traces, todo) if flag):
                         if max_objects is not None and len(run.traces) >= max_objects:

@@ -20,12 +20,13 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from medicosam.normalization import get_intensity_window
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import PROPAGATION_MODES, Prompts
 from medicosam.propagation import PropagationConfig
 
 from .data import LabeledImage, ObjectMask, get_objects
-from .interactive_2d import EvaluationError, EvaluationRun, check_starts, get_start_prompts
+from .interactive_2d import EvaluationError, EvaluationRun, check_starts, check_window, get_start_prompts
 from .metrics import get_dice
 from .reports import ResultsCSV, get_progress_bar
 
@@ -45,10 +46,12 @@ class Interactive3DConfig:
     min_slice_size: int = 10  # smallest object area on its central slice (micro-sam: 10)
     split_components: bool = False  # False: one object per class (micro-sam's 3D evaluation)
     classes: Optional[Tuple[int, ...]] = None
+    window: str = "auto"  # intensity preset per volume (medicosam.normalization.PRESETS)
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1, 2):
             raise EvaluationError(f"axis must be 0, 1 or 2 (KJI array axes), got {self.axis}")
+        check_window(self.window)
         if self.classes is not None:
             self.classes = tuple(int(c) for c in self.classes)
 
@@ -168,8 +171,9 @@ def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapp
                 if todo:
                     if max_objects is not None and len(run.rows) >= max_objects:
                         return run
-                    predictor = predictor or VolumePredictor(sam, sample.image, model_id=model_id,
-                                                             volume_id=f"{dataset}/{sample.image_id}")
+                    predictor = predictor or VolumePredictor(
+                        sam, sample.image, get_intensity_window(sample.image, config.window), model_id=model_id,
+                        volume_id=f"{dataset}/{sample.image_id}")
                     prompts = get_start_prompts(target_slice, start)
                     seed_mask = predictor.predict(config.axis, index, prompts).masks[0]
                     trace = ObjectTrace3D(sample.image_id, obj.class_id, obj.object_id, start, index, prompts,

@@ -43,7 +43,7 @@ def get_dice(prediction: np.ndarray, target: np.ndarray, empty_value: float = 1.
     total = np.count_nonzero(prediction) + np.count_nonzero(target)
     if total == 0:
         return float(empty_value)
-    return 2.0 * np.count_nonzero(prediction & target) / total
+    return float(2.0 * np.count_nonzero(prediction & target) / total)
 
 
 def get_semantic_dice(prediction: np.ndarray, target: np.ndarray,

@@ -139,15 +139,16 @@ def get_progress_bar(n_items: int, description: str, enabled: bool = True):
 
 def get_summary(rows: Iterable[Mapping[str, object]], group_fields: Sequence[str],
                 value_field: str = "dice") -> List[Row]:
-    """Mean, standard deviation and count of `value_field` per group, groups in first-seen order."""
+    """Mean, standard deviation and count of `value_field` per group (NaN skipped), groups in first-seen order."""
     groups: Dict[Tuple[str, ...], List[float]] = {}
     for row in rows:
         groups.setdefault(tuple(str(row[f]) for f in group_fields), []).append(float(row[value_field]))
     summary = []
     for key, values in groups.items():
         array = np.array(values, dtype=float)
-        summary.append({**dict(zip(group_fields, key)), "mean": float(np.nanmean(array)) if array.size else math.nan,
-                        "std": float(np.nanstd(array)), "n": int(np.count_nonzero(~np.isnan(array)))})
+        array = array[~np.isnan(array)]
+        mean, std = (float(array.mean()), float(array.std())) if array.size else (math.nan, math.nan)
+        summary.append({**dict(zip(group_fields, key)), "mean": mean, "std": std, "n": int(array.size)})
     return summary
 
 
@@ -300,3 +301,63 @@ def write_markdown(path: PathLike, sections: Sequence[Tuple[str, str]], title: O
     path = Path(path)
     path.write_text("\n".join(parts))
     return path
+
+
+# ---------------------------------------------------------------- the reports of each evaluation
+
+
+def write_report_2d(rows: Sequence[Mapping[str, object]], output_dir: PathLike) -> List[Path]:
+    """summary_2d.csv / .md (mean Dice per model, dataset, start and iteration) and the two plots."""
+    output_dir = Path(output_dir)
+    summary = get_summary(rows, ("model", "dataset", "start", "iteration"))
+    if not summary:
+        return []
+    header, body = get_pivot(summary, ("model", "dataset", "start"), "iteration")
+    counts = {(e["model"], e["dataset"], e["start"]): e["n"] for e in summary}
+    header = [*header[:3], "objects", *(f"it {c}" for c in header[3:])]
+    body = [[*row[:3], counts[tuple(row[:3])], *row[3:]] for row in body]
+    markdown = get_markdown_table(header, body)
+    note = ("Mean Dice over objects after the start prompt (it 0) and each correction iteration "
+            "(one positive + one negative click each). See docs/evaluation.md.\n\n")
+    return [write_table_csv(summary, output_dir / "summary_2d.csv"),
+            write_markdown(output_dir / "summary_2d.md", [("Interactive 2D segmentation", note + markdown)]),
+            plot_interactive_2d(summary, output_dir / "interactive_2d_bars.png"),
+            plot_interactive_2d_curves(summary, output_dir / "interactive_2d_curves.png")]
+
+
+def write_report_3d(rows: Sequence[Mapping[str, object]], output_dir: PathLike) -> List[Path]:
+    """propagation_search.csv (validation grid), summary_3d.csv / .md (test, chosen setting) and the plot."""
+    output_dir = Path(output_dir)
+    setting = ("mode", "iou_threshold", "box_extension")
+    fields = ("model", "dataset", "start", *setting)
+    search = get_summary([r for r in rows if r["split"] == "val"], fields)
+    val_dice = {tuple(str(e[f]) for f in fields): e["mean"] for e in search}
+    summary = get_summary([r for r in rows if r["split"] == "test"], fields)
+    for entry in summary:
+        entry["val_dice"] = val_dice.get(tuple(str(entry[f]) for f in fields), math.nan)
+    paths = [write_table_csv(search, output_dir / "propagation_search.csv")] if search else []
+    if not summary:
+        return paths
+    body = [[e["model"], e["dataset"], e["start"], e["mode"], e["iou_threshold"], e["box_extension"],
+             e["val_dice"], e["mean"], e["std"], e["n"]] for e in summary]
+    markdown = get_markdown_table(["model", "dataset", "start", "mode", "IoU stop", "box ext.", "val Dice",
+                                   "test Dice", "std", "objects"], body)
+    note = ("Dice per object of the propagated 3D mask, start prompt on the object's central slice. The "
+            "propagation setting was chosen on the validation split (val Dice; empty: fixed setting) and "
+            "applied unchanged to the test split. See docs/evaluation.md.\n\n")
+    return paths + [write_table_csv(summary, output_dir / "summary_3d.csv"),
+                    write_markdown(output_dir / "summary_3d.md", [("Interactive 3D segmentation", note + markdown)]),
+                    plot_interactive_3d(summary, output_dir / "interactive_3d.png")]
+
+
+def write_report_semantic(rows: Sequence[Mapping[str, object]], output_dir: PathLike) -> List[Path]:
+    """summary_semantic.csv / .md: mean Dice per class over the images that contain it, and their mean."""
+    output_dir = Path(output_dir)
+    summary = get_summary(rows, ("dataset", "class"))
+    means = get_summary([{**e, "dice": e["mean"]} for e in summary], ("dataset",))
+    summary += [{"dataset": e["dataset"], "class": "mean", "mean": e["mean"], "std": e["std"], "n": e["n"]}
+                for e in means]
+    markdown = get_markdown_table(["dataset", "class", "Dice", "std", "images"],
+                                  [[e["dataset"], e["class"], e["mean"], e["std"], e["n"]] for e in summary])
+    return [write_table_csv(summary, output_dir / "summary_semantic.csv"),
+            write_markdown(output_dir / "summary_semantic.md", [("Semantic segmentation", markdown)])]

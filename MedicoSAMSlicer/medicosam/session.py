@@ -1,0 +1,374 @@
+"""The Slicer effect's state machine, free of Slicer: prompts per slice, preview, accepted slices,
+propagation, and exactly what to write where.
+
+The effect reads MRML (a click in world RAS, the view's normal, the source volume as resampled to the
+segmentation geometry), calls a `SegmentationSession`, and writes each `WriteRequest` it gets back:
+`saveStateForUndo()` once, then `modifySelectedSegmentByLabelmap` per block, so the Segment Editor's
+undo, editable area, intensity range and overwrite rules hold. Every decision in between lives here,
+where pytest drives it with a real SAM on real data.
+
+States, per slice (axis, index): prompts placed -> preview shown -> applied (an *accepted* slice, a
+propagation seed). `propagate` starts from every accepted slice of the current axis (an unapplied
+preview is accepted first, in the same user action), fills the gaps between them from both ends and
+writes only the slices it reached. A correction is new prompts on any slice, then Apply, then
+Propagate again: the corrected slice becomes one more seed.
+
+A session is not thread-safe: the effect calls it only from its single inference worker thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import MedicoSAMError
+from .geometry import get_slice_axis, get_slice_box, get_slice_point, ijk_to_ras, ras_to_array_index
+from .prompts import Prompts
+
+SliceKey = Tuple[int, int]  # (array axis, slice index)
+
+
+class SessionError(MedicoSAMError, ValueError):
+    """A user action that cannot be done in the session's current state (the message says what to do)."""
+
+
+@dataclasses.dataclass
+class SlicePreview:
+    """The predicted mask of the current slice, shown before it is applied."""
+
+    axis: int
+    index: int
+    mask: np.ndarray  # (H, W) bool, the slice `np.take(volume, index, axis)`
+    score: float  # SAM's predicted IoU
+
+
+@dataclasses.dataclass
+class PromptDisplay:
+    """Where to draw the current slice's prompts, in world RAS (points snapped to the voxel SAM gets)."""
+
+    positive_ras: np.ndarray  # (N, 3)
+    negative_ras: np.ndarray  # (M, 3)
+    box_corners_ras: Optional[np.ndarray]  # (4, 3) corners of the box outline, or None
+
+
+@dataclasses.dataclass
+class WriteBlock:
+    """Consecutive slices `start..stop-1` along `axis` to replace with `masks`."""
+
+    axis: int
+    start: int
+    stop: int
+    masks: np.ndarray  # (stop - start, H, W) bool, slice by slice
+
+    def get_region(self) -> Tuple[slice, slice, slice]:
+        """Index of the block in the (K, J, I) volume array."""
+        region = [slice(None)] * 3
+        region[self.axis] = slice(self.start, self.stop)
+        return tuple(region)
+
+    def get_array(self) -> np.ndarray:
+        """The masks laid out like `volume[self.get_region()]`."""
+        return np.moveaxis(self.masks, 0, self.axis)
+
+    def get_extent(self, shape_kji: Sequence[int], origin_ijk: Sequence[int] = (0, 0, 0)) -> List[int]:
+        """VTK extent `[i0, i1, j0, j1, k0, k1]` (inclusive) of the block; `origin_ijk` is the image's
+        extent start, since a `vtkOrientedImageData` extent need not begin at 0."""
+        low = [0, 0, 0]
+        high = [int(n) - 1 for n in shape_kji]
+        low[self.axis], high[self.axis] = self.start, self.stop - 1
+        extent: List[int] = []
+        for array_axis, origin in zip((2, 1, 0), origin_ijk):
+            extent += [low[array_axis] + int(origin), high[array_axis] + int(origin)]
+        return extent
+
+
+@dataclasses.dataclass
+class WriteRequest:
+    """One user action's change to the selected segment: replace each listed slice with its mask.
+
+    One request is one undo point: the effect calls `saveStateForUndo()` once, then, per block,
+    erases the block's slices and adds the masks, both through `modifySelectedSegmentByLabelmap`.
+    Slices not listed are left untouched.
+
+    Attributes:
+        action: "apply" or "propagate".
+        axis: array axis the slices are taken along.
+        masks: slice index -> (H, W) bool mask.
+        shape: (K, J, I) shape of the volume.
+        result: the propagation result (where and why each side stopped), for "propagate".
+    """
+
+    action: str
+    axis: int
+    masks: Dict[int, np.ndarray]
+    shape: Tuple[int, int, int]
+    result: Optional[object] = None  # propagation.PropagationResult
+
+    @property
+    def slices(self) -> List[int]:
+        return sorted(self.masks)
+
+    def get_blocks(self) -> List[WriteBlock]:
+        """The slices grouped into runs of consecutive indices (one modification call each)."""
+        blocks: List[WriteBlock] = []
+        run: List[int] = []
+        for index in self.slices:
+            if run and index != run[-1] + 1:
+                blocks.append(self._get_block(run))
+                run = []
+            run.append(index)
+        if run:
+            blocks.append(self._get_block(run))
+        return blocks
+
+    def apply_to(self, segment: np.ndarray) -> None:
+        """Do to a (K, J, I) bool array what the effect does to the segment (before masking rules)."""
+        if tuple(segment.shape) != tuple(self.shape):
+            raise SessionError(f"segment shape {segment.shape} differs from the volume shape {self.shape}")
+        for block in self.get_blocks():
+            segment[block.get_region()] = block.get_array()
+
+    def _get_block(self, run: List[int]) -> WriteBlock:
+        return WriteBlock(self.axis, run[0], run[-1] + 1, np.stack([self.masks[i] for i in run]))
+
+
+@dataclasses.dataclass
+class _SlicePrompts:
+    points: List[Tuple[int, int]] = dataclasses.field(default_factory=list)  # (x, y) pixels
+    labels: List[int] = dataclasses.field(default_factory=list)
+    box: Optional[Tuple[int, int, int, int]] = None  # (x0, y0, x1, y1), exclusive max
+
+    @property
+    def empty(self) -> bool:
+        return not self.points and self.box is None
+
+
+def get_world_ijk_to_ras(image_to_local: np.ndarray, extent: Sequence[int],
+                         local_to_world: Optional[np.ndarray] = None) -> np.ndarray:
+    """4x4 matrix from array indices (i, j, k) of a `vtkOrientedImageData` to world RAS.
+
+    Array index 0 is the image's extent start, not IJK 0, and a segmentation under a (linear) parent
+    transform has its labelmaps in its own local frame: both are folded in here.
+    """
+    shift = np.eye(4)
+    shift[:3, 3] = [extent[0], extent[2], extent[4]]
+    to_world = np.eye(4) if local_to_world is None else np.asarray(local_to_world, float)
+    return to_world @ np.asarray(image_to_local, float) @ shift
+
+
+class SegmentationSession:
+    """Interactive SAM segmentation of one segment in one volume.
+
+    Args:
+        predictor: a `medicosam.predictor.VolumePredictor` on the (K, J, I) source array.
+        ijk_to_ras: 4x4 matrix from array indices (i, j, k) to world RAS (see `get_world_ijk_to_ras`).
+        refine: feed the slice's previous prediction (or the mask last written there) to SAM with
+            every new prompt, so corrections refine the mask instead of starting over.
+    """
+
+    def __init__(self, predictor, ijk_to_ras: np.ndarray, refine: bool = True):
+        self.predictor = predictor
+        self.ijk_to_ras = np.asarray(ijk_to_ras, float)
+        if self.ijk_to_ras.shape != (4, 4):
+            raise SessionError(f"ijk_to_ras must be a 4x4 matrix, got shape {self.ijk_to_ras.shape}")
+        self.shape: Tuple[int, int, int] = tuple(int(n) for n in predictor.volume.shape)
+        self.refine = refine
+        self.current: Optional[SliceKey] = None
+        self.preview: Optional[SlicePreview] = None
+        self._prompts: Dict[SliceKey, _SlicePrompts] = {}
+        self._logits: Dict[SliceKey, np.ndarray] = {}  # last low-res prediction per slice
+        self._written: Dict[SliceKey, np.ndarray] = {}  # last mask this session wrote per slice
+        self._accepted: Dict[int, Dict[int, np.ndarray]] = {}  # axis -> slice -> mask the user applied
+        self._pending = False  # the current slice has prompts that are not applied yet
+
+    # Prompts -------------------------------------------------------------------------------------
+
+    def add_point(self, point_ras: Sequence[float], positive: bool, view_normal_ras: Sequence[float]) -> SliceKey:
+        """Add a +/- point clicked in a view with the given normal; returns the slice it landed on.
+
+        Raises:
+            ObliqueViewError: the view is not aligned with the volume's slices.
+            PointOutsideVolumeError: the point is outside the volume.
+        """
+        axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
+        index, x, y = get_slice_point(ras_to_array_index(point_ras, self.ijk_to_ras, self.shape), axis)
+        prompts = self._get_slice_prompts((axis, index))
+        prompts.points.append((x, y))
+        prompts.labels.append(1 if positive else 0)
+        return self.current
+
+    def add_box(self, corner_a_ras: Sequence[float], corner_b_ras: Sequence[float],
+                view_normal_ras: Sequence[float]) -> SliceKey:
+        """Set the box of the slice the box lies on (one box per slice; a new one replaces it)."""
+        axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
+        index, box = get_slice_box(corner_a_ras, corner_b_ras, self.ijk_to_ras, self.shape, axis)
+        self._get_slice_prompts((axis, index)).box = box
+        return self.current
+
+    def clear_prompts(self) -> None:
+        """Forget the current slice's prompts, preview and previous prediction (applied masks stay)."""
+        if self.current is not None:
+            self._prompts.pop(self.current, None)
+            self._logits.pop(self.current, None)
+        self.preview = None
+        self._pending = False
+
+    def get_prompts(self, key: Optional[SliceKey] = None) -> Prompts:
+        """SAM prompts of a slice (the current one by default), with the refinement input if enabled."""
+        key = key or self._get_current()
+        stored = self._prompts.get(key)
+        if stored is None or stored.empty:
+            raise SessionError("no prompt on this slice: click a point or drag a box on it first")
+        prompts = Prompts(points=np.asarray(stored.points, np.float32).reshape(-1, 2),
+                          labels=np.asarray(stored.labels, np.int64),
+                          box=None if stored.box is None else np.asarray(stored.box, np.float32))
+        if self.refine and key in self._logits:
+            prompts.logits = self._logits[key]
+        elif self.refine and key in self._written and self._written[key].any():
+            prompts.mask = self._written[key]
+        return prompts
+
+    def get_prompt_display(self) -> PromptDisplay:
+        """World positions of the current slice's prompts, for markups in the views."""
+        empty = np.zeros((0, 3))
+        if self.current is None or self.current not in self._prompts:
+            return PromptDisplay(empty, empty, None)
+        axis, index = self.current
+        stored = self._prompts[self.current]
+        xy = np.asarray(stored.points, float).reshape(-1, 2)
+        labels = np.asarray(stored.labels)
+        ras = self._get_slice_ras(axis, index, xy)
+        corners = None
+        if stored.box is not None:
+            x0, y0, x1, y1 = (v - 0.5 for v in stored.box)  # outer pixel edges
+            corners = self._get_slice_ras(axis, index, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+        return PromptDisplay(ras[labels == 1], ras[labels == 0], corners)
+
+    # Prediction and writing ----------------------------------------------------------------------
+
+    def update_preview(self) -> SlicePreview:
+        """Predict the current slice from its prompts (runs the encoder once per slice, then cached)."""
+        axis, index = key = self._get_current()
+        prediction = self.predictor.predict(axis, index, self.get_prompts(key))
+        self._logits[key] = prediction.logits[0]
+        self.preview = SlicePreview(axis, index, prediction.masks[0], float(prediction.scores[0]))
+        return self.preview
+
+    def apply(self) -> WriteRequest:
+        """Accept the current slice's prediction: the slice becomes a propagation seed."""
+        preview = self._get_pending_preview()
+        if preview is None:
+            raise SessionError("nothing to apply: click a point or drag a box on a slice first")
+        self._accept(preview)
+        return WriteRequest("apply", preview.axis, {preview.index: preview.mask}, self.shape)
+
+    def propagate(self, config=None, segment: Optional[np.ndarray] = None,
+                  progress: Optional[Callable[[int, int], None]] = None,
+                  should_cancel: Optional[Callable[[], bool]] = None) -> Optional[WriteRequest]:
+        """Propagate from every accepted slice of the current axis; None when cancelled (nothing changes).
+
+        Args:
+            config: a `medicosam.propagation.PropagationConfig` (direction, range, mode, IoU stop).
+            segment: the selected segment now, as a (K, J, I) bool array on the volume grid. Seeds are
+                read from it, so Undo and edits made with other effects count; an accepted slice that
+                is now empty (undone or erased) is no longer a seed. None: use the masks as applied.
+            progress: `progress(done, total)` after each slice.
+            should_cancel: checked before each slice.
+        """
+        preview = self._get_pending_preview()
+        axis = preview.axis if preview is not None else self._get_propagation_axis()
+        accepted = dict(self._accepted.get(axis, {}))
+        seeds = self._get_seeds(axis, accepted, segment)
+        if preview is not None:
+            seeds[preview.index] = preview.mask
+        if not any(mask.any() for mask in seeds.values()):
+            raise SessionError("nothing to propagate: apply a non-empty mask on at least one slice first")
+        result = self.predictor.propagate(axis, seeds, config, progress, should_cancel)
+        if result.cancelled:
+            return None
+        forgotten = set(accepted) - set(seeds)
+        self._accepted[axis] = {i: m for i, m in accepted.items() if i not in forgotten}
+        if preview is not None:
+            self._accept(preview)
+        masks = {index: mask for index, mask in result.masks.items()
+                 if index not in seeds or (preview is not None and index == preview.index)}
+        for index, mask in masks.items():
+            self._written[(axis, index)] = mask
+        return WriteRequest("propagate", axis, masks, self.shape, result)
+
+    def get_accepted_slices(self, axis: int) -> List[int]:
+        return sorted(self._accepted.get(axis, {}))
+
+    def get_prefetch_slices(self, radius: int = 2) -> List[SliceKey]:
+        """Neighbours of the current slice, nearest first: their embeddings are worth computing while
+        the user looks at the preview (the next click or the propagation will need them)."""
+        if self.current is None:
+            return []
+        axis, index = self.current
+        neighbours = [index + sign * step for step in range(1, radius + 1) for sign in (1, -1)]
+        return [(axis, i) for i in neighbours if 0 <= i < self.shape[axis]]
+
+    # Internals -----------------------------------------------------------------------------------
+
+    def _get_current(self) -> SliceKey:
+        if self.current is None:
+            raise SessionError("no slice selected yet: click a point or drag a box on a slice first")
+        return self.current
+
+    def _get_slice_prompts(self, key: SliceKey) -> _SlicePrompts:
+        """The prompts of `key`, which becomes the current slice (the preview belongs to it)."""
+        if key != self.current:
+            self.current = key
+            self.preview = None
+        self._pending = True
+        return self._prompts.setdefault(key, _SlicePrompts())
+
+    def _get_pending_preview(self) -> Optional[SlicePreview]:
+        """The current slice's preview if its prompts are not applied yet (predicted now if stale)."""
+        if not self._pending or self.current is None or self.current not in self._prompts:
+            return None
+        if self.preview is None or (self.preview.axis, self.preview.index) != self.current:
+            return self.update_preview()
+        return self.preview
+
+    def _accept(self, preview: SlicePreview) -> None:
+        key = (preview.axis, preview.index)
+        self._accepted.setdefault(preview.axis, {})[preview.index] = preview.mask
+        self._written[key] = preview.mask
+        self.preview = None
+        self._pending = False
+
+    def _get_propagation_axis(self) -> int:
+        if self.current is not None and self._accepted.get(self.current[0]):
+            return self.current[0]
+        axes = [axis for axis, slices in self._accepted.items() if slices]
+        if len(axes) != 1:
+            raise SessionError("nothing to propagate: apply a mask on a slice first, then propagate "
+                               "along that slice's view" if not axes else
+                               "slices were applied in several view orientations: click in the view "
+                               "whose slices you want to propagate, then propagate")
+        return axes[0]
+
+    def _get_seeds(self, axis: int, accepted: Dict[int, np.ndarray],
+                   segment: Optional[np.ndarray]) -> Dict[int, np.ndarray]:
+        """Seed masks: the segment's content on accepted slices (an empty applied mask stays a stop
+        annotation; an applied non-empty mask that is gone now was undone or erased: dropped)."""
+        if segment is None:
+            return accepted
+        if tuple(segment.shape) != self.shape:
+            raise SessionError(f"segment shape {segment.shape} differs from the volume shape {self.shape}")
+        seeds = {}
+        for index, applied in accepted.items():
+            now = np.take(segment, index, axis=axis).astype(bool)
+            if now.any() or not applied.any():
+                seeds[index] = now
+        return seeds
+
+    def _get_slice_ras(self, axis: int, index: int, xy: np.ndarray) -> np.ndarray:
+        """World RAS of (x, y) positions (continuous pixels) on slice `index` along `axis`."""
+        row_axis, col_axis = (a for a in (0, 1, 2) if a != axis)
+        kji = np.zeros((len(xy), 3))
+        kji[:, axis], kji[:, row_axis], kji[:, col_axis] = index, xy[:, 1], xy[:, 0]
+        return ijk_to_ras(kji[:, ::-1], self.ijk_to_ras)

@@ -1,0 +1,110 @@
+"""`medicosam train` and `medicosam export`, added to the core's `medicosam` command.
+
+`register(subparsers)` is the `medicosam.cli` entry point (see `medicosam.cli`); each parser's
+`func(args) -> int` runs the command. Multi-GPU: `torchrun --nproc_per_node N -m medicosam.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .objective import PRESETS
+
+
+def register(subparsers) -> None:
+    """Add the training package's sub-commands to the `medicosam` command."""
+    _add_train(subparsers)
+    _add_export(subparsers)
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="finetune SAM with Algorithm 1 (presets medsam, simpleft, medicosam, ...)",
+        description="Finetune SAM on medical images with the paper's objective; resumable, DDP via torchrun.")
+    parser.add_argument("--preset", choices=list(PRESETS), default="medicosam",
+                        help="training objective (default: medicosam = 8 corrections, p_box 0.5, "
+                             "p_mask 0.5, segmentation decoder)")
+    parser.add_argument("--data", required=True,
+                        help="SA-Med2D-20M folder, or a folder with images/ and labels/ (2D files or 3D volumes)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", help="registry name or URL of the start model (default: sam_vit_b)")
+    model.add_argument("--checkpoint", help="local SAM checkpoint file to start from")
+    parser.add_argument("--out", default="medicosam-training", help="output folder (checkpoints, logs, model.pt)")
+    parser.add_argument("--epochs", type=int, help="stop after this many epochs")
+    parser.add_argument("--iterations", type=int, help="stop after this many iterations (paper: 300000)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per step and process (paper: 7)")
+    parser.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (paper: 1e-5)")
+    parser.add_argument("--lr-decay", type=float, default=0.9, help="lr factor after every epoch (paper: 0.9)")
+    parser.add_argument("--freeze", nargs="+", default=[], metavar="PREFIX",
+                        help="keep these parts fixed, e.g. prompt_encoder image_encoder")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt if it exists")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="trade compute for encoder memory")
+    parser.add_argument("--n-obj", type=int, default=5, help="objects per image (paper: 5)")
+    parser.add_argument("--n-steps", type=int, help="override the preset's correction steps")
+    parser.add_argument("--p-box", type=float, help="override the preset's box probability")
+    parser.add_argument("--p-mask", type=float, help="override the preset's mask-prompt probability")
+    parser.add_argument("--min-size", type=int, default=25, help="smallest object in pixels at model size")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share per modality")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=1000, help="checkpoint interval in iterations")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loading processes")
+    parser.add_argument("--decoder-features", type=int, default=64,
+                        help="segmentation decoder width (64 = micro-sam's; smaller for CPU runs)")
+    parser.add_argument("--offline", action="store_true", default=None, help="never use the network")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_train)
+
+
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="write a training checkpoint's model as a plain SAM checkpoint",
+        description="Write the model of a training checkpoint (latest.pt) as a plain SAM state dict that "
+                    "segment_anything loads, or with --with-decoder in micro-sam's joint layout.")
+    parser.add_argument("checkpoint", help="training checkpoint (OUT/latest.pt of `medicosam train`)")
+    parser.add_argument("out", help="file to write")
+    parser.add_argument("--with-decoder", action="store_true",
+                        help="also store the segmentation decoder ({'model_state', 'decoder_state'}; "
+                             "segment_anything cannot load that file)")
+    parser.set_defaults(func=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medicosam.models.checkpoint import load_sam
+
+    from .data import get_training_datasets
+    from .objective import get_preset
+    from .trainer import TrainConfig, train
+
+    overrides = {key: value for key, value in
+                 (("n_steps", args.n_steps), ("p_box", args.p_box), ("p_mask", args.p_mask)) if value is not None}
+    objective = get_preset(args.preset, n_obj=args.n_obj, **overrides)
+    loaded = load_sam(args.checkpoint or args.model or "sam_vit_b", allow_custom=True, offline=args.offline)
+    train_set, val_set = get_training_datasets(args.data, image_size=loaded.config.image_size, n_obj=args.n_obj,
+                                               min_size=args.min_size, val_fraction=args.val_fraction,
+                                               seed=args.seed)
+    config = TrainConfig(objective=objective, lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
+                         iterations=args.iterations, batch_size=args.batch_size, freeze=tuple(args.freeze),
+                         amp=args.amp, grad_checkpointing=args.grad_checkpointing, out_dir=args.out,
+                         save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
+                         device=args.device, resume=args.resume, decoder_features=args.decoder_features,
+                         progress=not args.quiet)
+    result = train(loaded, train_set, val_set, config)
+    if result.export is not None:  # rank 0 only
+        print(f"trained iterations {result.start_iteration} -> {result.iteration} (epoch {result.epoch})")
+        if result.validation:
+            dices = ", ".join(f"{entry['dice']:.3f}" for entry in result.validation)
+            print(f"validation Dice (last pass) per epoch: {dices}")
+        print(f"model: {result.export}")
+        if result.joint_export is not None:
+            print(f"model with decoder: {result.joint_export}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .trainer import export_training_checkpoint
+
+    print(export_training_checkpoint(args.checkpoint, args.out, with_decoder=args.with_decoder))
+    return 0

@@ -1,0 +1,255 @@
+"""`medicosam evaluate interactive-2d | interactive-3d | semantic`: the paper's evaluations on folders.
+
+Every command writes into `--output`: a CSV of every measurement (appended as objects finish, so an
+interrupted run resumes where it stopped when started again with the same arguments), summary
+tables (CSV and markdown) and plots. Running again with other models adds them to the same tables
+and plots. Models are registry names, checkpoint files or URLs; `LABEL=MODEL` sets the name shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List, Tuple
+
+from .data import LabeledFolder
+from .interactive_2d import (
+    FIELDS_2D,
+    KEY_FIELDS_2D,
+    START_PROMPTS,
+    EvaluationError,
+    Interactive2DConfig,
+    evaluate_interactive_2d,
+)
+from .interactive_3d import (
+    FIELDS_3D,
+    KEY_FIELDS_3D,
+    Interactive3DConfig,
+    PropagationGrid,
+    evaluate_interactive_3d,
+    select_best_settings,
+)
+from .reports import ResultsCSV, check_run_config, write_report_2d, write_report_3d, write_report_semantic
+
+
+def register(subparsers) -> None:
+    """Add `evaluate` and its sub-commands to the `medicosam` command."""
+    parser = subparsers.add_parser("evaluate", help="evaluate models like the paper (interactive 2D / 3D, semantic)",
+                                   description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="evaluation", required=True)
+    _add_interactive_2d(commands)
+    _add_interactive_3d(commands)
+    _add_semantic(commands)
+
+
+def _add_common(parser: argparse.ArgumentParser, ndim: int) -> None:
+    what = "images" if ndim == 2 else "volumes (NIfTI, NRRD, MHA)"
+    parser.add_argument("--images", required=True, help=f"folder of {what}")
+    parser.add_argument("--labels", required=True,
+                        help="folder of label maps with the same file names (0 = background)")
+    parser.add_argument("--output", required=True, help="folder for the CSV, summaries and plots")
+    parser.add_argument("--dataset", help="dataset name in the tables (default: the images folder's name)")
+    parser.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL",
+                        help="registry name, checkpoint file or URL; repeat to compare models")
+    parser.add_argument("--starts", nargs="+", choices=START_PROMPTS, default=list(START_PROMPTS),
+                        help="start prompts to evaluate")
+    parser.add_argument("--classes", nargs="+", type=int, help="class ids to evaluate (default: all)")
+    parser.add_argument("--window", default="auto", help="intensity preset: auto, percentile, minmax, ct_soft_tissue, "
+                                                        "ct_lung, ct_bone")
+    parser.add_argument("--max-images", type=int, help="use only the first N images (the paper: 200)")
+    parser.add_argument("--max-objects", type=int,
+                        help="stop after N newly finished objects (run again to continue)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--offline", action="store_true", default=None, help="never download models")
+    parser.add_argument("--overwrite", action="store_true", help="discard earlier results in --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_interactive_2d(commands) -> None:
+    parser = commands.add_parser("interactive-2d", help="start prompt + correction clicks, Dice per iteration")
+    _add_common(parser, 2)
+    parser.add_argument("--corrections", type=int, default=7, help="correction iterations after the start")
+    parser.add_argument("--use-mask-prompt", action="store_true", help="feed the previous logits back as mask prompt")
+    parser.add_argument("--correction-mode", choices=("random", "center"), default="random",
+                        help="click a random error pixel (the paper) or the centre of the largest error")
+    parser.add_argument("--min-size", type=int, default=20, help="smallest object in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="objects of an image decoded together")
+    parser.set_defaults(func=_run_interactive_2d)
+
+
+def _add_interactive_3d(commands) -> None:
+    parser = commands.add_parser("interactive-3d", help="central-slice prompt + propagation, Dice per object")
+    _add_common(parser, 3)
+    parser.add_argument("--val-images", help="validation volumes for the grid search of propagation settings")
+    parser.add_argument("--val-labels", help="their label maps")
+    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="array axis to propagate along (KJI)")
+    parser.add_argument("--modes", nargs="+", help="propagation modes to search (default: all; without "
+                                                   "validation data: single_point)")
+    parser.add_argument("--iou-thresholds", nargs="+", type=float, help="stop IoU values to search "
+                                                                        "(default: 0.5..0.9; without validation: 0.5)")
+    parser.add_argument("--box-extensions", nargs="+", type=float,
+                        help="box extensions to search (default: 0..0.25; without validation: 0.05)")
+    parser.add_argument("--min-size", type=int, default=20, help="smallest object in voxels")
+    parser.add_argument("--min-slice-size", type=int, default=10, help="smallest object area on its central slice")
+    parser.add_argument("--components", action="store_true",
+                        help="one object per connected component (default: one per class)")
+    parser.set_defaults(func=_run_interactive_3d)
+
+
+def _add_semantic(commands) -> None:
+    parser = commands.add_parser("semantic", help="Dice per class of predicted label maps (2D or 3D)")
+    parser.add_argument("--predictions", required=True, help="folder of predicted label maps")
+    parser.add_argument("--labels", required=True, help="folder of true label maps with the same file names")
+    parser.add_argument("--output", required=True, help="folder for semantic.csv and the summary")
+    parser.add_argument("--dataset", help="dataset name in the tables (default: the labels folder's name)")
+    parser.add_argument("--classes", nargs="+", type=int, help="class ids to score (default: all present)")
+    parser.set_defaults(func=_run_semantic)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _get_model_specs(values: List[str]) -> List[Tuple[str, str]]:
+    """(label, registry name / path / URL) from `[LABEL=]MODEL` arguments."""
+    specs = []
+    for value in values:
+        label, sep, source = value.partition("=")
+        if not sep or "://" in label:
+            label, source = Path(value).stem if Path(value).suffix else value, value
+        specs.append((label, source))
+    return specs
+
+
+def _load_model(source: str, args):
+    from medicosam.device import get_device
+    from medicosam.models.checkpoint import load_sam
+
+    return load_sam(source, device=str(get_device(args.device)), allow_custom=True, offline=args.offline)
+
+
+def _open_results(output: Path, name: str, config: dict, fields, key_fields, rows_per_key: int,
+                  overwrite: bool) -> ResultsCSV:
+    csv_path, config_path = output / f"{name}.csv", output / f"{name}.json"
+    if overwrite:
+        for path in (csv_path, config_path):
+            path.unlink(missing_ok=True)
+    check_run_config(config_path, config)
+    return ResultsCSV(csv_path, fields, key_fields, rows_per_key)
+
+
+def _report(paths: List[Path], complete: bool) -> int:
+    for path in paths:
+        print(f"wrote {path}")
+    if not complete:
+        print("stopped early (--max-objects): run the same command again to continue")
+    return 0
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _run_interactive_2d(args) -> int:
+    config = Interactive2DConfig(n_corrections=args.corrections, use_mask_prompt=args.use_mask_prompt,
+                                 correction_mode=args.correction_mode, min_size=args.min_size,
+                                 classes=args.classes, seed=args.seed, batch_size=args.batch_size, window=args.window)
+    samples = LabeledFolder(args.images, args.labels, ndim=2, max_items=args.max_images)
+    dataset = args.dataset or Path(args.images).resolve().name
+    output = Path(args.output)
+    protocol = {key: value for key, value in vars(config).items() if key != "batch_size"}
+    results = _open_results(output, "interactive_2d", protocol, FIELDS_2D, KEY_FIELDS_2D,
+                            config.n_corrections + 1, args.overwrite)
+    budget = args.max_objects
+    complete = True
+    for label, source in _get_model_specs(args.model):
+        loaded = _load_model(source, args)
+        run = evaluate_interactive_2d(loaded.sam, samples, config, starts=args.starts, model=label, dataset=dataset,
+                                      results=results, max_objects=budget, show_progress=not args.quiet)
+        budget = None if budget is None else budget - len(run.traces)
+        if not run.complete:
+            complete = False
+            break
+    return _report([results.path, *write_report_2d(results.rows, output)], complete)
+
+
+def _get_settings(args, with_validation: bool):
+    from medicosam.propagation import PropagationConfig
+
+    defaults = PropagationGrid() if with_validation else None
+    grid = PropagationGrid(
+        modes=tuple(args.modes or (defaults.modes if defaults else (PropagationConfig.mode,))),
+        iou_thresholds=tuple(args.iou_thresholds or (defaults.iou_thresholds if defaults
+                                                     else (PropagationConfig.iou_threshold,))),
+        box_extensions=tuple(args.box_extensions or (defaults.box_extensions if defaults
+                                                     else (PropagationConfig.box_extension,))))
+    settings = grid.get_settings()
+    if not with_validation and len(settings) > 1:
+        raise EvaluationError(f"{len(settings)} propagation settings but no validation data to choose among "
+                              "them: pass --val-images and --val-labels, or one value each for --modes, "
+                              "--iou-thresholds and --box-extensions")
+    return settings
+
+
+def _run_interactive_3d(args) -> int:
+    with_validation = bool(args.val_images or args.val_labels)
+    if with_validation and not (args.val_images and args.val_labels):
+        raise EvaluationError("give both --val-images and --val-labels (or neither, with one fixed setting)")
+    config = Interactive3DConfig(axis=args.axis, min_size=args.min_size, min_slice_size=args.min_slice_size,
+                                 split_components=args.components, classes=args.classes, window=args.window)
+    settings = _get_settings(args, with_validation)
+    test = LabeledFolder(args.images, args.labels, ndim=3, max_items=args.max_images)
+    val = LabeledFolder(args.val_images, args.val_labels, ndim=3) if with_validation else None
+    dataset = args.dataset or Path(args.images).resolve().name
+    output = Path(args.output)
+    results = _open_results(output, "interactive_3d", vars(config), FIELDS_3D, KEY_FIELDS_3D, 1, args.overwrite)
+    budget = args.max_objects
+    complete = True
+    for label, source in _get_model_specs(args.model):
+        loaded = _load_model(source, args)
+        kwargs = dict(model=label, model_id=loaded.model_id, dataset=dataset, results=results,
+                      show_progress=not args.quiet)
+        chosen = {start: settings for start in args.starts}
+        if val is not None:
+            run = evaluate_interactive_3d(loaded.sam, val, chosen, config, split="val", max_objects=budget, **kwargs)
+            budget = None if budget is None else budget - len(run.rows)
+            if not run.complete:
+                complete = False
+                break
+            best = select_best_settings(results.rows, chosen, label, dataset)
+            for start, setting in best.items():
+                print(f"{label}, {start} start: best propagation setting {setting.config.mode}, IoU stop "
+                      f"{setting.config.iou_threshold}, box extension {setting.config.box_extension} "
+                      f"(validation Dice {setting.dice:.3f} over {setting.n} objects)")
+            chosen = {start: [setting.config] for start, setting in best.items()}
+        run = evaluate_interactive_3d(loaded.sam, test, chosen, config, split="test", max_objects=budget, **kwargs)
+        budget = None if budget is None else budget - len(run.rows)
+        if run.skipped:
+            print(f"{label}: skipped {len(run.skipped)} test objects smaller than {config.min_slice_size} px on "
+                  "their central slice")
+        if not run.complete:
+            complete = False
+            break
+    return _report([results.path, *write_report_3d(results.rows, output)], complete)
+
+
+def _run_semantic(args) -> int:
+    import numpy as np
+
+    from medicosam.volume_io import read_volume
+
+    from ..data import check_same_shape, get_folder_records, get_label_array, get_stem
+    from .metrics import get_semantic_dice
+    from .reports import write_table_csv
+
+    dataset = args.dataset or Path(args.labels).resolve().name
+    rows = []
+    for record in get_folder_records(args.predictions, args.labels):
+        label_path = record.labels[0]
+        prediction = get_label_array(np.asarray(read_volume(record.image).array), record.image)
+        target = get_label_array(np.asarray(read_volume(label_path).array), label_path)
+        check_same_shape(target, prediction, label_path, record.image)
+        for class_id, dice in get_semantic_dice(prediction, target, args.classes).items():
+            rows.append({"dataset": dataset, "image": get_stem(record.image), "class": class_id, "dice": dice})
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    return _report([write_table_csv(rows, output / "semantic.csv"), *write_report_semantic(rows, output)], True)

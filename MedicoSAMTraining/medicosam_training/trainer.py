@@ -1,0 +1,564 @@
+"""The training loop: Algorithm 1 on one CPU, one GPU or many GPUs (torchrun), resumable.
+
+Paper settings (section 3) are the defaults: AdamW with lr 1e-5, the learning rate multiplied by
+0.9 after every epoch, all model parts trained. bf16 autocast on CUDA; fp32 on the CPU.
+
+Files in `out_dir` (rank 0 writes, every other rank only reads):
+- `latest.pt`: model (plain SAM keys under `model_state`, micro-sam's layout, so `load_sam` reads
+  it), segmentation decoder, optimizer, scheduler, RNG states, iteration, epoch, configs. Written
+  atomically (temporary file, fsync, rename): a crash leaves the previous checkpoint.
+- `model.pt`: the final model as a plain SAM state dict (`segment_anything` loads it);
+  `model_with_decoder.pt` with e_sem: micro-sam's `{"model_state", "decoder_state"}`.
+- `logs/`: TensorBoard scalars.
+
+Determinism without broadcasts: the prompt generator of iteration i on rank r is seeded with
+(seed, r, i) and the data order of epoch e with (seed, e), so a resumed run draws the same prompts
+and batches as an uninterrupted one, and no rank needs another rank's random state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from medicosam.errors import MedicoSAMError
+from medicosam_training.objective import ObjectiveConfig, ObjectiveModule, ObjectiveOutput, get_preset
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "latest.pt"
+EXPORT_NAME = "model.pt"
+JOINT_EXPORT_NAME = "model_with_decoder.pt"
+SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+AMP_CHOICES = ("auto", "bf16", "off")
+_FORMAT = "medicosam-training-checkpoint/1"
+
+
+class TrainingError(MedicoSAMError, RuntimeError):
+    """Training cannot start or continue: a bad setting, a checkpoint that does not fit."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss or the gradients became NaN/inf; nothing was saved after the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train (the objective is one field of it).
+
+    Attributes:
+        objective: Algorithm 1's settings; default the `medicosam` preset.
+        lr, weight_decay: AdamW's (paper: lr 1e-5; weight decay is torch's default 0.01).
+        lr_decay, lr_decay_every: multiply the lr by `lr_decay` every `lr_decay_every` epochs
+            (paper: 0.9 every epoch; micro-sam's v2 run: every 2).
+        epochs, iterations: stop after this many epochs or iterations, whichever comes first;
+            both None: one epoch.
+        batch_size: images per step and process.
+        freeze: parameter-name prefixes kept fixed, e.g. ("prompt_encoder",).
+        amp: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "off".
+        grad_checkpointing: recompute encoder blocks in the backward pass (less memory, ~30 % slower).
+        out_dir: checkpoints, logs and the exported model.
+        save_every: also write `latest.pt` every this many iterations (always at each epoch end).
+        seed: seeds data order, object sampling and prompts.
+        log_every: TensorBoard interval in iterations.
+        num_workers: DataLoader worker processes.
+        device: "auto", "cpu", "cuda", ... (under torchrun: the local rank's GPU).
+        resume: continue from `out_dir/latest.pt` when it exists.
+        decoder_features: width of the segmentation decoder (e_sem); 64 is micro-sam's.
+        progress: show a tqdm bar (rank 0).
+    """
+
+    objective: ObjectiveConfig = dataclasses.field(default_factory=lambda: get_preset("medicosam"))
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    lr_decay: float = 0.9
+    lr_decay_every: int = 1
+    epochs: Optional[int] = None
+    iterations: Optional[int] = None
+    batch_size: int = 1
+    freeze: Tuple[str, ...] = ()
+    amp: str = "auto"
+    grad_checkpointing: bool = False
+    out_dir: Union[str, Path] = "medicosam-training"
+    save_every: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    num_workers: int = 0
+    device: str = "auto"
+    resume: bool = False
+    decoder_features: int = 64
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr > 0, f"lr={self.lr}: must be > 0"),
+            (0 < self.lr_decay <= 1, f"lr_decay={self.lr_decay}: use a factor in (0, 1]"),
+            (self.lr_decay_every >= 1, f"lr_decay_every={self.lr_decay_every}: use 1 or more epochs"),
+            (self.epochs is None or self.epochs >= 1, f"epochs={self.epochs}: use 1 or more"),
+            (self.iterations is None or self.iterations >= 1, f"iterations={self.iterations}: use 1 or more"),
+            (self.batch_size >= 1, f"batch_size={self.batch_size}: use 1 or more"),
+            (self.save_every >= 1, f"save_every={self.save_every}: use 1 or more"),
+            (self.log_every >= 1, f"log_every={self.log_every}: use 1 or more"),
+            (self.amp in AMP_CHOICES, f"amp={self.amp!r}: use one of {AMP_CHOICES}"),
+        ]
+        errors = [message for ok, message in checks if not ok]
+        if errors:
+            raise TrainingError("invalid training configuration: " + "; ".join(errors))
+        self.freeze = tuple(self.freeze)
+        self.out_dir = Path(self.out_dir)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Where a finished run stands and what it wrote."""
+
+    out_dir: Path
+    start_iteration: int  # > 0 when the run resumed from a checkpoint
+    iteration: int
+    epoch: int
+    checkpoint: Path
+    export: Optional[Path]
+    joint_export: Optional[Path]
+    validation: List[Dict[str, float]]  # one entry per finished epoch (empty without val data)
+
+
+@dataclasses.dataclass
+class _Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this module called init_process_group, so it also ends it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def get_distributed(device: torch.device) -> _Distributed:
+    """The process group of a torchrun launch (WORLD_SIZE > 1), started here if needed.
+
+    NCCL on CUDA, gloo on the CPU; a single process gets rank 0 of 1 and no group.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _Distributed()
+    owns = not torch_dist.is_initialized()
+    if owns:
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Distributed(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size(),
+                        local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
+
+
+def get_amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for fp32."""
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def freeze_parameters(model: nn.Module, prefixes: Tuple[str, ...]) -> None:
+    """Turn off gradients of parameters whose names start with one of `prefixes`."""
+    names = [name for name, _ in model.named_parameters()]
+    unknown = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
+    if unknown:
+        raise TrainingError(f"freeze prefixes {unknown} match no parameter: use parts like {SAM_PARTS} "
+                            "or longer prefixes such as 'image_encoder.blocks.0'")
+    for name, parameter in model.named_parameters():
+        if name.startswith(prefixes):
+            parameter.requires_grad_(False)
+
+
+@contextlib.contextmanager
+def activation_checkpointing(image_encoder: nn.Module, enabled: bool) -> Iterator[None]:
+    """Recompute each encoder block in the backward pass instead of keeping its activations.
+
+    The blocks' `forward` is wrapped on the instances (state-dict keys stay those of SAM) and
+    restored on exit.
+    """
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = list(image_encoder.blocks) if enabled else []
+    for block in blocks:
+        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # the instance attribute goes, the class method is back
+
+
+def build_semantic_decoder(sam: nn.Module, features: int,
+                           decoder_state: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """The e_sem segmentation decoder on `sam`'s encoder, with `decoder_state` when the model had one."""
+    from medicosam_training.unetr import get_unetr_decoder
+
+    decoder = get_unetr_decoder(sam.image_encoder, out_channels=2, initial_features=features)
+    if decoder_state is not None:
+        try:
+            decoder.load_state_dict(decoder_state)
+        except RuntimeError as error:
+            raise TrainingError(f"the checkpoint's segmentation decoder does not fit this decoder "
+                                f"(decoder_features={features}): {str(error).splitlines()[0]} ...; "
+                                "set decoder_features to the saved width") from error
+    return decoder
+
+
+def get_rng_states() -> Dict[str, Any]:
+    """Python, numpy and torch RNG states in a form `torch.load(weights_only=True)` accepts."""
+    kind, key, position, has_gauss, cached = np.random.get_state()
+    states: Dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                              "numpy": (kind, torch.from_numpy(key.astype(np.int64)), position, has_gauss, cached)}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(states["torch"])
+    kind, key, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """A `latest.pt` read safely (weights_only), checked to be a MedicoSAM training checkpoint."""
+    from medicosam.models.checkpoint import load_checkpoint_file
+
+    state = load_checkpoint_file(path)
+    if state.get("format") != _FORMAT:
+        raise TrainingError(f"{path} is not a MedicoSAM training checkpoint (no format {_FORMAT!r}); "
+                            "to finetune from a model file, pass it as the model instead")
+    return state
+
+
+def export_training_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path],
+                               with_decoder: bool = False) -> Path:
+    """Write the model of a training checkpoint as a plain SAM state dict (or the joint layout)."""
+    from medicosam.models.checkpoint import export_sam, export_sam_with_decoder
+
+    state = load_training_checkpoint(checkpoint)
+    if not with_decoder:
+        return export_sam(state["model_state"], out)
+    if state.get("decoder_state") is None:
+        raise TrainingError(f"{checkpoint} has no segmentation decoder (it was trained without e_sem): "
+                            "export without --with-decoder")
+    return export_sam_with_decoder(state["model_state"], state["decoder_state"], out)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files a killed process left beside `path` (see `save_atomically`)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink()
+
+
+def _get_grad_norm(parameters: List[nn.Parameter]) -> torch.Tensor:
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+class _Run:
+    """One training run's state; `train` drives it."""
+
+    def __init__(self, sam: nn.Module, sam_config: Any, decoder: Optional[nn.Module], config: TrainConfig,
+                 device: torch.device, dist: _Distributed) -> None:
+        self.config, self.device, self.dist = config, device, dist
+        self.sam_config = sam_config
+        self.module = ObjectiveModule(sam, config.objective, decoder).to(device)
+        freeze_parameters(self.module.sam, config.freeze)
+        self.parameters = [p for p in self.module.parameters() if p.requires_grad]
+        if not self.parameters:
+            raise TrainingError(f"freeze={config.freeze} leaves nothing to train: freeze fewer parts")
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay,
+                                           fused=device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_decay_every,
+                                                         gamma=config.lr_decay)
+        self.model: nn.Module = self.module
+        if dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Unused parameters vary per step (box vs point embeddings, mask-prompt convs).
+            self.model = DistributedDataParallel(
+                self.module, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.amp_dtype = get_amp_dtype(config.amp, device)
+        self.iteration = self.epoch = self.epoch_batches = 0
+        self.validation: List[Dict[str, float]] = []
+        self.checkpoint_path = Path(config.out_dir) / CHECKPOINT_NAME
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def get_state(self) -> Dict[str, Any]:
+        decoder = self.module.semantic_decoder
+        return {
+            "format": _FORMAT,
+            "model_state": self.module.sam.state_dict(),
+            "decoder_state": None if decoder is None else decoder.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": get_rng_states(),
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "epoch_batches": self.epoch_batches,
+            "validation": self.validation,
+            "objective": dataclasses.asdict(self.config.objective),
+            "train_config": {key: str(value) if isinstance(value, Path) else value
+                             for key, value in dataclasses.asdict(self.config).items() if key != "objective"},
+            "sam_config": dataclasses.asdict(self.sam_config),
+        }
+
+    def save(self) -> None:
+        from medicosam.models.checkpoint import save_atomically
+
+        if self.dist.is_main:
+            save_atomically(self.get_state(), self.checkpoint_path)
+
+    def restore(self) -> None:
+        state = load_training_checkpoint(self.checkpoint_path)
+        try:
+            self.module.sam.load_state_dict(state["model_state"])
+            if self.module.semantic_decoder is not None and state.get("decoder_state") is not None:
+                self.module.semantic_decoder.load_state_dict(state["decoder_state"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as error:
+            raise TrainingError(f"{self.checkpoint_path} does not fit this model or setup "
+                                f"({str(error).splitlines()[0]}): resume with the same model, freeze and "
+                                "e_sem settings, or use a new out_dir") from error
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"])
+        self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
+        self.epoch_batches = int(state["epoch_batches"])
+        self.validation = list(state["validation"])
+
+    # ------------------------------------------------------------------ steps
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def get_batch(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        moved = {key: batch[key].to(self.device, non_blocking=True) for key in ("image", "masks", "valid")}
+        if batch.get("foreground") is not None:
+            moved["foreground"] = batch["foreground"].to(self.device, non_blocking=True)
+        return moved
+
+    def check_finite(self, value: torch.Tensor, what: str) -> None:
+        finite = torch.isfinite(value.detach().float()).all().to(torch.int32).reshape(1)
+        if self.dist.world_size > 1:  # every rank must stop, or the others hang in the next all-reduce
+            torch_dist.all_reduce(finite, op=torch_dist.ReduceOp.MIN)
+        if int(finite) == 0:
+            kept = (f"the last good checkpoint {self.checkpoint_path} was kept" if self.checkpoint_path.exists()
+                    else "no checkpoint was written")
+            raise TrainingDiverged(
+                f"{what} is not finite (NaN/inf) at iteration {self.iteration + 1}; {kept} and the broken "
+                f"model was not saved. Lower the learning rate (now {self.optimizer.param_groups[0]['lr']:g}), "
+                "train in fp32 (amp='off' / --amp off), and check the data for NaN or constant images.")
+
+    def step(self, batch: Dict[str, Any]) -> ObjectiveOutput:
+        batch = self.get_batch(batch)
+        rng = np.random.default_rng((self.config.seed, self.dist.rank, self.iteration))
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            output = self.model(batch["image"], batch["masks"], batch["valid"], rng, self.iteration,
+                                batch.get("foreground"))
+        self.check_finite(output.loss, "the loss")
+        output.loss.backward()
+        self.check_finite(_get_grad_norm(self.parameters), "the gradient")
+        self.optimizer.step()
+        self.iteration += 1
+        self.epoch_batches += 1
+        return output
+
+    @torch.no_grad()
+    def validate(self, dataset) -> Dict[str, float]:
+        """Mean loss and hard Dice of the last decoder pass, with prompts seeded the same every epoch."""
+        from medicosam_training.data import collate_objects
+
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
+                                             collate_fn=collate_objects, num_workers=self.config.num_workers)
+        rng = np.random.default_rng((self.config.seed, 2 ** 31 - 1))
+        self.module.eval()
+        losses, dices, weights = [], [], []
+        try:
+            for batch in loader:
+                batch = self.get_batch(batch)
+                with self.autocast():
+                    output = self.module(batch["image"], batch["masks"], batch["valid"], rng, 0,
+                                         batch.get("foreground"))
+                losses.append(float(output.loss))
+                dices.append(float(output.dice))
+                weights.append(output.n_objects)
+        finally:
+            self.module.train()
+        return {"loss": float(np.mean(losses)), "dice": float(np.average(dices, weights=weights))}
+
+
+def _get_epoch_indices(dataset, config: TrainConfig, dist: _Distributed, epoch: int) -> List[int]:
+    """This rank's sample order for `epoch`: a seeded shuffle split across ranks, whole batches only."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    return indices[: len(indices) // config.batch_size * config.batch_size]
+
+
+def _get_sam_and_config(model: Any) -> Tuple[nn.Module, Any, Optional[Dict[str, Any]]]:
+    """(Sam, SamConfig, decoder state) from a `LoadedSam` or a bare `Sam`."""
+    from medicosam.models.config import detect_config
+
+    if hasattr(model, "sam"):
+        return model.sam, model.config, model.decoder_state
+    return model, detect_config(model.state_dict()), None
+
+
+def train(model: Any, train_dataset, val_dataset=None, config: Optional[TrainConfig] = None,
+          semantic_decoder: Optional[nn.Module] = None) -> TrainResult:
+    """Finetune `model` (a `LoadedSam` or a `segment_anything` Sam) with Algorithm 1.
+
+    Args:
+        model: the model to train, changed in place.
+        train_dataset, val_dataset: datasets of `medicosam_training.data` samples (any map-style
+            dataset yielding its dicts); validation runs after every epoch when given.
+        config: the run's settings.
+        semantic_decoder: the e_sem decoder; default: built by `build_semantic_decoder`, loaded from
+            the model's `decoder_state` when it has one.
+
+    Returns:
+        A `TrainResult`. Raises `TrainingDiverged` (nothing saved) when the loss or gradients become
+        NaN/inf.
+    """
+    from medicosam.device import get_device
+
+    config = config or TrainConfig()
+    sam, sam_config, decoder_state = _get_sam_and_config(model)
+    if config.objective.e_sem and semantic_decoder is None:
+        semantic_decoder = build_semantic_decoder(sam, config.decoder_features, decoder_state)
+    device = get_device(config.device)
+    dist = get_distributed(device)
+    if device.type == "cuda" and dist.world_size > 1:
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        run = _Run(sam, sam_config, semantic_decoder, config, device, dist)
+        with activation_checkpointing(sam.image_encoder, config.grad_checkpointing):
+            return _train(run, train_dataset, val_dataset)
+    finally:
+        if dist.owns_group:
+            torch_dist.destroy_process_group()
+
+
+def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
+    from medicosam_training.data import collate_objects
+
+    config, dist = run.config, run.dist
+    out_dir = Path(config.out_dir)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(run.checkpoint_path)
+    if config.resume and run.checkpoint_path.exists():
+        run.restore()
+        logger.info("resuming from %s at iteration %d (epoch %d)", run.checkpoint_path, run.iteration, run.epoch)
+    start_iteration = run.iteration
+    per_epoch = len(_get_epoch_indices(train_dataset, config, dist, 0)) // config.batch_size
+    if per_epoch == 0:
+        raise TrainingError(f"the training set ({len(train_dataset)} images over {dist.world_size} processes) "
+                            f"is smaller than one batch of {config.batch_size}: lower the batch size")
+    epochs = config.epochs if config.epochs is not None else (math.inf if config.iterations else 1)
+    total = min(config.iterations or math.inf, epochs * per_epoch)
+    writer = _get_writer(out_dir) if dist.is_main else None
+    progress = _get_progress(total, run.iteration, config.progress and dist.is_main)
+    run.module.train()
+    try:
+        while run.epoch < epochs and run.iteration < total:
+            if hasattr(train_dataset, "set_epoch"):
+                train_dataset.set_epoch(run.epoch)
+            indices = _get_epoch_indices(train_dataset, config, dist, run.epoch)
+            loader = torch.utils.data.DataLoader(
+                train_dataset, batch_size=config.batch_size, sampler=indices[run.epoch_batches * config.batch_size:],
+                collate_fn=collate_objects, num_workers=config.num_workers, drop_last=True,
+                pin_memory=run.device.type == "cuda",
+                generator=torch.Generator().manual_seed(config.seed * 1000003 + run.epoch))
+            for batch in loader:
+                output = run.step(batch)
+                progress.update(1)
+                progress.set_postfix(loss=f"{float(output.loss.detach()):.4f}", dice=f"{float(output.dice):.3f}")
+                if writer is not None and run.iteration % config.log_every == 0:
+                    _log_step(writer, run, output)
+                if run.iteration >= total:
+                    break
+                if run.iteration % config.save_every == 0:
+                    run.save()
+            if run.epoch_batches >= per_epoch:  # the epoch is complete
+                if val_dataset is not None and dist.is_main:
+                    metrics = run.validate(val_dataset)
+                    run.validation.append({"epoch": run.epoch, **metrics})
+                    if writer is not None:
+                        for key, value in metrics.items():
+                            writer.add_scalar(f"val/{key}", value, run.iteration)
+                run.scheduler.step()
+                run.epoch += 1
+                run.epoch_batches = 0
+            run.save()
+    finally:
+        run.module.eval()
+        progress.close()
+        if writer is not None:
+            writer.close()
+    export, joint = _export(run) if dist.is_main else (None, None)
+    return TrainResult(out_dir=out_dir, start_iteration=start_iteration, iteration=run.iteration,
+                       epoch=run.epoch, checkpoint=run.checkpoint_path, export=export, joint_export=joint,
+                       validation=run.validation)
+
+
+def _export(run: _Run) -> Tuple[Path, Optional[Path]]:
+    from medicosam.models.checkpoint import export_sam, export_sam_with_decoder
+
+    out_dir = Path(run.config.out_dir)
+    export = export_sam(run.module.sam, out_dir / EXPORT_NAME)
+    decoder = run.module.semantic_decoder
+    joint = (export_sam_with_decoder(run.module.sam, decoder.state_dict(), out_dir / JOINT_EXPORT_NAME)
+             if decoder is not None else None)
+    return export, joint
+
+
+def _get_writer(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise TrainingError("TensorBoard logging needs the tensorboard package: "
+                            "pip install 'medicosam[training]'") from error
+    return SummaryWriter(log_dir=str(out_dir / "logs"))
+
+
+def _get_progress(total: float, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=None if math.isinf(total) else int(total), initial=initial, disable=not enabled,
+                desc="training", unit="it")
+
+
+def _log_step(writer, run: _Run, output: ObjectiveOutput) -> None:
+    scalars = {"loss": output.loss.detach(), "mask_loss": output.mask_loss, "iou_loss": output.iou_loss,
+               "dice": output.dice, "semantic_loss": output.semantic_loss}
+    for key, value in scalars.items():
+        if value is not None:
+            writer.add_scalar(f"train/{key}", float(value), run.iteration)
+    writer.add_scalar("train/lr", run.optimizer.param_groups[0]["lr"], run.iteration)

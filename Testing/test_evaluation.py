@@ -1,0 +1,310 @@
+"""The paper's evaluation protocols with a tiny real SAM on real brain images (ICBM152, ITK examples).
+
+What is checked: the prompts the 2D protocol builds (start at the distance-transform maximum or the
+exact box, then exactly one positive click from the missed region and one negative click from the
+wrongly predicted region per iteration), the 3D protocol's central slice, seed and propagation, the
+grid-search choice, and the CLI end to end: CSV, summaries and plots, identical numbers for the
+same seed, and an interrupted run that resumes to exactly the uninterrupted result.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from medicosam.cli import main
+from medicosam.models.checkpoint import export_sam
+from medicosam.models.config import build_sam, get_tiny_config
+from medicosam.predictor import VolumePredictor
+from medicosam_training.evaluation.data import LabeledImage, get_objects
+from medicosam_training.evaluation.interactive_2d import Interactive2DConfig, evaluate_interactive_2d
+from medicosam_training.evaluation.interactive_3d import (
+    Interactive3DConfig,
+    PropagationGrid,
+    evaluate_interactive_3d,
+    get_propagated_mask,
+    get_setting_key,
+    select_best_settings,
+)
+from medicosam_training.evaluation.metrics import get_dice, get_semantic_dice
+from medicosam_training.sample_data import get_itk_examples_dir
+
+
+def _get_label(icbm152) -> np.ndarray:
+    label = np.zeros(icbm152["t1"].shape, dtype=np.uint8)
+    label[icbm152["gm"]] = 1
+    label[icbm152["wm"]] = 2
+    return label
+
+
+@pytest.fixture(scope="module")
+def images_2d(icbm152):
+    """Two axial ICBM152 slices (GM = 1, WM = 2; 7 and 10 objects) and the ITK brain slice + ventricle."""
+    label = _get_label(icbm152)
+    images = [LabeledImage(f"icbm_{k}", icbm152["t1"][k], label[k]) for k in (40, 60)]
+    data = get_itk_examples_dir()
+    brain = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "BrainT1Slice.png")))[..., 0]
+    ventricle = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "VentricleModel.png")))[..., 0] > 127
+    return images + [LabeledImage("brain_t1", brain, ventricle.astype(np.uint8))]
+
+
+@pytest.fixture(scope="module")
+def volumes_3d(icbm152):
+    """Validation and test volumes: two axial ranges of ICBM152 at 4 mm (GM = 1, WM = 2)."""
+    t1, label = icbm152["t1"][::2, ::2, ::2], _get_label(icbm152)[::2, ::2, ::2]
+    return {"val": LabeledImage("icbm_low", t1[8:26], label[8:26]),
+            "test": LabeledImage("icbm_high", t1[22:40], label[22:40])}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two tiny SAM checkpoints with different random weights (two "models" to compare)."""
+    folder = tmp_path_factory.mktemp("models")
+    paths = []
+    for seed, name in ((0, "tiny_a"), (1, "tiny_b")):
+        torch.manual_seed(seed)
+        paths.append(export_sam(build_sam(get_tiny_config()), folder / f"{name}.pt"))
+    return paths
+
+
+def _is_center(point: np.ndarray, target: np.ndarray) -> bool:
+    x, y = point.astype(int)
+    distance = ndimage.distance_transform_edt(np.pad(target, 1))[1:-1, 1:-1]
+    return bool(target[y, x]) and distance[y, x] == distance.max()
+
+
+def _get_exact_box(target: np.ndarray) -> list:
+    rows, cols = np.nonzero(target)
+    return [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+
+
+# ---------------------------------------------------------------- 2D protocol
+
+
+def test_2d_prompt_schedule(tiny_sam, images_2d):
+    image = images_2d[0]
+    objects = {o.object_id: o for o in get_objects(image.label, min_size=20)}
+    config = Interactive2DConfig(n_corrections=4, seed=3)
+    run = evaluate_interactive_2d(tiny_sam, [image], config, record_masks=True, show_progress=False)
+    assert run.complete and len(objects) == 7
+    assert sorted((t.object_id, t.start) for t in run.traces) == sorted(
+        (o, s) for o in objects for s in ("point", "box"))
+    for trace in run.traces:
+        target = objects[trace.object_id].get_mask()
+        first = trace.prompts[0]
+        if trace.start == "point":
+            assert first.box is None and first.labels.tolist() == [1]
+            assert _is_center(first.points[0], target)
+        else:
+            assert len(first.points) == 0 and first.box.tolist() == _get_exact_box(target)
+        assert len(trace.prompts) == len(trace.masks) == len(trace.dice) == 5
+        for i in range(1, 5):
+            previous, current, mask = trace.prompts[i - 1], trace.prompts[i], trace.masks[i - 1]
+            np.testing.assert_array_equal(current.points[:-2], previous.points)  # earlier clicks are kept
+            assert current.labels[-2:].tolist() == [1, 0]  # exactly one + and one - per iteration
+            assert current.box is None if first.box is None else np.array_equal(current.box, first.box)
+            assert current.logits is None  # no mask prompt unless asked for
+            (px, py), (nx, ny) = current.points[-2:].astype(int)
+            missed, wrong = target & ~mask, mask & ~target
+            assert (missed if missed.any() else target)[py, px]
+            assert wrong[ny, nx] if wrong.any() else not target[ny, nx]
+        assert trace.dice == [get_dice(m, target) for m in trace.masks]
+    # the recorded prompts are what produced the masks
+    trace = run.traces[-1]
+    predictor = VolumePredictor(tiny_sam, image.image)
+    for prompts, mask in zip(trace.prompts, trace.masks):
+        np.testing.assert_array_equal(predictor.predict(0, 0, prompts).masks[0], mask)
+
+
+def test_2d_seeded_and_mask_prompt(tiny_sam, images_2d):
+    image = images_2d[1]
+    runs = [evaluate_interactive_2d(tiny_sam, [image], Interactive2DConfig(n_corrections=2, seed=seed, **kwargs),
+                                    starts=["point"], show_progress=False)
+            for seed, kwargs in ((0, {}), (0, {}), (1, {}), (0, {"use_mask_prompt": True}))]
+    same, again, other_seed, masked = runs
+    assert same.rows == again.rows
+    clicks = [[t.prompts[-1].points.tolist() for t in run.traces] for run in (same, other_seed)]
+    assert clicks[0] != clicks[1]
+    for trace in masked.traces:
+        assert trace.prompts[0].logits is None
+        assert all(p.logits is not None and p.logits.shape == (64, 64) for p in trace.prompts[1:])
+    assert [r["dice"] for r in masked.rows] != [r["dice"] for r in same.rows]
+
+
+# ---------------------------------------------------------------- 3D protocol
+
+
+def test_3d_central_slice_seed_propagation_and_choice(tiny_sam, volumes_3d):
+    volume = volumes_3d["val"]
+    grid = PropagationGrid(modes=("single_point", "box"), iou_thresholds=(0.5, 0.8), box_extensions=(0.0, 0.1))
+    settings = grid.get_settings()
+    assert len(settings) == 2 + 4  # single_point ignores the box extension: searched once per threshold
+    by_start = {"point": settings, "box": settings}
+    run = evaluate_interactive_3d(tiny_sam, [volume], by_start, Interactive3DConfig(), split="val",
+                                  show_progress=False)
+    objects = {o.object_id: o for o in get_objects(volume.label, split_components=False)}
+    assert run.complete and set(objects) == {"1", "2"} and len(run.rows) == 2 * 2 * 6
+    predictor = VolumePredictor(tiny_sam, volume.image)
+    for trace in run.traces:
+        target = objects[trace.object_id].get_mask()
+        slices = np.flatnonzero(target.any(axis=(1, 2)))
+        assert trace.slice_index == (slices[0] + slices[-1]) // 2
+        target_slice = target[trace.slice_index]
+        if trace.start == "point":
+            assert _is_center(trace.prompts.points[0], target_slice) and trace.prompts.box is None
+        else:
+            assert trace.prompts.box.tolist() == _get_exact_box(target_slice)
+        seed = predictor.predict(0, trace.slice_index, trace.prompts).masks[0]
+        np.testing.assert_array_equal(seed, trace.seed_mask)
+        assert trace.seed_dice == get_dice(seed, target_slice)
+        setting = settings[-1]
+        propagated = get_propagated_mask(predictor, 0, trace.slice_index, seed, setting)
+        assert propagated[trace.slice_index].sum() == seed.sum()
+        assert trace.dice[get_setting_key(setting)] == get_dice(propagated, target)
+    best = select_best_settings(run.rows, by_start, "model", "dataset")
+    for start in ("point", "box"):
+        means = [np.mean([r["dice"] for r in run.rows if r["start"] == start
+                          and (r["mode"], r["iou_threshold"], r["box_extension"]) == get_setting_key(s)])
+                 for s in settings]
+        assert best[start].config == settings[int(np.argmax(means))]
+        assert best[start].dice == pytest.approx(max(means)) and best[start].n == 2
+
+
+# ---------------------------------------------------------------- CLI end to end
+
+
+def _write(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+
+
+@pytest.fixture(scope="module")
+def folder_2d(images_2d, tmp_path_factory):
+    root = tmp_path_factory.mktemp("data2d")
+    for sample in images_2d:
+        _write(sample.image.astype(np.uint8), root / "images" / f"{sample.image_id}.png")
+        _write(sample.label.astype(np.uint8), root / "labels" / f"{sample.image_id}.png")
+    return root
+
+
+def _read_csv(path: Path) -> list:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _evaluate_2d(folder: Path, checkpoints, output: Path, *extra: str) -> int:
+    models = [f"--model={checkpoints[0]}", f"--model=B={checkpoints[1]}"]
+    return main(["evaluate", "interactive-2d", "--images", str(folder / "images"), "--labels",
+                 str(folder / "labels"), "--output", str(output), *models, "--corrections", "3",
+                 "--batch-size", "8", "--quiet", *extra])
+
+
+def test_cli_2d_reports_seed_and_resume(folder_2d, checkpoints, tmp_path, capsys):
+    assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "a") == 0
+    rows = _read_csv(tmp_path / "a" / "interactive_2d.csv")
+    n_objects = 7 + 10 + 1
+    assert len(rows) == 2 * n_objects * 2 * 4  # models x objects x starts x iterations
+    assert {r["model"] for r in rows} == {"tiny_a", "B"} and {r["dataset"] for r in rows} == {"images"}
+    assert [int(r["n_points"]) for r in rows if r["start"] == "point"][:4] == [1, 3, 5, 7]
+    assert [int(r["n_points"]) for r in rows if r["start"] == "box"][:4] == [0, 2, 4, 6]
+    summary = _read_csv(tmp_path / "a" / "summary_2d.csv")
+    assert len(summary) == 2 * 2 * 4
+    point_0 = [float(r["dice"]) for r in rows if (r["model"], r["start"], r["iteration"]) == ("B", "point", "0")]
+    entry = next(s for s in summary if (s["model"], s["start"], s["iteration"]) == ("B", "point", "0"))
+    assert float(entry["mean"]) == pytest.approx(np.mean(point_0)) and int(entry["n"]) == n_objects
+    markdown = (tmp_path / "a" / "summary_2d.md").read_text()
+    assert "| tiny_a | images | point | 18 |" in markdown and "it 3" in markdown
+    for name in ("interactive_2d_bars.png", "interactive_2d_curves.png"):
+        assert (tmp_path / "a" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # same seed: identical numbers; interrupted after 5 objects (inside a chunk), a torn last line,
+    # then resumed: exactly the uninterrupted file
+    assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "b", "--max-objects", "5") == 0
+    assert "stopped early" in capsys.readouterr().out
+    partial = tmp_path / "b" / "interactive_2d.csv"
+    assert len(_read_csv(partial)) == 5 * 4
+    with open(partial, "a") as file:
+        file.write("tiny_a,images,icbm_60,1,1.1,po")
+    assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "b") == 0
+    assert partial.read_text() == (tmp_path / "a" / "interactive_2d.csv").read_text()
+
+    # resuming with another protocol setting is refused; another seed changes the clicks
+    assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "b", "--seed", "1") == 2
+    assert "seed: 0 -> 1" in capsys.readouterr().err
+    assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "b", "--seed", "1", "--overwrite") == 0
+    assert partial.read_text() != (tmp_path / "a" / "interactive_2d.csv").read_text()
+
+
+def test_cli_3d_grid_search_then_test(volumes_3d, checkpoints, tmp_path, capsys):
+    for split, volume in volumes_3d.items():
+        _write(volume.image, tmp_path / split / "images" / f"{volume.image_id}.nii.gz")
+        _write(volume.label, tmp_path / split / "labels" / f"{volume.image_id}.nii.gz")
+
+    def evaluate(output: str, *extra: str) -> int:
+        return main(["evaluate", "interactive-3d", "--images", str(tmp_path / "test" / "images"), "--labels",
+                     str(tmp_path / "test" / "labels"), "--val-images", str(tmp_path / "val" / "images"),
+                     "--val-labels", str(tmp_path / "val" / "labels"), "--output", str(tmp_path / output),
+                     "--model", str(checkpoints[0]), "--modes", "single_point", "box", "--iou-thresholds", "0.5",
+                     "0.8", "--box-extensions", "0", "0.1", "--quiet", *extra])
+
+    assert evaluate("out") == 0
+    assert "best propagation setting" in capsys.readouterr().out
+    rows = _read_csv(tmp_path / "out" / "interactive_3d.csv")
+    val = [r for r in rows if r["split"] == "val"]
+    test = [r for r in rows if r["split"] == "test"]
+    assert len(val) == 2 * 2 * 6 and len(test) == 2 * 2  # objects x starts (x settings on val)
+    for start in ("point", "box"):
+        means = {}
+        for r in val:
+            if r["start"] == start:
+                means.setdefault((r["mode"], r["iou_threshold"], r["box_extension"]), []).append(float(r["dice"]))
+        best = max(means, key=lambda key: np.mean(means[key]))  # max keeps the first of equal means
+        assert {(r["mode"], r["iou_threshold"], r["box_extension"]) for r in test if r["start"] == start} == {best}
+    summary = _read_csv(tmp_path / "out" / "summary_3d.csv")
+    assert len(summary) == 2 and all(not math.isnan(float(s["val_dice"])) for s in summary)
+    assert len(_read_csv(tmp_path / "out" / "propagation_search.csv")) == 2 * 6
+    assert "test Dice" in (tmp_path / "out" / "summary_3d.md").read_text()
+    assert (tmp_path / "out" / "interactive_3d.png").read_bytes()[:4] == b"\x89PNG"
+
+    assert evaluate("resumed", "--max-objects", "7") == 0
+    assert len(_read_csv(tmp_path / "resumed" / "interactive_3d.csv")) == 7
+    assert evaluate("resumed") == 0
+    assert ((tmp_path / "resumed" / "interactive_3d.csv").read_text()
+            == (tmp_path / "out" / "interactive_3d.csv").read_text())
+
+
+def test_cli_3d_needs_validation_for_a_grid(volumes_3d, checkpoints, tmp_path, capsys):
+    volume = volumes_3d["test"]
+    _write(volume.image, tmp_path / "images" / "v.nii.gz")
+    _write(volume.label, tmp_path / "labels" / "v.nii.gz")
+    args = ["evaluate", "interactive-3d", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+            "--output", str(tmp_path / "out"), "--model", str(checkpoints[0]), "--quiet", "--starts", "box"]
+    assert main([*args, "--modes", "box", "single_point"]) == 2
+    assert "no validation data" in capsys.readouterr().err
+    assert main(args) == 0  # one fixed setting: the propagation defaults
+    rows = _read_csv(tmp_path / "out" / "interactive_3d.csv")
+    assert {(r["split"], r["start"], r["mode"], r["iou_threshold"], r["box_extension"]) for r in rows} == {
+        ("test", "box", "single_point", "0.5", "0.05")}
+
+
+def test_cli_semantic(images_2d, tmp_path):
+    truth = images_2d[0].label
+    prediction = np.roll(truth, 2, axis=1)
+    prediction[prediction == 2] = 3  # WM predicted as a class that does not exist
+    _write(truth, tmp_path / "labels" / "case.png")
+    _write(prediction, tmp_path / "predictions" / "case.png")
+    assert main(["evaluate", "semantic", "--predictions", str(tmp_path / "predictions"), "--labels",
+                 str(tmp_path / "labels"), "--output", str(tmp_path / "out")]) == 0
+    rows = _read_csv(tmp_path / "out" / "semantic.csv")
+    expected = get_semantic_dice(prediction, truth)
+    assert {int(r["class"]): float(r["dice"]) for r in rows} == pytest.approx(expected)
+    assert expected[2] == 0.0 and expected[3] == 0.0 and 0.3 < expected[1] < 1
+    summary = _read_csv(tmp_path / "out" / "summary_semantic.csv")
+    assert float(summary[-1]["mean"]) == pytest.approx(np.mean(list(expected.values())))
