@@ -211,7 +211,7 @@ def test_cli_2d_reports_seed_and_resume(folder_2d, checkpoints, tmp_path, capsys
     rows = _read_csv(tmp_path / "a" / "interactive_2d.csv")
     n_objects = 7 + 10 + 1
     assert len(rows) == 2 * n_objects * 2 * 4  # models x objects x starts x iterations
-    assert {r["model"] for r in rows} == {"tiny_a", "B"} and {r["dataset"] for r in rows} == {"images"}
+    assert {r["model"] for r in rows} == {"tiny_a", "B"} and {r["dataset"] for r in rows} == {folder_2d.name}
     assert [int(r["n_points"]) for r in rows if r["start"] == "point"][:4] == [1, 3, 5, 7]
     assert [int(r["n_points"]) for r in rows if r["start"] == "box"][:4] == [0, 2, 4, 6]
     summary = _read_csv(tmp_path / "a" / "summary_2d.csv")
@@ -220,7 +220,7 @@ def test_cli_2d_reports_seed_and_resume(folder_2d, checkpoints, tmp_path, capsys
     entry = next(s for s in summary if (s["model"], s["start"], s["iteration"]) == ("B", "point", "0"))
     assert float(entry["mean"]) == pytest.approx(np.mean(point_0)) and int(entry["n"]) == n_objects
     markdown = (tmp_path / "a" / "summary_2d.md").read_text()
-    assert "| tiny_a | images | point | 18 |" in markdown and "it 3" in markdown
+    assert f"| tiny_a | {folder_2d.name} | point | 18 |" in markdown and "it 3" in markdown
     for name in ("interactive_2d_bars.png", "interactive_2d_curves.png"):
         assert (tmp_path / "a" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

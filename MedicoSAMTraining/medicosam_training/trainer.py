@@ -74,7 +74,8 @@ class TrainConfig:
         log_every: TensorBoard interval in iterations.
         num_workers: DataLoader worker processes.
         device: "auto", "cpu", "cuda", ... (under torchrun: the local rank's GPU).
-        resume: continue from `out_dir/latest.pt` when it exists.
+        resume: continue from `out_dir/latest.pt` when it exists (model, optimizer and lr schedule as
+            saved; the stop limits are this config's).
         decoder_features: width of the segmentation decoder (e_sem); 64 is micro-sam's.
         progress: show a tqdm bar (rank 0).
     """
@@ -267,8 +268,9 @@ def _remove_stale_temporaries(path: Path) -> None:
         stale.unlink()
 
 
-def _get_grad_norm(parameters: List[nn.Parameter]) -> torch.Tensor:
-    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters if p.grad is not None]
+def _get_norm(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all `tensors` together (NaN/inf if any element is)."""
+    norms = [torch.linalg.vector_norm(t.float()) for t in tensors]
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
@@ -325,6 +327,7 @@ class _Run:
     def save(self) -> None:
         from medicosam.models.checkpoint import save_atomically
 
+        self.check_finite(_get_norm([p.detach() for p in self.parameters]), "the model weights", self.iteration)
         if self.dist.is_main:
             save_atomically(self.get_state(), self.checkpoint_path)
 
@@ -358,7 +361,7 @@ class _Run:
             moved["foreground"] = batch["foreground"].to(self.device, non_blocking=True)
         return moved
 
-    def check_finite(self, value: torch.Tensor, what: str) -> None:
+    def check_finite(self, value: torch.Tensor, what: str, iteration: int) -> None:
         finite = torch.isfinite(value.detach().float()).all().to(torch.int32).reshape(1)
         if self.dist.world_size > 1:  # every rank must stop, or the others hang in the next all-reduce
             torch_dist.all_reduce(finite, op=torch_dist.ReduceOp.MIN)
@@ -366,7 +369,7 @@ class _Run:
             kept = (f"the last good checkpoint {self.checkpoint_path} was kept" if self.checkpoint_path.exists()
                     else "no checkpoint was written")
             raise TrainingDiverged(
-                f"{what} is not finite (NaN/inf) at iteration {self.iteration + 1}; {kept} and the broken "
+                f"{what} is not finite (NaN/inf) at iteration {iteration}; {kept} and the broken "
                 f"model was not saved. Lower the learning rate (now {self.optimizer.param_groups[0]['lr']:g}), "
                 "train in fp32 (amp='off' / --amp off), and check the data for NaN or constant images.")
 
@@ -377,9 +380,10 @@ class _Run:
         with self.autocast():
             output = self.model(batch["image"], batch["masks"], batch["valid"], rng, self.iteration,
                                 batch.get("foreground"))
-        self.check_finite(output.loss, "the loss")
+        self.check_finite(output.loss, "the loss", self.iteration + 1)
         output.loss.backward()
-        self.check_finite(_get_grad_norm(self.parameters), "the gradient")
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        self.check_finite(_get_norm(grads), "the gradient", self.iteration + 1)
         self.optimizer.step()
         self.iteration += 1
         self.epoch_batches += 1

@@ -258,7 +258,7 @@ def _get_compact_tensor(tensor):
     """A detached, contiguous CPU tensor that owns exactly its bytes (torch.save writes whole storages)."""
     tensor = tensor.detach().to("cpu").contiguous()
     if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
-        pass
+        tensor = tensor.clone()
     return tensor
 
 

@@ -12,6 +12,9 @@ import argparse
 from pathlib import Path
 from typing import List, Tuple
 
+from medicosam.normalization import PRESETS
+from medicosam.prompts import PROPAGATION_MODES
+
 from .data import LabeledFolder
 from .interactive_2d import (
     FIELDS_2D,
@@ -48,17 +51,17 @@ def _add_common(parser: argparse.ArgumentParser, ndim: int) -> None:
     parser.add_argument("--labels", required=True,
                         help="folder of label maps with the same file names (0 = background)")
     parser.add_argument("--output", required=True, help="folder for the CSV, summaries and plots")
-    parser.add_argument("--dataset", help="dataset name in the tables (default: the images folder's name)")
+    parser.add_argument("--dataset", help="dataset name in the tables (default: the data folder's name)")
     parser.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL",
                         help="registry name, checkpoint file or URL; repeat to compare models")
     parser.add_argument("--starts", nargs="+", choices=START_PROMPTS, default=list(START_PROMPTS),
                         help="start prompts to evaluate")
     parser.add_argument("--classes", nargs="+", type=int, help="class ids to evaluate (default: all)")
-    parser.add_argument("--window", default="auto", help="intensity preset: auto, percentile, minmax, ct_soft_tissue, "
-                                                        "ct_lung, ct_bone")
+    parser.add_argument("--window", default="auto", choices=PRESETS,
+                        help="intensity mapping per image / volume (default: auto)")
     parser.add_argument("--max-images", type=int, help="use only the first N images (the paper: 200)")
-    parser.add_argument("--max-objects", type=int,
-                        help="stop after N newly finished objects (run again to continue)")
+    parser.add_argument("--max-objects", type=int, help="stop after N newly finished objects (per start prompt, "
+                                                        "and per setting in 3D); run again to continue")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier results in --output")
@@ -84,8 +87,8 @@ def _add_interactive_3d(commands) -> None:
     parser.add_argument("--val-images", help="validation volumes for the grid search of propagation settings")
     parser.add_argument("--val-labels", help="their label maps")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="array axis to propagate along (KJI)")
-    parser.add_argument("--modes", nargs="+", help="propagation modes to search (default: all; without "
-                                                   "validation data: single_point)")
+    parser.add_argument("--modes", nargs="+", choices=PROPAGATION_MODES,
+                        help="propagation modes to search (default: all; without validation data: single_point)")
     parser.add_argument("--iou-thresholds", nargs="+", type=float, help="stop IoU values to search "
                                                                         "(default: 0.5..0.9; without validation: 0.5)")
     parser.add_argument("--box-extensions", nargs="+", type=float,
@@ -102,7 +105,7 @@ def _add_semantic(commands) -> None:
     parser.add_argument("--predictions", required=True, help="folder of predicted label maps")
     parser.add_argument("--labels", required=True, help="folder of true label maps with the same file names")
     parser.add_argument("--output", required=True, help="folder for semantic.csv and the summary")
-    parser.add_argument("--dataset", help="dataset name in the tables (default: the labels folder's name)")
+    parser.add_argument("--dataset", help="dataset name in the tables (default: the data folder's name)")
     parser.add_argument("--classes", nargs="+", type=int, help="class ids to score (default: all present)")
     parser.set_defaults(func=_run_semantic)
 
@@ -119,6 +122,13 @@ def _get_model_specs(values: List[str]) -> List[Tuple[str, str]]:
             label, source = Path(value).stem if Path(value).suffix else value, value
         specs.append((label, source))
     return specs
+
+
+def _get_dataset_name(folder: str) -> str:
+    """A data folder's name, or its parent's for the usual `<dataset>/images` (or labels) layouts."""
+    path = Path(folder).resolve()
+    generic = {f"{kind}{suffix}" for kind in ("images", "labels") for suffix in ("", "Tr", "Ts")}
+    return path.parent.name if path.name in generic else path.name
 
 
 def _load_model(source: str, args):
@@ -154,7 +164,7 @@ def _run_interactive_2d(args) -> int:
                                  correction_mode=args.correction_mode, min_size=args.min_size,
                                  classes=args.classes, seed=args.seed, batch_size=args.batch_size, window=args.window)
     samples = LabeledFolder(args.images, args.labels, ndim=2, max_items=args.max_images)
-    dataset = args.dataset or Path(args.images).resolve().name
+    dataset = args.dataset or _get_dataset_name(args.images)
     output = Path(args.output)
     protocol = {key: value for key, value in vars(config).items() if key != "batch_size"}
     results = _open_results(output, "interactive_2d", protocol, FIELDS_2D, KEY_FIELDS_2D,
@@ -199,7 +209,7 @@ def _run_interactive_3d(args) -> int:
     settings = _get_settings(args, with_validation)
     test = LabeledFolder(args.images, args.labels, ndim=3, max_items=args.max_images)
     val = LabeledFolder(args.val_images, args.val_labels, ndim=3) if with_validation else None
-    dataset = args.dataset or Path(args.images).resolve().name
+    dataset = args.dataset or _get_dataset_name(args.images)
     output = Path(args.output)
     results = _open_results(output, "interactive_3d", vars(config), FIELDS_3D, KEY_FIELDS_3D, 1, args.overwrite)
     budget = args.max_objects
@@ -241,7 +251,7 @@ def _run_semantic(args) -> int:
     from .metrics import get_semantic_dice
     from .reports import write_table_csv
 
-    dataset = args.dataset or Path(args.labels).resolve().name
+    dataset = args.dataset or _get_dataset_name(args.labels)
     rows = []
     for record in get_folder_records(args.predictions, args.labels):
         label_path = record.labels[0]

@@ -1,0 +1,261 @@
+"""The trainer: validation, export, resume after SIGKILL, failed saves, NaN guard, DDP, CLI.
+
+Tiny real SAM models train on real MR slices (see test_objective.get_brain_samples); the
+kill / DDP tests run real subprocesses (a training script, torchrun with two gloo ranks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_objective import get_brain_samples
+
+from medicosam.models.config import build_sam, get_tiny_config
+from medicosam_training.objective import compute_objective, get_preset
+from medicosam_training.trainer import (
+    CHECKPOINT_NAME,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingError,
+    activation_checkpointing,
+    load_training_checkpoint,
+    train,
+)
+
+FAST = get_preset("medicosam-nomask", n_steps=2)
+
+# A training run in its own process: argv = samples file, out dir, [extra TrainConfig fields as k=v].
+_SCRIPT = textwrap.dedent("""
+    import os, sys, torch
+    torch.set_num_threads(1)
+    from medicosam.models.config import build_sam, get_tiny_config
+    from medicosam_training.objective import get_preset
+    from medicosam_training.trainer import TrainConfig, train
+
+    samples = torch.load(sys.argv[1], weights_only=True)
+    rank = int(os.environ.get("RANK", "0"))
+    torch.manual_seed(rank)  # different weights per rank: DDP must broadcast rank 0's
+    sam = build_sam(get_tiny_config())
+    extra = {k: int(v) for k, v in (arg.split("=") for arg in sys.argv[3:])}
+    config = TrainConfig(objective=get_preset("medicosam-nomask", n_steps=2), lr=1e-4, out_dir=sys.argv[2],
+                         progress=False, **extra)
+    result = train(sam, samples, None, config)
+    torch.save(sam.state_dict(), os.path.join(sys.argv[2], f"rank{rank}.pt"))
+""")
+
+
+@pytest.fixture(scope="module")
+def brain_samples(icbm152):
+    return get_brain_samples(icbm152)  # 8 slices, 2-4 objects each
+
+
+def _get_config(tmp_path: Path, **fields) -> TrainConfig:
+    base = dict(objective=FAST, lr=1e-4, out_dir=tmp_path / "run", progress=False)
+    return TrainConfig(**{**base, **fields})
+
+
+def _get_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _write_script(tmp_path: Path, samples) -> tuple:
+    torch.save(samples, tmp_path / "samples.pt")
+    (tmp_path / "train_script.py").write_text(_SCRIPT)
+    return str(tmp_path / "train_script.py"), str(tmp_path / "samples.pt")
+
+
+def test_train_validates_decays_logs_and_exports(brain_samples, tmp_path):
+    from segment_anything import SamPredictor
+
+    from medicosam.cli import main
+    from medicosam.models.checkpoint import load_sam
+
+    torch.manual_seed(0)
+    sam = build_sam(get_tiny_config())
+    config = _get_config(tmp_path, objective=get_preset("medicosam", n_steps=1), decoder_features=4,
+                         epochs=2, batch_size=2)
+    result = train(sam, brain_samples[:4], brain_samples[4:6], config)
+
+    assert (result.start_iteration, result.iteration, result.epoch) == (0, 4, 2)
+    assert [entry["epoch"] for entry in result.validation] == [0, 1]
+    assert all(0.0 <= entry["dice"] <= 1.0 and np.isfinite(entry["loss"]) for entry in result.validation)
+    state = load_training_checkpoint(result.checkpoint)
+    assert state["iteration"] == 4 and state["objective"]["n_steps"] == 1
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * 0.9 ** 2)
+    assert list((result.out_dir / "logs").glob("events.out.tfevents.*"))
+
+    # The export is a plain SAM state dict: strict load into the segment_anything classes, same masks.
+    fresh = build_sam(get_tiny_config())
+    fresh.load_state_dict(torch.load(result.export, weights_only=True), strict=True)
+    image = brain_samples[6]["image"].permute(1, 2, 0).numpy().astype(np.uint8)
+    masks = []
+    for model in (sam, fresh):
+        predictor = SamPredictor(model)
+        predictor.set_image(image)
+        masks.append(predictor.predict(point_coords=np.array([[50.0, 60.0]]), point_labels=np.array([1]))[0])
+    assert np.array_equal(masks[0], masks[1])
+
+    joint = load_sam(result.joint_export, allow_custom=True)
+    assert joint.decoder_state is not None and "out_conv.weight" in joint.decoder_state
+    for args, path in ((["export", str(result.checkpoint), str(tmp_path / "cli.pt")], tmp_path / "cli.pt"),
+                       (["export", str(result.checkpoint), str(tmp_path / "cli_joint.pt"), "--with-decoder"],
+                        tmp_path / "cli_joint.pt")):
+        assert main(args) == 0 and path.is_file()
+    exported = torch.load(tmp_path / "cli.pt", weights_only=True)
+    assert all(torch.equal(exported[key], value) for key, value in sam.state_dict().items())
+
+
+def test_sigkill_mid_epoch_then_resume(brain_samples, tmp_path):
+    script, samples_file = _write_script(tmp_path, brain_samples)
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, script, samples_file, str(out), "epochs=1000", "save_every=1",
+                                "batch_size=1"], env=_get_env(), stderr=subprocess.PIPE)
+    checkpoint = out / CHECKPOINT_NAME
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if checkpoint.exists() and load_training_checkpoint(checkpoint)["iteration"] >= 2:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    state = load_training_checkpoint(checkpoint)  # loads: the kill left no torn file behind
+    killed_at = state["iteration"]
+    assert killed_at >= 2 and 0 < state["epoch_batches"] < len(brain_samples)
+
+    config = _get_config(tmp_path, batch_size=1, save_every=1, iterations=killed_at + 2, resume=True)
+    resumed = build_sam(get_tiny_config())
+    result = train(resumed, brain_samples, None, config)
+    assert (result.start_iteration, result.iteration) == (killed_at, killed_at + 2)
+    assert load_training_checkpoint(checkpoint)["iteration"] == killed_at + 2
+    assert not list(out.glob(f".{CHECKPOINT_NAME}.*")), "temporary files of the killed save were not removed"
+
+    # The resumed run ends where an uninterrupted one does: same batches, prompts, optimizer state.
+    torch.manual_seed(0)
+    uninterrupted = build_sam(get_tiny_config())
+    train(uninterrupted, brain_samples, None, dataclasses.replace(config, out_dir=tmp_path / "straight",
+                                                                   resume=False))
+    for (key, value), other in zip(resumed.state_dict().items(), uninterrupted.state_dict().values()):
+        torch.testing.assert_close(value, other, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_failed_save_keeps_previous_checkpoint(brain_samples, tmp_path, monkeypatch):
+    config = _get_config(tmp_path, iterations=2, save_every=1)
+    train(build_sam(get_tiny_config()), brain_samples, None, config)
+    checkpoint = Path(config.out_dir) / CHECKPOINT_NAME
+    before = checkpoint.read_bytes()
+
+    def save_half_then_fail(obj, f, *args, **kwargs):
+        f.write(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        train(build_sam(get_tiny_config()), brain_samples, None,
+              dataclasses.replace(config, iterations=3, resume=True))
+    monkeypatch.undo()
+    assert checkpoint.read_bytes() == before
+    assert load_training_checkpoint(checkpoint)["iteration"] == 2
+    assert not list(checkpoint.parent.glob(f".{CHECKPOINT_NAME}.*"))
+
+
+def test_nan_guard_stops_without_saving(brain_samples, tmp_path):
+    config = _get_config(tmp_path, iterations=1)
+    train(build_sam(get_tiny_config()), brain_samples, None, config)
+    checkpoint, export = Path(config.out_dir) / CHECKPOINT_NAME, Path(config.out_dir) / "model.pt"
+    before, exported = checkpoint.read_bytes(), export.read_bytes()
+    poisoned = [dict(sample, image=torch.full_like(sample["image"], float("nan"))) for sample in brain_samples]
+    with pytest.raises(TrainingDiverged, match=r"loss is not finite .* at iteration 2; the last good checkpoint"):
+        train(build_sam(get_tiny_config()), poisoned, None, dataclasses.replace(config, iterations=5, resume=True))
+    assert checkpoint.read_bytes() == before and export.read_bytes() == exported
+
+    diverging = _get_config(tmp_path, out_dir=tmp_path / "diverging", lr=1e10, iterations=6)
+    with pytest.raises(TrainingDiverged, match="Lower the learning rate"):
+        train(build_sam(get_tiny_config()), brain_samples, None, diverging)
+    assert not list((tmp_path / "diverging").glob("*.pt"))
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(brain_samples, tmp_path):
+    script, samples_file = _write_script(tmp_path, brain_samples)
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
+               samples_file, str(out), "iterations=2", "batch_size=1"]
+    finished = subprocess.run(command, env=_get_env(), capture_output=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr.decode()[-3000:]
+    ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    torch.manual_seed(1)
+    rank1_init = build_sam(get_tiny_config()).state_dict()
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key
+    assert not torch.equal(ranks[1]["mask_decoder.iou_token.weight"], rank1_init["mask_decoder.iou_token.weight"])
+    assert load_training_checkpoint(out / CHECKPOINT_NAME)["iteration"] == 2
+    assert (out / "model.pt").is_file()
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tiny_sam, brain_samples):
+    from medicosam_training.data import collate_objects
+
+    batch = collate_objects(brain_samples[:2])
+    keys = list(tiny_sam.state_dict())
+    gradients = []
+    for enabled in (False, True):
+        tiny_sam.zero_grad()
+        with activation_checkpointing(tiny_sam.image_encoder, enabled):
+            output = compute_objective(tiny_sam, batch["image"], batch["masks"], batch["valid"], FAST,
+                                       np.random.default_rng(0))
+            output.loss.backward()
+            assert list(tiny_sam.state_dict()) == keys
+        gradients.append([p.grad.clone() for p in tiny_sam.image_encoder.parameters()])
+    assert all("forward" not in vars(block) for block in tiny_sam.image_encoder.blocks)
+    for plain, recomputed in zip(*gradients):
+        torch.testing.assert_close(plain, recomputed)
+
+
+def test_freeze_keeps_parts_fixed(tiny_sam, brain_samples, tmp_path):
+    before = {key: value.clone() for key, value in tiny_sam.state_dict().items()}
+    train(tiny_sam, brain_samples, None, _get_config(tmp_path, iterations=1, freeze=("image_encoder",)))
+    after = tiny_sam.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("image_encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("mask_decoder."))
+    with pytest.raises(TrainingError, match="match no parameter"):
+        train(tiny_sam, brain_samples, None, _get_config(tmp_path, iterations=1, freeze=("encoder",)))
+    with pytest.raises(TrainingError, match="leaves nothing to train"):
+        train(tiny_sam, brain_samples, None, _get_config(tmp_path, iterations=1, freeze=(
+            "image_encoder", "prompt_encoder", "mask_decoder")))
+
+
+def test_cli_trains_from_a_folder(brain_samples, tmp_path):
+    import SimpleITK as sitk
+
+    from medicosam.cli import main
+    from medicosam.models.checkpoint import export_sam
+
+    for folder in ("images", "labels"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    for i, sample in enumerate(brain_samples[:3]):
+        image = sample["image"][0, :117, :99].numpy().astype(np.uint8)
+        labels = np.zeros(image.shape, np.uint8)
+        for object_id, mask in enumerate(sample["masks"][:, :117, :99].numpy(), start=1):
+            labels[mask] = object_id
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / "data" / "images" / f"mr--{i}.png"))
+        sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / "data" / "labels" / f"mr--{i}.png"))
+    export_sam(build_sam(get_tiny_config()), tmp_path / "tiny.pt")
+    out = tmp_path / "out"
+    status = main(["train", "--preset", "medsam", "--data", str(tmp_path / "data"), "--checkpoint",
+                   str(tmp_path / "tiny.pt"), "--out", str(out), "--iterations", "2", "--val-fraction", "0",
+                   "--lr", "1e-4", "--quiet"])
+    assert status == 0
+    assert load_training_checkpoint(out / CHECKPOINT_NAME)["iteration"] == 2
+    assert (out / "model.pt").is_file()
