@@ -23,19 +23,29 @@ def _load_plugins(subparsers) -> None:
         ep.load()(subparsers)
 
 
-def _get_progress_bar(description: str):
-    """A tqdm bar driven through MedicoSAM's `progress(done, total)` callbacks."""
-    from tqdm import tqdm
+class _ProgressBar:
+    """A tqdm bar behind MedicoSAM's `progress(done, total)` callbacks, opened on the first report."""
 
-    bar = tqdm(desc=description, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+    def __init__(self, description: str, **tqdm_kwargs):
+        self.description, self.kwargs, self.bar = description, tqdm_kwargs, None
 
-    def update(done: int, total: Optional[int]) -> bool:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def __call__(self, done: int, total: Optional[int]) -> bool:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.description, leave=False, **self.kwargs)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
         return True
 
-    return bar, update
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _byte_bar(description: str) -> _ProgressBar:
+    return _ProgressBar(description, unit="B", unit_scale=True, unit_divisor=1024)
 
 
 def _models(args) -> int:
@@ -56,9 +66,11 @@ def _models(args) -> int:
     status = 0
     for name in args.names:
         if args.action == "download":
-            bar, update = _get_progress_bar(name)
-            with bar:
-                path = download.download_model(name, progress=update, offline=args.offline)
+            bar = _byte_bar(name)
+            try:
+                path = download.download_model(name, progress=bar, offline=args.offline)
+            finally:
+                bar.close()
             print(path)
         elif args.action == "path":
             print(download.get_model_path(name))
@@ -94,15 +106,12 @@ def _segment(args) -> int:
         propagate=args.propagate, mode=args.mode, stop_iou=args.stop_iou, max_slices=args.max_slices,
         device=args.device, offline=args.offline, allow_custom=args.allow_custom,
     )
-    from tqdm import tqdm
-
-    with tqdm(desc="propagating", unit="slice", leave=False) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        summary = segment_volume(request, progress=progress, download_progress=_get_progress_bar("weights")[1])
+    bars = _ProgressBar("propagating", unit="slice"), _byte_bar("weights")
+    try:
+        summary = segment_volume(request, progress=bars[0], download_progress=bars[1])
+    finally:
+        for bar in bars:
+            bar.close()
     print(summary)
     return 0
 

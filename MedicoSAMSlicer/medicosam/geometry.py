@@ -30,6 +30,10 @@ class PointOutsideVolumeError(MedicoSAMError, ValueError):
     """A world point does not fall inside any voxel of the volume."""
 
 
+class EmptyBoxError(MedicoSAMError, ValueError):
+    """A box prompt without area."""
+
+
 class ObliqueViewError(MedicoSAMError, ValueError):
     """The slice view is not parallel to one of the volume's stored slice planes."""
 
@@ -174,6 +178,7 @@ def get_slice_box(
 
     Raises:
         PointOutsideVolumeError: the box centre is outside the volume.
+        EmptyBoxError: both corners fall in the same row or column (a click, not a drag).
     """
     corners = np.stack([np.asarray(corner_a_ras, float), np.asarray(corner_b_ras, float)])
     slice_index = ras_to_array_index(corners.mean(0), ijk_to_ras, shape_kji)[axis]
@@ -181,6 +186,9 @@ def get_slice_box(
     row_axis, col_axis = _get_plane_axes(axis)
     in_plane = corners_kji[:, [row_axis, col_axis]]
     (y0, x0), (y1, x1) = in_plane.min(0), in_plane.max(0)
+    if x0 == x1 or y0 == y1:
+        raise EmptyBoxError(f"empty box: its corners {corners.tolist()} (RAS) fall in the same voxel row or "
+                            "column of the slice; drag the box over the structure")
     n_rows, n_cols = shape_kji[row_axis], shape_kji[col_axis]
     box = (max(int(x0), 0), max(int(y0), 0), min(int(x1) + 1, n_cols), min(int(y1) + 1, n_rows))
     return int(slice_index), box

@@ -43,6 +43,10 @@ class SlicePreview:
     mask: np.ndarray  # (H, W) bool, the slice `np.take(volume, index, axis)`
     score: float  # SAM's predicted IoU
 
+    def get_block(self) -> WriteBlock:
+        """The preview as a one-slice block (the effect draws it like it writes a slice)."""
+        return WriteBlock(self.axis, self.index, self.index + 1, self.mask[None])
+
 
 @dataclasses.dataclass
 class PromptDisplay:
@@ -123,6 +127,24 @@ class WriteRequest:
             blocks.append(self._get_block(run))
         return blocks
 
+    def describe(self) -> str:
+        """One line for the effect's status: what was written and, after propagation, why it stopped."""
+        if not self.masks:
+            return "Nothing was written: the object was not found beyond the applied slices."
+        first, last = self.slices[0], self.slices[-1]
+        where = f"slice {first}" if first == last else f"{len(self.masks)} slices ({first}..{last})"
+        text = f"Wrote {where}."
+        if self.result is not None:
+            stops = []
+            for side in ("down", "up"):
+                reason = getattr(self.result.reasons.get(side), "value", None)
+                if reason in _STOP_TEXT:
+                    at = self.result.stopped_at.get(side)
+                    stops.append(f"{side}: {_STOP_TEXT[reason]}" + (f" at slice {at}" if at is not None else ""))
+            if stops:
+                text += " Stopped " + "; ".join(stops) + "."
+        return text
+
     def apply_to(self, segment: np.ndarray) -> None:
         """Do to a (K, J, I) bool array what the effect does to the segment (before masking rules)."""
         if tuple(segment.shape) != tuple(self.shape):
@@ -132,6 +154,10 @@ class WriteRequest:
 
     def _get_block(self, run: List[int]) -> WriteBlock:
         return WriteBlock(self.axis, run[0], run[-1] + 1, np.stack([self.masks[i] for i in run]))
+
+
+_STOP_TEXT = {"border": "volume border", "empty": "empty mask", "low_iou": "IoU below threshold",
+              "max_slices": "slice limit", "stop_seed": "empty applied slice"}
 
 
 @dataclasses.dataclass
@@ -156,6 +182,26 @@ def get_world_ijk_to_ras(image_to_local: np.ndarray, extent: Sequence[int],
     shift[:3, 3] = [extent[0], extent[2], extent[4]]
     to_world = np.eye(4) if local_to_world is None else np.asarray(local_to_world, float)
     return to_world @ np.asarray(image_to_local, float) @ shift
+
+
+def get_array_on_extent(array: np.ndarray, extent: Sequence[int], target_extent: Sequence[int]) -> np.ndarray:
+    """`array` (K, J, I) of an image with VTK `extent`, on the grid of `target_extent` (same geometry):
+    clipped where it sticks out, zero where it does not reach (the editor's images may differ in extent).
+    """
+    target_shape = tuple(int(target_extent[2 * a + 1]) - int(target_extent[2 * a]) + 1 for a in (2, 1, 0))
+    if target_shape == array.shape and tuple(extent) == tuple(target_extent):
+        return array
+    out = np.zeros(target_shape, dtype=array.dtype)
+    source, target = [], []
+    for a in (2, 1, 0):  # VTK extent axis a (i, j, k) is array axis 2 - a
+        low = max(int(extent[2 * a]), int(target_extent[2 * a]))
+        high = min(int(extent[2 * a + 1]), int(target_extent[2 * a + 1]))
+        if high < low:
+            return out
+        source.append(slice(low - int(extent[2 * a]), high - int(extent[2 * a]) + 1))
+        target.append(slice(low - int(target_extent[2 * a]), high - int(target_extent[2 * a]) + 1))
+    out[tuple(target)] = array[tuple(source)]
+    return out
 
 
 class SegmentationSession:

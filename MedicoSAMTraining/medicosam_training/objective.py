@@ -345,11 +345,14 @@ def _get_step_losses(low_res: torch.Tensor, iou_pred: torch.Tensor, targets: tor
     in_play = torch.from_numpy(heads[:, used]).to(targets.device)
     low_res, iou_pred = low_res[:, used], iou_pred[:, used].float()
     logits = F.interpolate(low_res.float(), targets.shape[-2:], mode="bilinear", align_corners=False)
-    dice_loss = get_soft_dice_loss(torch.sigmoid(logits), targets[:, None].float())
-    with torch.no_grad():
+    target = targets[:, None].float()
+    dice_loss = get_soft_dice_loss(torch.sigmoid(logits), target)
+    with torch.no_grad():  # float products and sums: twice as fast as bool and/or counts on the CPU
         hard = logits > 0
-        intersection = (hard & targets[:, None]).sum(dim=(-2, -1)).float()
-        true_iou = intersection / (hard | targets[:, None]).sum(dim=(-2, -1)).float().clamp(min=1.0)
+        predicted = hard.float()
+        intersection = (predicted * target).sum(dim=(-2, -1))
+        union = predicted.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) - intersection
+        true_iou = intersection / union.clamp(min=1.0)
         best = torch.where(in_play, iou_pred, torch.full_like(iou_pred, -float("inf"))).argmax(dim=1)
         rows = torch.arange(n, device=targets.device)
         kept_hard, kept_logits = hard[rows, best], low_res[rows, best].unsqueeze(1).detach()

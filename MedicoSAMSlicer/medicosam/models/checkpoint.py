@@ -154,8 +154,8 @@ def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
     if not allow_custom and config.arch == "custom":
         problems.append(
             f"a non-official architecture ({_describe_config_difference(config)}): "
-            "segment_anything.sam_model_registry cannot load it; pass allow_custom=True to build it "
-            "with MedicoSAM's builder"
+            "segment_anything.sam_model_registry cannot load it; pass allow_custom=True (CLI: --allow-custom) "
+            "to build it with MedicoSAM's builder"
         )
     if problems:
         raise CheckpointError(f"{source} cannot be loaded as a SAM model:\n  - " + "\n  - ".join(problems))

@@ -175,7 +175,7 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
         config: the protocol settings.
         starts: which start prompts to run ("point", "box").
         model, dataset: names written into the rows.
-        results: the CSV to append to (and to resume from); rows are only returned when None.
+        results: the CSV to append to and resume from (None: the new rows are only returned).
         max_objects: stop after this many newly finished (object, start) units; the run is then
             incomplete and a later call resumes it.
         record_masks: keep every predicted mask in the traces (tests, figures).

@@ -163,9 +163,11 @@ def write_table_csv(rows: Sequence[Mapping[str, object]], path: PathLike) -> Pat
 
 
 def get_markdown_table(header: Sequence[str], body: Sequence[Sequence[object]]) -> str:
-    """A GitHub markdown table; floats with 3 decimals."""
+    """A GitHub markdown table; floats with 3 decimals, NaN as "-"."""
     def cell(value: object) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else f"{value:.3f}"
+        return str(value)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in body]
@@ -239,7 +241,7 @@ def plot_interactive_2d(summary: Sequence[Mapping[str, object]], path: PathLike)
     axes.set_ylim(0, 1)
     axes.set_ylabel("Dice")
     axes.set_title("Interactive 2D segmentation: Dice per correction iteration")
-    axes.legend(fontsize="small", ncol=len(starts))
+    axes.legend(fontsize="small", ncol=2 * len(starts), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     return _save(figure, path)
 
 
@@ -263,23 +265,27 @@ def plot_interactive_2d_curves(summary: Sequence[Mapping[str, object]], path: Pa
 
 
 def plot_interactive_3d(summary: Sequence[Mapping[str, object]], path: PathLike) -> Path:
-    """Grouped bars per model: mean 3D Dice from a point and from a box start (error bars: std over objects)."""
+    """Grouped bars per model: mean 3D Dice from a point and from a box start.
+
+    Error bars (std over objects) only for a single dataset; several datasets are averaged.
+    """
     plt = _get_pyplot()
     means = get_dataset_mean(summary, ("model", "start"))
-    stds = {(str(e["model"]), str(e["start"])): float(e["std"]) for e in summary}
+    single_dataset = len({e["dataset"] for e in summary}) == 1
+    stds = {(str(e["model"]), str(e["start"])): float(e["std"]) if single_dataset else 0.0 for e in summary}
     models = _get_models(summary)
     starts = [s for s in START_COLORMAPS if any(key[1] == s for key in means)]
     width = 0.8 / max(len(starts), 1)
     figure, axes = plt.subplots(figsize=(max(5.0, 1.8 * len(models)), 4.0))
     for s, start in enumerate(starts):
         heights = [means.get((m, start), math.nan) for m in models]
-        errors = [stds.get((m, start), 0.0) if len({e["dataset"] for e in summary}) == 1 else 0.0 for m in models]
+        errors = [stds.get((m, start), 0.0) for m in models]
         axes.bar(np.arange(len(models)) + (s - (len(starts) - 1) / 2) * width, heights, width, yerr=errors,
                  capsize=3, color=plt.get_cmap(START_COLORMAPS[start])(0.6), label=start)
     axes.set_xticks(np.arange(len(models)), models)
     axes.set_ylim(0, 1)
-    axes.set_ylabel("Dice")
-    axes.set_title("Interactive 3D segmentation (best propagation setting from validation)")
+    axes.set_ylabel("Dice (test split)")
+    axes.set_title("Interactive 3D segmentation")
     axes.legend(fontsize="small")
     return _save(figure, path)
 

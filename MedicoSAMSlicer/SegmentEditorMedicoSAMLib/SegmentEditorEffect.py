@@ -1,0 +1,800 @@
+"""MedicoSAM Segment Editor effect: the thin Slicer layer over `medicosam.session`.
+
+This file only reads MRML (clicks, the view's orientation, the source volume as the editor aligned it
+to the segmentation), calls the session on the inference worker thread, and writes what the session
+returns through `modifySelectedSegmentByLabelmap` after one `saveStateForUndo`. Every decision in
+between (which slice a click lands on, what to propagate, what to write) is in the core and tested
+without Slicer. Nothing heavy is imported at file scope: torch and SAM are imported on first use,
+after the user agreed to install them.
+"""
+
+import logging
+import os
+import time
+
+import ctk
+import qt
+import vtk
+
+import slicer
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+#: (key, action) while the effect is active; letters Slicer's slice views do not use.
+SHORTCUTS = (("I", "positive"), ("E", "negative"), ("X", "box"), ("A", "apply"),
+             ("P", "propagate"), ("C", "clear"), ("M", "refine"))
+TOOL_BUTTONS = (("positive", "+ Point (I)", "Left-click adds a point inside the object."),
+                ("negative", "- Point (E)", "Left-click adds a point outside the object."),
+                ("box", "Box (X)", "Left-drag draws a box around the object."))
+DISPLAY_COLORS = {"positive": (0.2, 0.9, 0.2), "negative": (1.0, 0.25, 0.25), "box": (1.0, 0.85, 0.1)}
+MIN_BOX_DRAG_PIXELS = 4
+BUSY_DIALOG_DELAY_MS = 400
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """Segment with SAM prompts (points, box), preview, apply, propagate through the volume."""
+
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = "MedicoSAM"
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self.worker = None  # medicosam.worker.InferenceWorker, created on first use
+        self.cache = None  # medicosam.embedding_cache.EmbeddingCache shared by all volumes
+        self.loaded = None  # (what was asked for, medicosam.models.checkpoint.LoadedSam)
+        self.predictors = {}  # source key -> VolumePredictor
+        self.sessions = {}  # (source key, segmentation ID, segment ID) -> SegmentationSession
+        self.pending = []  # [(future, callback)] of preview jobs, polled on the GUI thread
+        self.busy = False  # a blocking job (apply, propagate, model loading) is running
+        self.boxStart = None  # (xy, ras, slice node ID) while a box is dragged
+        self.displayNodes = {}
+        self.displayedSessionKey = None
+        self.shortcuts = []
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(50)
+        self.pollTimer.connect("timeout()", self.onPoll)
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(__file__.replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        iconPath = os.path.join(os.path.dirname(__file__), "SegmentEditorEffect.png")
+        return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
+
+    def helpText(self):
+        return """<html>Segment with MedicoSAM (Segment Anything for medical images).<br>
+<b>+ Point</b> (I) / <b>- Point</b> (E): click inside / outside the object in a Red, Green or Yellow view
+aligned with the volume. <b>Box</b> (X): drag a box around it. The preview updates after every prompt.<br>
+<b>Apply</b> (A) writes the previewed slice; <b>Propagate</b> (P) segments the neighbouring slices from every
+applied slice. To correct, prompt on a wrong slice, Apply, Propagate again. <b>Clear</b> (C) removes the
+slice's prompts; <b>M</b> toggles refinement with the previous mask. Undo works as for any effect.
+See docs/slicer.md.</html>"""
+
+    def cleanup(self):
+        self.pollTimer.disconnect("timeout()", self.onPoll)
+        self.removeShortcuts()
+        if self.worker is not None:
+            self.worker.shutdown(wait=False)
+            self.worker = None
+
+    def activate(self):
+        self.createDisplayNodes()
+        self.installShortcuts()
+        self.refreshModelChoices()
+        self.pollTimer.start()
+
+    def deactivate(self):
+        self.pollTimer.stop()
+        self.removeShortcuts()
+        self.removeDisplayNodes()
+        self.boxStart = None
+        if self.worker is not None:
+            self.worker.clear_background()
+
+    def setupOptionsFrame(self):
+        from medicosam.device import DEVICE_CHOICES
+        from medicosam.effect_settings import DIRECTION_LABELS, MODE_LABELS
+
+        modelSection = ctk.ctkCollapsibleButton()
+        modelSection.text = "Model"
+        modelForm = qt.QFormLayout(modelSection)
+        self.modelSelector = qt.QComboBox()
+        self.modelSelector.setToolTip("Downloaded models load at once; others download on first use, after you agree.")
+        modelForm.addRow("Model:", self.modelSelector)
+        self.checkpointSelector = ctk.ctkPathLineEdit()
+        self.checkpointSelector.filters = ctk.ctkPathLineEdit.Files
+        self.checkpointSelector.nameFilters = ["SAM checkpoints (*.pth *.pt)"]
+        self.checkpointSelector.setToolTip("A SAM state dict (vit_b/l/h or a MedicoSAM export).")
+        self.checkpointLabel = qt.QLabel("Checkpoint file:")
+        modelForm.addRow(self.checkpointLabel, self.checkpointSelector)
+        self.deviceSelector = qt.QComboBox()
+        for device in DEVICE_CHOICES:
+            self.deviceSelector.addItem(device.upper() if device != "auto" else "Auto (GPU if available)", device)
+        modelForm.addRow("Device:", self.deviceSelector)
+        self.cacheSpinBox = qt.QSpinBox()
+        self.cacheSpinBox.setRange(64, 1024 * 1024)
+        self.cacheSpinBox.setSingleStep(256)
+        self.cacheSpinBox.suffix = " MB"
+        self.cacheSpinBox.setToolTip("Memory for slice embeddings; the oldest are dropped beyond it.")
+        modelForm.addRow("Embedding memory:", self.cacheSpinBox)
+        self.deleteModelsButton = qt.QPushButton("Delete downloaded models...")
+        self.deleteModelsButton.objectName = self.__class__.__name__ + "DeleteModels"
+        modelForm.addRow(self.deleteModelsButton)
+        self.scriptedEffect.addOptionsWidget(modelSection)
+
+        toolLayout = qt.QHBoxLayout()
+        self.toolButtons = {}
+        self.toolGroup = qt.QButtonGroup()
+        for tool, text, tip in TOOL_BUTTONS:
+            button = qt.QPushButton(text)
+            button.checkable = True
+            button.setToolTip(tip)
+            button.objectName = self.__class__.__name__ + "Tool" + tool.capitalize()
+            self.toolGroup.addButton(button)
+            toolLayout.addWidget(button)
+            self.toolButtons[tool] = button
+        self.scriptedEffect.addLabeledOptionsWidget("Prompt:", toolLayout)
+        self.refineCheckBox = qt.QCheckBox("Refine with the previous mask (M)")
+        self.refineCheckBox.setToolTip("Give SAM the slice's previous mask with each new prompt, so a click "
+                                       "corrects the mask instead of starting over.")
+        self.scriptedEffect.addOptionsWidget(self.refineCheckBox)
+        sliceButtons = qt.QHBoxLayout()
+        self.applyButton = qt.QPushButton("Apply slice (A)")
+        self.applyButton.objectName = self.__class__.__name__ + "Apply"
+        self.clearButton = qt.QPushButton("Clear prompts (C)")
+        self.clearButton.objectName = self.__class__.__name__ + "Clear"
+        sliceButtons.addWidget(self.applyButton)
+        sliceButtons.addWidget(self.clearButton)
+        self.scriptedEffect.addOptionsWidget(sliceButtons)
+
+        propagationSection = ctk.ctkCollapsibleButton()
+        propagationSection.text = "Propagation"
+        propagationForm = qt.QFormLayout(propagationSection)
+        self.directionSelector = qt.QComboBox()
+        for direction, label in DIRECTION_LABELS.items():
+            self.directionSelector.addItem(label, direction)
+        propagationForm.addRow("Direction:", self.directionSelector)
+        self.slicesSpinBox = qt.QSpinBox()
+        self.slicesSpinBox.setRange(0, 10000)
+        self.slicesSpinBox.specialValueText = "until the object ends"
+        self.slicesSpinBox.setToolTip("At most this many slices beyond the outermost applied slices.")
+        propagationForm.addRow("Slices:", self.slicesSpinBox)
+        self.modeSelector = qt.QComboBox()
+        for mode, label in MODE_LABELS.items():
+            self.modeSelector.addItem(label, mode)
+        self.modeSelector.setToolTip("Prompt derived from the previous slice's mask.")
+        propagationForm.addRow("Prompt from previous slice:", self.modeSelector)
+        self.iouSpinBox = qt.QDoubleSpinBox()
+        self.iouSpinBox.setRange(0.0, 1.0)
+        self.iouSpinBox.setSingleStep(0.05)
+        self.iouSpinBox.setToolTip("Stop when a slice's mask overlaps the previous one less than this (IoU).")
+        propagationForm.addRow("Stop below IoU:", self.iouSpinBox)
+        self.propagateButton = qt.QPushButton("Propagate (P)")
+        self.propagateButton.objectName = self.__class__.__name__ + "Propagate"
+        propagationForm.addRow(self.propagateButton)
+        self.scriptedEffect.addOptionsWidget(propagationSection)
+
+        self.statusLabel = qt.QLabel()
+        self.statusLabel.wordWrap = True
+        self.scriptedEffect.addOptionsWidget(self.statusLabel)
+
+        for combo in (self.modelSelector, self.deviceSelector, self.directionSelector, self.modeSelector):
+            combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        for spinBox in (self.cacheSpinBox, self.slicesSpinBox, self.iouSpinBox):
+            spinBox.connect("valueChanged(double)" if spinBox is self.iouSpinBox else "valueChanged(int)",
+                            self.updateMRMLFromGUI)
+        self.checkpointSelector.connect("currentPathChanged(QString)", self.updateMRMLFromGUI)
+        self.refineCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
+        for tool, button in self.toolButtons.items():
+            button.connect("clicked()", lambda tool=tool: self.setTool(tool))
+        self.applyButton.connect("clicked()", self.onApply)
+        self.clearButton.connect("clicked()", self.onClear)
+        self.propagateButton.connect("clicked()", self.onPropagate)
+        self.deleteModelsButton.connect("clicked()", self.onDeleteModels)
+
+    def setMRMLDefaults(self):
+        from medicosam.effect_settings import EffectSettings
+
+        for name, value in EffectSettings().to_parameters().items():
+            self.scriptedEffect.setParameterDefault(name, value)
+
+    def sourceVolumeNodeChanged(self):
+        self.forgetSessions()
+
+    def referenceGeometryChanged(self):
+        self.forgetSessions()
+
+    def updateGUIFromMRML(self):
+        from medicosam.effect_settings import CUSTOM_MODEL
+
+        settings = self.getSettings()
+        widgets = (self.modelSelector, self.checkpointSelector, self.deviceSelector, self.cacheSpinBox,
+                   self.refineCheckBox, self.directionSelector, self.slicesSpinBox, self.modeSelector,
+                   self.iouSpinBox)
+        wasBlocked = [widget.blockSignals(True) for widget in widgets]
+        self.modelSelector.setCurrentIndex(self.modelSelector.findData(settings.model))
+        self.checkpointSelector.currentPath = settings.custom_checkpoint
+        self.deviceSelector.setCurrentIndex(self.deviceSelector.findData(settings.device))
+        self.cacheSpinBox.value = settings.cache_mb
+        self.refineCheckBox.checked = settings.refine
+        self.directionSelector.setCurrentIndex(self.directionSelector.findData(settings.direction))
+        self.slicesSpinBox.value = settings.max_slices
+        self.modeSelector.setCurrentIndex(self.modeSelector.findData(settings.mode))
+        self.iouSpinBox.value = settings.iou_threshold
+        for widget, blocked in zip(widgets, wasBlocked):
+            widget.blockSignals(blocked)
+        for tool, button in self.toolButtons.items():
+            button.checked = tool == settings.tool
+        self.checkpointLabel.visible = self.checkpointSelector.visible = settings.model == CUSTOM_MODEL
+        if self.getSessionKey() != self.displayedSessionKey:
+            self.clearDisplay()
+
+    def updateMRMLFromGUI(self):
+        from medicosam.effect_settings import EffectSettings
+
+        current = self.getSettings()
+        settings = EffectSettings(
+            model=self.modelSelector.itemData(self.modelSelector.currentIndex) or current.model,
+            custom_checkpoint=self.checkpointSelector.currentPath,
+            device=self.deviceSelector.itemData(self.deviceSelector.currentIndex),
+            tool=current.tool,
+            refine=self.refineCheckBox.checked,
+            direction=self.directionSelector.itemData(self.directionSelector.currentIndex),
+            max_slices=self.slicesSpinBox.value,
+            mode=self.modeSelector.itemData(self.modeSelector.currentIndex),
+            iou_threshold=self.iouSpinBox.value,
+            box_extension=current.box_extension,
+            cache_mb=self.cacheSpinBox.value,
+        )
+        with slicer.util.NodeModify(self.scriptedEffect.parameterSetNode()):
+            for name, value in settings.to_parameters().items():
+                self.scriptedEffect.setParameter(name, value)
+
+    #
+    # Effect specific methods (the above ones are the API methods to override)
+    #
+
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if viewWidget.className() != "qMRMLSliceWidget":
+            return False
+        if callerInteractor.GetShiftKey() or callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
+            return False
+        xy = callerInteractor.GetEventPosition()
+        sliceNodeId = viewWidget.mrmlSliceNode().GetID()
+        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            if self.busy:
+                return True
+            confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
+            if confirmed in (self.scriptedEffect.NotConfirmed, self.scriptedEffect.ConfirmedWithDialog):
+                return True  # the release event went to the dialog: do not start a prompt
+            ras = self.xyToRas(xy, viewWidget)
+            tool = self.scriptedEffect.parameter("Tool")
+            if tool == "box":
+                self.boxStart = (xy, ras, sliceNodeId)
+            else:
+                self.addPrompt(tool, [ras], viewWidget)
+            return True
+        if self.boxStart is None or self.boxStart[2] != sliceNodeId:
+            return False
+        if eventId == vtk.vtkCommand.MouseMoveEvent:
+            startXy = self.boxStart[0]
+            corners = [startXy, (xy[0], startXy[1]), xy, (startXy[0], xy[1])]
+            self.setMarkupsPoints("box", [self.xyToRas(corner, viewWidget) for corner in corners])
+            return True
+        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent:
+            startXy, startRas, _ = self.boxStart
+            self.boxStart = None
+            if max(abs(xy[0] - startXy[0]), abs(xy[1] - startXy[1])) < MIN_BOX_DRAG_PIXELS:
+                self.setMarkupsPoints("box", [])
+                self.showStatus("Drag to draw a box: a click is too small for one.")
+            else:
+                self.addPrompt("box", [startRas, self.xyToRas(xy, viewWidget)], viewWidget)
+            return True
+        return False
+
+    def setTool(self, tool):
+        self.scriptedEffect.setParameter("Tool", tool)
+
+    def toggleRefine(self):
+        self.refineCheckBox.checked = not self.refineCheckBox.checked
+
+    def addPrompt(self, kind, rasPoints, sliceWidget):
+        """Add a prompt clicked in `sliceWidget` and update the preview in the background."""
+        sliceToRas = sliceWidget.mrmlSliceNode().GetSliceToRAS()
+        normal = [sliceToRas.GetElement(row, 2) for row in range(3)]
+        session = self.getSession()
+        if session is None:
+            return
+        refine = self.getSettings().refine
+
+        def job():
+            session.refine = refine
+            if kind == "box":
+                session.add_box(rasPoints[0], rasPoints[1], normal)
+            else:
+                session.add_point(rasPoints[0], kind == "positive", normal)
+            return session.update_preview(), session.get_prompt_display(), session.get_prefetch_slices()
+
+        self.pending.append((self.worker.submit(job), lambda result: self.onPreview(session, result)))
+
+    def onPreview(self, session, result):
+        preview, display, neighbours = result
+        self.showPrompts(display)
+        self.showPreview(preview)
+        self.showStatus(f"Preview of slice {preview.index} (predicted IoU {preview.score:.2f}): "
+                        "Apply (A) to keep it.")
+        self.worker.clear_background()
+        for axis, index in neighbours:  # embeddings the next click or propagation will need
+            self.worker.submit(session.predictor.get_embedding, axis, index, background=True)
+
+    def onApply(self):
+        session = self.getSession(create=False)
+        if session is not None:
+            self.writeRequest(self.runBlocking(session.apply, "Applying the preview..."))
+
+    def onClear(self):
+        session = self.getSession(create=False)
+        if session is not None:
+            self.runBlocking(session.clear_prompts, "Clearing prompts...")
+        self.clearDisplay()
+
+    def onPropagate(self):
+        from medicosam.worker import TaskProgress
+
+        session = self.getSession(create=False)
+        if session is None:
+            return
+        config = self.getSettings().get_propagation_config()
+        segment = self.getSelectedSegmentArray()
+        progress = TaskProgress()
+        request = self.runBlocking(lambda: session.propagate(config, segment, progress.report, progress.is_cancelled),
+                                   "Propagating...", progress)
+        if request is None:
+            self.showStatus("Propagation cancelled: the segment was not changed.")
+            return
+        self.writeRequest(request)
+
+    def onDeleteModels(self):
+        try:
+            from medicosam.models.download import get_cache_dir, list_cached_models, remove_cached_model
+
+            cached, folder = list_cached_models(), get_cache_dir()
+        except ImportError:
+            slicer.util.infoDisplay("No model was downloaded yet (MedicoSAM's Python packages are not installed).")
+            return
+        if not cached:
+            slicer.util.infoDisplay(f"No downloaded model in {folder}.")
+            return
+        sizeMb = sum(entry.size for entry in cached) / 1e6
+        names = ", ".join(entry.name for entry in cached)
+        if not self.confirm(f"Delete {names} ({sizeMb:.0f} MB) from {folder}?\n"
+                            "They will be downloaded again when you choose them."):
+            return
+        for entry in cached:
+            remove_cached_model(entry.name)
+        self.refreshModelChoices()
+        self.showStatus(f"Deleted {sizeMb:.0f} MB of downloaded models.")
+
+    def onPoll(self):
+        """Hand finished preview jobs to their callbacks, in submission order, on the GUI thread."""
+        from medicosam.errors import MedicoSAMError
+
+        while self.pending and self.pending[0][0].done():
+            future, callback = self.pending.pop(0)
+            if future.cancelled():
+                continue
+            try:
+                result = future.result()
+            except MedicoSAMError as error:
+                self.showError(error)
+                continue
+            except Exception as error:
+                logging.exception("MedicoSAM preview failed")
+                self.showError(error)
+                continue
+            callback(result)
+
+    def waitForWorker(self, timeoutSeconds=120.0):
+        """Process every queued preview job (used by the self-test and before blocking actions)."""
+        deadline = time.monotonic() + timeoutSeconds
+        while self.pending and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            self.onPoll()
+            time.sleep(0.01)
+
+    # Sessions, model and dependencies -------------------------------------------------------------
+
+    def getSettings(self):
+        from medicosam.effect_settings import EffectSettings, SettingsError
+
+        try:
+            return EffectSettings.from_parameters(self.scriptedEffect.parameter)
+        except SettingsError as error:
+            self.showStatus(str(error))
+            return EffectSettings()
+
+    def getSessionKey(self):
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode() if parameterSetNode else None
+        if segmentationNode is None or not parameterSetNode.GetSelectedSegmentID():
+            return None
+        return segmentationNode.GetID(), parameterSetNode.GetSelectedSegmentID()
+
+    def getSession(self, create=True):
+        """The session of the selected segment; created (loading the model if needed) when `create`."""
+        from medicosam.errors import MedicoSAMError
+
+        segmentKey = self.getSessionKey()
+        source = self.scriptedEffect.sourceVolumeImageData()
+        if segmentKey is None or source is None:
+            self.showStatus("Select a segmentation, a segment and a source volume first.")
+            return None
+        try:
+            sourceKey, ijkToRas = self.getSourceGeometry(source)
+            key = (sourceKey, *segmentKey)
+            if key in self.sessions:
+                self.sessions[key].ijk_to_ras = ijkToRas  # the segmentation may have been moved
+                return self.sessions[key]
+            if not create:
+                self.showStatus("Nothing to do yet: click a point or drag a box on a slice first.")
+                return None
+            if not self.ensureModel():
+                return None
+            self.sessions[key] = self.runBlocking(lambda: self.createSession(source, sourceKey, ijkToRas),
+                                                  "Preparing the volume...")
+        except MedicoSAMError as error:
+            self.showError(error)
+            return None
+        self.displayedSessionKey = segmentKey
+        return self.sessions[key]
+
+    def createSession(self, source, sourceKey, ijkToRas):
+        """Runs on the worker: intensity window of the volume, then a new session (shared predictor)."""
+        from medicosam.predictor import VolumePredictor
+        from medicosam.session import SegmentationSession
+
+        if sourceKey not in self.predictors:
+            self.predictors = {sourceKey: VolumePredictor.from_loaded(
+                self.loaded[1], self.sourceArray, volume_id=repr(sourceKey), cache=self.cache)}
+        return SegmentationSession(self.predictors[sourceKey], ijkToRas, refine=self.getSettings().refine)
+
+    def getSourceGeometry(self, source):
+        """(key identifying the aligned source volume, array index -> world RAS matrix)."""
+        from medicosam.errors import MedicoSAMError
+        from medicosam.session import get_array_on_extent, get_world_ijk_to_ras
+
+        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+        localToWorld = None
+        transformNode = segmentationNode.GetParentTransformNode()
+        if transformNode is not None:
+            if not transformNode.IsTransformToWorldLinear():
+                raise MedicoSAMError("The segmentation is under a non-linear transform: harden the transform "
+                                     "(Data module, right-click the segmentation) before using MedicoSAM.")
+            localToWorld = getNumpyMatrix(transformNode.GetMatrixTransformToWorld)
+        extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
+        imageToLocal = getNumpyMatrix(source.GetImageToWorldMatrix)
+        sourceNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        sourceKey = (sourceNode.GetID() if sourceNode else "", source.GetMTime(), tuple(extent))
+        if sourceKey not in self.predictors:
+            self.sourceArray = get_array_on_extent(getImageArray(source), source.GetExtent(), extent).copy()
+        return sourceKey, get_world_ijk_to_ras(imageToLocal, extent, localToWorld)
+
+    def forgetSessions(self):
+        self.sessions = {}
+        self.predictors = {}
+        self.clearDisplay()
+
+    def ensureModel(self):
+        """Load the chosen model (installing packages and downloading weights if the user agrees)."""
+        from medicosam.effect_settings import CUSTOM_MODEL
+        from medicosam.worker import TaskProgress
+
+        settings = self.getSettings()
+        wanted = (settings.checkpoint, settings.device)
+        if self.loaded is not None and self.loaded[0] == wanted:
+            return True
+        if not self.ensureDependencies() or not self.confirmDownload(settings.model):
+            return False
+        if self.worker is None:
+            from medicosam.worker import InferenceWorker
+
+            self.worker = InferenceWorker()
+        progress = TaskProgress()
+
+        def load():
+            from medicosam.device import get_device
+            from medicosam.models.checkpoint import load_sam
+
+            return load_sam(settings.checkpoint, device=str(get_device(settings.device)),
+                            allow_custom=settings.model == CUSTOM_MODEL, progress=progress.report)
+
+        loaded = self.runBlocking(load, f"Loading {settings.model}...", progress)
+        from medicosam.embedding_cache import EmbeddingCache
+
+        self.loaded = (wanted, loaded)
+        self.cache = EmbeddingCache(settings.cache_bytes)
+        self.forgetSessions()
+        self.refreshModelChoices()
+        device = next(loaded.sam.parameters()).device
+        self.showStatus(f"Model {settings.model} ready on {device}.")
+        return True
+
+    def ensureDependencies(self):
+        """torch via the PyTorch extension, the rest with pip: each only after the user agrees."""
+        import importlib
+
+        from medicosam.requirements import get_missing_requirements, is_torch_installed
+
+        if not is_torch_installed():
+            try:
+                import PyTorchUtils
+            except ImportError:
+                slicer.util.errorDisplay("MedicoSAM needs the PyTorch extension. Install 'PyTorch' from the "
+                                         "Extensions Manager, restart Slicer, then try again.")
+                return False
+            if not self.confirm("MedicoSAM needs PyTorch, which is not installed yet. Install it now? "
+                                "It downloads up to a few GB (a CUDA build when a GPU is present); "
+                                "Slicer is busy until it finishes."):
+                return False
+            with slicer.util.tryWithErrorDisplay("PyTorch could not be installed.", waitCursor=True):
+                PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+            importlib.invalidate_caches()
+            if not is_torch_installed():
+                return False
+        missing = get_missing_requirements()
+        if missing:
+            if not self.confirm(f"MedicoSAM needs these Python packages: {', '.join(missing)}. "
+                                "Install them now with pip?"):
+                return False
+            with slicer.util.tryWithErrorDisplay("The Python packages could not be installed.", waitCursor=True):
+                slicer.util.pip_install(" ".join(missing))
+            importlib.invalidate_caches()
+        return not get_missing_requirements()
+
+    def confirmDownload(self, model):
+        from medicosam.models.download import get_cache_dir, get_model_path
+        from medicosam.models.registry import MODELS
+
+        if model not in MODELS or get_model_path(model).is_file():
+            return True
+        spec = MODELS[model]
+        size = f"{spec.size / 1e6:.0f} MB" if spec.size else "a few hundred MB"
+        return self.confirm(f"Download the {model} weights ({size}) from {spec.url.split('/')[2]} into "
+                            f"{get_cache_dir()}? They are checked against the published hash and kept for "
+                            "later sessions ('Delete downloaded models...' removes them).")
+
+    def refreshModelChoices(self):
+        from medicosam.effect_settings import get_model_choices
+
+        try:
+            from medicosam.models.download import list_cached_models
+
+            cached = list_cached_models()
+        except ImportError:  # platformdirs is not installed yet: nothing was downloaded
+            cached = []
+        wasBlocked = self.modelSelector.blockSignals(True)
+        self.modelSelector.clear()
+        for choice in get_model_choices(cached):
+            self.modelSelector.addItem(choice.label, choice.name)
+        self.modelSelector.blockSignals(wasBlocked)
+        self.updateGUIFromMRML()
+
+    # Reading and writing the segment -------------------------------------------------------------
+
+    def getSelectedSegmentArray(self):
+        """The selected segment now, as a bool (K, J, I) array on the session's grid."""
+        from medicosam.session import get_array_on_extent
+
+        labelmap = self.scriptedEffect.selectedSegmentLabelmap()
+        extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
+        if labelmap is None or labelmap.GetPointData().GetScalars() is None:
+            labelmap_array = getImageArray(self.scriptedEffect.defaultModifierLabelmap())
+            return labelmap_array > 0
+        return get_array_on_extent(getImageArray(labelmap) > 0, labelmap.GetExtent(), extent)
+
+    def writeRequest(self, request):
+        """One undo point, then per block: erase the slices, add the masks (editor rules apply to both)."""
+        from medicosam.errors import MedicoSAMError
+
+        if request is None:
+            return
+        modifier = self.scriptedEffect.defaultModifierLabelmap()
+        array = getImageArray(modifier)
+        if array.shape != tuple(request.shape):
+            self.forgetSessions()
+            raise MedicoSAMError("The segmentation's geometry changed since the prompts were placed: "
+                                 "nothing was written. Place the prompts again.")
+        origin = modifier.GetExtent()[::2]
+        modes = slicer.qSlicerSegmentEditorAbstractEffect
+        self.scriptedEffect.saveStateForUndo()
+        with slicer.util.RenderBlocker():
+            for block in request.get_blocks():
+                extent = block.get_extent(request.shape, origin)
+                region = block.get_region()
+                for mode, values in ((modes.ModificationModeRemove, 1), (modes.ModificationModeAdd, block.get_array())):
+                    array[region] = values
+                    modifier.Modified()
+                    self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, mode, extent)
+                array[region] = 0
+        modifier.Modified()
+        self.clearPreview()
+        self.showStatus(request.describe())
+
+    # Display -------------------------------------------------------------------------------------
+
+    def createDisplayNodes(self):
+        for role, color in DISPLAY_COLORS.items():
+            className = "vtkMRMLMarkupsClosedCurveNode" if role == "box" else "vtkMRMLMarkupsFiducialNode"
+            node = self.addTemporaryNode(className, role)
+            node.SetLocked(True)
+            if role == "box":
+                node.SetCurveTypeToLinear()
+            display = node.GetDisplayNode()
+            display.SetSelectedColor(color)
+            display.SetColor(color)
+            display.SetPointLabelsVisibility(False)
+            display.SetPropertiesLabelVisibility(False)
+        preview = self.addTemporaryNode("vtkMRMLSegmentationNode", "preview")
+        preview.GetSegmentation().AddEmptySegment("preview", "MedicoSAM preview")
+        preview.GetDisplayNode().SetOpacity2DFill(0.35)
+        preview.GetDisplayNode().SetOpacity2DOutline(1.0)
+
+    def addTemporaryNode(self, className, role):
+        """A node that is never saved with the scene, hidden from node selectors."""
+        node = slicer.mrmlScene.AddNewNodeByClass(className, f"MedicoSAM {role}")
+        node.SetSaveWithScene(False)
+        node.SetHideFromEditors(True)
+        node.CreateDefaultDisplayNodes()
+        node.GetDisplayNode().SetSaveWithScene(False)
+        self.displayNodes[role] = node
+        return node
+
+    def removeDisplayNodes(self):
+        for node in self.displayNodes.values():
+            slicer.mrmlScene.RemoveNode(node)
+        self.displayNodes = {}
+
+    def setMarkupsPoints(self, role, pointsRas):
+        node = self.displayNodes.get(role)
+        if node is None:
+            return
+        with slicer.util.NodeModify(node):
+            node.RemoveAllControlPoints()
+            for point in pointsRas:
+                node.AddControlPointWorld(vtk.vtkVector3d(*[float(v) for v in point]))
+
+    def showPrompts(self, display):
+        self.setMarkupsPoints("positive", display.positive_ras)
+        self.setMarkupsPoints("negative", display.negative_ras)
+        self.setMarkupsPoints("box", [] if display.box_corners_ras is None else display.box_corners_ras)
+
+    def showPreview(self, preview):
+        node = self.displayNodes.get("preview")
+        if node is None:
+            return
+        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+        node.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
+        segment = segmentationNode.GetSegmentation().GetSegment(self.getSessionKey()[1])
+        node.GetSegmentation().GetSegment("preview").SetColor(segment.GetColor())
+        reference = self.scriptedEffect.referenceGeometryImage()
+        block = preview.get_block()
+        image = createLabelmap(reference, block.get_extent(getExtentShape(reference.GetExtent()),
+                                                           reference.GetExtent()[::2]))
+        getImageArray(image)[:] = block.get_array()
+        image.Modified()
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            image, node, "preview", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
+    def clearPreview(self):
+        node = self.displayNodes.get("preview")
+        if node is not None:
+            empty = createLabelmap(self.scriptedEffect.referenceGeometryImage(), [0, -1, 0, -1, 0, -1])
+            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                empty, node, "preview", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
+    def clearDisplay(self):
+        for role in DISPLAY_COLORS:
+            self.setMarkupsPoints(role, [])
+        self.clearPreview()
+        self.displayedSessionKey = self.getSessionKey()
+
+    def showStatus(self, text):
+        self.statusLabel.text = text
+        slicer.util.showStatusMessage("MedicoSAM: " + text, 5000)
+
+    def showError(self, error):
+        from medicosam.geometry import PointOutsideVolumeError
+
+        self.showStatus(str(error))
+        if not isinstance(error, PointOutsideVolumeError):  # a missed click needs no dialog
+            slicer.util.errorDisplay(str(error), windowTitle="MedicoSAM")
+
+    def confirm(self, text):
+        return slicer.app.testingEnabled() or slicer.util.confirmOkCancelDisplay(text, windowTitle="MedicoSAM")
+
+    def installShortcuts(self):
+        actions = {"positive": lambda: self.setTool("positive"), "negative": lambda: self.setTool("negative"),
+                   "box": lambda: self.setTool("box"), "apply": self.onApply, "propagate": self.onPropagate,
+                   "clear": self.onClear, "refine": self.toggleRefine}
+        for key, action in SHORTCUTS:
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", actions[action])
+            self.shortcuts.append(shortcut)
+
+    def removeShortcuts(self):
+        for shortcut in self.shortcuts:
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self.shortcuts = []
+
+    def runBlocking(self, function, text, progress=None):
+        """Run `function` on the worker while the GUI stays live behind a progress dialog (Cancel
+        when `progress` is a TaskProgress); returns its result or raises its error."""
+        from medicosam.worker import InferenceWorker
+
+        if self.worker is None:
+            self.worker = InferenceWorker()
+        self.busy = True
+        future = self.worker.submit(function)
+        dialog = qt.QProgressDialog(text, "Cancel", 0, 0, slicer.util.mainWindow())
+        dialog.setWindowTitle("MedicoSAM")
+        dialog.setWindowModality(qt.Qt.ApplicationModal)
+        dialog.minimumDuration = BUSY_DIALOG_DELAY_MS
+        dialog.autoClose = dialog.autoReset = False
+        if progress is None:
+            dialog.setCancelButton(None)
+        try:
+            while not future.done():
+                if progress is not None:
+                    if dialog.wasCanceled and not progress.is_cancelled():
+                        progress.cancel()
+                        dialog.setLabelText("Cancelling...")
+                    done, total = progress.get()
+                    dialog.setMaximum(1000 if total else 0)
+                    dialog.setValue(min(1000, done * 1000 // total) if total else 0)
+                else:
+                    dialog.setValue(0)
+                slicer.app.processEvents()
+                time.sleep(0.02)
+        finally:
+            dialog.close()
+            self.busy = False
+        self.onPoll()  # jobs queued before this one finished first: show their results
+        return future.result()
+
+
+def getImageArray(image):
+    """Writable numpy view (K, J, I) of a VTK image's scalars."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    dims = image.GetDimensions()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+
+
+def getExtentShape(extent):
+    """(K, J, I) array shape of a VTK extent."""
+    return tuple(extent[2 * axis + 1] - extent[2 * axis] + 1 for axis in (2, 1, 0))
+
+
+def getNumpyMatrix(getter):
+    """A 4x4 numpy matrix from a VTK getter that fills a vtkMatrix4x4."""
+    import numpy as np
+
+    matrix = vtk.vtkMatrix4x4()
+    getter(matrix)
+    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+
+
+def createLabelmap(reference, extent):
+    """An empty unsigned-char labelmap with the geometry of `reference` and the given extent."""
+    image = slicer.vtkOrientedImageData()
+    imageToWorld = vtk.vtkMatrix4x4()
+    reference.GetImageToWorldMatrix(imageToWorld)
+    image.SetImageToWorldMatrix(imageToWorld)
+    image.SetExtent(*extent)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    image.GetPointData().GetScalars().Fill(0)
+    return image
