@@ -116,6 +116,7 @@ def test_train_validates_decays_logs_and_exports(brain_samples, tmp_path):
 
 
 def test_sigkill_mid_epoch_then_resume(brain_samples, tmp_path):
+    brain_samples = brain_samples * 2  # 16 iterations per epoch: the kill lands well inside the first
     script, samples_file = _write_script(tmp_path, brain_samples)
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, script, samples_file, str(out), "epochs=1000", "save_every=1",

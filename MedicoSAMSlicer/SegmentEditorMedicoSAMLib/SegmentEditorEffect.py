@@ -8,15 +8,15 @@ without Slicer. Nothing heavy is imported at file scope: torch and SAM are impor
 after the user agreed to install them.
 """
 
+import contextlib
 import logging
 import os
 import time
 
 import ctk
 import qt
-import vtk
-
 import slicer
+import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 #: (key, action) while the effect is active; letters Slicer's slice views do not use.
@@ -305,10 +305,12 @@ See docs/slicer.md.</html>"""
         """Add a prompt clicked in `sliceWidget` and update the preview in the background."""
         sliceToRas = sliceWidget.mrmlSliceNode().GetSliceToRAS()
         normal = [sliceToRas.GetElement(row, 2) for row in range(3)]
-        session = self.getSession()
+        with self.reportingErrors():
+            session = self.getSession()
         if session is None:
             return
         refine = self.getSettings().refine
+        sessionKey = self.getSessionKey()
 
         def job():
             session.refine = refine
@@ -318,9 +320,11 @@ See docs/slicer.md.</html>"""
                 session.add_point(rasPoints[0], kind == "positive", normal)
             return session.update_preview(), session.get_prompt_display(), session.get_prefetch_slices()
 
-        self.pending.append((self.worker.submit(job), lambda result: self.onPreview(session, result)))
+        self.pending.append((self.worker.submit(job), lambda result: self.onPreview(session, sessionKey, result)))
 
-    def onPreview(self, session, result):
+    def onPreview(self, session, sessionKey, result):
+        if sessionKey != self.getSessionKey():
+            return  # another segment was selected meanwhile: this preview is not about it
         preview, display, neighbours = result
         self.showPrompts(display)
         self.showPreview(preview)
@@ -331,31 +335,35 @@ See docs/slicer.md.</html>"""
             self.worker.submit(session.predictor.get_embedding, axis, index, background=True)
 
     def onApply(self):
-        session = self.getSession(create=False)
-        if session is not None:
-            self.writeRequest(self.runBlocking(session.apply, "Applying the preview..."))
+        with self.reportingErrors():
+            session = self.getSession(create=False)
+            if session is not None:
+                self.writeRequest(self.runBlocking(session.apply, "Applying the preview..."))
 
     def onClear(self):
-        session = self.getSession(create=False)
-        if session is not None:
-            self.runBlocking(session.clear_prompts, "Clearing prompts...")
-        self.clearDisplay()
+        with self.reportingErrors():
+            session = self.getSession(create=False)
+            if session is not None:
+                self.runBlocking(session.clear_prompts, "Clearing prompts...")
+            self.clearDisplay()
 
     def onPropagate(self):
         from medicosam.worker import TaskProgress
 
-        session = self.getSession(create=False)
-        if session is None:
-            return
-        config = self.getSettings().get_propagation_config()
-        segment = self.getSelectedSegmentArray()
-        progress = TaskProgress()
-        request = self.runBlocking(lambda: session.propagate(config, segment, progress.report, progress.is_cancelled),
-                                   "Propagating...", progress)
-        if request is None:
-            self.showStatus("Propagation cancelled: the segment was not changed.")
-            return
-        self.writeRequest(request)
+        with self.reportingErrors():
+            session = self.getSession(create=False)
+            if session is None:
+                return
+            config = self.getSettings().get_propagation_config()
+            segment = self.getSelectedSegmentArray()
+            progress = TaskProgress()
+            request = self.runBlocking(
+                lambda: session.propagate(config, segment, progress.report, progress.is_cancelled),
+                "Propagating...", progress)
+            if request is None:
+                self.showStatus("Propagation cancelled: the segment was not changed.")
+                return
+            self.writeRequest(request)
 
     def onDeleteModels(self):
         try:
@@ -425,46 +433,39 @@ See docs/slicer.md.</html>"""
 
     def getSession(self, create=True):
         """The session of the selected segment; created (loading the model if needed) when `create`."""
-        from medicosam.errors import MedicoSAMError
+        from medicosam.predictor import VolumePredictor
+        from medicosam.session import SegmentationSession, get_array_on_extent
 
         segmentKey = self.getSessionKey()
         source = self.scriptedEffect.sourceVolumeImageData()
         if segmentKey is None or source is None:
             self.showStatus("Select a segmentation, a segment and a source volume first.")
             return None
-        try:
-            sourceKey, ijkToRas = self.getSourceGeometry(source)
-            key = (sourceKey, *segmentKey)
-            if key in self.sessions:
-                self.sessions[key].ijk_to_ras = ijkToRas  # the segmentation may have been moved
-                return self.sessions[key]
+        sourceKey, ijkToRas, extent = self.getSourceGeometry(source)
+        key = (sourceKey, *segmentKey)
+        if key not in self.sessions:
             if not create:
                 self.showStatus("Nothing to do yet: click a point or drag a box on a slice first.")
                 return None
             if not self.ensureModel():
                 return None
-            self.sessions[key] = self.runBlocking(lambda: self.createSession(source, sourceKey, ijkToRas),
-                                                  "Preparing the volume...")
-        except MedicoSAMError as error:
-            self.showError(error)
-            return None
+            predictor = self.predictors.get(sourceKey)
+            if predictor is None:
+                volume = get_array_on_extent(getImageArray(source), source.GetExtent(), extent).copy()
+                loaded, cache = self.loaded[1], self.cache
+                predictor = self.runBlocking(  # the intensity window reads the whole volume
+                    lambda: VolumePredictor.from_loaded(loaded, volume, volume_id=repr(sourceKey), cache=cache),
+                    "Preparing the volume...")
+                self.predictors = {sourceKey: predictor}  # one volume at a time: drop the others
+            self.sessions[key] = SegmentationSession(predictor, ijkToRas, refine=self.getSettings().refine)
+        self.sessions[key].ijk_to_ras = ijkToRas  # the segmentation may have been moved since
         self.displayedSessionKey = segmentKey
         return self.sessions[key]
 
-    def createSession(self, source, sourceKey, ijkToRas):
-        """Runs on the worker: intensity window of the volume, then a new session (shared predictor)."""
-        from medicosam.predictor import VolumePredictor
-        from medicosam.session import SegmentationSession
-
-        if sourceKey not in self.predictors:
-            self.predictors = {sourceKey: VolumePredictor.from_loaded(
-                self.loaded[1], self.sourceArray, volume_id=repr(sourceKey), cache=self.cache)}
-        return SegmentationSession(self.predictors[sourceKey], ijkToRas, refine=self.getSettings().refine)
-
     def getSourceGeometry(self, source):
-        """(key identifying the aligned source volume, array index -> world RAS matrix)."""
+        """(key of the aligned source volume, array index -> world RAS matrix, the editor's extent)."""
         from medicosam.errors import MedicoSAMError
-        from medicosam.session import get_array_on_extent, get_world_ijk_to_ras
+        from medicosam.session import get_world_ijk_to_ras
 
         segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
         localToWorld = None
@@ -476,11 +477,8 @@ See docs/slicer.md.</html>"""
             localToWorld = getNumpyMatrix(transformNode.GetMatrixTransformToWorld)
         extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
         imageToLocal = getNumpyMatrix(source.GetImageToWorldMatrix)
-        sourceNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
-        sourceKey = (sourceNode.GetID() if sourceNode else "", source.GetMTime(), tuple(extent))
-        if sourceKey not in self.predictors:
-            self.sourceArray = get_array_on_extent(getImageArray(source), source.GetExtent(), extent).copy()
-        return sourceKey, get_world_ijk_to_ras(imageToLocal, extent, localToWorld)
+        sourceKey = (source.GetMTime(), tuple(extent))
+        return sourceKey, get_world_ijk_to_ras(imageToLocal, extent, localToWorld), extent
 
     def forgetSessions(self):
         self.sessions = {}
@@ -498,10 +496,6 @@ See docs/slicer.md.</html>"""
             return True
         if not self.ensureDependencies() or not self.confirmDownload(settings.model):
             return False
-        if self.worker is None:
-            from medicosam.worker import InferenceWorker
-
-            self.worker = InferenceWorker()
         progress = TaskProgress()
 
         def load():
@@ -586,13 +580,14 @@ See docs/slicer.md.</html>"""
 
     def getSelectedSegmentArray(self):
         """The selected segment now, as a bool (K, J, I) array on the session's grid."""
+        import numpy as np
+
         from medicosam.session import get_array_on_extent
 
         labelmap = self.scriptedEffect.selectedSegmentLabelmap()
         extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
         if labelmap is None or labelmap.GetPointData().GetScalars() is None:
-            labelmap_array = getImageArray(self.scriptedEffect.defaultModifierLabelmap())
-            return labelmap_array > 0
+            return np.zeros(getExtentShape(extent), bool)
         return get_array_on_extent(getImageArray(labelmap) > 0, labelmap.GetExtent(), extent)
 
     def writeRequest(self, request):
@@ -658,13 +653,16 @@ See docs/slicer.md.</html>"""
         self.displayNodes = {}
 
     def setMarkupsPoints(self, role, pointsRas):
+        import numpy as np
+
         node = self.displayNodes.get(role)
+        points = np.asarray(pointsRas, float).reshape(-1, 3)
         if node is None:
             return
-        with slicer.util.NodeModify(node):
+        if len(points) == 0:
             node.RemoveAllControlPoints()
-            for point in pointsRas:
-                node.AddControlPointWorld(vtk.vtkVector3d(*[float(v) for v in point]))
+        else:
+            slicer.util.updateMarkupsControlPointsFromArray(node, points, world=True)
 
     def showPrompts(self, display):
         self.setMarkupsPoints("positive", display.positive_ras)
@@ -700,6 +698,19 @@ See docs/slicer.md.</html>"""
             self.setMarkupsPoints(role, [])
         self.clearPreview()
         self.displayedSessionKey = self.getSessionKey()
+
+    @contextlib.contextmanager
+    def reportingErrors(self):
+        """Show errors of a user action in the panel (and a dialog) instead of the Python console."""
+        from medicosam.errors import MedicoSAMError
+
+        try:
+            yield
+        except MedicoSAMError as error:
+            self.showError(error)
+        except Exception as error:
+            logging.exception("MedicoSAM failed")
+            self.showError(error)
 
     def showStatus(self, text):
         self.statusLabel.text = text

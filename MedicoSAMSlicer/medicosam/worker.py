@@ -59,7 +59,7 @@ class InferenceWorker:
     order, then background jobs when nothing else waits."""
 
     def __init__(self, name: str = "MedicoSAM inference"):
-        self._queue: "queue.PriorityQueue" = queue.PriorityQueue()
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
         self._generation = 0  # background jobs of an older generation are dropped
         self._lock = threading.Lock()

@@ -48,6 +48,9 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--p-mask", type=float, help="override the preset's mask-prompt probability")
     parser.add_argument("--min-size", type=int, default=25, help="smallest object in pixels at model size")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share per modality")
+    parser.add_argument("--label-mode", choices=["instance", "semantic"], default="instance",
+                        help="labels/ holds instance ids, or class ids split into connected components")
+    parser.add_argument("--axis", type=int, default=0, help="slicing axis of 3D volumes (KJI array axis)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=1000, help="checkpoint interval in iterations")
     parser.add_argument("--num-workers", type=int, default=0, help="data loading processes")
@@ -84,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
     loaded = load_sam(args.checkpoint or args.model or "sam_vit_b", allow_custom=True, offline=args.offline)
     train_set, val_set = get_training_datasets(args.data, image_size=loaded.config.image_size, n_obj=args.n_obj,
                                                min_size=args.min_size, val_fraction=args.val_fraction,
-                                               seed=args.seed)
+                                               seed=args.seed, label_mode=args.label_mode, axis=args.axis)
     config = TrainConfig(objective=objective, lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          iterations=args.iterations, batch_size=args.batch_size, freeze=tuple(args.freeze),
                          amp=args.amp, grad_checkpointing=args.grad_checkpointing, out_dir=args.out,

@@ -302,7 +302,7 @@ def _get_semantic_loss(decoder: nn.Module, embeddings: torch.Tensor, foreground:
 
 
 class _PromptState:
-    """Each object's growing prompt (numpy, CPU): points, labels, box, previous logits."""
+    """Each object's growing prompt (numpy, CPU): the first box or point, then the correction clicks."""
 
     def __init__(self, targets: np.ndarray, config: ObjectiveConfig, rng: np.random.Generator,
                  iteration: int) -> None:

@@ -17,15 +17,6 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from scipy import ndimage
 
-from ..data import (
-    DataError,
-    check_same_shape,
-    get_folder_records,
-    get_label_array,
-    get_stem,
-    read_image_2d,
-)
-
 PathLike = Union[str, Path]
 
 
@@ -115,6 +106,8 @@ class LabeledFolder(Sequence):
     """
 
     def __init__(self, images_dir: PathLike, labels_dir: PathLike, ndim: int, max_items: Optional[int] = None):
+        from ..data import DataError, get_folder_records  # imports torch: not at `medicosam` start-up
+
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
         self.ndim = ndim
@@ -127,6 +120,8 @@ class LabeledFolder(Sequence):
         return len(self.records)
 
     def __getitem__(self, index: int) -> LabeledImage:
+        from ..data import DataError, check_same_shape, get_label_array, get_stem, read_image_2d
+
         record = self.records[index]
         label_path = record.labels[0]
         if self.ndim == 2:
@@ -143,6 +138,8 @@ class LabeledFolder(Sequence):
 
 def _read_volume_array(path: str) -> np.ndarray:
     from medicosam.volume_io import read_volume
+
+    from ..data import DataError
 
     array = np.asarray(read_volume(path).array)
     if array.ndim != 3:

@@ -1,0 +1,177 @@
+"""Hidden module that registers the MedicoSAM Segment Editor effect, and its self-test.
+
+Registration waits for `startupCompleted()`, so Slicer's startup does no MedicoSAM work at all; the
+effect itself imports torch and SAM only when first used.
+"""
+
+import os
+
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
+
+
+class SegmentEditorMedicoSAM(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SegmentEditorMedicoSAM"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["The MedicoSAM developers"]
+        self.parent.hidden = True
+        self.parent.helpText = ("Registers the MedicoSAM effect (Segment Anything for medical images) "
+                                "in the Segment Editor.")
+        self.parent.acknowledgementText = ("Segment Anything by Meta AI; MedicoSAM weights by Archit et al. "
+                                           "(computational-cell-analytics).")
+        slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+
+    def registerEditorEffect(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+        effectPath = os.path.join(os.path.dirname(__file__), "SegmentEditorMedicoSAMLib", "SegmentEditorEffect.py")
+        instance.setPythonSource(effectPath.replace("\\", "/"))
+        instance.self().register()
+
+
+class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer (Developer Tools > Self Tests, or ctest). Needs torch and SAM installed;
+    with MEDICOSAM_TEST_INSTALL=1 the effect installs them as it would for a user."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_prompt_apply_propagate_undo()
+
+    def test_prompt_apply_propagate_undo(self):
+        """The segment Slicer writes equals what the core session computes for the same clicks on the
+        same array (Dice >= 0.99), the overwrite rule holds, and Undo steps back one action at a time.
+
+        The model is a tiny SAM with random weights written by the test: its masks mean nothing, which
+        is fine, because the test compares the Slicer layer with the core, not with an anatomy.
+        """
+        from medicosam.requirements import get_missing_requirements, is_torch_installed
+
+        if (not is_torch_installed() or get_missing_requirements()) and os.environ.get("MEDICOSAM_TEST_INSTALL") != "1":
+            self.skipTest("torch / segment-anything are not installed; set MEDICOSAM_TEST_INSTALL=1 to install them")
+
+        self.delayDisplay("Load MRHead, a segmentation with two segments, a tiny SAM checkpoint")
+        volumeNode, segmentationNode, otherId, targetId = self.createScene()
+        checkpoint = self.createTinyCheckpoint()
+        editor, effect = self.createEditor(volumeNode, segmentationNode, targetId, checkpoint)
+
+        self.delayDisplay("Click, apply, propagate in the Red view")
+        sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+        sliceNode = sliceWidget.mrmlSliceNode()
+        sliceNode.RotateToVolumePlane(volumeNode)
+        ijkToRas = self.getIjkToRas(volumeNode)
+        array = slicer.util.arrayFromVolume(volumeNode)
+        k, j, i = (n // 2 for n in array.shape)
+        ras = (ijkToRas @ [i, j, k, 1.0])[:3]
+        sliceNode.JumpSliceByCentering(*ras)
+        logic = effect.self()
+        logic.addPrompt("positive", [ras], sliceWidget)
+        logic.waitForWorker()
+        logic.onApply()
+        applied = self.getSegment(segmentationNode, targetId, volumeNode)
+        logic.onPropagate()
+        propagated = self.getSegment(segmentationNode, targetId, volumeNode)
+
+        self.delayDisplay("Compute the same clicks with the core, outside the effect")
+        expectedApplied, expectedPropagated = self.computeWithCore(
+            checkpoint, array, ijkToRas, ras, self.getViewNormal(sliceNode), logic.getSettings())
+        self.assertGreater(expectedApplied.sum(), 0)
+        self.assertGreaterEqual(getDice(applied, expectedApplied), 0.99)
+        self.assertGreaterEqual(getDice(propagated, expectedPropagated), 0.99)
+        other = self.getSegment(segmentationNode, otherId, volumeNode)
+        self.assertFalse((other & propagated).any(), "the overwrite rule should clear 'other' under the new mask")
+
+        self.delayDisplay("Undo steps back: propagation, then apply")
+        editor.undo()
+        self.assertTrue((self.getSegment(segmentationNode, targetId, volumeNode) == applied).all())
+        editor.undo()
+        self.assertFalse(self.getSegment(segmentationNode, targetId, volumeNode).any())
+        self.delayDisplay("test_prompt_apply_propagate_undo passed")
+
+    def createScene(self):
+        import numpy as np
+        import SampleData
+
+        volumeNode = SampleData.downloadSample("MRHead")
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        otherId = segmentationNode.GetSegmentation().AddEmptySegment("other")
+        targetId = segmentationNode.GetSegmentation().AddEmptySegment("target")
+        other = np.zeros(slicer.util.arrayFromVolume(volumeNode).shape, np.uint8)
+        other[tuple(slice(n // 4, 3 * n // 4) for n in other.shape)] = 1  # around the click
+        slicer.util.updateSegmentBinaryLabelmapFromArray(other, segmentationNode, otherId, volumeNode)
+        return volumeNode, segmentationNode, otherId, targetId
+
+    def createTinyCheckpoint(self):
+        import torch
+
+        from medicosam.models.checkpoint import export_sam
+        from medicosam.models.config import build_sam, get_tiny_config
+
+        torch.manual_seed(0)
+        path = os.path.join(slicer.app.temporaryPath, "medicosam-selftest-tiny.pth")
+        export_sam(build_sam(get_tiny_config()), path)
+        return path
+
+    def createEditor(self, volumeNode, segmentationNode, segmentId, checkpoint):
+        editor = slicer.qMRMLSegmentEditorWidget()
+        editor.setMRMLScene(slicer.mrmlScene)
+        editor.setMRMLSegmentEditorNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+        editor.setSegmentationNode(segmentationNode)
+        setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
+        setSource(volumeNode)
+        editor.setCurrentSegmentID(segmentId)
+        editor.setActiveEffectByName("MedicoSAM")
+        effect = editor.activeEffect()
+        self.assertIsNotNone(effect, "the MedicoSAM effect is not registered")
+        for name, value in (("Model", "custom"), ("CustomCheckpoint", checkpoint), ("Device", "cpu"),
+                            ("PropagationSlices", "3"), ("IoUThreshold", "0")):
+            effect.setParameter(name, value)
+        return editor, effect
+
+    @staticmethod
+    def getIjkToRas(volumeNode):
+        import numpy as np
+
+        matrix = slicer.util.vtkMatrixFromArray(np.eye(4))
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return slicer.util.arrayFromVTKMatrix(matrix)
+
+    @staticmethod
+    def getViewNormal(sliceNode):
+        sliceToRas = sliceNode.GetSliceToRAS()
+        return [sliceToRas.GetElement(row, 2) for row in range(3)]
+
+    @staticmethod
+    def getSegment(segmentationNode, segmentId, volumeNode):
+        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+
+    @staticmethod
+    def computeWithCore(checkpoint, array, ijkToRas, ras, normal, settings):
+        """The core session alone, given the same click: (segment after apply, after propagation)."""
+        import numpy as np
+
+        from medicosam.models.checkpoint import load_sam
+        from medicosam.predictor import VolumePredictor
+        from medicosam.session import SegmentationSession
+
+        loaded = load_sam(checkpoint, device="cpu", allow_custom=True)
+        session = SegmentationSession(VolumePredictor.from_loaded(loaded, array), ijkToRas, refine=settings.refine)
+        session.add_point(ras, True, normal)
+        segment = np.zeros(array.shape, bool)
+        session.apply().apply_to(segment)
+        applied = segment.copy()
+        session.propagate(settings.get_propagation_config(), segment).apply_to(segment)
+        return applied, segment
+
+
+def getDice(a, b):
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
