@@ -1,0 +1,127 @@
+"""SAM image encoder: the official fp32 path against our fast paths, measured in the same run.
+
+    python bench/encoder.py [--arch vit_b] [--device auto] [--batch-sizes 1 8] [--json out.json]
+
+Variants (same weights, one model switched in place): `official` (segment_anything as shipped,
+fp32), `official_bf16` (bf16 autocast only), `sdpa` (our attention, fp32), `sdpa_bf16`,
+`sdpa_bf16_compile` (+ torch.compile of the encoder; its first call, the compile, is reported
+apart). Each row gives ms per image, images per second, peak CUDA memory, and the cosine
+similarity / max abs difference of the features against `official` on the same real slices.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from common import (
+    get_bench_sam,
+    get_cosine,
+    get_environment,
+    get_peak_memory_mib,
+    get_summary,
+    get_times,
+    load_icbm152,
+    reset_peak_memory,
+    synchronize,
+    write_report,
+)
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from medicosam.acceleration import AccelerationConfig, disable_fast_path, enable_fast_path, get_autocast
+from medicosam.device import get_device
+from medicosam.normalization import get_intensity_window
+
+VARIANTS = {
+    "official": AccelerationConfig(sdpa=False, autocast="none"),
+    "official_bf16": AccelerationConfig(sdpa=False, autocast="bfloat16"),
+    "sdpa": AccelerationConfig(autocast="none"),
+    "sdpa_bf16": AccelerationConfig(autocast="bfloat16"),
+    "sdpa_bf16_compile": AccelerationConfig(autocast="bfloat16", compile=True),
+}
+GPU_VARIANTS = list(VARIANTS)
+CPU_VARIANTS = ["official", "sdpa", "sdpa_bf16"]
+
+
+def get_inputs(sam, batch_size: int, device: torch.device) -> torch.Tensor:
+    """`batch_size` real axial ICBM152 slices, preprocessed exactly as SamPredictor does."""
+    t1 = load_icbm152()["t1"]
+    window = get_intensity_window(t1, "auto")
+    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    middle = t1.shape[0] // 2
+    images = [transform.apply_image(window.apply(t1[middle + i])) for i in range(batch_size)]
+    tensor = torch.as_tensor(np.stack(images), device=device).permute(0, 3, 1, 2).contiguous()
+    return sam.preprocess(tensor)
+
+
+def run_variant(sam, name: str, inputs: torch.Tensor, device: torch.device, repeat: int, warmup: int):
+    """(timing row, features of the last call) for one variant at one batch size."""
+    config = VARIANTS[name]
+    disable_fast_path(sam)
+    enable_fast_path(sam, config)
+    row = {"variant": name, "batch": len(inputs)}
+
+    def forward():
+        with torch.inference_mode(), get_autocast(device, config.autocast):
+            return sam.image_encoder(inputs)
+
+    reset_peak_memory(device)
+    if config.compile:  # the first call compiles: time it apart
+        row["first_call_s"] = get_times(forward, device, repeat=1, warmup=0)[0]
+    times = get_times(forward, device, repeat, warmup)
+    features = forward()
+    synchronize(device)
+    row.update(get_summary(times))
+    row["ms_per_img"] = 1e3 * row["median_s"] / len(inputs)
+    row["img_per_s"] = len(inputs) / row["median_s"]
+    row["peak_mib"] = get_peak_memory_mib(device)
+    return row, features.float()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 8 (GPU), 1 (CPU)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                        help=f"default: all on GPU, {' '.join(CPU_VARIANTS)} on CPU")
+    parser.add_argument("--repeat", type=int, default=None, help="timed calls (default: 20 GPU, 1 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 3 GPU, 1 CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = get_device(args.device)
+    gpu = device.type == "cuda"
+    batch_sizes = args.batch_sizes or ([1, 8] if gpu else [1])
+    variants = args.variants or (GPU_VARIANTS if gpu else CPU_VARIANTS)
+    repeat = args.repeat or (20 if gpu else 1)
+    warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    variants = ["official"] + [v for v in variants if v != "official"]  # the reference runs first
+
+    sam = get_bench_sam(args.arch).to(device)
+    rows = []
+    for batch_size in batch_sizes:
+        inputs = get_inputs(sam, batch_size, device)
+        reference = None
+        for name in variants:
+            row, features = run_variant(sam, name, inputs, device, repeat, warmup)
+            if reference is None:
+                reference = features
+            row["cosine_vs_official"] = get_cosine(features, reference)
+            row["max_abs_diff"] = float((features - reference).abs().max())
+            official_ms = next(r["ms_per_img"] for r in rows + [row] if r["variant"] == "official"
+                               and r["batch"] == batch_size)
+            row["speedup_vs_official"] = official_ms / row["ms_per_img"]
+            rows.append(row)
+            print(f"{name:>18} bs={batch_size:<3} {row['ms_per_img']:9.2f} ms/img {row['img_per_s']:8.2f} img/s "
+                  f"x{row['speedup_vs_official']:5.2f} cos={row['cosine_vs_official']:.6f}", flush=True)
+    disable_fast_path(sam)
+    write_report({"bench": "encoder", "arch": args.arch, **get_environment(device), "rows": rows}, args.json)
+
+
+if __name__ == "__main__":
+    main()
