@@ -142,6 +142,8 @@ def test_preview_apply_propagate_correct_repropagate(session, reference, volume)
     for i in request.slices:
         np.testing.assert_array_equal(record.segment[i], expected.masks[i])
     assert not record.segment[:15].any() and not record.segment[22:].any()  # only reached slices written
+    assert request.describe() == ("Wrote 6 slices between 15 and 21. "
+                                  "Stopped down: slice limit at slice 14; up: slice limit at slice 22.")
 
     # Correct a propagated slice with a negative click: refinement feeds SAM the mask written there.
     fix_voxel = move_in_plane((index + 2, SEED[1], SEED[2]), axis)
@@ -176,6 +178,23 @@ def test_propagate_accepts_the_pending_preview_in_the_same_action(session, refer
     for i, mask in expected.masks.items():
         np.testing.assert_array_equal(record.segment[:, :, i], mask)
     assert session.get_accepted_slices(axis) == [SEED[axis]]
+
+
+def test_propagation_replaces_stale_prompts_on_the_slices_it_writes(session, reference, volume):
+    record = SegmentRecord(volume.shape)
+    click(session, (21, SEED[1], SEED[2]))
+    session.update_preview()  # looked at slice 21, then moved on without applying
+    click(session, SEED)
+    record.write(session.apply())
+    record.write(session.propagate(CONFIG, record.segment))
+    assert 21 in record.requests[-1].slices
+    negative = move_in_plane((21, SEED[1], SEED[2]), 0)
+    click(session, negative, positive=False)
+    prompts = session.get_prompts()
+    np.testing.assert_array_equal(prompts.points, [get_plane_xy(negative, 0)])  # the old click is gone
+    np.testing.assert_array_equal(prompts.mask, record.segment[21])  # refinement starts from what is shown
+    expected = reference.predict(0, 21, Prompts(points=prompts.points, labels=[0], mask=record.segment[21]))
+    np.testing.assert_array_equal(session.update_preview().mask, expected.masks[0])
 
 
 def test_undone_apply_is_no_longer_a_seed(session, reference, volume):
@@ -262,7 +281,8 @@ def test_write_request_blocks_extents_and_segment_update():
     for i in (0, 1, 3):
         np.testing.assert_array_equal(segment[:, :, i], masks[i])
     assert segment[:, :, 2].all()  # not listed: untouched
-    assert request.describe() == "Wrote 3 slices (0..3)."
+    assert request.describe() == "Wrote 3 slices between 0 and 3."
+    assert WriteRequest("propagate", 2, {}, shape).describe().startswith("Nothing was written")
 
 
 def test_array_on_extent_clips_and_pads():

@@ -49,9 +49,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.displayNodes = {}
         self.displayedSessionKey = None
         self.shortcuts = []
+        self.connections = []  # (object, signal, slot), disconnected in cleanup (Slicer issue #7392)
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(50)
-        self.pollTimer.connect("timeout()", self.onPoll)
+        self.connectSignal(self.pollTimer, "timeout()", self.onPoll)
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -74,7 +75,9 @@ slice's prompts; <b>M</b> toggles refinement with the previous mask. Undo works 
 See docs/slicer.md.</html>"""
 
     def cleanup(self):
-        self.pollTimer.disconnect("timeout()", self.onPoll)
+        for sender, signal, slot in self.connections:
+            sender.disconnect(signal, slot)
+        self.connections = []
         self.removeShortcuts()
         if self.worker is not None:
             self.worker.shutdown(wait=False)
@@ -182,18 +185,22 @@ See docs/slicer.md.</html>"""
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
 
         for combo in (self.modelSelector, self.deviceSelector, self.directionSelector, self.modeSelector):
-            combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        for spinBox in (self.cacheSpinBox, self.slicesSpinBox, self.iouSpinBox):
-            spinBox.connect("valueChanged(double)" if spinBox is self.iouSpinBox else "valueChanged(int)",
-                            self.updateMRMLFromGUI)
-        self.checkpointSelector.connect("currentPathChanged(QString)", self.updateMRMLFromGUI)
-        self.refineCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
+            self.connectSignal(combo, "currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.connectSignal(self.cacheSpinBox, "valueChanged(int)", self.updateMRMLFromGUI)
+        self.connectSignal(self.slicesSpinBox, "valueChanged(int)", self.updateMRMLFromGUI)
+        self.connectSignal(self.iouSpinBox, "valueChanged(double)", self.updateMRMLFromGUI)
+        self.connectSignal(self.checkpointSelector, "currentPathChanged(QString)", self.updateMRMLFromGUI)
+        self.connectSignal(self.refineCheckBox, "toggled(bool)", self.updateMRMLFromGUI)
         for tool, button in self.toolButtons.items():
-            button.connect("clicked()", lambda tool=tool: self.setTool(tool))
-        self.applyButton.connect("clicked()", self.onApply)
-        self.clearButton.connect("clicked()", self.onClear)
-        self.propagateButton.connect("clicked()", self.onPropagate)
-        self.deleteModelsButton.connect("clicked()", self.onDeleteModels)
+            self.connectSignal(button, "clicked()", lambda tool=tool: self.setTool(tool))
+        self.connectSignal(self.applyButton, "clicked()", self.onApply)
+        self.connectSignal(self.clearButton, "clicked()", self.onClear)
+        self.connectSignal(self.propagateButton, "clicked()", self.onPropagate)
+        self.connectSignal(self.deleteModelsButton, "clicked()", self.onDeleteModels)
+
+    def connectSignal(self, sender, signal, slot):
+        sender.connect(signal, slot)
+        self.connections.append((sender, signal, slot))
 
     def setMRMLDefaults(self):
         from medicosam.effect_settings import EffectSettings
@@ -305,6 +312,7 @@ See docs/slicer.md.</html>"""
         """Add a prompt clicked in `sliceWidget` and update the preview in the background."""
         sliceToRas = sliceWidget.mrmlSliceNode().GetSliceToRAS()
         normal = [sliceToRas.GetElement(row, 2) for row in range(3)]
+        session = None
         with self.reportingErrors():
             session = self.getSession()
         if session is None:
@@ -433,21 +441,24 @@ See docs/slicer.md.</html>"""
 
     def getSession(self, create=True):
         """The session of the selected segment; created (loading the model if needed) when `create`."""
-        from medicosam.predictor import VolumePredictor
-        from medicosam.session import SegmentationSession, get_array_on_extent
-
         segmentKey = self.getSessionKey()
         source = self.scriptedEffect.sourceVolumeImageData()
         if segmentKey is None or source is None:
             self.showStatus("Select a segmentation, a segment and a source volume first.")
             return None
+        if create and not self.ensureModel():  # first: the imports below need the installed packages
+            return None
+        if self.loaded is None:
+            self.showStatus("Nothing to do yet: click a point or drag a box on a slice first.")
+            return None
+        from medicosam.predictor import VolumePredictor
+        from medicosam.session import SegmentationSession, get_array_on_extent
+
         sourceKey, ijkToRas, extent = self.getSourceGeometry(source)
         key = (sourceKey, *segmentKey)
         if key not in self.sessions:
             if not create:
                 self.showStatus("Nothing to do yet: click a point or drag a box on a slice first.")
-                return None
-            if not self.ensureModel():
                 return None
             predictor = self.predictors.get(sourceKey)
             if predictor is None:
@@ -492,6 +503,8 @@ See docs/slicer.md.</html>"""
 
         settings = self.getSettings()
         wanted = (settings.checkpoint, settings.device)
+        if self.cache is not None:
+            self.cache.max_bytes = settings.cache_bytes  # a smaller cap evicts at the next embedding
         if self.loaded is not None and self.loaded[0] == wanted:
             return True
         if not self.ensureDependencies() or not self.confirmDownload(settings.model):
@@ -718,9 +731,10 @@ See docs/slicer.md.</html>"""
 
     def showError(self, error):
         from medicosam.geometry import PointOutsideVolumeError
+        from medicosam.session import SessionError
 
         self.showStatus(str(error))
-        if not isinstance(error, PointOutsideVolumeError):  # a missed click needs no dialog
+        if not isinstance(error, (PointOutsideVolumeError, SessionError)):  # a missed click needs no dialog
             slicer.util.errorDisplay(str(error), windowTitle="MedicoSAM")
 
     def confirm(self, text):
@@ -733,19 +747,22 @@ See docs/slicer.md.</html>"""
         for key, action in SHORTCUTS:
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
             shortcut.connect("activated()", actions[action])
-            self.shortcuts.append(shortcut)
+            self.shortcuts.append((shortcut, actions[action]))
 
     def removeShortcuts(self):
-        for shortcut in self.shortcuts:
-            shortcut.disconnect("activated()")
+        for shortcut, slot in self.shortcuts:
+            shortcut.disconnect("activated()", slot)
             shortcut.setParent(None)
         self.shortcuts = []
 
     def runBlocking(self, function, text, progress=None):
         """Run `function` on the worker while the GUI stays live behind a progress dialog (Cancel
         when `progress` is a TaskProgress); returns its result or raises its error."""
+        from medicosam.errors import MedicoSAMError
         from medicosam.worker import InferenceWorker
 
+        if self.busy:  # a shortcut pressed before the dialog appeared
+            raise MedicoSAMError("MedicoSAM is busy: wait until the running action finishes.")
         if self.worker is None:
             self.worker = InferenceWorker()
         self.busy = True

@@ -132,7 +132,7 @@ class WriteRequest:
         if not self.masks:
             return "Nothing was written: the object was not found beyond the applied slices."
         first, last = self.slices[0], self.slices[-1]
-        where = f"slice {first}" if first == last else f"{len(self.masks)} slices ({first}..{last})"
+        where = f"slice {first}" if first == last else f"{len(self.masks)} slices between {first} and {last}"
         text = f"Wrote {where}."
         if self.result is not None:
             stops = []
@@ -342,6 +342,9 @@ class SegmentationSession:
                  if index not in seeds or (preview is not None and index == preview.index)}
         for index, mask in masks.items():
             self._written[(axis, index)] = mask
+            if preview is None or index != preview.index:  # prompts placed there before are stale now
+                self._prompts.pop((axis, index), None)
+                self._logits.pop((axis, index), None)
         return WriteRequest("propagate", axis, masks, self.shape, result)
 
     def get_accepted_slices(self, axis: int) -> List[int]:

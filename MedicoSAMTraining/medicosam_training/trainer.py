@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -78,6 +79,8 @@ class TrainConfig:
             saved; the stop limits are this config's).
         decoder_features: width of the segmentation decoder (e_sem); 64 is micro-sam's.
         progress: show a tqdm bar (rank 0).
+        time_limit_s: stop (and save, and export) after this many seconds of training; single-process
+            runs only (the demo and the tests train "for two minutes").
     """
 
     objective: ObjectiveConfig = dataclasses.field(default_factory=lambda: get_preset("medicosam"))
@@ -100,6 +103,7 @@ class TrainConfig:
     resume: bool = False
     decoder_features: int = 64
     progress: bool = True
+    time_limit_s: Optional[float] = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -132,6 +136,7 @@ class TrainResult:
     export: Optional[Path]
     joint_export: Optional[Path]
     validation: List[Dict[str, float]]  # one entry per finished epoch (empty without val data)
+    seconds: float = 0.0  # wall time of this call's training loop
 
 
 @dataclasses.dataclass
@@ -487,8 +492,12 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
                             f"is smaller than one batch of {config.batch_size}: lower the batch size")
     epochs = config.epochs if config.epochs is not None else (math.inf if config.iterations else 1)
     total = min(config.iterations or math.inf, epochs * per_epoch)
+    if config.time_limit_s is not None and dist.world_size > 1:
+        raise TrainingError("time_limit_s works in single-process runs only: ranks would stop at different "
+                            "iterations; give --iterations under torchrun")
     writer = _get_writer(out_dir) if dist.is_main else None
     progress = _get_progress(total, run.iteration, config.progress and dist.is_main)
+    started = time.monotonic()
     run.module.train()
     try:
         while run.epoch < epochs and run.iteration < total:
@@ -506,6 +515,8 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
                 progress.set_postfix(loss=f"{float(output.loss.detach()):.4f}", dice=f"{float(output.dice):.3f}")
                 if writer is not None and run.iteration % config.log_every == 0:
                     _log_step(writer, run, output)
+                if config.time_limit_s is not None and time.monotonic() - started >= config.time_limit_s:
+                    total = run.iteration
                 if run.iteration >= total:
                     break
                 if run.iteration % config.save_every == 0:
@@ -529,7 +540,7 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
     export, joint = _export(run) if dist.is_main else (None, None)
     return TrainResult(out_dir=out_dir, start_iteration=start_iteration, iteration=run.iteration,
                        epoch=run.epoch, checkpoint=run.checkpoint_path, export=export, joint_export=joint,
-                       validation=run.validation)
+                       validation=run.validation, seconds=time.monotonic() - started)
 
 
 def _export(run: _Run) -> Tuple[Path, Optional[Path]]:

@@ -1,24 +1,40 @@
 """The UNETR-like segmentation decoder on SAM's image-encoder output (paper section 2.4, e_sem).
 
-It mirrors micro-sam's `get_unetr(..., use_skip_connection=False)` decoder (torch-em `UNETR`,
-bilinear upsamplers): a pyramid of Deconv blocks built sequentially from the neck output z12,
-a `base` conv block, a 3-level `decoder` whose skip inputs come from that pyramid (centre-cropped
-in every dim, channels included, as torch-em does), `deconv_out`, `decoder_head` and `out_conv`.
-Module names follow micro-sam's `decoder_state` (the UNETR state minus `encoder.*`), so its
-released decoder weights can be loaded by the semantic module; the conv-transpose upsampler
-variant is left to that module.
+It mirrors micro-sam's `get_unetr(..., use_skip_connection=False)` decoder (torch-em `UNETR`): a
+pyramid of Deconv blocks built sequentially from the neck output z12, a `base` conv block, a
+3-level `decoder` whose skip inputs come from that pyramid (centre-cropped in every dim, channels
+included, as torch-em's `Decoder._crop` does: only the middle half of z9's channels reaches the
+concat), `deconv_out`, `decoder_head` and `out_conv`. Module names follow micro-sam's
+`decoder_state` (the UNETR state minus `encoder.*`), so its released decoder weights load as they are.
+
+Two upsampler variants exist in micro-sam's files, with different keys:
+- interpolation (torch-em's default since June 2025): bilinear x2 + 1x1 conv, keys `...conv.*`;
+- transposed convolution (earlier default): `ConvTranspose2d(k=2, s=2)`, keys `...block.*`.
+`get_decoder_layout` reads which one (and the widths) from a state dict, as micro-sam's `get_unetr`
+does, and `get_unetr_decoder_from_state` builds the matching decoder and loads it.
 
 Unlike the UNETR, this module does not own the encoder: it takes the encoder features, so the
-training objective runs SAM's encoder once and feeds both SAM's mask decoder and this decoder.
+training objective runs SAM's encoder once and feeds both SAM's mask decoder and this decoder, and
+the 3D semantic model runs it per slice (`forward_features`, without `out_conv`).
 """
 
 from __future__ import annotations
 
-from typing import List
+import dataclasses
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from medicosam.errors import MedicoSAMError
+
+#: Keys of a full UNETR state dict that belong to the encoder, not the decoder.
+_ENCODER_PREFIX = "encoder."
+
+
+class DecoderStateError(MedicoSAMError, ValueError):
+    """A decoder state dict that does not fit the UNETR decoder layout."""
 
 
 class _ConvBlock(nn.Module):
@@ -38,7 +54,7 @@ class _ConvBlock(nn.Module):
 
 
 class _Upsampler(nn.Module):
-    """Bilinear x2 upsampling then a 1x1 conv, torch-em's `Upsampler2d`."""
+    """Bilinear x2 upsampling then a 1x1 conv, torch-em's `Upsampler2d` (keys `conv.*`)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -46,6 +62,21 @@ class _Upsampler(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+class _TransposedUpsampler(nn.Module):
+    """ConvTranspose2d(k=2, s=2), torch-em's `SingleDeconv2DBlock` (keys `block.*`)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.block = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def _get_upsampler(in_channels: int, out_channels: int, use_conv_transpose: bool) -> nn.Module:
+    return (_TransposedUpsampler if use_conv_transpose else _Upsampler)(in_channels, out_channels)
 
 
 class _SingleConv(nn.Module):
@@ -60,10 +91,10 @@ class _SingleConv(nn.Module):
 class _Deconv(nn.Module):
     """Upsample x2 -> Conv3x3 -> BatchNorm -> ReLU, torch-em's `Deconv2DBlock`."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, use_conv_transpose: bool) -> None:
         super().__init__()
-        self.block = nn.Sequential(_Upsampler(in_channels, out_channels), _SingleConv(out_channels),
-                                   nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+        self.block = nn.Sequential(_get_upsampler(in_channels, out_channels, use_conv_transpose),
+                                   _SingleConv(out_channels), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -76,11 +107,11 @@ def _center_crop(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 class _Decoder(nn.Module):
-    def __init__(self, features: List[int]) -> None:
+    def __init__(self, features: List[int], use_conv_transpose: bool) -> None:
         super().__init__()
         pairs = list(zip(features[:-1], features[1:]))
         self.blocks = nn.ModuleList([_ConvBlock(c_in, c_out) for c_in, c_out in pairs])
-        self.samplers = nn.ModuleList([_Upsampler(c_in, c_out) for c_in, c_out in pairs])
+        self.samplers = nn.ModuleList([_get_upsampler(c_in, c_out, use_conv_transpose) for c_in, c_out in pairs])
 
     def forward(self, x: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
         for block, sampler, skip in zip(self.blocks, self.samplers, skips):
@@ -90,36 +121,125 @@ class _Decoder(nn.Module):
 
 
 class UNETRDecoder(nn.Module):
-    """Encoder features (B, C, h, w) -> logits (B, out_channels, 16 h, 16 w), i.e. at SAM's input size."""
+    """Encoder features (B, C, h, w) -> logits (B, out_channels, 16 h, 16 w), i.e. at SAM's input size.
 
-    def __init__(self, in_channels: int, out_channels: int = 2, initial_features: int = 64) -> None:
+    Args:
+        in_channels: channels of the encoder output (SAM's neck: 256).
+        out_channels: output channels; None builds no `out_conv` (the 3D model ends in its own head).
+        initial_features: width of the last level; the levels are 8x, 4x, 2x, 1x this (micro-sam: 64).
+        use_conv_transpose: transposed-convolution upsamplers instead of bilinear + 1x1 conv.
+    """
+
+    def __init__(self, in_channels: int, out_channels: Optional[int] = 2, initial_features: int = 64,
+                 use_conv_transpose: bool = False) -> None:
         super().__init__()
         features = [initial_features * 2 ** i for i in range(4)][::-1]  # micro-sam: [512, 256, 128, 64]
-        self.deconv1 = _Deconv(in_channels, features[0])
-        self.deconv2 = _Deconv(features[0], features[1])
-        self.deconv3 = _Deconv(features[1], features[2])
-        self.deconv4 = _Deconv(features[2], features[3])
+        self.features = features[-1]
+        self.deconv1 = _Deconv(in_channels, features[0], use_conv_transpose)
+        self.deconv2 = _Deconv(features[0], features[1], use_conv_transpose)
+        self.deconv3 = _Deconv(features[1], features[2], use_conv_transpose)
+        self.deconv4 = _Deconv(features[2], features[3], use_conv_transpose)
         self.base = _ConvBlock(in_channels, features[0])
-        self.decoder = _Decoder(features)
-        self.deconv_out = _Upsampler(features[-1], features[-1])
+        self.decoder = _Decoder(features, use_conv_transpose)
+        self.deconv_out = _get_upsampler(features[-1], features[-1], use_conv_transpose)
         self.decoder_head = _ConvBlock(2 * features[-1], features[-1])
-        self.out_conv = nn.Conv2d(features[-1], out_channels, 1)
+        self.out_conv = None if out_channels is None else nn.Conv2d(features[-1], out_channels, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The last feature map before `out_conv`: (B, initial_features, 16 h, 16 w)."""
         z9 = self.deconv1(features)
         z6 = self.deconv2(z9)
         z3 = self.deconv3(z6)
         z0 = self.deconv4(z3)
         x = self.decoder(self.base(features), [z9, z6, z3])
-        x = self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
-        return self.out_conv(x)
+        return self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.out_conv is None:
+            raise DecoderStateError("this decoder was built without out_conv (out_channels=None): "
+                                    "call forward_features")
+        return self.out_conv(self.forward_features(features))
 
 
-def get_unetr_decoder(image_encoder: nn.Module, out_channels: int = 2,
-                      initial_features: int = 64) -> UNETRDecoder:
+@dataclasses.dataclass(frozen=True)
+class DecoderLayout:
+    """The architecture a decoder state dict was saved from (see `get_decoder_layout`)."""
+
+    in_channels: int
+    out_channels: Optional[int]
+    initial_features: int
+    use_conv_transpose: bool
+
+
+def get_decoder_state(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """The decoder's entries of `state` (a decoder state or a whole UNETR state: `encoder.*` dropped)."""
+    return {key: value for key, value in state.items() if not key.startswith(_ENCODER_PREFIX)}
+
+
+def get_decoder_layout(state: Mapping[str, Any]) -> DecoderLayout:
+    """Read widths and upsampler variant from a decoder state dict (micro-sam's `get_unetr` rule).
+
+    The variant is transposed convolution when any `decoder.samplers.*` key has a `.block.` part.
+    """
+    try:
+        base = state["base.block.1.weight"]  # Conv2d(in_channels, 8 * initial_features, 3)
+        head = state["decoder_head.block.1.weight"]  # Conv2d(2 * initial_features, initial_features, 3)
+    except KeyError as error:
+        raise DecoderStateError(f"not a UNETR decoder state: it lacks {error.args[0]!r} "
+                                f"(keys: {', '.join(list(state)[:6])} ...)") from None
+    out = state.get("out_conv.weight")
+    return DecoderLayout(
+        in_channels=int(base.shape[1]), out_channels=None if out is None else int(out.shape[0]),
+        initial_features=int(head.shape[0]),
+        use_conv_transpose=any(key.startswith("decoder.samplers.") and ".block." in key for key in state))
+
+
+def get_unetr_decoder(image_encoder: nn.Module, out_channels: Optional[int] = 2, initial_features: int = 64,
+                      use_conv_transpose: bool = False) -> UNETRDecoder:
     """A decoder sized for `image_encoder`'s neck output (micro-sam uses `initial_features=64`).
 
     Smaller `initial_features` make the decoder affordable for tiny CPU models (tests, demo);
     only 64 matches micro-sam's released weights.
     """
-    return UNETRDecoder(image_encoder.neck[2].out_channels, out_channels, initial_features)
+    return UNETRDecoder(image_encoder.neck[2].out_channels, out_channels, initial_features, use_conv_transpose)
+
+
+def get_unetr_decoder_from_state(image_encoder: nn.Module, state: Mapping[str, Any],
+                                 out_channels: Union[int, str, None] = "saved") -> UNETRDecoder:
+    """A decoder in the layout of `state` (variant and widths auto-detected) with its weights loaded.
+
+    Args:
+        image_encoder: the SAM image encoder whose neck output the decoder reads.
+        state: a micro-sam / MedicoSAM decoder state (e.g. `load_decoder_state("medicosam_vit_b_decoder")`).
+        out_channels: "saved" keeps the state's output head; a number (a new task's classes) or None
+            (no head) keeps everything but `out_conv`, which is then freshly initialised or absent.
+    """
+    state = get_decoder_state(state)
+    layout = get_decoder_layout(state)
+    neck_channels = image_encoder.neck[2].out_channels
+    if layout.in_channels != neck_channels:
+        raise DecoderStateError(f"the decoder reads {layout.in_channels}-channel features but this encoder's "
+                                f"neck gives {neck_channels}: decoder and SAM model come from different "
+                                "architectures")
+    if out_channels == "saved":
+        out_channels = layout.out_channels
+    decoder = UNETRDecoder(layout.in_channels, out_channels, layout.initial_features, layout.use_conv_transpose)
+    keep_head = out_channels is not None and out_channels == layout.out_channels
+    load_decoder_weights(decoder, {k: v for k, v in state.items() if keep_head or not k.startswith("out_conv.")})
+    return decoder
+
+
+def load_decoder_weights(decoder: UNETRDecoder, state: Mapping[str, Any]) -> None:
+    """Load `state` into `decoder`; only `out_conv` may be missing (a new head). Errors list the mismatch."""
+    own = decoder.state_dict()
+    missing = [key for key in own if key not in state and not key.startswith("out_conv.")]
+    unexpected = [key for key in state if key not in own]
+    shapes = [f"{key} {tuple(state[key].shape)} (decoder: {tuple(own[key].shape)})"
+              for key in own if key in state and tuple(state[key].shape) != tuple(own[key].shape)]
+    problems = [f"{name}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("other shapes", shapes)) if keys]
+    if problems:
+        raise DecoderStateError("the decoder state does not fit this decoder (build it with "
+                                "get_unetr_decoder_from_state to match the saved layout): " + "; ".join(problems))
+    decoder.load_state_dict(state, strict=False)

@@ -1,0 +1,187 @@
+"""`medicosam demo`: the whole mission on one CPU in minutes, with real MR data and no network.
+
+1. Training data: axial slices of nilearn's MNI ICBM152 T1 (2 mm) with grey- and white-matter
+   components as objects, plus procedural CT/MR/US phantoms (`phantoms.py`).
+2. Train a tiny SAM (256 px, real `segment_anything` classes) with the `medicosam` preset.
+3. Export it as a plain SAM checkpoint and load it back through the core, as any user would.
+4. Segment a structure the model never trained on, the lateral ventricles, in 3D: one point on
+   its central slice, then propagation through the volume; the same `VolumePredictor` path the
+   Slicer effect and `medicosam segment` use.
+5. Write the mask (NIfTI on the volume's grid), a PNG overlay and a summary with Dice.
+
+The template is a population average (smoother than a scan), and a tiny model trained for minutes
+from random weights is no MedicoSAM: the demo shows the pipeline end to end, honestly measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+DEMO_SPACING_MM = 2
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """Sizes of the demo; the defaults finish in a few minutes on 2 CPU cores."""
+
+    out_dir: Path = Path("demo-output")
+    preset: str = "medicosam"
+    minutes: float = 3.0
+    iterations: Optional[int] = None
+    batch_size: int = 4
+    n_obj: int = 5
+    lr: float = 1e-3
+    image_size: int = 128
+    n_phantoms: int = 48
+    seed: int = 0
+
+
+def get_brain_volumes(spacing: int = DEMO_SPACING_MM) -> Dict[str, object]:
+    """ICBM152 T1, tissue labels and the ventricles at `spacing` mm (a SimpleITK image keeps the grid).
+
+    The ventricles are found at 1 mm, where they do not yet merge with the CSF around the brain.
+    """
+    import SimpleITK as sitk
+
+    from .sample_data import get_nilearn_icbm152
+
+    images = {kind: sitk.ReadImage(str(get_nilearn_icbm152(kind))) for kind in ("t1", "gm", "wm")}
+    shrunk = {kind: image[::spacing, ::spacing, ::spacing] for kind, image in images.items()}
+    arrays = {kind: sitk.GetArrayFromImage(image) for kind, image in shrunk.items()}
+    full = {kind: sitk.GetArrayFromImage(image) for kind, image in images.items()}
+    ventricles = get_ventricles(full["t1"], full["gm"] > 127, full["wm"] > 127)
+    gm, wm = arrays["gm"] > 127, arrays["wm"] > 127
+    return {"image": shrunk["t1"], "t1": arrays["t1"], "gm": gm, "wm": wm & ~gm,
+            "ventricles": ventricles[::spacing, ::spacing, ::spacing]}
+
+
+def get_ventricles(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
+    """The lateral ventricles: the largest non-tissue region inside the brain that does not touch its surface."""
+    from scipy import ndimage
+
+    brain = t1 > 0
+    rest = brain & ~gm & ~wm
+    near_surface = ndimage.binary_dilation(~brain, iterations=2)
+    labels, n = ndimage.label(rest)
+    touching = set(np.unique(labels[near_surface & rest]))
+    sizes = ndimage.sum(rest, labels, range(1, n + 1))
+    candidates = [(size, i + 1) for i, size in enumerate(sizes) if (i + 1) not in touching]
+    return labels == max(candidates)[1]
+
+
+def write_training_data(root: Path, volumes: Dict[str, object], n_phantoms: int, seed: int) -> Path:
+    """The 2D-folder layout: brain slices (GM = 1, WM = 2, components are the objects) and phantoms."""
+    import SimpleITK as sitk
+
+    from .phantoms import write_phantom_dataset
+
+    write_phantom_dataset(root, n_phantoms, size=128, n_objects=4, seed=seed)
+    labels = volumes["gm"].astype(np.uint8) + 2 * volumes["wm"].astype(np.uint8)
+    for k in range(0, labels.shape[0], 2):
+        if labels[k].any():
+            stem = f"mr_t1--icbm152--axial{k:03d}"
+            sitk.WriteImage(sitk.GetImageFromArray(volumes["t1"][k]), str(root / "images" / f"{stem}.png"))
+            sitk.WriteImage(sitk.GetImageFromArray(labels[k]), str(root / "labels" / f"{stem}.png"))
+    return root
+
+
+def segment_ventricles(loaded, volumes: Dict[str, object], target: np.ndarray):
+    """One point on the central slice of the target, then propagation (the Slicer effect's path)."""
+    from medicosam.predictor import VolumePredictor
+    from medicosam.prompts import Prompts, get_center_point
+    from medicosam.propagation import PropagationConfig
+
+    predictor = VolumePredictor.from_loaded(loaded, volumes["t1"])
+    slices = np.flatnonzero(target.any(axis=(1, 2)))
+    central = int(slices[len(slices) // 2])
+    point = get_center_point(target[central])
+    seed = predictor.predict_mask(0, central, Prompts(points=point[None], labels=np.array([1])))
+    result = predictor.propagate(0, {central: seed}, PropagationConfig(mode="single_point", iou_threshold=0.5))
+    mask = np.zeros(target.shape, dtype=bool)
+    for index, slice_mask in result.masks.items():
+        mask[index] = slice_mask
+    return mask, central, point, predictor.encoder_calls
+
+
+def write_overlay(path: Path, t1: np.ndarray, target: np.ndarray, mask: np.ndarray, index: int, point) -> None:
+    """PNG of the prompted slice: prediction in red, reference outline in green, the click in yellow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import ndimage
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    ax.imshow(t1[index], cmap="gray")
+    ax.imshow(np.ma.masked_where(~mask[index], mask[index]), cmap="autumn", alpha=0.5)
+    outline = target[index] & ~ndimage.binary_erosion(target[index])
+    ax.imshow(np.ma.masked_where(~outline, outline), cmap="summer", alpha=1.0)
+    ax.plot(point[0], point[1], "y*", markersize=12)
+    ax.set_title(f"axial slice {index}: prediction (red), reference (green)")
+    ax.axis("off")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Train, export, reload, segment in 3D and report; returns the summary it writes."""
+    import SimpleITK as sitk
+    import torch
+
+    from medicosam.models.checkpoint import export_sam, load_sam
+    from medicosam.models.config import build_sam, get_tiny_config
+    from medicosam.volume_io import read_volume, write_mask
+
+    from .data import FolderDataset2D
+    from .evaluation.metrics import get_dice
+    from .objective import get_preset
+    from .trainer import TrainConfig, train
+
+    start = time.time()
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    volumes = get_brain_volumes()
+    target = volumes["ventricles"]
+    data_dir = write_training_data(out / "training-data", volumes, config.n_phantoms, config.seed)
+    image_size = config.image_size
+    dataset = FolderDataset2D(data_dir / "images", data_dir / "labels", image_size=image_size,
+                              n_obj=config.n_obj, min_size=25, label_mode="semantic", seed=config.seed)
+
+    torch.manual_seed(config.seed)
+    sam = build_sam(get_tiny_config(image_size=config.image_size))
+    untrained = export_sam(sam, out / "untrained.pt")
+    objective = get_preset(config.preset)
+    train_config = TrainConfig(objective=objective, lr=config.lr, batch_size=config.batch_size,
+                               iterations=config.iterations or 10**9, epochs=None, out_dir=out / "run",
+                               seed=config.seed, decoder_features=8, time_limit_s=60 * config.minutes)
+    result = train(sam, dataset, None, train_config)
+    checkpoint = export_sam(sam, out / "medicosam_tiny.pt")
+
+    image_path = out / "icbm152_t1_2mm.nii.gz"
+    sitk.WriteImage(volumes["image"], str(image_path))
+    volume = read_volume(image_path)
+    scores = {}
+    for name, path in (("untrained", untrained), ("trained", checkpoint)):
+        loaded = load_sam(path, allow_custom=True)
+        mask, central, point, encoder_calls = segment_ventricles(loaded, volumes, target)
+        scores[name] = {"dice": get_dice(mask, target), "slices": int(mask.any(axis=(1, 2)).sum()),
+                        "encoder_calls": encoder_calls}
+        if name == "trained":
+            write_mask(mask.astype(np.uint8), volume, out / "ventricles_mask.nii.gz")
+            write_overlay(out / "ventricles_overlay.png", volumes["t1"], target, mask, central, point)
+    summary = {
+        "preset": config.preset, "iterations": result.iteration, "training_seconds": round(result.seconds, 1),
+        "training_images": len(dataset), "held_out_structure": "lateral ventricles (never a training object)",
+        "reference_slices": int(target.any(axis=(1, 2)).sum()), "prompt": "1 positive point, central slice",
+        "dice_trained": round(scores["trained"]["dice"], 3), "dice_untrained": round(scores["untrained"]["dice"], 3),
+        "details": scores, "total_seconds": round(time.time() - start, 1),
+        "outputs": ["medicosam_tiny.pt", "ventricles_mask.nii.gz", "ventricles_overlay.png", "summary.json"],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,164 @@
+"""`medicosam train-semantic | predict-semantic | export-nnunet` (entry point `medicosam.cli`: semantic).
+
+Scoring is `medicosam evaluate semantic` (evaluation/cli.py), which also runs these models.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .baselines import ARCHITECTURES
+
+
+def register(subparsers) -> None:
+    """Add the semantic segmentation sub-commands to the `medicosam` command."""
+    _add_train(subparsers)
+    _add_predict(subparsers)
+    _add_export(subparsers)
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-semantic", help="finetune a SAM encoder (or a MONAI baseline) for semantic segmentation",
+        description="Train a 2D or 3D semantic model on images/ + labels/ (or imagesTr/ + labelsTr/); the "
+                    "best validation model goes to OUT/best.pt. See docs/semantic.md.")
+    parser.add_argument("--data", required=True, help="dataset folder (label maps of class ids, 0 = background)")
+    parser.add_argument("--classes", type=int, required=True, help="number of classes including background")
+    parser.add_argument("--out", default="medicosam-semantic", help="output folder (best.pt, history.json)")
+    parser.add_argument("--architecture", choices=("sam", *ARCHITECTURES), default="sam",
+                        help="sam (the paper's model) or a baseline: unet, swin_unetr")
+    parser.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2D slice model or 3D model")
+    parser.add_argument("--model", default="medicosam_vit_b", help="SAM start model: registry name, file or URL")
+    parser.add_argument("--decoder", default="auto",
+                        help="decoder start: auto (the model's own or its registry companion, else new), none "
+                             "(new decoder), or a decoder registry name / file / URL")
+    parser.add_argument("--image-size", type=int,
+                        help="model input size (default: SAM's own; the paper's 3D models use 512; baselines 256)")
+    parser.add_argument("--patch-depth", type=int, help="slices per 3D patch (default 8; swin_unetr 32)")
+    parser.add_argument("--decoder-features", type=int, default=64, help="new decoder's width (micro-sam: 64)")
+    parser.add_argument("--baseline-features", type=int, default=24, help="baseline width (SwinUNETR: multiple of 12)")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0, help="slicing axis of volumes (KJI)")
+    parser.add_argument("--iterations", type=int, default=5000, help="training steps (medico-sam: 50000)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--val-every", type=int, default=500, help="validation interval in iterations")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share per modality")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--offline", action="store_true", default=None, help="never download models")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_train)
+
+
+def _add_predict(subparsers) -> None:
+    parser = subparsers.add_parser("predict-semantic", help="label maps of a folder with a semantic model",
+                                   description="Predict every image / volume of a folder at its own size.")
+    parser.add_argument("--model", required=True, help="semantic checkpoint (OUT/best.pt of train-semantic)")
+    parser.add_argument("--images", required=True, help="folder of images or volumes")
+    parser.add_argument("--output", required=True, help="folder for <stem>.png (2D) / <stem>.nii.gz (3D)")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0, help="slicing axis (as in training)")
+    parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (2D models)")
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (3D models)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.set_defaults(func=_predict)
+
+
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser("export-nnunet", help="write the semantic split as an nnU-Net v2 raw dataset",
+                                   description="Write Dataset<ID>_<Name> with our train / validation / test split.")
+    parser.add_argument("--data", required=True, help="dataset folder, as for train-semantic")
+    parser.add_argument("--output", required=True, help="nnU-Net raw folder ($nnUNet_raw)")
+    parser.add_argument("--dataset-id", type=int, required=True, help="three-digit nnU-Net dataset id")
+    parser.add_argument("--name", required=True, help="dataset name (letters, digits, _ and -)")
+    parser.add_argument("--classes", type=int, required=True, help="number of classes including background")
+    parser.add_argument("--class-names", nargs="+", help="names of classes 1..N-1")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channel-name", help="nnU-Net channel name (CT enables CT normalisation)")
+    parser.set_defaults(func=_export)
+
+
+def _get_decoder_state(choice: str, loaded, source: str, offline):
+    """(decoder state or None, what it is) for `--decoder`."""
+    from medicosam.models.checkpoint import load_decoder_state
+    from medicosam.models.registry import MODELS
+
+    if choice == "none":
+        return None, "a new decoder"
+    if choice != "auto":
+        return load_decoder_state(choice, offline=offline), f"the decoder {choice}"
+    if loaded.decoder_state is not None:
+        return loaded.decoder_state, f"the decoder stored with {source}"
+    spec = MODELS.get(source)
+    if spec is not None and spec.decoder is not None:
+        return load_decoder_state(spec.decoder, offline=offline), f"the pretrained decoder {spec.decoder}"
+    return None, "a new decoder (the model has none)"
+
+
+def _get_model(args: argparse.Namespace):
+    from medicosam.models.checkpoint import load_sam
+
+    from .baselines import BaselineConfig, build_baseline_model
+    from .models import get_semantic_model
+
+    if args.architecture != "sam":
+        config = BaselineConfig(args.architecture, args.ndim, args.classes, args.image_size or 256,
+                                args.patch_depth or 32, args.baseline_features)
+        return build_baseline_model(config), f"{args.architecture} baseline"
+    loaded = load_sam(args.model, allow_custom=True, offline=args.offline)
+    decoder_state, decoder = _get_decoder_state(args.decoder, loaded, args.model, args.offline)
+    model = get_semantic_model(loaded.sam, loaded.config, args.classes, args.ndim, image_size=args.image_size,
+                               decoder_state=decoder_state, decoder_features=args.decoder_features,
+                               patch_depth=args.patch_depth or 8)
+    return model, f"{args.model} encoder with {decoder}"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .data import SemanticPatchDataset, SemanticSliceDataset, check_classes, get_split_records, read_case
+    from .train import SemanticTrainConfig, train_semantic
+
+    model, description = _get_model(args)
+    split = get_split_records(args.data, args.val_fraction, args.seed)
+    cases = {part: [read_case(record, args.axis) for record in split[part]] for part in ("train", "val")}
+    check_classes(cases["train"] + cases["val"], args.classes)
+    size = model.config.image_size
+    if args.ndim == 2:
+        datasets = {part: SemanticSliceDataset(c, size) if c else None for part, c in cases.items()}
+    else:
+        datasets = {part: SemanticPatchDataset(c, size, model.config.patch_depth) if c else None
+                    for part, c in cases.items()}
+    print(f"training {args.ndim}D {description}: {len(split['train'])} train / {len(split['val'])} val cases, "
+          f"{len(datasets['train'])} items at {size} px")
+    config = SemanticTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+                                 val_every=args.val_every, seed=args.seed, device=args.device,
+                                 num_workers=args.num_workers, out_dir=args.out, time_limit_s=args.time_limit,
+                                 progress=not args.quiet)
+    result = train_semantic(model, datasets["train"], datasets["val"], config)
+    print(f"trained {result.iterations} iterations; best validation mean Dice {result.best_dice:.3f}")
+    print(f"model: {result.best_path}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medicosam.device import get_device
+
+    from .infer import predict_folder
+    from .models import load_semantic_model
+
+    model = load_semantic_model(args.model, str(get_device(args.device)))
+    for path in predict_folder(model, args.images, args.output, args.axis, args.batch_size, args.overlap):
+        print(f"wrote {path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .nnunet_export import check_nnunet_dataset, export_nnunet_dataset
+
+    folder = export_nnunet_dataset(args.data, args.output, args.dataset_id, args.name, args.classes,
+                                   args.class_names, args.val_fraction, args.seed, args.channel_name)
+    check_nnunet_dataset(folder)
+    print(f"wrote {folder} (copy splits_final.json to $nnUNet_preprocessed/{folder.name}/ after planning, then "
+          "train fold 0)")
+    return 0

@@ -1,0 +1,213 @@
+"""SAM-based semantic segmentation models (paper section 2.4) and their checkpoints.
+
+- `SemanticSam2D`: SAM's image encoder + the UNETR-like decoder (`medicosam_training.unetr`);
+  prompt encoder and mask decoder are dropped. Output: one logit map per class (background = 0).
+- `SemanticSam3D`: the encoder with MA-SAM depth adapters (`adapters.py`), slices flattened into the
+  batch, the same 2D decoder per slice up to its last feature map, then a 3D fusion block
+  (Conv3d 3x3x3 -> BN -> ReLU -> Conv3d 1x1x1 -> BN -> ReLU, medico-sam's `SimpleUNETR3D`) and a
+  1x1x1 classifier.
+
+Both return raw logits; the loss applies one softmax to them (Dice) and log-softmax (cross entropy),
+and inference takes the argmax. micro-sam's semantic models end in a Sigmoid, and its loss then
+applies softmax (Dice) and cross entropy on top of those sigmoid outputs, so neither term sees the
+logits it assumes; that mismatch is not reproduced.
+
+Inputs are RGB in [0, 255] at the model's input size S (S x S slices, resized and padded like SAM by
+`data.get_model_input`); the models normalise with SAM's pixel mean and std.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from medicosam.errors import MedicoSAMError
+from medicosam.models.config import SamConfig, build_sam
+
+from ..unetr import UNETRDecoder, get_decoder_layout, get_unetr_decoder, get_unetr_decoder_from_state
+from .adapters import ImageEncoder3D
+from .encoder import get_sam_at_size
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+#: The checkpoint `kind` of the SAM-based models (baselines have their own, see `baselines.py`).
+SAM_KIND = "sam"
+
+
+class SemanticModelError(MedicoSAMError, ValueError):
+    """A semantic model setting, input or checkpoint that does not fit."""
+
+
+@dataclasses.dataclass
+class SemanticConfig:
+    """Architecture of a SAM-based semantic model; stored in its checkpoints.
+
+    Attributes:
+        ndim: 2 (slice-wise model) or 3 (adapters + 3D fusion).
+        n_classes: output classes including background 0.
+        sam: the SAM architecture at the model's input size.
+        decoder_features: decoder width (micro-sam: 64).
+        use_conv_transpose: transposed-convolution upsamplers (older micro-sam decoders).
+        adapter_bottleneck: 3D adapter width; None: half the encoder width.
+        fusion_channels: width of the 3D fusion block.
+        patch_depth: slices per 3D patch (training patches and sliding-window inference).
+    """
+
+    ndim: int
+    n_classes: int
+    sam: SamConfig
+    decoder_features: int = 64
+    use_conv_transpose: bool = False
+    adapter_bottleneck: Optional[int] = None
+    fusion_channels: int = 64
+    patch_depth: int = 8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sam, Mapping):
+            sam = dict(self.sam)
+            sam["encoder_global_attn_indexes"] = tuple(sam["encoder_global_attn_indexes"])
+            self.sam = SamConfig(**sam)
+        if self.ndim not in (2, 3):
+            raise SemanticModelError(f"ndim={self.ndim}: semantic models are 2D or 3D")
+        if not 2 <= self.n_classes <= 256:
+            raise SemanticModelError(f"n_classes={self.n_classes}: use 2..256 classes, background included "
+                                     "(label maps are written as 8-bit)")
+        if self.patch_depth < 1:
+            raise SemanticModelError(f"patch_depth={self.patch_depth}: use 1 or more slices")
+
+    @property
+    def image_size(self) -> int:
+        return self.sam.image_size
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def get_normalised(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """(N, 3, S, S) in [0, 255] -> SAM-normalised; refuses other sizes, which would be silently misplaced."""
+    if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (image_size, image_size):
+        raise SemanticModelError(f"expected RGB slices of {image_size} x {image_size} (N, 3, S, S), got "
+                                 f"{tuple(images.shape)}: resize and pad with semantic.data.get_model_input")
+    mean = images.new_tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(PIXEL_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+class SemanticSam2D(nn.Module):
+    """(B, 3, S, S) images in [0, 255] -> (B, n_classes, S, S) logits."""
+
+    def __init__(self, config: SemanticConfig, image_encoder: nn.Module, decoder: UNETRDecoder) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = image_encoder
+        self.decoder = decoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.image_encoder(get_normalised(images, self.config.image_size)))
+
+
+class SemanticSam3D(nn.Module):
+    """(B, 3, D, S, S) volumes in [0, 255] -> (B, n_classes, D, S, S) logits."""
+
+    def __init__(self, config: SemanticConfig, image_encoder: ImageEncoder3D, decoder: UNETRDecoder) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = image_encoder
+        self.decoder = decoder
+        features, fusion = decoder.features, config.fusion_channels
+        self.fusion_3d = nn.Sequential(
+            nn.Conv3d(features, fusion, kernel_size=3, padding=1, bias=False), nn.BatchNorm3d(fusion),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(fusion, fusion, kernel_size=1), nn.BatchNorm3d(fusion), nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Conv3d(fusion, config.n_classes, kernel_size=1)
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        if volumes.ndim != 5:
+            raise SemanticModelError(f"expected volumes (B, 3, D, S, S), got {tuple(volumes.shape)}")
+        b, c, d, h, w = volumes.shape
+        slices = volumes.transpose(1, 2).reshape(b * d, c, h, w)
+        features = self.decoder.forward_features(self.image_encoder(get_normalised(slices, self.config.image_size), d))
+        features = features.reshape(b, d, *features.shape[1:]).transpose(1, 2)
+        return self.classifier(self.fusion_3d(features))
+
+
+def _get_wrapped(config: SemanticConfig, image_encoder: nn.Module, decoder: UNETRDecoder) -> nn.Module:
+    if config.ndim == 2:
+        return SemanticSam2D(config, image_encoder, decoder)
+    return SemanticSam3D(config, ImageEncoder3D(image_encoder, config.adapter_bottleneck), decoder)
+
+
+def build_semantic_model(config: SemanticConfig) -> nn.Module:
+    """A randomly initialised model of `config` (what checkpoints are loaded into)."""
+    encoder = build_sam(config.sam).image_encoder
+    decoder = get_unetr_decoder(encoder, config.n_classes if config.ndim == 2 else None, config.decoder_features,
+                                config.use_conv_transpose)
+    return _get_wrapped(config, encoder, decoder)
+
+
+def get_semantic_model(sam: nn.Module, sam_config: SamConfig, n_classes: int, ndim: int = 2, *,
+                       image_size: Optional[int] = None, decoder_state: Optional[Mapping[str, Any]] = None,
+                       decoder_features: int = 64, patch_depth: int = 8, adapter_bottleneck: Optional[int] = None,
+                       fusion_channels: int = 64) -> nn.Module:
+    """A semantic model on a pretrained SAM's encoder (copied: `sam` is not changed).
+
+    Args:
+        sam, sam_config: the pretrained `segment_anything` Sam and its architecture (`LoadedSam`).
+        n_classes: output classes including background.
+        ndim: 2 or 3.
+        image_size: model input size; default SAM's. Another size resizes the position embeddings
+            (the paper's 3D models use 512).
+        decoder_state: a pretrained decoder (joint e_sem pretraining, `medicosam_vit_b_decoder`); its
+            layout (width, upsampler variant) wins over `decoder_features`. Its 2-class head is kept
+            only for a 2D model with 2 classes; otherwise the head is new. None: decoder from scratch.
+        decoder_features, patch_depth, adapter_bottleneck, fusion_channels: see `SemanticConfig`.
+    """
+    if image_size is not None and image_size != sam_config.image_size:
+        sam, sam_config = get_sam_at_size(sam, sam_config, image_size)
+    encoder = copy.deepcopy(sam.image_encoder)
+    out_channels = n_classes if ndim == 2 else None
+    if decoder_state is None:
+        decoder = get_unetr_decoder(encoder, out_channels, decoder_features)
+        use_conv_transpose = False
+    else:
+        layout = get_decoder_layout(decoder_state)
+        decoder = get_unetr_decoder_from_state(encoder, decoder_state, out_channels)
+        decoder_features, use_conv_transpose = layout.initial_features, layout.use_conv_transpose
+    config = SemanticConfig(ndim=ndim, n_classes=n_classes, sam=sam_config, decoder_features=decoder_features,
+                            use_conv_transpose=use_conv_transpose, adapter_bottleneck=adapter_bottleneck,
+                            fusion_channels=fusion_channels, patch_depth=patch_depth)
+    return _get_wrapped(config, encoder, decoder).to(sam.image_encoder.pos_embed.device)
+
+
+def save_semantic_model(model: nn.Module, path: Union[str, Path]) -> Path:
+    """Write `{"kind", "config", "model_state"}` atomically; `load_semantic_model` reads it back."""
+    from medicosam.models.checkpoint import save_atomically
+
+    model = getattr(model, "module", model)  # DDP
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    kind = getattr(model.config, "kind", SAM_KIND)
+    return save_atomically({"kind": kind, "config": model.config.to_dict(), "model_state": state}, path)
+
+
+def load_semantic_model(path: Union[str, Path], device: str = "cpu") -> nn.Module:
+    """A semantic model (SAM-based or baseline) from `save_semantic_model`'s file, in eval mode."""
+    from medicosam.models.checkpoint import load_checkpoint_file
+
+    from .baselines import BaselineConfig, build_baseline_model
+
+    checkpoint = load_checkpoint_file(path)
+    if not {"kind", "config", "model_state"} <= set(checkpoint):
+        raise SemanticModelError(f"{path} is not a semantic model checkpoint (keys: {', '.join(checkpoint)}); "
+                                 "interactive SAM checkpoints are trained into one with `medicosam train-semantic`")
+    if checkpoint["kind"] == SAM_KIND:
+        model = build_semantic_model(SemanticConfig(**checkpoint["config"]))
+    else:
+        model = build_baseline_model(BaselineConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["model_state"])
+    return model.to(device).eval()

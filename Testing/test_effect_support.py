@@ -1,0 +1,195 @@
+"""Slicer-free parts of the effect: the inference worker thread, parameters, model menu, packages."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from helpers_session import get_rotated_ijk_to_ras, get_test_volume, get_view_normal, get_voxel_ras
+
+from medicosam.effect_settings import (
+    CUSTOM_MODEL,
+    DIRECTION_LABELS,
+    MODE_LABELS,
+    EffectSettings,
+    SettingsError,
+    get_model_choices,
+)
+from medicosam.models.download import list_cached_models
+from medicosam.models.registry import MODELS
+from medicosam.predictor import VolumePredictor
+from medicosam.prompts import PROPAGATION_MODES
+from medicosam.propagation import DIRECTIONS, PropagationConfig
+from medicosam.requirements import PIP_REQUIREMENTS, get_missing_requirements, is_torch_installed
+from medicosam.session import SegmentationSession
+from medicosam.worker import InferenceWorker, TaskProgress
+
+
+@pytest.fixture
+def worker():
+    worker = InferenceWorker()
+    yield worker
+    worker.shutdown()
+
+
+def test_jobs_run_in_order_on_one_persistent_thread(worker):
+    threads, order = set(), []
+
+    def job(value):
+        threads.add(threading.get_ident())
+        order.append(value)
+        return value * 2
+
+    futures = [worker.submit(job, i) for i in range(5)]
+    assert [f.result(timeout=10) for f in futures] == [0, 2, 4, 6, 8]
+    assert order == list(range(5)) and threads == {worker.thread.ident} != {threading.get_ident()}
+    failing = worker.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=10)
+    assert worker.submit(job, 7).result(timeout=10) == 14  # an error does not stop the thread
+
+
+def test_foreground_jobs_overtake_queued_background_jobs(worker):
+    gate, order = threading.Event(), []
+    worker.submit(gate.wait)
+    worker.submit(order.append, "background 1", background=True)
+    worker.submit(order.append, "background 2", background=True)
+    last = worker.submit(order.append, "foreground")
+    gate.set()
+    last.result(timeout=10)
+    worker.submit(lambda: None, background=True).result(timeout=10)
+    assert order == ["foreground", "background 1", "background 2"]
+
+    gate.clear()
+    worker.submit(gate.wait)
+    stale = worker.submit(order.append, "stale", background=True)
+    worker.clear_background()  # the user moved on: neighbours of the old slice are not needed
+    fresh = worker.submit(order.append, "fresh", background=True)
+    gate.set()
+    fresh.result(timeout=10)
+    assert stale.cancelled() and order[-1] == "fresh" and "stale" not in order
+
+
+def test_shutdown_cancels_queued_jobs(worker):
+    gate, started = threading.Event(), threading.Event()
+    running = worker.submit(lambda: started.set() or gate.wait())
+    started.wait(10)
+    queued = worker.submit(time.sleep, 0)
+    worker.shutdown(wait=False)
+    gate.set()
+    running.result(timeout=10)
+    worker.thread.join(10)
+    assert queued.cancelled() and not worker.thread.is_alive()
+    with pytest.raises(RuntimeError, match="shut down"):
+        worker.submit(time.sleep, 0)
+
+
+def test_previews_and_neighbour_prefetch_use_the_shared_embedding_cache(worker, tiny_sam, icbm152):
+    """The effect's click job, then background embeddings of the neighbours: clicking a neighbour next
+    costs no encoder call."""
+    matrix, volume = get_rotated_ijk_to_ras(), get_test_volume(icbm152)
+    predictor = VolumePredictor(tiny_sam, volume)
+    session = SegmentationSession(predictor, matrix)
+    normal = get_view_normal(matrix, 0)
+
+    def click(index):
+        session.add_point(get_voxel_ras((index, 40, 35), matrix), True, normal)
+        return session.update_preview(), session.get_prefetch_slices()
+
+    preview, neighbours = worker.submit(click, 18).result(timeout=30)
+    assert preview.index == 18 and predictor.encoder_calls == 1
+    prefetch = [worker.submit(predictor.get_embedding, *key, background=True) for key in neighbours]
+    for future in prefetch:
+        future.result(timeout=30)
+    assert predictor.encoder_calls == 1 + len(neighbours) == 5
+    worker.submit(click, 19).result(timeout=30)
+    assert predictor.encoder_calls == 5
+
+
+def test_gui_thread_follows_progress_and_cancels_a_running_propagation(worker, tiny_sam, icbm152):
+    matrix, volume = get_rotated_ijk_to_ras(), get_test_volume(icbm152)
+    session = SegmentationSession(VolumePredictor(tiny_sam, volume), matrix)
+    session.add_point(get_voxel_ras((18, 40, 35), matrix), True, get_view_normal(matrix, 0))
+    progress, answered = TaskProgress(), threading.Event()
+
+    def report(done, total):  # the worker waits at slice 2 until the GUI thread reacted: no race
+        progress.report(done, total)
+        if done == 2:
+            answered.wait(10)
+
+    config = PropagationConfig(iou_threshold=0.0)
+    future = worker.submit(session.propagate, config, None, report, progress.is_cancelled)
+    seen = set()
+    while not future.done():  # what the effect's progress dialog loop does
+        done, total = progress.get()
+        seen.add(done)
+        if done >= 2:
+            progress.cancel()
+            answered.set()
+        time.sleep(0.001)
+    assert future.result() is None  # cancelled: nothing to write
+    assert 2 in seen and progress.get()[1] > 2
+    assert session.get_accepted_slices(0) == []
+
+
+def test_task_progress_stops_downloads_once_cancelled():
+    progress = TaskProgress()
+    assert progress.report(10, None) is True and progress.get() == (10, None)
+    progress.cancel()
+    assert progress.report(20, 100) is False and progress.is_cancelled()
+
+
+def test_settings_round_trip_through_parameter_strings():
+    settings = EffectSettings(model="sam_vit_b", device="cpu", tool="box", refine=False, direction="up",
+                              max_slices=12, mode="box_mask", iou_threshold=0.3, box_extension=2.0, cache_mb=512)
+    assert EffectSettings.from_parameters(settings.to_parameters().get) == settings
+    assert EffectSettings.from_parameters(lambda name: "") == EffectSettings()  # a new scene: defaults
+    assert settings.to_parameters()["Refine"] == "0"
+    assert settings.get_propagation_config() == PropagationConfig(mode="box_mask", iou_threshold=0.3,
+                                                                  box_extension=2.0, direction="up", max_slices=12)
+    assert EffectSettings().get_propagation_config().max_slices is None  # 0 slices: until the object ends
+    assert settings.checkpoint == "sam_vit_b" and settings.cache_bytes == 512 * 1024**2
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"Model": "sam_vit_x"}, "unknown model 'sam_vit_x'"),
+    ({"IoUThreshold": "high"}, "IoUThreshold = 'high' is not a valid float"),
+    ({"Refine": "maybe"}, "Refine"),
+    ({"PropagationSlices": "-1"}, "PropagationSlices"),
+    ({"Device": "tpu"}, "unknown device"),
+])
+def test_bad_parameters_name_the_parameter(parameters, message):
+    with pytest.raises(SettingsError, match=message):
+        EffectSettings.from_parameters(lambda name: parameters.get(name, ""))
+
+
+def test_custom_checkpoint_needs_a_file():
+    with pytest.raises(SettingsError, match="no file is chosen"):
+        _ = EffectSettings(model=CUSTOM_MODEL).checkpoint
+    assert EffectSettings(model=CUSTOM_MODEL, custom_checkpoint="/data/tiny.pth").checkpoint == "/data/tiny.pth"
+
+
+def test_menus_cover_the_core_choices():
+    assert tuple(MODE_LABELS) == PROPAGATION_MODES
+    assert tuple(DIRECTION_LABELS) == DIRECTIONS
+
+
+def test_model_menu_marks_downloaded_models(tmp_path):
+    (tmp_path / "sam_vit_b.pth").write_bytes(b"weights")
+    (tmp_path / "medsam_vit_b.pth.part").write_bytes(b"half")  # interrupted download: not usable yet
+    choices = get_model_choices(list_cached_models(tmp_path))
+    names = [choice.name for choice in choices]
+    assert names == [name for name, spec in MODELS.items() if spec.format == "sam"] + [CUSTOM_MODEL]
+    state = {choice.name: choice.downloaded for choice in choices}
+    assert state["sam_vit_b"] and not state["medsam_vit_b"] and not state["medicosam_vit_b"]
+    labels = {choice.name: choice.label for choice in choices}
+    assert labels["sam_vit_b"] == "sam_vit_b (downloaded)"
+    assert labels["sam_vit_l"] == "sam_vit_l (not downloaded, 1250 MB)"
+    assert labels["medicosam_vit_b"] == "medicosam_vit_b (not downloaded)"  # upstream publishes no size
+
+
+def test_missing_packages_are_found_without_importing_them(monkeypatch):
+    assert is_torch_installed() and get_missing_requirements() == []
+    monkeypatch.setitem(PIP_REQUIREMENTS, "medicosam_absent_module", "medicosam-absent")
+    assert get_missing_requirements() == ["medicosam-absent"]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every inference benchmark on one GPU in one go (< 8 minutes on an H100 / H200), ours against the
+# official path in the same process; one JSON per bench plus log.txt under $OUT.
+#   on the CPU machine, once:  bash bench/prepare_gpu.sh
+#   on the device:             run(command="bash bench/run_gpu.sh", carry=[".bench_gpu"], timeout_s=540)
+# Each step has its own time limit, so one slow step cannot eat the others' time.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench-results}"
+STAGE="$PWD/.bench_gpu"
+PYTHON="${PYTHON:-python3}"
+mkdir -p "$OUT"
+[ -f "$STAGE/icbm152.npz" ] || { echo "missing $STAGE: run bash bench/prepare_gpu.sh first (and carry .bench_gpu)"; exit 2; }
+export PYTHONPATH="$STAGE/site:$PWD/MedicoSAMSlicer:$PWD/MedicoSAMTraining${PYTHONPATH:+:$PYTHONPATH}"
+export MEDICOSAM_BENCH_VOLUME="$STAGE/icbm152.npz"
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME LIMIT_S SCRIPT ARGS...: run one bench, keep going if it fails
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit} s) $(date +%T)"
+    timeout "$limit" "$PYTHON" "$@" --json "$OUT/$name.json" || echo "== $name FAILED or timed out (rc=$?)"
+}
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    step encoder 200 bench/encoder.py --arch vit_b --batch-sizes 1 8 --repeat 20
+    step decoder 50 bench/decoder.py --arch vit_b --objects 8
+    step propagation 120 bench/propagation.py --arch vit_b --slices 200 --batch-size 8
+    if [ -f bench/train_step.py ]; then
+        step train_step 90 bench/train_step.py
+    fi
+    echo "== done $(date +%T)"
+} 2>&1 | tee "$OUT/log.txt"
