@@ -23,7 +23,9 @@ from medicosam.acceleration import (
     enable_fast_attention,
     enable_fast_path,
     get_autocast,
+    get_autocast_dtype,
     get_dtype,
+    has_fast_cpu_bf16,
     is_compiled,
     is_fast_attention,
 )
@@ -137,7 +139,8 @@ def test_model_with_fast_path_deep_copies_and_pickles(tiny_sam):
 
 
 def test_autocast_and_dtype_choices():
-    assert isinstance(get_autocast("cpu"), contextlib.nullcontext)  # "auto": fp32 off CUDA
+    assert get_autocast_dtype("cpu") == (torch.bfloat16 if has_fast_cpu_bf16() else None)  # "auto"
+    assert get_autocast_dtype("cuda", "none") is None
     assert isinstance(get_autocast("cpu", "none"), contextlib.nullcontext)
     with get_autocast("cpu", "bfloat16"):
         assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.bfloat16
@@ -161,7 +164,7 @@ def _get_point_prompts(mask: np.ndarray, n: int = 6):
 
 
 @pytest.mark.parametrize("config, cache_dtype, min_iou", [
-    (AccelerationConfig(), None, 0.995),  # SDPA, fp32 on CPU: a few boundary pixels at most
+    (AccelerationConfig(autocast="none"), None, 0.995),  # SDPA in fp32: a few boundary pixels at most
     (AccelerationConfig(autocast="bfloat16"), "bfloat16", 0.98),  # bf16 encoder and bf16 cache
 ])
 def test_fast_predictor_masks_match_reference_on_real_slice(icbm152, white_matter_slice, config, cache_dtype,

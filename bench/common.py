@@ -113,7 +113,7 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def get_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0))
+    return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
 
 
 def get_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""`medicosam train` and `medicosam export`, added to the core's `medicosam` command.
+"""`medicosam train`, `export` and `demo`, added to the core's `medicosam` command.
 
 `register(subparsers)` is the `medicosam.cli` entry point (see `medicosam.cli`); each parser's
 `func(args) -> int` runs the command. Multi-GPU: `torchrun --nproc_per_node N -m medicosam.cli train ...`.
@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     """Add the training package's sub-commands to the `medicosam` command."""
     _add_train(subparsers)
     _add_export(subparsers)
+    _add_demo(subparsers)
 
 
 def _add_train(subparsers) -> None:
@@ -110,4 +111,30 @@ def _export(args: argparse.Namespace) -> int:
     from .trainer import export_training_checkpoint
 
     print(export_training_checkpoint(args.checkpoint, args.out, with_decoder=args.with_decoder))
+    return 0
+
+
+def _add_demo(subparsers) -> None:
+    from .demo import DemoConfig
+
+    defaults = DemoConfig()
+    parser = subparsers.add_parser(
+        "demo", help="train a tiny SAM on real MR slices + phantoms, then segment a held-out structure in 3D",
+        description="The main job on a CPU in minutes, no network: see medicosam_training.demo.")
+    parser.add_argument("--out", default=str(defaults.out_dir), help="output folder")
+    parser.add_argument("--preset", choices=list(PRESETS), default=defaults.preset, help="training objective")
+    parser.add_argument("--iterations", type=int, default=defaults.iterations, help="training iterations")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .demo import DemoConfig, run_demo
+
+    summary = run_demo(DemoConfig(out_dir=Path(args.out), preset=args.preset, iterations=args.iterations,
+                                  seed=args.seed))
+    print(json.dumps({k: v for k, v in summary.items() if k != "details"}, indent=2))
     return 0

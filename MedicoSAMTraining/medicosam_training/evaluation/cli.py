@@ -101,12 +101,20 @@ def _add_interactive_3d(commands) -> None:
 
 
 def _add_semantic(commands) -> None:
-    parser = commands.add_parser("semantic", help="Dice per class of predicted label maps (2D or 3D)")
-    parser.add_argument("--predictions", required=True, help="folder of predicted label maps")
+    parser = commands.add_parser("semantic", help="Dice per class of predicted label maps (2D or 3D)",
+                                 description="Score a folder of predicted label maps (--predictions), or run "
+                                             "semantic models (--model, see `medicosam train-semantic`) on --images "
+                                             "first; predictions go to OUTPUT/predictions/<model>/.")
+    parser.add_argument("--predictions", help="folder of predicted label maps")
+    parser.add_argument("--model", action="append", metavar="[LABEL=]CHECKPOINT",
+                        help="semantic checkpoint to run on --images (repeat to compare models)")
+    parser.add_argument("--images", help="folder of images or volumes for --model")
     parser.add_argument("--labels", required=True, help="folder of true label maps with the same file names")
     parser.add_argument("--output", required=True, help="folder for semantic.csv and the summary")
     parser.add_argument("--dataset", help="dataset name in the tables (default: the data folder's name)")
     parser.add_argument("--classes", nargs="+", type=int, help="class ids to score (default: all present)")
+    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slicing axis of --model (KJI)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (for --model)")
     parser.set_defaults(func=_run_semantic)
 
 
@@ -242,6 +250,27 @@ def _run_interactive_3d(args) -> int:
     return _report([results.path, *write_report_3d(results.rows, output)], complete)
 
 
+def _get_semantic_predictions(args, output: Path) -> List[Tuple[str, Path]]:
+    """(model label, predictions folder) pairs: the given folder, or each --model run on --images."""
+    if bool(args.predictions) == bool(args.model):
+        raise EvaluationError("give either --predictions or --model (with --images)")
+    if args.predictions:
+        return [(Path(args.predictions).name, Path(args.predictions))]
+    if not args.images:
+        raise EvaluationError("--model needs --images: the images (or volumes) to segment")
+    from medicosam.device import get_device
+
+    from ..semantic.infer import predict_folder
+    from ..semantic.models import load_semantic_model
+
+    folders = []
+    for label, source in _get_model_specs(args.model):
+        folder = output / "predictions" / label
+        predict_folder(load_semantic_model(source, str(get_device(args.device))), args.images, folder, args.axis)
+        folders.append((label, folder))
+    return folders
+
+
 def _run_semantic(args) -> int:
     import numpy as np
 
@@ -252,14 +281,16 @@ def _run_semantic(args) -> int:
     from .reports import write_table_csv
 
     dataset = args.dataset or _get_dataset_name(args.labels)
-    rows = []
-    for record in get_folder_records(args.predictions, args.labels):
-        label_path = record.labels[0]
-        prediction = get_label_array(np.asarray(read_volume(record.image).array), record.image)
-        target = get_label_array(np.asarray(read_volume(label_path).array), label_path)
-        check_same_shape(target, prediction, label_path, record.image)
-        for class_id, dice in get_semantic_dice(prediction, target, args.classes).items():
-            rows.append({"dataset": dataset, "image": get_stem(record.image), "class": class_id, "dice": dice})
     output = Path(args.output)
+    rows = []
+    for model, predictions in _get_semantic_predictions(args, output):
+        for record in get_folder_records(predictions, args.labels):
+            label_path = record.labels[0]
+            prediction = get_label_array(np.asarray(read_volume(record.image).array), record.image)
+            target = get_label_array(np.asarray(read_volume(label_path).array), label_path)
+            check_same_shape(target, prediction, label_path, record.image)
+            for class_id, dice in get_semantic_dice(prediction, target, args.classes).items():
+                rows.append({"model": model, "dataset": dataset, "image": get_stem(record.image), "class": class_id,
+                             "dice": dice})
     output.mkdir(parents=True, exist_ok=True)
     return _report([write_table_csv(rows, output / "semantic.csv"), *write_report_semantic(rows, output)], True)

@@ -357,13 +357,13 @@ def write_report_3d(rows: Sequence[Mapping[str, object]], output_dir: PathLike) 
 
 
 def write_report_semantic(rows: Sequence[Mapping[str, object]], output_dir: PathLike) -> List[Path]:
-    """summary_semantic.csv / .md: mean Dice per class over the images that contain it, and their mean."""
+    """summary_semantic.csv / .md: per model, mean Dice per class over the images that contain it, and their mean."""
     output_dir = Path(output_dir)
-    summary = get_summary(rows, ("dataset", "class"))
-    means = get_summary([{**e, "dice": e["mean"]} for e in summary], ("dataset",))
-    summary += [{"dataset": e["dataset"], "class": "mean", "mean": e["mean"], "std": e["std"], "n": e["n"]}
-                for e in means]
-    markdown = get_markdown_table(["dataset", "class", "Dice", "std", "images"],
-                                  [[e["dataset"], e["class"], e["mean"], e["std"], e["n"]] for e in summary])
+    summary = get_summary(rows, ("model", "dataset", "class"))
+    means = get_summary([{**e, "dice": e["mean"]} for e in summary], ("model", "dataset"))
+    summary += [{"model": e["model"], "dataset": e["dataset"], "class": "mean", "mean": e["mean"], "std": e["std"],
+                 "n": e["n"]} for e in means]
+    markdown = get_markdown_table(["model", "dataset", "class", "Dice", "std", "images"],
+                                  [[e["model"], e["dataset"], e["class"], e["mean"], e["std"], e["n"]] for e in summary])
     return [write_table_csv(summary, output_dir / "summary_semantic.csv"),
             write_markdown(output_dir / "summary_semantic.md", [("Semantic segmentation", markdown)])]

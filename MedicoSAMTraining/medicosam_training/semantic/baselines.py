@@ -58,9 +58,10 @@ class BaselineConfig:
             problems.append(f"n_classes={self.n_classes}: use 2..256 classes, background included")
         if self.architecture == "swin_unetr":
             sizes = (self.image_size,) + ((self.patch_depth,) if self.ndim == 3 else ())
-            if any(size % _SWIN_DIVISOR for size in sizes):
+            if any(size % _SWIN_DIVISOR for size in sizes) or self.image_size < 2 * _SWIN_DIVISOR:
                 problems.append(f"SwinUNETR needs image_size{' and patch_depth' if self.ndim == 3 else ''} to be "
-                                f"multiples of {_SWIN_DIVISOR}, got {sizes}")
+                                f"multiples of {_SWIN_DIVISOR} and image_size >= {2 * _SWIN_DIVISOR} (its instance "
+                                f"norms need more than one value at the coarsest level), got {sizes}")
             if self.features % 12:
                 problems.append(f"SwinUNETR's feature_size must be a multiple of 12, got {self.features}")
         elif self.image_size % 2 ** _UNET_LEVELS:

@@ -180,7 +180,7 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         bar.update()
         bar.set_postfix(loss=f"{running[-1]:.3f}")
         timed_out = config.time_limit_s is not None and time.monotonic() - start > config.time_limit_s
