@@ -137,10 +137,12 @@ class SemanticSam3D(nn.Module):
         return self.classifier(self.fusion_3d(features))
 
 
-def _get_wrapped(config: SemanticConfig, image_encoder: nn.Module, decoder: UNETRDecoder) -> nn.Module:
+def _get_wrapped(config: SemanticConfig, image_encoder: nn.Module, decoder: UNETRDecoder,
+                 zero_init_adapters: bool = False) -> nn.Module:
     if config.ndim == 2:
         return SemanticSam2D(config, image_encoder, decoder)
-    return SemanticSam3D(config, ImageEncoder3D(image_encoder, config.adapter_bottleneck), decoder)
+    return SemanticSam3D(config, ImageEncoder3D(image_encoder, config.adapter_bottleneck, zero_init_adapters),
+                         decoder)
 
 
 def build_semantic_model(config: SemanticConfig) -> nn.Module:
@@ -154,7 +156,7 @@ def build_semantic_model(config: SemanticConfig) -> nn.Module:
 def get_semantic_model(sam: nn.Module, sam_config: SamConfig, n_classes: int, ndim: int = 2, *,
                        image_size: Optional[int] = None, decoder_state: Optional[Mapping[str, Any]] = None,
                        decoder_features: int = 64, patch_depth: int = 8, adapter_bottleneck: Optional[int] = None,
-                       fusion_channels: int = 64) -> nn.Module:
+                       fusion_channels: int = 64, zero_init_adapters: bool = False) -> nn.Module:
     """A semantic model on a pretrained SAM's encoder (copied: `sam` is not changed).
 
     Args:
@@ -167,6 +169,8 @@ def get_semantic_model(sam: nn.Module, sam_config: SamConfig, n_classes: int, nd
             layout (width, upsampler variant) wins over `decoder_features`. Its 2-class head is kept
             only for a 2D model with 2 classes; otherwise the head is new. None: decoder from scratch.
         decoder_features, patch_depth, adapter_bottleneck, fusion_channels: see `SemanticConfig`.
+        zero_init_adapters: 3D: start the adapters silent, so the encoder starts as the pretrained 2D
+            one (`adapters.py`); default random, as the paper.
     """
     if image_size is not None and image_size != sam_config.image_size:
         sam, sam_config = get_sam_at_size(sam, sam_config, image_size)
@@ -182,7 +186,7 @@ def get_semantic_model(sam: nn.Module, sam_config: SamConfig, n_classes: int, nd
     config = SemanticConfig(ndim=ndim, n_classes=n_classes, sam=sam_config, decoder_features=decoder_features,
                             use_conv_transpose=use_conv_transpose, adapter_bottleneck=adapter_bottleneck,
                             fusion_channels=fusion_channels, patch_depth=patch_depth)
-    return _get_wrapped(config, encoder, decoder).to(sam.image_encoder.pos_embed.device)
+    return _get_wrapped(config, encoder, decoder, zero_init_adapters).to(sam.image_encoder.pos_embed.device)
 
 
 def save_semantic_model(model: nn.Module, path: Union[str, Path]) -> Path:
