@@ -48,7 +48,7 @@ SIZE = 128  # tiny SAM input size for these tests
 
 
 def _get_micro_sam_decoder_state(conv_transpose: bool, in_channels: int = 256, features: int = 64,
-                                 out_channels: int = 2, seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
+                                 out_channels: int = 2, seed: int = 0) -> OrderedDict[str, torch.Tensor]:
     """A decoder state in micro-sam's key layout, written out from torch-em's UNETR module tree.
 
     torch-em: `deconvN = Deconv2DBlock(block = [upsampler, SingleConv2DBlock(block=Conv2d), BatchNorm2d,
@@ -109,7 +109,8 @@ def test_micro_sam_vit_b_decoder_loads_exactly(conv_transpose, tmp_path):
     assert out.shape == (1, 2, 32, 32) and torch.isfinite(out).all()
     # a new task keeps everything but the head
     decoder = get_unetr_decoder_from_state(vit_b.image_encoder, loaded, out_channels=5)
-    assert decoder.out_conv.out_channels == 5 and torch.equal(decoder.base.block[1].weight, state["base.block.1.weight"])
+    assert decoder.out_conv.out_channels == 5
+    assert torch.equal(decoder.base.block[1].weight, state["base.block.1.weight"])
 
 
 def test_decoder_channel_crop_quirk():
@@ -182,15 +183,15 @@ def test_2d_and_3d_shapes_and_gradients():
 def test_adapters_keep_sam_weights_and_computation():
     """The 3D encoder holds SAM's keys unchanged; with silent adapters it is SAM slice by slice."""
     sam = get_tiny_sam(config=get_tiny_config(SIZE))
-    encoder = ImageEncoder3D(build_sam(get_tiny_config(SIZE)).image_encoder)
+    encoder = ImageEncoder3D(build_sam(get_tiny_config(SIZE)).image_encoder, zero_init=True)
     missing, unexpected = encoder.load_state_dict(sam.image_encoder.state_dict(), strict=False)
     assert not unexpected and missing and all(".adapter" in key for key in missing)
-    for block in encoder.blocks:
-        torch.nn.init.zeros_(block.adapter1.up.weight)
-        torch.nn.init.zeros_(block.adapter2.up.weight)
     slices = torch.randn(4, 3, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(encoder(slices, depth=2), sam.image_encoder(slices))
+        random_adapters = ImageEncoder3D(build_sam(get_tiny_config(SIZE)).image_encoder)  # the paper's init
+        random_adapters.load_state_dict(sam.image_encoder.state_dict(), strict=False)
+        assert not torch.allclose(random_adapters(slices, depth=2), sam.image_encoder(slices))
 
 
 def test_resizing_to_the_same_size_is_the_identity():

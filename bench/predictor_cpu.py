@@ -4,8 +4,8 @@
 
 Times (1) embedding a slice and (2) a click-to-mask on a cached embedding, for both paths on the
 same model, slices and prompts, and prints ratios ours/official (target <= 1.0). Then propagates
-a real structure (nilearn white matter) with `single_point` prompts and counts encoder calls
-against the slices reached. Random weights: speed does not depend on them.
+a real structure (nilearn white matter) with `single_point` prompts over a limited range and counts
+encoder calls against the slices reached. Random weights: speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--arch", default="vit_b", choices=["vit_b", "tiny"])
     parser.add_argument("--slices", type=int, default=3)
     parser.add_argument("--clicks", type=int, default=20)
+    parser.add_argument("--propagate-slices", type=int, default=10,
+                        help="slices to each side of the seed in the propagation count (a vit_b slice costs seconds)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -78,7 +80,7 @@ def main() -> None:
     start = time.perf_counter()
     seed = predictor.predict_mask(0, seed_index, Prompts(points=get_center_point(wm[seed_index])[None],
                                                          labels=np.array([1])))
-    result = predictor.propagate(0, {seed_index: seed}, PropagationConfig(iou_threshold=0.0))
+    result = predictor.propagate(0, {seed_index: seed}, PropagationConfig(iou_threshold=0.0, max_slices=args.propagate_slices))
     propagation_s = time.perf_counter() - start
     reached = len(result.masks) + sum(v is not None for v in result.stopped_at.values())
 

@@ -208,18 +208,19 @@ def activation_checkpointing(image_encoder: nn.Module, enabled: bool) -> Iterato
 
 def build_semantic_decoder(sam: nn.Module, features: int,
                            decoder_state: Optional[Dict[str, Any]] = None) -> nn.Module:
-    """The e_sem segmentation decoder on `sam`'s encoder, with `decoder_state` when the model had one."""
-    from medicosam_training.unetr import get_unetr_decoder
+    """The e_sem segmentation decoder on `sam`'s encoder.
 
-    decoder = get_unetr_decoder(sam.image_encoder, out_channels=2, initial_features=features)
-    if decoder_state is not None:
-        try:
-            decoder.load_state_dict(decoder_state)
-        except RuntimeError as error:
-            raise TrainingError(f"the checkpoint's segmentation decoder does not fit this decoder "
-                                f"(decoder_features={features}): {str(error).splitlines()[0]} ...; "
-                                "set decoder_features to the saved width") from error
-    return decoder
+    With a `decoder_state` (a joint checkpoint, micro-sam's released decoder) the decoder takes that
+    state's layout (upsampler variant, widths) and weights; otherwise a new one `features` wide.
+    """
+    from medicosam_training.unetr import DecoderStateError, get_unetr_decoder, get_unetr_decoder_from_state
+
+    if decoder_state is None:
+        return get_unetr_decoder(sam.image_encoder, out_channels=2, initial_features=features)
+    try:
+        return get_unetr_decoder_from_state(sam.image_encoder, decoder_state, out_channels=2)
+    except DecoderStateError as error:
+        raise TrainingError(f"the checkpoint's segmentation decoder does not fit this model: {error}") from error
 
 
 def get_rng_states() -> Dict[str, Any]:

@@ -363,7 +363,7 @@ def write_report_semantic(rows: Sequence[Mapping[str, object]], output_dir: Path
     means = get_summary([{**e, "dice": e["mean"]} for e in summary], ("model", "dataset"))
     summary += [{"model": e["model"], "dataset": e["dataset"], "class": "mean", "mean": e["mean"], "std": e["std"],
                  "n": e["n"]} for e in means]
-    markdown = get_markdown_table(["model", "dataset", "class", "Dice", "std", "images"],
-                                  [[e["model"], e["dataset"], e["class"], e["mean"], e["std"], e["n"]] for e in summary])
+    body = [[e["model"], e["dataset"], e["class"], e["mean"], e["std"], e["n"]] for e in summary]
+    markdown = get_markdown_table(["model", "dataset", "class", "Dice", "std", "images"], body)
     return [write_table_csv(summary, output_dir / "summary_semantic.csv"),
             write_markdown(output_dir / "summary_semantic.md", [("Semantic segmentation", markdown)])]

@@ -65,7 +65,8 @@ class BaselineConfig:
             if self.features % 12:
                 problems.append(f"SwinUNETR's feature_size must be a multiple of 12, got {self.features}")
         elif self.image_size % 2 ** _UNET_LEVELS:
-            problems.append(f"the U-Net needs image_size to be a multiple of {2 ** _UNET_LEVELS}, got {self.image_size}")
+            problems.append(f"the U-Net needs image_size to be a multiple of {2 ** _UNET_LEVELS}, "
+                            f"got {self.image_size}")
         if problems:
             raise BaselineError("invalid baseline: " + "; ".join(problems))
 

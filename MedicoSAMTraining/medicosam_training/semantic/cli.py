@@ -36,6 +36,9 @@ def _add_train(subparsers) -> None:
                         help="model input size (default: SAM's own; the paper's 3D models use 512; baselines 256)")
     parser.add_argument("--patch-depth", type=int, help="slices per 3D patch (default 8; swin_unetr 32)")
     parser.add_argument("--decoder-features", type=int, default=64, help="new decoder's width (micro-sam: 64)")
+    parser.add_argument("--zero-init-adapters", action="store_true",
+                        help="3D: start the depth adapters silent, so the encoder starts as the 2D one "
+                             "(default: random, as the paper)")
     parser.add_argument("--baseline-features", type=int, default=24, help="baseline width (SwinUNETR: multiple of 12)")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0, help="slicing axis of volumes (KJI)")
     parser.add_argument("--iterations", type=int, default=5000, help="training steps (medico-sam: 50000)")
@@ -111,7 +114,7 @@ def _get_model(args: argparse.Namespace):
     decoder_state, decoder = _get_decoder_state(args.decoder, loaded, args.model, args.offline)
     model = get_semantic_model(loaded.sam, loaded.config, args.classes, args.ndim, image_size=args.image_size,
                                decoder_state=decoder_state, decoder_features=args.decoder_features,
-                               patch_depth=args.patch_depth or 8)
+                               patch_depth=args.patch_depth or 8, zero_init_adapters=args.zero_init_adapters)
     return model, f"{args.model} encoder with {decoder}"
 
 

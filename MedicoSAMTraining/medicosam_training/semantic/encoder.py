@@ -38,7 +38,10 @@ def get_resized_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def get_resized_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
-    """(L, C) relative-position table -> (length, C), linear as `segment_anything.get_rel_pos`; unchanged when L == length."""
+    """(L, C) relative-position table -> (length, C), linear like `segment_anything`'s `get_rel_pos`.
+
+    Unchanged when L == length.
+    """
     if rel_pos.shape[0] == length:
         return rel_pos
     resized = F.interpolate(rel_pos.float().T[None], size=length, mode="linear")

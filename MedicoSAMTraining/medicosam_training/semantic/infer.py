@@ -13,7 +13,7 @@ as in training (default: the core's "auto").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Union
 
 import numpy as np
 import torch

@@ -70,9 +70,11 @@ def _write_case(record: Record, images_dir: Path, labels_dir: Optional[Path], ca
         label_path = record.labels[0]
         labels = get_label_array(read_array(label_path), label_path)
         if labels.shape != volume.shape_kji:
-            raise NnUNetExportError(f"{label_path}: shape {labels.shape} differs from {record.image} {volume.shape_kji}")
+            raise NnUNetExportError(f"{label_path}: shape {labels.shape} differs from {record.image} "
+                                    f"{volume.shape_kji}")
         if labels.max(initial=0) >= n_classes:
-            raise NnUNetExportError(f"{label_path}: label id {labels.max()} but {n_classes} classes (0..{n_classes - 1})")
+            raise NnUNetExportError(f"{label_path}: label id {labels.max()} but {n_classes} classes "
+                                    f"(0..{n_classes - 1})")
         write_mask(labels, volume, labels_dir / f"{case}{FILE_ENDING}")
     return len(channels)
 

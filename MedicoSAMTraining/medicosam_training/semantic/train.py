@@ -149,8 +149,9 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
         train_set, val_set: `SemanticSliceDataset` (2D models) or `SemanticPatchDataset` (3D).
         config: the run's settings.
     """
-    from medicosam.device import get_device
     from tqdm import tqdm
+
+    from medicosam.device import get_device
 
     from .models import save_semantic_model
 
