@@ -42,7 +42,7 @@ def test_segment_writes_mask_on_the_input_grid(t1_path, tiny_checkpoint, tmp_pat
     # The point (R, A, S) = (0, -20, 10) lies on axial slice k where S = 10.
     k = int(round(image.TransformPhysicalPointToContinuousIndex((0.0, 20.0, 10.0))[2]))
     assert set(np.flatnonzero(array.any(axis=(1, 2)))) <= set(range(k - 2, k + 3))
-    assert "prompted on [%d]" % k in capsys.readouterr().out
+    assert f"prompted on [{k}]" in capsys.readouterr().out
 
 
 def test_segment_with_box_in_voxel_coordinates(t1_path, tiny_checkpoint, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from medicosam.errors import MedicoSAMError
 from medicosam.geometry import (
     ObliqueViewError,

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from pydicom.data import get_testdata_file
+
 from medicosam.errors import MedicoSAMError
 from medicosam.normalization import (
     PRESETS,
@@ -15,7 +17,6 @@ from medicosam.normalization import (
     get_intensity_window,
 )
 from medicosam_training.sample_data import get_itk_examples_dir, get_nilearn_icbm152
-from pydicom.data import get_testdata_file
 
 CT_SERIES = Path(get_testdata_file("CT_small.dcm", download=False)).parent / "dicomdirtests/98892001/CT5N"
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from scipy.spatial.distance import pdist
+
 from medicosam.errors import MedicoSAMError
 from medicosam.prompts import (
     CORRECTION_MODES,
@@ -17,8 +20,6 @@ from medicosam.prompts import (
     sample_correction_points,
     sample_point_in_mask,
 )
-from scipy import ndimage
-from scipy.spatial.distance import pdist
 
 
 def _rect(shape, rows, cols):

@@ -14,9 +14,10 @@ from typing import List, Tuple
 import numpy as np
 import pytest
 from conftest import largest_component
+from scipy import ndimage
+
 from medicosam.prompts import Prompts, derive_prompts_from_mask, get_extended_box
 from medicosam.propagation import PropagationConfig, PropagationError, StopReason, propagate_mask
-from scipy import ndimage
 
 _IN_PLANE = np.ones((3, 3), bool)
 

@@ -11,6 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.data import get_testdata_file
+
 from medicosam.errors import MedicoSAMError
 from medicosam.geometry import get_ijk_to_ras_from_sitk
 from medicosam.volume_io import (
@@ -22,7 +24,6 @@ from medicosam.volume_io import (
     write_mask,
 )
 from medicosam_training.sample_data import get_itk_examples_dir, get_nilearn_icbm152
-from pydicom.data import get_testdata_file
 
 PYDICOM_TEST_FILES = Path(get_testdata_file("CT_small.dcm", download=False)).parent
 CT_SERIES = PYDICOM_TEST_FILES / "dicomdirtests/98892001/CT5N"  # 5 axial CT slices, 2.5 mm apart

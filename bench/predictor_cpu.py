@@ -80,7 +80,8 @@ def main() -> None:
     start = time.perf_counter()
     seed = predictor.predict_mask(0, seed_index, Prompts(points=get_center_point(wm[seed_index])[None],
                                                          labels=np.array([1])))
-    result = predictor.propagate(0, {seed_index: seed}, PropagationConfig(iou_threshold=0.0, max_slices=args.propagate_slices))
+    config = PropagationConfig(iou_threshold=0.0, max_slices=args.propagate_slices)
+    result = predictor.propagate(0, {seed_index: seed}, config)
     propagation_s = time.perf_counter() - start
     reached = len(result.masks) + sum(v is not None for v in result.stopped_at.values())
 

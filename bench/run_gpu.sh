@@ -4,11 +4,14 @@
 #   on the CPU machine, once:  bash bench/prepare_gpu.sh
 #   on the device:             run(command="bash bench/run_gpu.sh", carry=[".bench_gpu"], timeout_s=540)
 # Each step has its own time limit, so one slow step cannot eat the others' time.
+# Smoke test anywhere: ARCH=tiny SLICES=20 bash bench/run_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench-results}"
 STAGE="$PWD/.bench_gpu"
 PYTHON="${PYTHON:-python3}"
+ARCH="${ARCH:-vit_b}"
+SLICES="${SLICES:-200}"
 mkdir -p "$OUT"
 [ -f "$STAGE/icbm152.npz" ] || { echo "missing $STAGE: run bash bench/prepare_gpu.sh first (and carry .bench_gpu)"; exit 2; }
 export PYTHONPATH="$STAGE/site:$PWD/MedicoSAMSlicer:$PWD/MedicoSAMTraining${PYTHONPATH:+:$PYTHONPATH}"
@@ -23,13 +26,13 @@ step() {  # step NAME LIMIT_S SCRIPT ARGS...: run one bench, keep going if it fa
 }
 
 {
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
     "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-    step encoder 200 bench/encoder.py --arch vit_b --batch-sizes 1 8 --repeat 20
-    step decoder 50 bench/decoder.py --arch vit_b --objects 8
-    step propagation 120 bench/propagation.py --arch vit_b --slices 200 --batch-size 8
+    step encoder 200 bench/encoder.py --arch "$ARCH" --batch-sizes 1 8 --repeat 20
+    step decoder 50 bench/decoder.py --arch "$ARCH" --objects 8
+    step propagation 120 bench/propagation.py --arch "$ARCH" --slices "$SLICES" --batch-size 8
     if [ -f bench/train_step.py ]; then
-        step train_step 90 bench/train_step.py
+        step train_step 90 bench/train_step.py --arch "$ARCH"
     fi
     echo "== done $(date +%T)"
 } 2>&1 | tee "$OUT/log.txt"

@@ -18,9 +18,16 @@ import contextlib
 
 import numpy as np
 import torch
+from common import (
+    get_bench_sam,
+    get_environment,
+    get_peak_memory_mib,
+    get_summary,
+    get_times,
+    reset_peak_memory,
+    write_report,
+)
 
-from common import get_bench_sam, get_environment, get_peak_memory_mib, get_summary, get_times
-from common import reset_peak_memory, write_report
 from medicosam.device import get_device
 from medicosam_training.objective import compute_objective, get_preset
 from medicosam_training.phantoms import make_phantom_2d

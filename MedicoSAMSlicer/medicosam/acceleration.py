@@ -94,14 +94,11 @@ _FAST_CLASSES = {EncoderAttention: FastEncoderAttention, DecoderAttention: FastD
 _OFFICIAL_CLASSES = {fast: official for official, fast in _FAST_CLASSES.items()}
 
 
-def _swap_classes(model: torch.nn.Module, mapping: dict) -> int:
-    swapped = 0
+def _swap_classes(model: torch.nn.Module, mapping: dict) -> None:
     for module in model.modules():
         new_class = mapping.get(type(module))
         if new_class is not None:
             module.__class__ = new_class
-            swapped += 1
-    return swapped
 
 
 def enable_fast_attention(model: torch.nn.Module) -> torch.nn.Module:
@@ -140,6 +137,7 @@ def compile_encoder(sam, mode: Optional[str] = None):
 
 
 def is_compiled(sam) -> bool:
+    """True when `sam.image_encoder` runs through `torch.compile` (see `compile_encoder`)."""
     return getattr(sam.image_encoder, "_compiled_call_impl", None) is not None
 
 
