@@ -32,11 +32,10 @@ class DemoConfig:
 
     out_dir: Path = Path("demo-output")
     preset: str = "medicosam"
-    minutes: float = 3.0
-    iterations: Optional[int] = None
+    iterations: int = 300
     batch_size: int = 4
     n_obj: int = 5
-    lr: float = 1e-3
+    lr: float = 3e-3
     image_size: int = 128
     n_phantoms: int = 48
     seed: int = 0
@@ -75,16 +74,25 @@ def get_ventricles(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray
     return labels == max(candidates)[1]
 
 
-def write_training_data(root: Path, volumes: Dict[str, object], n_phantoms: int, seed: int) -> Path:
-    """The 2D-folder layout: brain slices (GM = 1, WM = 2, components are the objects) and phantoms."""
+def get_tissue_labels(volumes: Dict[str, object]) -> np.ndarray:
+    """GM = 1, WM = 2, the rest of the brain (CSF, partial volume) = 3."""
+    rest = (volumes["t1"] > 0) & ~volumes["gm"] & ~volumes["wm"]
+    return (volumes["gm"] + 2 * volumes["wm"] + 3 * rest).astype(np.uint8)
+
+
+def write_training_data(root: Path, volumes: Dict[str, object], n_phantoms: int, seed: int,
+                        held_out: Optional[np.ndarray] = None) -> Path:
+    """The 2D-folder layout: every 2nd axial brain slice (tissue classes; their components are the
+    objects) and phantoms. Slices where `held_out` (K, J, I) has voxels are left out entirely."""
     import SimpleITK as sitk
 
     from .phantoms import write_phantom_dataset
 
     write_phantom_dataset(root, n_phantoms, size=128, n_objects=4, seed=seed)
-    labels = volumes["gm"].astype(np.uint8) + 2 * volumes["wm"].astype(np.uint8)
+    labels = get_tissue_labels(volumes)
+    skip = held_out.any(axis=(1, 2)) if held_out is not None else np.zeros(len(labels), bool)
     for k in range(0, labels.shape[0], 2):
-        if labels[k].any():
+        if labels[k].any() and not skip[k]:
             stem = f"mr_t1--icbm152--axial{k:03d}"
             sitk.WriteImage(sitk.GetImageFromArray(volumes["t1"][k]), str(root / "images" / f"{stem}.png"))
             sitk.WriteImage(sitk.GetImageFromArray(labels[k]), str(root / "labels" / f"{stem}.png"))
@@ -148,7 +156,7 @@ def run_demo(config: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     volumes = get_brain_volumes()
     target = volumes["ventricles"]
-    data_dir = write_training_data(out / "training-data", volumes, config.n_phantoms, config.seed)
+    data_dir = write_training_data(out / "training-data", volumes, config.n_phantoms, config.seed, held_out=target)
     image_size = config.image_size
     dataset = FolderDataset2D(data_dir / "images", data_dir / "labels", image_size=image_size,
                               n_obj=config.n_obj, min_size=25, label_mode="semantic", seed=config.seed)
@@ -158,8 +166,8 @@ def run_demo(config: DemoConfig) -> dict:
     untrained = export_sam(sam, out / "untrained.pt")
     objective = get_preset(config.preset)
     train_config = TrainConfig(objective=objective, lr=config.lr, batch_size=config.batch_size,
-                               iterations=config.iterations or 10**9, epochs=None, out_dir=out / "run",
-                               seed=config.seed, decoder_features=8, time_limit_s=60 * config.minutes)
+                               iterations=config.iterations, out_dir=out / "run", seed=config.seed,
+                               decoder_features=8)
     result = train(sam, dataset, None, train_config)
     checkpoint = export_sam(sam, out / "medicosam_tiny.pt")
 

@@ -79,8 +79,6 @@ class TrainConfig:
             saved; the stop limits are this config's).
         decoder_features: width of the segmentation decoder (e_sem); 64 is micro-sam's.
         progress: show a tqdm bar (rank 0).
-        time_limit_s: stop (and save, and export) after this many seconds of training; single-process
-            runs only (the demo and the tests train "for two minutes").
     """
 
     objective: ObjectiveConfig = dataclasses.field(default_factory=lambda: get_preset("medicosam"))
@@ -103,7 +101,6 @@ class TrainConfig:
     resume: bool = False
     decoder_features: int = 64
     progress: bool = True
-    time_limit_s: Optional[float] = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -493,9 +490,6 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
                             f"is smaller than one batch of {config.batch_size}: lower the batch size")
     epochs = config.epochs if config.epochs is not None else (math.inf if config.iterations else 1)
     total = min(config.iterations or math.inf, epochs * per_epoch)
-    if config.time_limit_s is not None and dist.world_size > 1:
-        raise TrainingError("time_limit_s works in single-process runs only: ranks would stop at different "
-                            "iterations; give --iterations under torchrun")
     writer = _get_writer(out_dir) if dist.is_main else None
     progress = _get_progress(total, run.iteration, config.progress and dist.is_main)
     started = time.monotonic()
@@ -516,8 +510,6 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
                 progress.set_postfix(loss=f"{float(output.loss.detach()):.4f}", dice=f"{float(output.dice):.3f}")
                 if writer is not None and run.iteration % config.log_every == 0:
                     _log_step(writer, run, output)
-                if config.time_limit_s is not None and time.monotonic() - started >= config.time_limit_s:
-                    total = run.iteration
                 if run.iteration >= total:
                     break
                 if run.iteration % config.save_every == 0:
