@@ -30,7 +30,7 @@ def test_demo_trains_exports_and_segments_in_3d(tmp_path):
     assert summary["iterations"] == 300
     assert 0.0 <= summary["dice_trained"] <= 1.0 and 0.0 <= summary["dice_untrained"] <= 1.0
 
-    mask = sitk.ReadImage(str(out / "ventricles_mask.nii.gz"))
+    mask = sitk.ReadImage(str(out / "white_matter_mask.nii.gz"))
     image = sitk.ReadImage(str(out / "icbm152_t1_2mm.nii.gz"))
     assert mask.GetSize() == image.GetSize() and mask.GetSpacing() == image.GetSpacing()
     assert sitk.GetArrayFromImage(mask).any()

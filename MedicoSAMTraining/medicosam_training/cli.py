@@ -125,6 +125,9 @@ def _add_demo(subparsers) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), default=defaults.preset, help="training objective")
     parser.add_argument("--iterations", type=int, default=defaults.iterations, help="training iterations")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--compare-presets", action="store_true",
+                        help="instead: train medsam, simpleft and medicosam on the same data and budget and "
+                             "compare them with the paper's 2D protocol (CSV, summary, plots)")
     parser.set_defaults(func=_run_demo)
 
 
@@ -132,9 +135,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .demo import DemoConfig, run_demo
+    from .demo import DemoConfig, run_compare_presets, run_demo
 
-    summary = run_demo(DemoConfig(out_dir=Path(args.out), preset=args.preset, iterations=args.iterations,
-                                  seed=args.seed))
+    config = DemoConfig(out_dir=Path(args.out), preset=args.preset, iterations=args.iterations, seed=args.seed)
+    if args.compare_presets:
+        print(json.dumps(run_compare_presets(config), indent=2))
+        return 0
+    summary = run_demo(config)
     print(json.dumps({k: v for k, v in summary.items() if k != "details"}, indent=2))
     return 0

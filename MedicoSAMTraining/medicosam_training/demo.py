@@ -4,9 +4,9 @@
    components as objects, plus procedural CT/MR/US phantoms (`phantoms.py`).
 2. Train a tiny SAM (256 px, real `segment_anything` classes) with the `medicosam` preset.
 3. Export it as a plain SAM checkpoint and load it back through the core, as any user would.
-4. Segment a structure the model never trained on, the lateral ventricles, in 3D: one point on
-   its central slice, then propagation through the volume; the same `VolumePredictor` path the
-   Slicer effect and `medicosam segment` use.
+4. Segment a held-out structure in 3D: the white matter of a slab of 20 axial slices (40 mm) that
+   training never saw, from one point on the slab's central slice, then propagation limited to the
+   slab; the same `VolumePredictor` path the Slicer effect and `medicosam segment` use.
 5. Write the mask (NIfTI on the volume's grid), a PNG overlay and a summary with Dice.
 
 The template is a population average (smoother than a scan), and a tiny model trained for minutes
@@ -19,7 +19,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -42,10 +42,7 @@ class DemoConfig:
 
 
 def get_brain_volumes(spacing: int = DEMO_SPACING_MM) -> Dict[str, object]:
-    """ICBM152 T1, tissue labels and the ventricles at `spacing` mm (a SimpleITK image keeps the grid).
-
-    The ventricles are found at 1 mm, where they do not yet merge with the CSF around the brain.
-    """
+    """ICBM152 T1 and tissue labels at `spacing` mm (a SimpleITK image keeps the grid)."""
     import SimpleITK as sitk
 
     from .sample_data import get_nilearn_icbm152
@@ -53,25 +50,22 @@ def get_brain_volumes(spacing: int = DEMO_SPACING_MM) -> Dict[str, object]:
     images = {kind: sitk.ReadImage(str(get_nilearn_icbm152(kind))) for kind in ("t1", "gm", "wm")}
     shrunk = {kind: image[::spacing, ::spacing, ::spacing] for kind, image in images.items()}
     arrays = {kind: sitk.GetArrayFromImage(image) for kind, image in shrunk.items()}
-    full = {kind: sitk.GetArrayFromImage(image) for kind, image in images.items()}
-    ventricles = get_ventricles(full["t1"], full["gm"] > 127, full["wm"] > 127)
     gm, wm = arrays["gm"] > 127, arrays["wm"] > 127
-    return {"image": shrunk["t1"], "t1": arrays["t1"], "gm": gm, "wm": wm & ~gm,
-            "ventricles": ventricles[::spacing, ::spacing, ::spacing]}
+    return {"image": shrunk["t1"], "t1": arrays["t1"], "gm": gm, "wm": wm & ~gm}
 
 
-def get_ventricles(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
-    """The lateral ventricles: the largest non-tissue region inside the brain that does not touch its surface."""
+def get_held_out_target(volumes: Dict[str, object], half_width: int = 10) -> Tuple[np.ndarray, int]:
+    """The largest white-matter component inside the slab of 2 * `half_width` axial slices centred
+    on the slice with the most white matter, and that central slice."""
     from scipy import ndimage
 
-    brain = t1 > 0
-    rest = brain & ~gm & ~wm
-    near_surface = ndimage.binary_dilation(~brain, iterations=2)
-    labels, n = ndimage.label(rest)
-    touching = set(np.unique(labels[near_surface & rest]))
-    sizes = ndimage.sum(rest, labels, range(1, n + 1))
-    candidates = [(size, i + 1) for i, size in enumerate(sizes) if (i + 1) not in touching]
-    return labels == max(candidates)[1]
+    wm = volumes["wm"]
+    central = int(np.argmax(wm.sum(axis=(1, 2))))
+    slab = np.zeros_like(wm)
+    slab[central - half_width: central + half_width] = wm[central - half_width: central + half_width]
+    labels, n = ndimage.label(slab)
+    sizes = ndimage.sum(slab, labels, range(1, n + 1))
+    return labels == int(np.argmax(sizes)) + 1, central
 
 
 def get_tissue_labels(volumes: Dict[str, object]) -> np.ndarray:
@@ -99,22 +93,22 @@ def write_training_data(root: Path, volumes: Dict[str, object], n_phantoms: int,
     return root
 
 
-def segment_ventricles(loaded, volumes: Dict[str, object], target: np.ndarray):
-    """One point on the central slice of the target, then propagation (the Slicer effect's path)."""
+def segment_from_one_point(loaded, volume: np.ndarray, target: np.ndarray, central: int, half_width: int):
+    """One point at the target's centre on the central slice, then propagation limited to the slab:
+    the path the Slicer effect takes for a click and "Propagate N slices"."""
     from medicosam.predictor import VolumePredictor
     from medicosam.prompts import Prompts, get_center_point
     from medicosam.propagation import PropagationConfig
 
-    predictor = VolumePredictor.from_loaded(loaded, volumes["t1"])
-    slices = np.flatnonzero(target.any(axis=(1, 2)))
-    central = int(slices[len(slices) // 2])
+    predictor = VolumePredictor.from_loaded(loaded, volume)
     point = get_center_point(target[central])
     seed = predictor.predict_mask(0, central, Prompts(points=point[None], labels=np.array([1])))
-    result = predictor.propagate(0, {central: seed}, PropagationConfig(mode="single_point", iou_threshold=0.5))
+    config = PropagationConfig(mode="single_point", iou_threshold=0.5, max_slices=half_width)
     mask = np.zeros(target.shape, dtype=bool)
-    for index, slice_mask in result.masks.items():
-        mask[index] = slice_mask
-    return mask, central, point, predictor.encoder_calls
+    for index, slice_mask in predictor.propagate(0, {central: seed}, config).masks.items():
+        if central - half_width <= index < central + half_width:
+            mask[index] = slice_mask
+    return mask, point, predictor.encoder_calls
 
 
 def write_overlay(path: Path, t1: np.ndarray, target: np.ndarray, mask: np.ndarray, index: int, point) -> None:
@@ -155,7 +149,8 @@ def run_demo(config: DemoConfig) -> dict:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     volumes = get_brain_volumes()
-    target = volumes["ventricles"]
+    half_width = 10
+    target, central = get_held_out_target(volumes, half_width)
     data_dir = write_training_data(out / "training-data", volumes, config.n_phantoms, config.seed, held_out=target)
     image_size = config.image_size
     dataset = FolderDataset2D(data_dir / "images", data_dir / "labels", image_size=image_size,
@@ -177,19 +172,82 @@ def run_demo(config: DemoConfig) -> dict:
     scores = {}
     for name, path in (("untrained", untrained), ("trained", checkpoint)):
         loaded = load_sam(path, allow_custom=True)
-        mask, central, point, encoder_calls = segment_ventricles(loaded, volumes, target)
+        mask, point, encoder_calls = segment_from_one_point(loaded, volumes["t1"], target, central, half_width)
         scores[name] = {"dice": get_dice(mask, target), "slices": int(mask.any(axis=(1, 2)).sum()),
                         "encoder_calls": encoder_calls}
         if name == "trained":
-            write_mask(mask.astype(np.uint8), volume, out / "ventricles_mask.nii.gz")
-            write_overlay(out / "ventricles_overlay.png", volumes["t1"], target, mask, central, point)
+            write_mask(mask.astype(np.uint8), volume, out / "white_matter_mask.nii.gz")
+            write_overlay(out / "white_matter_overlay.png", volumes["t1"], target, mask, central, point)
     summary = {
         "preset": config.preset, "iterations": result.iteration, "training_seconds": round(result.seconds, 1),
-        "training_images": len(dataset), "held_out_structure": "lateral ventricles (never a training object)",
-        "reference_slices": int(target.any(axis=(1, 2)).sum()), "prompt": "1 positive point, central slice",
+        "training_images": len(dataset),
+        "held_out_structure": f"white matter of axial slices {central - half_width}..{central + half_width - 1} "
+                              "(2 mm), never seen in training",
+        "reference_slices": int(target.any(axis=(1, 2)).sum()),
+        "prompt": "1 positive point on the central slice, propagation limited to the slab",
         "dice_trained": round(scores["trained"]["dice"], 3), "dice_untrained": round(scores["untrained"]["dice"], 3),
         "details": scores, "total_seconds": round(time.time() - start, 1),
-        "outputs": ["medicosam_tiny.pt", "ventricles_mask.nii.gz", "ventricles_overlay.png", "summary.json"],
+        "outputs": ["medicosam_tiny.pt", "white_matter_mask.nii.gz", "white_matter_overlay.png", "summary.json"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+#: The paper's central comparison (section 2.2): same data, same budget, three objectives.
+COMPARED_PRESETS = ("medsam", "simpleft", "medicosam")
+
+
+def get_coronal_samples(volumes: Dict[str, object], step: int = 6) -> list:
+    """Held-out evaluation images: coronal slices (training saw axial ones) with GM = 1, WM = 2."""
+    from .evaluation.data import LabeledImage
+
+    labels = get_tissue_labels(volumes)
+    labels[labels == 3] = 0
+    first, last = np.flatnonzero(labels.any(axis=(0, 2)))[[0, -1]]
+    return [LabeledImage(f"coronal{j:03d}", volumes["t1"][:, j, :], labels[:, j, :])
+            for j in range(int(first) + step, int(last) - step + 1, step)]
+
+
+def run_compare_presets(config: DemoConfig, n_corrections: int = 7) -> dict:
+    """Train one tiny SAM per preset (same data, initial weights and iterations), evaluate all three
+    with the paper's 2D protocol on held-out coronal slices, and write CSV, summary and plots."""
+    import torch
+
+    from medicosam.models.config import build_sam, get_tiny_config
+
+    from .data import FolderDataset2D
+    from .evaluation.interactive_2d import FIELDS_2D, Interactive2DConfig, evaluate_interactive_2d
+    from .evaluation.reports import write_report_2d, write_table_csv
+    from .objective import get_preset
+    from .trainer import TrainConfig, train
+
+    start = time.time()
+    out = Path(config.out_dir)
+    volumes = get_brain_volumes()
+    data_dir = write_training_data(out / "training-data", volumes, config.n_phantoms, config.seed)
+    dataset = FolderDataset2D(data_dir / "images", data_dir / "labels", image_size=config.image_size,
+                              n_obj=config.n_obj, min_size=25, label_mode="semantic", seed=config.seed)
+    samples = get_coronal_samples(volumes)
+    protocol = Interactive2DConfig(n_corrections=n_corrections, seed=config.seed)
+    rows, seconds = [], {}
+    for preset in ("untrained",) + COMPARED_PRESETS:
+        torch.manual_seed(config.seed)
+        sam = build_sam(get_tiny_config(image_size=config.image_size))
+        if preset != "untrained":
+            result = train(sam, dataset, None, TrainConfig(
+                objective=get_preset(preset), lr=config.lr, batch_size=config.batch_size,
+                iterations=config.iterations, out_dir=out / f"run-{preset}", seed=config.seed, decoder_features=8))
+            seconds[preset] = round(result.seconds, 1)
+        run = evaluate_interactive_2d(sam.eval(), samples, protocol, model=preset, dataset="icbm152-coronal")
+        rows += run.rows
+    write_table_csv([{field: row[field] for field in FIELDS_2D} for row in rows], out / "results_2d.csv")
+    write_report_2d(rows, out)
+    final = {}
+    for row in rows:
+        if int(row["iteration"]) in (0, n_corrections):
+            final.setdefault((row["model"], row["start"], int(row["iteration"])), []).append(float(row["dice"]))
+    table = {f"{model} {start} it{it}": round(float(np.mean(v)), 3) for (model, start, it), v in final.items()}
+    summary = {"iterations": config.iterations, "training_seconds": seconds, "mean_dice": table,
+               "evaluation_images": len(samples), "total_seconds": round(time.time() - start, 1)}
+    (out / "compare_presets.json").write_text(json.dumps(summary, indent=2))
     return summary
