@@ -4,7 +4,7 @@
    components as objects, plus procedural CT/MR/US phantoms (`phantoms.py`).
 2. Train a tiny SAM (256 px, real `segment_anything` classes) with the `medicosam` preset.
 3. Export it as a plain SAM checkpoint and load it back through the core, as any user would.
-4. Segment a held-out structure in 3D: the white matter of a slab of 20 axial slices (40 mm) that
+4. Segment a held-out structure in 3D: one hemisphere's white matter in a slab of 20 axial slices (40 mm) that
    training never saw, from one point on the slab's central slice, then propagation limited to the
    slab; the same `VolumePredictor` path the Slicer effect and `medicosam segment` use.
 5. Write the mask (NIfTI on the volume's grid), a PNG overlay and a summary with Dice.
@@ -55,14 +55,19 @@ def get_brain_volumes(spacing: int = DEMO_SPACING_MM) -> Dict[str, object]:
 
 
 def get_held_out_target(volumes: Dict[str, object], half_width: int = 10) -> Tuple[np.ndarray, int]:
-    """The largest white-matter component inside the slab of 2 * `half_width` axial slices centred
-    on the slice with the most white matter, and that central slice."""
+    """One hemisphere's white matter inside the slab of 2 * `half_width` axial slices centred on the
+    slice with the most white matter (its largest component), and that central slice.
+
+    One hemisphere, because the hemispheres' white matter is separate on most axial slices: one
+    click cannot be expected to select both.
+    """
     from scipy import ndimage
 
     wm = volumes["wm"]
     central = int(np.argmax(wm.sum(axis=(1, 2))))
     slab = np.zeros_like(wm)
-    slab[central - half_width: central + half_width] = wm[central - half_width: central + half_width]
+    rows = slice(central - half_width, central + half_width)
+    slab[rows, :, : wm.shape[2] // 2] = wm[rows, :, : wm.shape[2] // 2]
     labels, n = ndimage.label(slab)
     sizes = ndimage.sum(slab, labels, range(1, n + 1))
     return labels == int(np.argmax(sizes)) + 1, central
@@ -181,8 +186,8 @@ def run_demo(config: DemoConfig) -> dict:
     summary = {
         "preset": config.preset, "iterations": result.iteration, "training_seconds": round(result.seconds, 1),
         "training_images": len(dataset),
-        "held_out_structure": f"white matter of axial slices {central - half_width}..{central + half_width - 1} "
-                              "(2 mm), never seen in training",
+        "held_out_structure": f"one hemisphere's white matter in axial slices {central - half_width}.."
+                              f"{central + half_width - 1} (2 mm), never seen in training",
         "reference_slices": int(target.any(axis=(1, 2)).sum()),
         "prompt": "1 positive point on the central slice, propagation limited to the slab",
         "dice_trained": round(scores["trained"]["dice"], 3), "dice_untrained": round(scores["untrained"]["dice"], 3),
