@@ -26,6 +26,22 @@ ARCHS = ("vit_b", "vit_l", "vit_h", "tiny")
 VOLUME_ENV = "MEDICOSAM_BENCH_VOLUME"
 
 
+def add_common_arguments(parser) -> None:
+    """--device, --threads and --json, which every benchmark takes."""
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="also write the report here")
+
+
+def get_bench_device(args) -> torch.device:
+    """The device of `add_common_arguments`' options, after setting the CPU thread count."""
+    from medicosam.device import get_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return get_device(args.device)
+
+
 def get_device_name(device: torch.device) -> str:
     """GPU name, or the CPU model name from /proc/cpuinfo (what `lscpu` prints)."""
     if device.type == "cuda":

@@ -16,11 +16,20 @@ import copy
 
 import numpy as np
 import torch
-from common import get_bench_sam, get_environment, get_iou, get_summary, get_times, load_icbm152, write_report
+from common import (
+    add_common_arguments,
+    get_bench_device,
+    get_bench_sam,
+    get_environment,
+    get_iou,
+    get_summary,
+    get_times,
+    load_icbm152,
+    write_report,
+)
 from segment_anything import SamPredictor
 
 from medicosam.acceleration import AccelerationConfig
-from medicosam.device import get_device
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts
 
@@ -35,16 +44,12 @@ def get_points(mask: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--objects", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=None, help="timed calls (default: 50 GPU, 10 CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None)
+    add_common_arguments(parser)
     args = parser.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = get_device(args.device)
+    device = get_bench_device(args)
     repeat = args.repeat or (50 if device.type == "cuda" else 10)
     data = load_icbm152()
     index = int(np.argmax(data["wm"].sum(axis=(1, 2))))

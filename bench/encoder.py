@@ -16,6 +16,8 @@ import argparse
 import numpy as np
 import torch
 from common import (
+    add_common_arguments,
+    get_bench_device,
     get_bench_sam,
     get_cosine,
     get_environment,
@@ -30,7 +32,6 @@ from common import (
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from medicosam.acceleration import AccelerationConfig, disable_fast_path, enable_fast_path, get_autocast
-from medicosam.device import get_device
 from medicosam.normalization import get_intensity_window
 
 VARIANTS = {
@@ -80,19 +81,15 @@ def run_variant(sam, name: str, inputs: torch.Tensor, device: torch.device, repe
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 8 (GPU), 1 (CPU)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                         help=f"default: all on GPU, {' '.join(CPU_VARIANTS)} on CPU")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls (default: 20 GPU, 1 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 3 GPU, 1 CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None)
+    add_common_arguments(parser)
     args = parser.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = get_device(args.device)
+    device = get_bench_device(args)
     gpu = device.type == "cuda"
     batch_sizes = args.batch_sizes or ([1, 8] if gpu else [1])
     variants = args.variants or (GPU_VARIANTS if gpu else CPU_VARIANTS)

@@ -25,11 +25,19 @@ import time
 
 import numpy as np
 import torch
-from common import get_bench_sam, get_environment, get_iou, load_icbm152, synchronize, write_report
+from common import (
+    add_common_arguments,
+    get_bench_device,
+    get_bench_sam,
+    get_environment,
+    get_iou,
+    load_icbm152,
+    synchronize,
+    write_report,
+)
 from segment_anything import SamPredictor
 
 from medicosam.acceleration import AccelerationConfig
-from medicosam.device import get_device
 from medicosam.embedding_cache import EmbeddingCache
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts, get_center_point
@@ -117,18 +125,14 @@ def run_propagation(paths: dict, seed_index: int, seed: np.ndarray, n_slices: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--slices", type=int, default=200, help="slices of workload 1 (the volume has 233)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per encoder call (ours_fast)")
     parser.add_argument("--max-slices", type=int, default=None, help="propagation range per side (default: all)")
     parser.add_argument("--skip-propagation", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None)
+    add_common_arguments(parser)
     args = parser.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = get_device(args.device)
+    device = get_bench_device(args)
     data = load_icbm152()
     volume, wm = data["t1"], data["wm"]
     n_total = volume.shape[AXIS]

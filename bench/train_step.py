@@ -19,6 +19,8 @@ import contextlib
 import numpy as np
 import torch
 from common import (
+    add_common_arguments,
+    get_bench_device,
     get_bench_sam,
     get_environment,
     get_peak_memory_mib,
@@ -28,7 +30,6 @@ from common import (
     write_report,
 )
 
-from medicosam.device import get_device
 from medicosam_training.objective import compute_objective, get_preset
 from medicosam_training.phantoms import make_phantom_2d
 from medicosam_training.trainer import activation_checkpointing
@@ -51,15 +52,14 @@ def get_batch(batch: int, objects: int, size: int, device: torch.device):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit_b")
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=None, help="default: 7 on CUDA, 1 on the CPU")
     parser.add_argument("--objects", type=int, default=5)
     parser.add_argument("--size", type=int, default=None, help="default: the model's image size")
     parser.add_argument("--repeat", type=int, default=None, help="timed steps (default: 10 on CUDA, 1 on CPU)")
-    parser.add_argument("--json", default=None)
+    add_common_arguments(parser)
     args = parser.parse_args()
 
-    device = get_device(args.device)
+    device = get_bench_device(args)
     cuda = device.type == "cuda"
     batch = args.batch or (7 if cuda else 1)
     repeat = args.repeat or (10 if cuda else 1)
