@@ -9,7 +9,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import numpy as np
 import pytest
 
 
@@ -34,16 +33,6 @@ def icbm152():
     arrays = {kind: sitk.GetArrayFromImage(sitk.ReadImage(str(get_nilearn_icbm152(kind))))[::2, ::2, ::2]
               for kind in ("t1", "gm", "wm")}
     return {"t1": arrays["t1"], "gm": arrays["gm"] > 127, "wm": arrays["wm"] > 127}
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask.astype(bool)
-    sizes = ndimage.sum(mask, labels, range(1, n + 1))
-    return labels == (int(np.argmax(sizes)) + 1)
 
 
 @pytest.fixture(scope="session")

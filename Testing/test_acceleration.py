@@ -9,7 +9,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import largest_component
 from segment_anything.modeling.image_encoder import Attention as EncoderAttention
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 
@@ -33,6 +32,7 @@ from medicosam.errors import MedicoSAMError
 from medicosam.models.config import SamConfig, build_sam, get_tiny_config
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts, get_center_point
+from medicosam.prompts import get_largest_component as largest_component
 from medicosam.propagation import PropagationConfig
 
 #: ViT-b's block (768 dims, 12 heads of 64, window 14) on a 256 px input: the 16 x 16 grid pads to

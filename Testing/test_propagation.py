@@ -13,10 +13,10 @@ from typing import List, Tuple
 
 import numpy as np
 import pytest
-from conftest import largest_component
 from scipy import ndimage
 
 from medicosam.prompts import Prompts, derive_prompts_from_mask, get_extended_box
+from medicosam.prompts import get_largest_component as largest_component
 from medicosam.propagation import PropagationConfig, PropagationError, StopReason, propagate_mask
 
 _IN_PLANE = np.ones((3, 3), bool)

@@ -132,11 +132,6 @@ def get_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
 
 
-def get_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
-
-
 def write_report(report: dict, path: Optional[str]) -> None:
     """Print the report as JSON and write it to `path` when given."""
     text = json.dumps(report, indent=2)

@@ -17,11 +17,11 @@ import copy
 import numpy as np
 import torch
 from common import (
+    ARCHS,
     add_common_arguments,
     get_bench_device,
     get_bench_sam,
     get_environment,
-    get_iou,
     get_summary,
     get_times,
     load_icbm152,
@@ -32,6 +32,7 @@ from segment_anything import SamPredictor
 from medicosam.acceleration import AccelerationConfig
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts
+from medicosam.propagation import get_iou
 
 
 def get_points(mask: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -43,7 +44,7 @@ def get_points(mask: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
+    parser.add_argument("--arch", default="vit_b", choices=ARCHS)
     parser.add_argument("--objects", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=None, help="timed calls (default: 50 GPU, 10 CPU)")
     add_common_arguments(parser)

@@ -16,6 +16,7 @@ import argparse
 import numpy as np
 import torch
 from common import (
+    ARCHS,
     add_common_arguments,
     get_bench_device,
     get_bench_sam,
@@ -80,7 +81,7 @@ def run_variant(sam, name: str, inputs: torch.Tensor, device: torch.device, repe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
+    parser.add_argument("--arch", default="vit_b", choices=ARCHS)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 8 (GPU), 1 (CPU)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                         help=f"default: all on GPU, {' '.join(CPU_VARIANTS)} on CPU")

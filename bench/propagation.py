@@ -26,11 +26,11 @@ import time
 import numpy as np
 import torch
 from common import (
+    ARCHS,
     add_common_arguments,
     get_bench_device,
     get_bench_sam,
     get_environment,
-    get_iou,
     load_icbm152,
     synchronize,
     write_report,
@@ -41,7 +41,7 @@ from medicosam.acceleration import AccelerationConfig
 from medicosam.embedding_cache import EmbeddingCache
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts, get_center_point
-from medicosam.propagation import PropagationConfig, propagate_mask
+from medicosam.propagation import PropagationConfig, get_iou, propagate_mask
 
 AXIS = 1
 
@@ -124,7 +124,7 @@ def run_propagation(paths: dict, seed_index: int, seed: np.ndarray, n_slices: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
+    parser.add_argument("--arch", default="vit_b", choices=ARCHS)
     parser.add_argument("--slices", type=int, default=200, help="slices of workload 1 (the volume has 233)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per encoder call (ours_fast)")
     parser.add_argument("--max-slices", type=int, default=None, help="propagation range per side (default: all)")

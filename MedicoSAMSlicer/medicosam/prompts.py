@@ -165,16 +165,23 @@ def get_extended_box(mask: np.ndarray, extension: float = 0.0) -> np.ndarray:
     return np.round(box).astype(np.float32)
 
 
-def _get_largest_component(region: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(region, structure=np.ones((3, 3), bool))
+def get_largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
+    """The largest connected piece of a 2D / 3D mask (empty for an empty mask).
+
+    `connectivity` as `scipy.ndimage.generate_binary_structure`: 1 = face neighbours, `mask.ndim`
+    = also diagonal ones. Of equal sizes, the first in raster order wins, so the result is reproducible.
+    """
+    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, connectivity))
+    if n == 0:
+        return labels > 0
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    return labels == int(np.argmax(sizes)) + 1  # argmax: the first (row-major) of equal sizes
+    return labels == int(np.argmax(sizes)) + 1
 
 
 def _sample_click(region: np.ndarray, rng: np.random.Generator, mode: str) -> np.ndarray:
     if mode == "random":
         return sample_point_in_mask(region, rng)
-    return get_center_point(_get_largest_component(region))
+    return get_center_point(get_largest_component(region, connectivity=2))
 
 
 def _get_bbox_ring(target: np.ndarray, margin: int) -> np.ndarray:

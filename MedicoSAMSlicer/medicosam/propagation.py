@@ -127,7 +127,7 @@ class _Run:
                 return index, StopReason.CANCELLED
             if not mask.any():
                 reason = StopReason.EMPTY
-            elif threshold is not None and _get_iou(previous, mask) < threshold:
+            elif threshold is not None and get_iou(previous, mask) < threshold:
                 reason = StopReason.LOW_IOU
             else:
                 index += step
@@ -138,7 +138,8 @@ class _Run:
         return index, None
 
 
-def _get_iou(a: np.ndarray, b: np.ndarray) -> float:
+def get_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks; 1.0 when both are empty (they agree)."""
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 1.0
 

@@ -61,16 +61,14 @@ def get_held_out_target(volumes: Dict[str, object], half_width: int = 10) -> Tup
     One hemisphere, because the hemispheres' white matter is separate on most axial slices: one
     click cannot be expected to select both.
     """
-    from scipy import ndimage
+    from medicosam.prompts import get_largest_component
 
     wm = volumes["wm"]
     central = int(np.argmax(wm.sum(axis=(1, 2))))
     slab = np.zeros_like(wm)
     rows = slice(central - half_width, central + half_width)
     slab[rows, :, : wm.shape[2] // 2] = wm[rows, :, : wm.shape[2] // 2]
-    labels, n = ndimage.label(slab)
-    sizes = ndimage.sum(slab, labels, range(1, n + 1))
-    return labels == int(np.argmax(sizes)) + 1, central
+    return get_largest_component(slab), central
 
 
 def get_tissue_labels(volumes: Dict[str, object]) -> np.ndarray:

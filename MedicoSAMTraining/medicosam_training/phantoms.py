@@ -17,6 +17,8 @@ from typing import Sequence, Tuple, Union
 
 import numpy as np
 
+from medicosam.prompts import get_largest_component
+
 MODALITIES = ("ct", "mr", "us")
 Shape = Union[int, Sequence[int]]
 
@@ -110,23 +112,14 @@ def _draw_objects(shape: Tuple[int, ...], body: np.ndarray, roughness: np.ndarra
                                       indexing="ij"))
         is_blob = n_drawn % 2 == 0
         threshold = 1 + 0.35 * np.clip(roughness[box], -2, 2) if is_blob else 1.0
-        obj = _get_largest_component(_get_distance(coords, center, radii, rotation) < threshold)
+        # a rough threshold can split a blob: keep one piece so every object is connected
+        obj = get_largest_component(_get_distance(coords, center, radii, rotation) < threshold)
         too_small = obj.sum() < 0.5 * np.prod(radii) * (np.pi if ndim == 2 else 4)
         if too_small or np.any(obj & ~body[box]) or np.any(obj & (instances[box] > 0)):
             continue
         n_drawn += 1
         instances[box][obj] = n_drawn
     return instances
-
-
-def _get_largest_component(mask: np.ndarray) -> np.ndarray:
-    """A rough threshold can split a blob; keep one piece so every object is connected."""
-    from scipy import ndimage
-
-    components, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
 
 
 def _get_distance(coords: np.ndarray, center: np.ndarray, radii: np.ndarray,

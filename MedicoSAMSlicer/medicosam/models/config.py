@@ -12,9 +12,6 @@ import re
 from functools import partial
 from typing import Dict, Mapping, Tuple
 
-#: The input size `segment_anything.sam_model_registry` hard-codes; other sizes cannot be loaded there.
-OFFICIAL_IMAGE_SIZE = 1024
-
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig:

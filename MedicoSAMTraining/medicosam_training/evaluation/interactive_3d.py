@@ -34,7 +34,6 @@ from .reports import ResultsCSV, get_progress_bar
 FIELDS_3D = ("model", "dataset", "split", "image", "class", "object", "start", "slice", "mode", "iou_threshold",
              "box_extension", "seed_dice", "dice")
 KEY_FIELDS_3D = ("model", "dataset", "split", "image", "object", "start", "mode", "iou_threshold", "box_extension")
-SETTING_FIELDS = ("mode", "iou_threshold", "box_extension")
 
 
 @dataclasses.dataclass
