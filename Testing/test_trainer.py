@@ -20,6 +20,7 @@ import pytest
 import torch
 from test_objective import get_brain_samples
 
+from medicosam.atomic import get_stale_temporaries
 from medicosam.models.config import build_sam, get_tiny_config
 from medicosam_training.objective import compute_objective, get_preset
 from medicosam_training.trainer import (
@@ -169,7 +170,7 @@ def test_failed_save_keeps_previous_checkpoint(brain_samples, tmp_path, monkeypa
     monkeypatch.undo()
     assert checkpoint.read_bytes() == before
     assert load_training_checkpoint(checkpoint)["iteration"] == 2
-    assert not list(checkpoint.parent.glob(f".{CHECKPOINT_NAME}.*"))
+    assert not get_stale_temporaries(checkpoint)
 
 
 def test_nan_guard_stops_without_saving(brain_samples, tmp_path):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -25,6 +24,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from medicosam.atomic import writing_atomically
 from medicosam.errors import MedicoSAMError
 from medicosam.geometry import get_ijk_to_ras
 
@@ -242,12 +242,9 @@ def write_mask(mask: np.ndarray, reference: Volume, path: PathLike) -> Path:
     image.SetSpacing(reference.spacing)
     image.SetOrigin(reference.origin_lps)
     image.SetDirection(reference.direction_lps)
-    temporary = path.with_name(f".{uuid.uuid4().hex}.tmp-{path.name}")
     try:
-        sitk.WriteImage(image, str(temporary), useCompression=True)
-        os.replace(temporary, path)
+        with writing_atomically(path) as temporary:
+            sitk.WriteImage(image, str(temporary), useCompression=True)
     except (RuntimeError, OSError) as error:
         raise MaskWriteError(f"Cannot write the mask to {path}: {error}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
     return path

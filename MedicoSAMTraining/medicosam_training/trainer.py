@@ -33,6 +33,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from medicosam.atomic import get_stale_temporaries
 from medicosam.errors import MedicoSAMError
 from medicosam_training.objective import ObjectiveConfig, ObjectiveModule, ObjectiveOutput, get_preset
 
@@ -266,8 +267,8 @@ def export_training_checkpoint(checkpoint: Union[str, Path], out: Union[str, Pat
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files a killed process left beside `path` (see `save_atomically`)."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+    """Temporary files a killed process left beside `path` (see `medicosam.atomic`)."""
+    for stale in get_stale_temporaries(path):
         stale.unlink()
 
 

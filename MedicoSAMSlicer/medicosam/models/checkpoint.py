@@ -15,12 +15,11 @@ also use the segmentation decoder (segment_anything cannot load that file).
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from medicosam.atomic import writing_atomically
 from medicosam.errors import MedicoSAMError
 from medicosam.models.config import OFFICIAL_CONFIGS, SamConfig, build_sam, detect_config
 from medicosam.models.download import (
@@ -234,16 +233,8 @@ def save_atomically(obj: Any, path: Union[str, Path]) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with writing_atomically(path) as temporary, open(temporary, "xb") as f:
+        torch.save(obj, f)
     return path
 
 
