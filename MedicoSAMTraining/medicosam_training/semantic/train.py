@@ -126,7 +126,11 @@ def evaluate_model(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, batch
 
 
 def _get_autocast(device: torch.device, amp: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    """The interactive trainer's precision rule (bf16 autocast on CUDA), shared."""
+    from medicosam_training.trainer import get_amp_dtype
+
+    dtype = get_amp_dtype("auto" if amp else "off", device)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def _get_batches(dataset: Dataset, config: SemanticTrainConfig):
