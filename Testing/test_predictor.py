@@ -125,3 +125,21 @@ def test_single_image_is_a_one_slice_volume(tiny_sam, icbm152):
     prediction = VolumePredictor(tiny_sam, image).predict(0, 0, _prompts([[30, 30]], [1]))
     assert prediction.masks.shape == (1,) + image.shape
     assert torch.is_tensor(VolumePredictor(tiny_sam, image).get_embedding(0, 0).features)
+
+
+def test_colour_images_keep_their_colours(tiny_sam):
+    from medicosam.volume_io import read_volume
+    from medicosam_training.sample_data import get_itk_examples_dir
+
+    volume = read_volume(get_itk_examples_dir() / "VentricleModel.png")  # a real RGB PNG: (1, H, W, 3)
+    rgb = volume.array.copy()
+    rgb[..., 1] //= 2  # make the channels differ, so grey and colour inputs differ
+    assert rgb.ndim == 4 and rgb.shape[-1] == 3
+    predictor = VolumePredictor(tiny_sam, rgb)
+    official = SamPredictor(tiny_sam)
+    official.set_image(rgb[0])
+    point = np.array([[rgb.shape[2] // 2, rgb.shape[1] // 2]], np.float32)
+    masks, scores, _ = official.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
+    np.testing.assert_array_equal(predictor.predict(0, 0, _prompts(point, [1])).masks[0], masks[np.argmax(scores)])
+    with pytest.raises(Exception, match="colour volume"):
+        VolumePredictor(tiny_sam, np.zeros((2, 8, 8, 4)))

@@ -76,7 +76,9 @@ class VolumePredictor:
 
     Args:
         sam: a `segment_anything` `Sam` model.
-        volume: (K, J, I) intensities, or (H, W) for a single image.
+        volume: (K, J, I) intensities, (K, J, I, 3) colour (as `medicosam.volume_io` reads RGB
+            files; SAM sees the colours), or (H, W) for a single grey image. A single colour image
+            is (1, H, W, 3): (H, W, 3) alone would read as three grey slices.
         window: intensity window computed on the whole volume; "auto" per-volume default if None.
         model_id: identifies the weights in cache keys (a checkpoint fingerprint).
         cache: embedding cache, shareable between predictors; a 2 GiB one if None.
@@ -99,8 +101,9 @@ class VolumePredictor:
         volume = np.asarray(volume)
         if volume.ndim == 2:
             volume = volume[None]
-        if volume.ndim != 3:
-            raise MedicoSAMError(f"expected a 3D volume (K, J, I) or a 2D image, got shape {volume.shape}")
+        if not (volume.ndim == 3 or (volume.ndim == 4 and volume.shape[-1] == 3)):
+            raise MedicoSAMError(f"expected a volume (K, J, I), a colour volume (K, J, I, 3) or a 2D image, "
+                                 f"got shape {volume.shape}")
         self.sam = sam if device is None else sam.to(device)
         self.device = next(self.sam.parameters()).device
         self.volume = volume
