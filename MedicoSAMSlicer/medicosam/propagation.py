@@ -80,6 +80,15 @@ class PropagationResult:
     cancelled: bool = False
 
 
+def get_volume_mask(masks: Dict[int, np.ndarray], shape_kji, axis: int) -> np.ndarray:
+    """The (K, J, I) bool volume holding slice masks {slice index: 2D mask} along `axis`."""
+    volume = np.zeros(tuple(shape_kji)[:3], dtype=bool)
+    view = np.moveaxis(volume, axis, 0)
+    for index, mask in masks.items():
+        view[index] = mask
+    return volume
+
+
 class _Run:
     """State of one propagate_mask call: the predictor, the written masks, progress and cancellation."""
 

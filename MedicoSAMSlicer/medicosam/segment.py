@@ -94,7 +94,7 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     from .models.checkpoint import load_sam
     from .normalization import get_intensity_window
     from .predictor import VolumePredictor
-    from .propagation import PropagationConfig
+    from .propagation import PropagationConfig, get_volume_mask
     from .volume_io import read_volume, write_mask
 
     volume = read_volume(request.image)
@@ -111,9 +111,7 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
         masks = predictor.propagate(axis, seeds, config, progress=progress).masks
     else:
         masks = seeds
-    mask = np.zeros(volume.shape_kji, dtype=np.uint8)
-    for index, slice_mask in masks.items():
-        np.moveaxis(mask, axis, 0)[index] = slice_mask
+    mask = get_volume_mask(masks, volume.shape_kji, axis).astype(np.uint8)
     write_mask(mask, volume, request.out)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     return SegmentSummary(str(request.out), axis, sorted(seeds),

@@ -101,16 +101,14 @@ def segment_from_one_point(loaded, volume: np.ndarray, target: np.ndarray, centr
     the path the Slicer effect takes for a click and "Propagate N slices"."""
     from medicosam.predictor import VolumePredictor
     from medicosam.prompts import Prompts, get_center_point
-    from medicosam.propagation import PropagationConfig
+    from medicosam.propagation import PropagationConfig, get_volume_mask
 
     predictor = VolumePredictor.from_loaded(loaded, volume)
     point = get_center_point(target[central])
     seed = predictor.predict_mask(0, central, Prompts(points=point[None], labels=np.array([1])))
     config = PropagationConfig(mode="single_point", iou_threshold=0.5, max_slices=half_width)
-    mask = np.zeros(target.shape, dtype=bool)
-    for index, slice_mask in predictor.propagate(0, {central: seed}, config).masks.items():
-        if central - half_width <= index < central + half_width:
-            mask[index] = slice_mask
+    mask = get_volume_mask(predictor.propagate(0, {central: seed}, config).masks, target.shape, 0)
+    mask[central + half_width:] = False  # propagation reaches one slice past the slab's top
     return mask, point, predictor.encoder_calls
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from medicosam.normalization import get_intensity_window
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import PROPAGATION_MODES, Prompts
-from medicosam.propagation import PropagationConfig
+from medicosam.propagation import PropagationConfig, get_volume_mask
 
 from .data import LabeledImage, ObjectMask, get_objects
 from .interactive_2d import EvaluationError, EvaluationRun, check_starts, check_window, get_start_prompts
@@ -111,11 +111,7 @@ def get_propagated_mask(predictor: VolumePredictor, axis: int, index: int, seed_
                         config: PropagationConfig) -> np.ndarray:
     """The 3D mask that propagating `seed_mask` from slice `index` along `axis` gives."""
     result = predictor.propagate(axis, {index: seed_mask}, config)
-    mask = np.zeros(predictor.volume.shape, dtype=bool)
-    view = np.moveaxis(mask, axis, 0)
-    for k, slice_mask in result.masks.items():
-        view[k] = slice_mask
-    return mask
+    return get_volume_mask(result.masks, predictor.volume.shape, axis)
 
 
 def get_rows_3d(trace: ObjectTrace3D, model: str, dataset: str, split: str,
