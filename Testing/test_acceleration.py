@@ -220,3 +220,18 @@ def test_propagation_lookahead_batches_encoder_calls(tiny_sam, icbm152, white_ma
     for i, theirs in expected.masks.items():
         ours = result.masks[i]
         assert np.count_nonzero(ours & theirs) / max(np.count_nonzero(ours | theirs), 1) >= 0.98
+
+
+def test_fast_switch_on_one_loaded_model_keeps_paths_and_cache_entries_apart(icbm152, tmp_path):
+    from medicosam.embedding_cache import EmbeddingCache
+    from medicosam.models.checkpoint import export_sam, load_sam
+
+    export_sam(_get_sam(get_tiny_config()), tmp_path / "tiny.pt")
+    loaded = load_sam(str(tmp_path / "tiny.pt"), allow_custom=True)
+    cache = EmbeddingCache()
+    fast = VolumePredictor.from_loaded(loaded, icbm152["t1"], fast=True, volume_id="v", cache=cache)
+    assert is_fast_attention(loaded.sam) and fast.get_embedding(0, 40).features.dtype == torch.bfloat16
+    reference = VolumePredictor.from_loaded(loaded, icbm152["t1"], volume_id="v", cache=cache)
+    assert not is_fast_attention(loaded.sam)  # the same model is back on the official path
+    assert reference.get_embedding(0, 40).features.dtype == torch.float32  # not the fast entry
+    assert (fast.encoder_calls, reference.encoder_calls) == (1, 1) and len(cache) == 2

@@ -52,6 +52,17 @@ def test_segment_with_box_in_voxel_coordinates(t1_path, tiny_checkpoint, tmp_pat
     assert set(np.flatnonzero(array.any(axis=(1, 2)))) <= {90}
 
 
+def test_segment_fast_path_matches_the_reference_path(t1_path, tiny_checkpoint, tmp_path):
+    masks = []
+    for name, extra in (("fast", ()), ("reference", ("--no-fast",))):
+        out = tmp_path / f"{name}.nii.gz"
+        assert _segment(t1_path, tiny_checkpoint, out, "--ijk", "--box", "60,80,90", "--box", "120,150,90",
+                        *extra) == 0
+        masks.append(sitk.GetArrayFromImage(sitk.ReadImage(str(out))).astype(bool))
+    assert masks[1].any()
+    assert (masks[0] & masks[1]).sum() / (masks[0] | masks[1]).sum() >= 0.98
+
+
 @pytest.mark.parametrize("args, message", [
     (["--point", "500,0,0"], "outside"),
     (["--ijk", "--box", "60,80,90", "--box", "60,150,90"], "empty box"),

@@ -9,6 +9,7 @@ same seed, and an interrupted run that resumes to exactly the uninterrupted resu
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
@@ -138,6 +139,17 @@ def test_2d_seeded_and_mask_prompt(tiny_sam, images_2d):
     assert [r["dice"] for r in masked.rows] != [r["dice"] for r in same.rows]
 
 
+def test_2d_fast_path_starts_like_the_reference(tiny_sam, images_2d):
+    config = Interactive2DConfig(n_corrections=0, fast=True)
+    fast = evaluate_interactive_2d(copy.deepcopy(tiny_sam), images_2d[:2], config, show_progress=False)
+    reference = evaluate_interactive_2d(tiny_sam, images_2d[:2], Interactive2DConfig(n_corrections=0),
+                                        show_progress=False)
+    assert len(fast.rows) == len(reference.rows) > 4
+    for ours, theirs in zip(fast.rows, reference.rows):
+        assert (ours["object"], ours["start"]) == (theirs["object"], theirs["start"])
+        assert abs(ours["dice"] - theirs["dice"]) <= 0.02
+
+
 # ---------------------------------------------------------------- 3D protocol
 
 
@@ -238,6 +250,8 @@ def test_cli_2d_reports_seed_and_resume(folder_2d, checkpoints, tmp_path, capsys
     # resuming with another protocol setting is refused; another seed changes the clicks
     assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "b", "--seed", "1") == 2
     assert "seed: 0 -> 1" in capsys.readouterr().err
+    assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "a", "--fast") == 2  # fast and fp32 rows never mix
+    assert "fast: False -> True" in capsys.readouterr().err
     assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "b", "--seed", "1", "--overwrite") == 0
     assert partial.read_text() != (tmp_path / "a" / "interactive_2d.csv").read_text()
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from segment_anything.modeling.image_encoder import Attention as EncoderAttention
 from test_objective import get_brain_samples
 
+from medicosam.acceleration import FastEncoderAttention, fast_attention, is_fast_attention
 from medicosam.atomic import get_stale_temporaries
 from medicosam.models.config import build_sam, get_tiny_config
 from medicosam_training.objective import compute_objective, get_preset
@@ -206,23 +208,44 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(brain_samples, tmp_pat
     assert (out / "model.pt").is_file()
 
 
-def test_activation_checkpointing_gives_the_same_gradients(tiny_sam, brain_samples):
+@pytest.mark.parametrize("switch", ["activation_checkpointing", "fast_attention"])
+def test_speed_switches_give_the_same_loss_and_gradients(tiny_sam, brain_samples, switch):
     from medicosam_training.data import collate_objects
 
+    contexts = {"activation_checkpointing": lambda on: activation_checkpointing(tiny_sam.image_encoder, on),
+                "fast_attention": lambda on: fast_attention(tiny_sam, on)}
     batch = collate_objects(brain_samples[:2])
     keys = list(tiny_sam.state_dict())
-    gradients = []
+    losses, gradients = [], []
     for enabled in (False, True):
         tiny_sam.zero_grad()
-        with activation_checkpointing(tiny_sam.image_encoder, enabled):
+        with contexts[switch](enabled):
             output = compute_objective(tiny_sam, batch["image"], batch["masks"], batch["valid"], FAST,
                                        np.random.default_rng(0))
             output.loss.backward()
             assert list(tiny_sam.state_dict()) == keys
-        gradients.append([p.grad.clone() for p in tiny_sam.image_encoder.parameters()])
+        losses.append(output.loss.detach())
+        gradients.append({name: p.grad.clone() for name, p in tiny_sam.named_parameters() if p.grad is not None})
     assert all("forward" not in vars(block) for block in tiny_sam.image_encoder.blocks)
-    for plain, recomputed in zip(*gradients):
-        torch.testing.assert_close(plain, recomputed)
+    assert not is_fast_attention(tiny_sam)  # the model is left as it was found
+    torch.testing.assert_close(losses[0], losses[1])
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, plain in gradients[0].items():
+        torch.testing.assert_close(plain, gradients[1][name], atol=1e-6, rtol=1e-4)
+
+
+def test_training_runs_sdpa_attention_unless_switched_off(brain_samples, tmp_path):
+    seen = []
+    for enabled in (True, False):
+        sam = build_sam(get_tiny_config())
+        attention = sam.image_encoder.blocks[0].attn
+        hook = attention.register_forward_pre_hook(lambda module, args, on=enabled: seen.append((on, type(module))))
+        train(sam, brain_samples[:2], None, _get_config(tmp_path / str(enabled), iterations=1,
+                                                           fast_attention=enabled))
+        hook.remove()
+        assert type(attention) is EncoderAttention  # official again after training
+    assert {kind for on, kind in seen if on} == {FastEncoderAttention}
+    assert {kind for on, kind in seen if not on} == {EncoderAttention}
 
 
 def test_freeze_keeps_parts_fixed(tiny_sam, brain_samples, tmp_path):

@@ -3,9 +3,10 @@
     python bench/train_step.py [--arch vit_b] [--batch 7] [--objects 5] [--size 1024] [--json out.json]
 
 Ours: `medicosam_training.objective.compute_objective` (encoder once on the batch, every object of
-every image in one mask-decoder call per round), bf16 autocast on CUDA, fused AdamW; optionally
-activation checkpointing. Naive: fp32, the encoder and one decoder call per image per round
-(micro-sam's `TrainableSAM.forward` loop), i.e. the same objective run image by image.
+every image in one mask-decoder call per round), SDPA attention, bf16 autocast on CUDA, fused
+AdamW; optionally activation checkpointing (what `medicosam train` runs). Naive: fp32, official
+attention, the encoder and one decoder call per image per round (micro-sam's `TrainableSAM.forward`
+loop), i.e. the same objective run image by image.
 Both do 1 + 8 decoder rounds (the `medicosam` preset, e_sem off so both paths do the same work).
 Targets on an H100/H200 at batch 7, 5 objects, 1024 px: <= 150 ms per step and <= 40 GB.
 On the CPU use a smaller batch (default here: 1 image at 1024 px).
@@ -30,6 +31,7 @@ from common import (
     write_report,
 )
 
+from medicosam.acceleration import fast_attention
 from medicosam_training.objective import compute_objective, get_preset
 from medicosam_training.phantoms import make_phantom_2d
 from medicosam_training.trainer import activation_checkpointing
@@ -70,20 +72,20 @@ def main() -> None:
     fused = {"fused": True} if cuda else {}
     optimizer = torch.optim.AdamW(sam.parameters(), lr=1e-5, **fused)
 
-    def step(bf16: bool, per_image: bool, checkpointing: bool):
-        autocast = torch.autocast("cuda", torch.bfloat16) if bf16 and cuda else contextlib.nullcontext()
+    def step(fast: bool, per_image: bool, checkpointing: bool):
+        autocast = torch.autocast("cuda", torch.bfloat16) if fast and cuda else contextlib.nullcontext()
         rng = np.random.default_rng(0)
         optimizer.zero_grad(set_to_none=True)
-        with activation_checkpointing(sam.image_encoder, checkpointing), autocast:
+        with activation_checkpointing(sam.image_encoder, checkpointing), fast_attention(sam, fast), autocast:
             chunks = [slice(i, i + 1) for i in range(batch)] if per_image else [slice(0, batch)]
             loss = sum(compute_objective(sam, images[c], masks[c], valid[c], config, rng).loss for c in chunks)
-        loss.backward()
+            loss.backward()  # inside the block: checkpointing recomputes the forward with these classes
         optimizer.step()
 
     variants = {
-        "naive_fp32_per_image": dict(bf16=False, per_image=True, checkpointing=False),
-        "ours_batched": dict(bf16=True, per_image=False, checkpointing=False),
-        "ours_batched_checkpointing": dict(bf16=True, per_image=False, checkpointing=True),
+        "naive_fp32_per_image": dict(fast=False, per_image=True, checkpointing=False),
+        "ours": dict(fast=True, per_image=False, checkpointing=False),
+        "ours_checkpointing": dict(fast=True, per_image=False, checkpointing=True),
     }
     results = {}
     for name, options in variants.items():

@@ -123,6 +123,11 @@ See docs/slicer.md.</html>"""
         self.cacheSpinBox.suffix = " MB"
         self.cacheSpinBox.setToolTip("Memory for slice embeddings; the oldest are dropped beyond it.")
         modelForm.addRow("Embedding memory:", self.cacheSpinBox)
+        self.fastCheckBox = qt.QCheckBox("Fast inference")
+        self.fastCheckBox.setToolTip("Fused attention, bf16 where the device runs it natively and embeddings kept in "
+                                     "bf16 (twice as many slices fit in memory). Off: the official fp32 SAM path, "
+                                     "slower; use it to check a result.")
+        modelForm.addRow(self.fastCheckBox)
         self.deleteModelsButton = qt.QPushButton("Delete downloaded models...")
         self.deleteModelsButton.objectName = self.__class__.__name__ + "DeleteModels"
         modelForm.addRow(self.deleteModelsButton)
@@ -191,6 +196,7 @@ See docs/slicer.md.</html>"""
         self.connectSignal(self.iouSpinBox, "valueChanged(double)", self.updateMRMLFromGUI)
         self.connectSignal(self.checkpointSelector, "currentPathChanged(QString)", self.updateMRMLFromGUI)
         self.connectSignal(self.refineCheckBox, "toggled(bool)", self.updateMRMLFromGUI)
+        self.connectSignal(self.fastCheckBox, "toggled(bool)", self.updateMRMLFromGUI)
         for tool, button in self.toolButtons.items():
             self.connectSignal(button, "clicked()", lambda tool=tool: self.setTool(tool))
         self.connectSignal(self.applyButton, "clicked()", self.onApply)
@@ -219,13 +225,14 @@ See docs/slicer.md.</html>"""
 
         settings = self.getSettings()
         widgets = (self.modelSelector, self.checkpointSelector, self.deviceSelector, self.cacheSpinBox,
-                   self.refineCheckBox, self.directionSelector, self.slicesSpinBox, self.modeSelector,
-                   self.iouSpinBox)
+                   self.fastCheckBox, self.refineCheckBox, self.directionSelector, self.slicesSpinBox,
+                   self.modeSelector, self.iouSpinBox)
         wasBlocked = [widget.blockSignals(True) for widget in widgets]
         self.modelSelector.setCurrentIndex(self.modelSelector.findData(settings.model))
         self.checkpointSelector.currentPath = settings.custom_checkpoint
         self.deviceSelector.setCurrentIndex(self.deviceSelector.findData(settings.device))
         self.cacheSpinBox.value = settings.cache_mb
+        self.fastCheckBox.checked = settings.fast
         self.refineCheckBox.checked = settings.refine
         self.directionSelector.setCurrentIndex(self.directionSelector.findData(settings.direction))
         self.slicesSpinBox.value = settings.max_slices
@@ -255,6 +262,7 @@ See docs/slicer.md.</html>"""
             iou_threshold=self.iouSpinBox.value,
             box_extension=current.box_extension,
             cache_mb=self.cacheSpinBox.value,
+            fast=self.fastCheckBox.checked,
         )
         with slicer.util.NodeModify(self.scriptedEffect.parameterSetNode()):
             for name, value in settings.to_parameters().items():
@@ -463,9 +471,10 @@ See docs/slicer.md.</html>"""
             predictor = self.predictors.get(sourceKey)
             if predictor is None:
                 volume = get_array_on_extent(getImageArray(source), source.GetExtent(), extent).copy()
-                loaded, cache = self.loaded[1], self.cache
+                loaded, cache, fast = self.loaded[1], self.cache, self.getSettings().fast
                 predictor = self.runBlocking(  # the intensity window reads the whole volume
-                    lambda: VolumePredictor.from_loaded(loaded, volume, volume_id=repr(sourceKey), cache=cache),
+                    lambda: VolumePredictor.from_loaded(loaded, volume, fast=fast, volume_id=repr(sourceKey),
+                                                        cache=cache),
                     "Preparing the volume...")
                 self.predictors = {sourceKey: predictor}  # one volume at a time: drop the others
             self.sessions[key] = SegmentationSession(predictor, ijkToRas, refine=self.getSettings().refine)
@@ -502,10 +511,14 @@ See docs/slicer.md.</html>"""
         from medicosam.worker import TaskProgress
 
         settings = self.getSettings()
-        wanted = (settings.checkpoint, settings.device)
+        wanted = (settings.checkpoint, settings.device, settings.fast)
         if self.cache is not None:
             self.cache.max_bytes = settings.cache_bytes  # a smaller cap evicts at the next embedding
         if self.loaded is not None and self.loaded[0] == wanted:
+            return True
+        if self.loaded is not None and self.loaded[0][:2] == wanted[:2]:  # only "Fast inference" changed:
+            self.loaded = (wanted, self.loaded[1])  # same model, new predictors (the cache keys the precision)
+            self.forgetSessions()
             return True
         if not self.ensureDependencies() or not self.confirmDownload(settings.model):
             return False

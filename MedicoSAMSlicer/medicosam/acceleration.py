@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +119,24 @@ def disable_fast_attention(model: torch.nn.Module) -> torch.nn.Module:
 def is_fast_attention(model: torch.nn.Module) -> bool:
     """True when at least one attention module of `model` runs the SDPA path."""
     return any(type(module) in _OFFICIAL_CLASSES for module in model.modules())
+
+
+@contextlib.contextmanager
+def fast_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[torch.nn.Module]:
+    """SDPA attention for the duration of the block (training), then `model` as it was found.
+
+    Exact in fp32; on GPUs the fused kernels never hold the 4096 x 4096 attention maps of the
+    global blocks for the backward pass, which is most of the naive step's memory. Run the
+    backward pass inside the block too: activation checkpointing recomputes the forward there.
+    """
+    switched = enabled and not is_fast_attention(model)
+    if switched:
+        enable_fast_attention(model)
+    try:
+        yield model
+    finally:
+        if switched:
+            disable_fast_attention(model)
 
 
 def compile_encoder(sam, mode: Optional[str] = None):

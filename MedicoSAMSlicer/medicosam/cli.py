@@ -104,7 +104,7 @@ def _segment(args) -> int:
         points=_parse_triplets(args.point, "--point"), negative_points=_parse_triplets(args.neg_point, "--neg-point"),
         box=_parse_triplets(args.box, "--box"), ijk=args.ijk, view=args.view, window=args.window,
         propagate=args.propagate, mode=args.mode, stop_iou=args.stop_iou, max_slices=args.max_slices,
-        device=args.device, offline=args.offline, allow_custom=args.allow_custom,
+        device=args.device, offline=args.offline, allow_custom=args.allow_custom, fast=args.fast,
     )
     bars = _ProgressBar("propagating", unit="slice"), _byte_bar("weights")
     try:
@@ -143,6 +143,9 @@ def _add_core_commands(subparsers) -> None:
     seg.add_argument("--allow-custom", action="store_true",
                      help="accept SAM checkpoints of non-official sizes (e.g. tiny models)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    seg.add_argument("--no-fast", dest="fast", action="store_false",
+                     help="run the official fp32 SAM path instead of the fast one (SDPA attention, bf16 where "
+                          "the device is fast at it): slower, for checking results")
     seg.add_argument("--offline", action="store_true", default=None, help="never use the network")
     seg.add_argument("--out", required=True, help="mask file to write (same grid as the image)")
     seg.set_defaults(func=_segment)

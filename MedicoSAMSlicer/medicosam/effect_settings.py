@@ -52,6 +52,7 @@ class EffectSettings:
     iou_threshold: float = _parameter("IoUThreshold", 0.5)
     box_extension: float = _parameter("BoxExtension", 0.05)
     cache_mb: int = _parameter("EmbeddingCacheMB", 2048)
+    fast: bool = _parameter("FastInference", True)  # VolumePredictor.from_loaded(fast=...)
 
     def __post_init__(self) -> None:
         choices = {"model": [*MODELS, CUSTOM_MODEL], "device": DEVICE_CHOICES, "tool": TOOLS,

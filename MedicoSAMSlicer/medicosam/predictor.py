@@ -71,6 +71,19 @@ def get_mask_logits(mask: np.ndarray, low_res_size: int, eps: float = 1e-3) -> n
     return np.where(out, value, -value).astype(np.float32)
 
 
+def get_speed_options(fast: bool) -> dict:
+    """`VolumePredictor` arguments of the one speed switch the tools offer.
+
+    On: SDPA attention, bf16 autocast where the device runs it natively, a bf16 embedding cache
+    (masks match the reference at IoU >= 0.98). Off: the official fp32 path, the reference.
+    """
+    if not fast:
+        return {}
+    from .acceleration import AccelerationConfig
+
+    return {"acceleration": AccelerationConfig(), "cache_dtype": "bfloat16"}
+
+
 class VolumePredictor:
     """Interactive SAM on one volume (KJI array; a 2D image is a volume with one slice).
 
@@ -84,7 +97,7 @@ class VolumePredictor:
         cache: embedding cache, shareable between predictors; a 2 GiB one if None.
         device: torch device for the model ("cpu", "cuda", "mps"); the model's own if None.
         acceleration: fast path to switch on for `sam` (in place, see `medicosam.acceleration`);
-            None keeps the official fp32 path.
+            None runs the official fp32 path (undoing a fast path an earlier predictor switched on).
         cache_dtype: dtype of cached features ("bfloat16", "float16" or a torch dtype): halves the
             cache's memory per slice; features go back to the model's dtype for decoding.
     """
@@ -95,7 +108,7 @@ class VolumePredictor:
                  acceleration: Optional[AccelerationConfig] = None, cache_dtype=None):
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        from .acceleration import enable_fast_path, get_dtype
+        from .acceleration import disable_fast_path, enable_fast_path, get_dtype
         from .normalization import get_intensity_window
 
         volume = np.asarray(volume)
@@ -118,13 +131,15 @@ class VolumePredictor:
         self.acceleration = acceleration
         if acceleration is not None:
             enable_fast_path(self.sam, acceleration)
+        else:
+            disable_fast_path(self.sam)
         self.encoder_calls = 0  # image-encoder forward passes
         self.encoded_slices = 0  # slices they embedded (more than the calls when batched)
 
     @classmethod
-    def from_loaded(cls, loaded, volume: np.ndarray, **kwargs) -> VolumePredictor:
-        """Predictor for a `medicosam.models.checkpoint.LoadedSam`."""
-        return cls(loaded.sam, volume, model_id=loaded.model_id, **kwargs)
+    def from_loaded(cls, loaded, volume: np.ndarray, fast: bool = False, **kwargs) -> VolumePredictor:
+        """Predictor for a `medicosam.models.checkpoint.LoadedSam` (`fast`: see `get_speed_options`)."""
+        return cls(loaded.sam, volume, model_id=loaded.model_id, **{**get_speed_options(fast), **kwargs})
 
     @property
     def low_res_size(self) -> int:
@@ -157,7 +172,9 @@ class VolumePredictor:
         return [computed[int(i)] if int(i) in computed else self.get_embedding(axis, int(i)) for i in indexes]
 
     def _get_key(self, axis: int, index: int) -> tuple:
-        return (self.volume_id, axis, index, self.model_id, self.window.key)
+        # the precision is part of the key: a shared cache never hands fast features to the reference path
+        precision = (self.acceleration, str(self.cache_dtype))
+        return (self.volume_id, axis, index, self.model_id, self.window.key, precision)
 
     def _compute_embedding(self, axis: int, index: int) -> SliceEmbedding:
         return self._compute_embeddings(axis, [index])[0]

@@ -33,6 +33,7 @@ class SegmentRequest:
     device: str = "auto"
     offline: Optional[bool] = None
     allow_custom: bool = False
+    fast: bool = True  # VolumePredictor.from_loaded's fast path; False: the official fp32 path
 
 
 @dataclasses.dataclass
@@ -102,7 +103,7 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     slice_prompts = get_slice_prompts(request, volume, axis)
     loaded = load_sam(request.model, device=get_device(request.device), allow_custom=request.allow_custom,
                       offline=request.offline, progress=download_progress)
-    predictor = VolumePredictor.from_loaded(loaded, volume.array,
+    predictor = VolumePredictor.from_loaded(loaded, volume.array, fast=request.fast,
                                             window=get_intensity_window(volume.array, request.window))
     seeds = {index: predictor.predict_mask(axis, index, prompts) for index, prompts in slice_prompts.items()}
     if request.propagate:

@@ -43,6 +43,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on the CPU")
     parser.add_argument("--grad-checkpointing", action="store_true", help="trade compute for encoder memory")
+    parser.add_argument("--no-fast-attention", dest="fast_attention", action="store_false",
+                        help="official attention instead of SDPA (the same result, slower, far more GPU memory)")
     parser.add_argument("--n-obj", type=int, default=5, help="objects per image (paper: 5)")
     parser.add_argument("--n-steps", type=int, help="override the preset's correction steps")
     parser.add_argument("--p-box", type=float, help="override the preset's box probability")
@@ -91,7 +93,8 @@ def _train(args: argparse.Namespace) -> int:
                                                seed=args.seed, label_mode=args.label_mode, axis=args.axis)
     config = TrainConfig(objective=objective, lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          iterations=args.iterations, batch_size=args.batch_size, freeze=tuple(args.freeze),
-                         amp=args.amp, grad_checkpointing=args.grad_checkpointing, out_dir=args.out,
+                         amp=args.amp, grad_checkpointing=args.grad_checkpointing,
+                         fast_attention=args.fast_attention, out_dir=args.out,
                          save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
                          device=args.device, resume=args.resume, decoder_features=args.decoder_features,
                          progress=not args.quiet)

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from medicosam.acceleration import fast_attention
 from medicosam.atomic import get_stale_temporaries
 from medicosam.errors import MedicoSAMError
 from medicosam_training.objective import ObjectiveConfig, ObjectiveModule, ObjectiveOutput, get_preset
@@ -70,6 +71,8 @@ class TrainConfig:
         freeze: parameter-name prefixes kept fixed, e.g. ("prompt_encoder",).
         amp: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "off".
         grad_checkpointing: recompute encoder blocks in the backward pass (less memory, ~30 % slower).
+        fast_attention: SDPA attention (`medicosam.acceleration.fast_attention`): the same result in
+            fp32, fused kernels and a fraction of the memory on GPUs; saved weights are unchanged.
         out_dir: checkpoints, logs and the exported model.
         save_every: also write `latest.pt` every this many iterations (always at each epoch end).
         seed: seeds data order, object sampling and prompts.
@@ -93,6 +96,7 @@ class TrainConfig:
     freeze: Tuple[str, ...] = ()
     amp: str = "auto"
     grad_checkpointing: bool = False
+    fast_attention: bool = True
     out_dir: Union[str, Path] = "medicosam-training"
     save_every: int = 1000
     seed: int = 0
@@ -466,7 +470,8 @@ def train(model: Any, train_dataset, val_dataset=None, config: Optional[TrainCon
         torch.cuda.set_device(device)
     try:
         run = _Run(sam, sam_config, semantic_decoder, config, device, dist)
-        with activation_checkpointing(sam.image_encoder, config.grad_checkpointing):
+        with activation_checkpointing(sam.image_encoder, config.grad_checkpointing), \
+                fast_attention(sam, config.fast_attention):
             return _train(run, train_dataset, val_dataset)
     finally:
         if dist.owns_group:

@@ -63,6 +63,9 @@ def _add_common(parser: argparse.ArgumentParser, ndim: int) -> None:
     parser.add_argument("--max-objects", type=int, help="stop after N newly finished objects (per start prompt, "
                                                         "and per setting in 3D); run again to continue")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--fast", action="store_true",
+                        help="the fast path (SDPA attention, bf16 where the device is fast at it); default: "
+                             "the official fp32 path, as the paper's numbers")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier results in --output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -170,7 +173,8 @@ def _report(paths: List[Path], complete: bool) -> int:
 def _run_interactive_2d(args) -> int:
     config = Interactive2DConfig(n_corrections=args.corrections, use_mask_prompt=args.use_mask_prompt,
                                  correction_mode=args.correction_mode, min_size=args.min_size,
-                                 classes=args.classes, seed=args.seed, batch_size=args.batch_size, window=args.window)
+                                 classes=args.classes, seed=args.seed, batch_size=args.batch_size, window=args.window,
+                                 fast=args.fast)
     samples = LabeledFolder(args.images, args.labels, ndim=2, max_items=args.max_images)
     dataset = args.dataset or _get_dataset_name(args.images)
     output = Path(args.output)
@@ -213,7 +217,8 @@ def _run_interactive_3d(args) -> int:
     if with_validation and not (args.val_images and args.val_labels):
         raise EvaluationError("give both --val-images and --val-labels (or neither, with one fixed setting)")
     config = Interactive3DConfig(axis=args.axis, min_size=args.min_size, min_slice_size=args.min_slice_size,
-                                 split_components=args.components, classes=args.classes, window=args.window)
+                                 split_components=args.components, classes=args.classes, window=args.window,
+                                 fast=args.fast)
     settings = _get_settings(args, with_validation)
     test = LabeledFolder(args.images, args.labels, ndim=3, max_items=args.max_images)
     val = LabeledFolder(args.val_images, args.val_labels, ndim=3) if with_validation else None

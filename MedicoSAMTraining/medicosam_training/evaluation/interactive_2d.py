@@ -25,7 +25,7 @@ import numpy as np
 
 from medicosam.errors import MedicoSAMError
 from medicosam.normalization import PRESETS, get_intensity_window
-from medicosam.predictor import VolumePredictor
+from medicosam.predictor import VolumePredictor, get_speed_options
 from medicosam.prompts import CORRECTION_MODES, Prompts, get_box, get_center_point, sample_correction_points
 
 from .data import LabeledImage, ObjectMask, get_objects
@@ -55,6 +55,7 @@ class Interactive2DConfig:
     seed: int = 0
     batch_size: int = 16  # objects of one image decoded together
     window: str = "auto"  # intensity preset per image (medicosam.normalization.PRESETS)
+    fast: bool = False  # medicosam.predictor.get_speed_options; off: the official fp32 path, as the paper
 
     def __post_init__(self) -> None:
         if self.n_corrections < 0 or self.min_size < 1 or self.batch_size < 1:
@@ -196,7 +197,8 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
                     if max_objects is not None and len(run.traces) >= max_objects:
                         return run
                     predictor = predictor or VolumePredictor(
-                        sam, sample.image, get_intensity_window(sample.image, config.window))
+                        sam, sample.image, get_intensity_window(sample.image, config.window),
+                        **get_speed_options(config.fast))
                     traces = run_interactive_2d(predictor, chunk, start, config, sample.image_id, record_masks)
                     for trace in (t for t, flag in zip(traces, todo) if flag):
                         if max_objects is not None and len(run.traces) >= max_objects:

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from medicosam.normalization import get_intensity_window
-from medicosam.predictor import VolumePredictor
+from medicosam.predictor import VolumePredictor, get_speed_options
 from medicosam.prompts import PROPAGATION_MODES, Prompts
 from medicosam.propagation import PropagationConfig, get_volume_mask
 
@@ -46,6 +46,7 @@ class Interactive3DConfig:
     split_components: bool = False  # False: one object per class (micro-sam's 3D evaluation)
     classes: Optional[Tuple[int, ...]] = None
     window: str = "auto"  # intensity preset per volume (medicosam.normalization.PRESETS)
+    fast: bool = False  # medicosam.predictor.get_speed_options; off: the official fp32 path, as the paper
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1, 2):
@@ -168,7 +169,7 @@ def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapp
                         return run
                     predictor = predictor or VolumePredictor(
                         sam, sample.image, get_intensity_window(sample.image, config.window), model_id=model_id,
-                        volume_id=f"{dataset}/{sample.image_id}")
+                        volume_id=f"{dataset}/{sample.image_id}", **get_speed_options(config.fast))
                     prompts = get_start_prompts(target_slice, start)
                     seed_mask = predictor.predict(config.axis, index, prompts).masks[0]
                     trace = ObjectTrace3D(sample.image_id, obj.class_id, obj.object_id, start, index, prompts,

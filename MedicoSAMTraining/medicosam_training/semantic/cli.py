@@ -50,6 +50,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--no-fast-attention", dest="fast_attention", action="store_false",
+                        help="official attention in the SAM encoder instead of SDPA (same result, more memory)")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_train)
@@ -136,7 +138,8 @@ def _train(args: argparse.Namespace) -> int:
           f"{len(datasets['train'])} items at {size} px")
     config = SemanticTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                                  val_every=args.val_every, seed=args.seed, device=args.device,
-                                 num_workers=args.num_workers, out_dir=args.out, time_limit_s=args.time_limit,
+                                 num_workers=args.num_workers, fast_attention=args.fast_attention,
+                                 out_dir=args.out, time_limit_s=args.time_limit,
                                  progress=not args.quiet)
     result = train_semantic(model, datasets["train"], datasets["val"], config)
     print(f"trained {result.iterations} iterations; best validation mean Dice {result.best_dice:.3f}")

@@ -48,6 +48,7 @@ class SemanticTrainConfig:
         device: "auto", "cpu", "cuda", ...
         amp: bf16 autocast on CUDA.
         num_workers: DataLoader processes.
+        fast_attention: SDPA attention in the SAM encoder (exact in fp32, far less GPU memory).
         out_dir: where best.pt and history.json go; None writes nothing.
         time_limit_s: stop (and validate) after this many seconds.
         progress: show a tqdm bar.
@@ -64,6 +65,7 @@ class SemanticTrainConfig:
     device: str = "auto"
     amp: bool = True
     num_workers: int = 0
+    fast_attention: bool = True
     out_dir: Optional[Union[str, Path]] = None
     time_limit_s: Optional[float] = None
     progress: bool = True
@@ -155,6 +157,7 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
     """
     from tqdm import tqdm
 
+    from medicosam.acceleration import fast_attention
     from medicosam.device import get_device
 
     from .models import save_semantic_model
@@ -164,7 +167,7 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
     model.to(device).train()
     loss_fn = get_semantic_loss(config.dice_weight)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.9,
                                                            patience=config.lr_patience)
     out_dir = None if config.out_dir is None else Path(config.out_dir)
@@ -172,40 +175,41 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
     best_dice, best_state, best_path = -math.inf, None, None
     start = time.monotonic()
     batches = _get_batches(train_set, config)
-    bar = tqdm(total=config.iterations, disable=not config.progress, desc="semantic training")
-    running = []
-    for iteration in range(1, config.iterations + 1):
-        batch = next(batches)
-        images, labels = batch["image"].to(device), batch["labels"].to(device)[:, None]
-        with _get_autocast(device, config.amp):
-            logits = model(images)
-        loss = loss_fn(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise SemanticTrainingError(f"the loss became {float(loss)} at iteration {iteration}: lower the lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        running.append(float(loss.detach()))
-        bar.update()
-        bar.set_postfix(loss=f"{running[-1]:.3f}")
-        timed_out = config.time_limit_s is not None and time.monotonic() - start > config.time_limit_s
-        if iteration % config.val_every and iteration != config.iterations and not timed_out:
-            continue
-        entry: Dict[str, Any] = {"iteration": iteration, "train_loss": sum(running) / len(running),
-                                 "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - start}
+    with fast_attention(model, config.fast_attention):
+        bar = tqdm(total=config.iterations, disable=not config.progress, desc="semantic training")
         running = []
-        if val_set is not None:
-            scores = evaluate_model(model, val_set, loss_fn, config.batch_size, config.amp)
-            entry.update(val_loss=scores["loss"], val_dice=scores["dice"], val_mean_dice=scores["mean_dice"])
-            scheduler.step(scores["loss"])
-            if scores["mean_dice"] > best_dice:
-                best_dice, best_state = scores["mean_dice"], copy.deepcopy(model.state_dict())
-                if out_dir is not None:
-                    best_path = save_semantic_model(model, out_dir / BEST_NAME)
-        history.append(entry)
-        if timed_out:
-            break
-    bar.close()
+        for iteration in range(1, config.iterations + 1):
+            batch = next(batches)
+            images, labels = batch["image"].to(device), batch["labels"].to(device)[:, None]
+            with _get_autocast(device, config.amp):
+                logits = model(images)
+            loss = loss_fn(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise SemanticTrainingError(f"the loss became {float(loss)} at iteration {iteration}: lower the lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running.append(float(loss.detach()))
+            bar.update()
+            bar.set_postfix(loss=f"{running[-1]:.3f}")
+            timed_out = config.time_limit_s is not None and time.monotonic() - start > config.time_limit_s
+            if iteration % config.val_every and iteration != config.iterations and not timed_out:
+                continue
+            entry: Dict[str, Any] = {"iteration": iteration, "train_loss": sum(running) / len(running),
+                                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - start}
+            running = []
+            if val_set is not None:
+                scores = evaluate_model(model, val_set, loss_fn, config.batch_size, config.amp)
+                entry.update(val_loss=scores["loss"], val_dice=scores["dice"], val_mean_dice=scores["mean_dice"])
+                scheduler.step(scores["loss"])
+                if scores["mean_dice"] > best_dice:
+                    best_dice, best_state = scores["mean_dice"], copy.deepcopy(model.state_dict())
+                    if out_dir is not None:
+                        best_path = save_semantic_model(model, out_dir / BEST_NAME)
+            history.append(entry)
+            if timed_out:
+                break
+        bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     elif out_dir is not None:
