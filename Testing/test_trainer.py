@@ -23,6 +23,7 @@ from test_objective import get_brain_samples
 
 from medicosam.acceleration import FastEncoderAttention, fast_attention, is_fast_attention
 from medicosam.atomic import get_stale_temporaries
+from medicosam.device import get_cpu_budget
 from medicosam.models.config import build_sam, get_tiny_config
 from medicosam_training.objective import compute_objective, get_preset
 from medicosam_training.trainer import (
@@ -31,6 +32,7 @@ from medicosam_training.trainer import (
     TrainingDiverged,
     TrainingError,
     activation_checkpointing,
+    get_loader_options,
     load_training_checkpoint,
     train,
 )
@@ -246,6 +248,29 @@ def test_training_runs_sdpa_attention_unless_switched_off(brain_samples, tmp_pat
         assert type(attention) is EncoderAttention  # official again after training
     assert {kind for on, kind in seen if on} == {FastEncoderAttention}
     assert {kind for on, kind in seen if not on} == {EncoderAttention}
+
+
+def test_loader_options_feed_gpus_and_spare_cpus(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert get_loader_options(None, torch.device("cpu")) == {"num_workers": 0, "pin_memory": False}
+    assert get_loader_options(3, torch.device("cpu")) == {"num_workers": 3, "pin_memory": False, "prefetch_factor": 4}
+    workers = min(8, get_cpu_budget() - 1)
+    assert get_loader_options(None, torch.device("cuda"))["num_workers"] == workers
+    assert get_loader_options(None, torch.device("cuda"))["pin_memory"]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(get_cpu_budget()))  # as many GPU processes as CPUs
+    assert get_loader_options(None, torch.device("cuda"))["num_workers"] == 0
+
+
+def test_worker_processes_train_exactly_like_the_main_process(brain_samples, tmp_path):
+    weights = []
+    for workers in (0, 1):
+        torch.manual_seed(0)
+        sam = build_sam(get_tiny_config())
+        train(sam, brain_samples[:4], None, _get_config(tmp_path / str(workers), iterations=2, batch_size=2,
+                                                         num_workers=workers))
+        weights.append(sam.state_dict())
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], rtol=0, atol=0)
 
 
 def test_freeze_keeps_parts_fixed(tiny_sam, brain_samples, tmp_path):

@@ -29,16 +29,16 @@ VOLUME_ENV = "MEDICOSAM_BENCH_VOLUME"
 def add_common_arguments(parser) -> None:
     """--device, --threads and --json, which every benchmark takes."""
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: medicosam.device.configure_threads's choice)")
     parser.add_argument("--json", default=None, help="also write the report here")
 
 
 def get_bench_device(args) -> torch.device:
     """The device of `add_common_arguments`' options, after setting the CPU thread count."""
-    from medicosam.device import get_device
+    from medicosam.device import configure_threads, get_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     return get_device(args.device)
 
 

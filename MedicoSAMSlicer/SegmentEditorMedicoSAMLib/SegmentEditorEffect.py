@@ -525,9 +525,10 @@ See docs/slicer.md.</html>"""
         progress = TaskProgress()
 
         def load():
-            from medicosam.device import get_device
+            from medicosam.device import configure_threads, get_device
             from medicosam.models.checkpoint import load_sam
 
+            configure_threads()  # Slicer in a container would otherwise run one torch thread per host core
             return load_sam(settings.checkpoint, device=str(get_device(settings.device)),
                             allow_custom=settings.model == CUSTOM_MODEL, progress=progress.report)
 

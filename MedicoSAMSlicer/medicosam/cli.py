@@ -153,6 +153,9 @@ def _add_core_commands(subparsers) -> None:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medicosam", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: one per core this process may use; "
+                             "also $MEDICOSAM_NUM_THREADS)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_core_commands(subparsers)
     _load_plugins(subparsers)
@@ -160,8 +163,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .device import configure_threads
+
     args = get_parser().parse_args(argv)
     try:
+        configure_threads(args.threads)
         return int(args.func(args) or 0)
     except MedicoSAMError as error:
         print(f"medicosam: error: {error}", file=sys.stderr)

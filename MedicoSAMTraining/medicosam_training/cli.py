@@ -56,7 +56,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--axis", type=int, default=0, help="slicing axis of 3D volumes (KJI array axis)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=1000, help="checkpoint interval in iterations")
-    parser.add_argument("--num-workers", type=int, default=0, help="data loading processes")
+    parser.add_argument("--num-workers", type=int, help="data loading processes (default: 0 on the CPU, "
+                                                         "up to 8 per GPU)")
     parser.add_argument("--decoder-features", type=int, default=64,
                         help="segmentation decoder width (64 = micro-sam's; smaller for CPU runs)")
     parser.add_argument("--offline", action="store_true", default=None, help="never use the network")

@@ -77,7 +77,7 @@ class TrainConfig:
         save_every: also write `latest.pt` every this many iterations (always at each epoch end).
         seed: seeds data order, object sampling and prompts.
         log_every: TensorBoard interval in iterations.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None: `get_loader_options` decides.
         device: "auto", "cpu", "cuda", ... (under torchrun: the local rank's GPU).
         resume: continue from `out_dir/latest.pt` when it exists (model, optimizer and lr schedule as
             saved; the stop limits are this config's).
@@ -101,7 +101,7 @@ class TrainConfig:
     save_every: int = 1000
     seed: int = 0
     log_every: int = 10
-    num_workers: int = 0
+    num_workers: Optional[int] = None
     device: str = "auto"
     resume: bool = False
     decoder_features: int = 64
@@ -118,6 +118,7 @@ class TrainConfig:
             (self.save_every >= 1, f"save_every={self.save_every}: use 1 or more"),
             (self.log_every >= 1, f"log_every={self.log_every}: use 1 or more"),
             (self.amp in AMP_CHOICES, f"amp={self.amp!r}: use one of {AMP_CHOICES}"),
+            (self.num_workers is None or self.num_workers >= 0, f"num_workers={self.num_workers}: use 0 or more"),
         ]
         errors = [message for ok, message in checks if not ok]
         if errors:
@@ -166,6 +167,24 @@ def get_distributed(device: torch.device) -> _Distributed:
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return _Distributed(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size(),
                         local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
+
+
+def get_loader_options(num_workers: Optional[int], device: torch.device) -> Dict[str, Any]:
+    """DataLoader options that keep the device fed: workers, pinned memory, prefetching.
+
+    `num_workers=None` picks 0 on the CPU (the model needs every core; the datasets are cheap)
+    and on CUDA up to 8 per GPU process from the CPUs this process may use, keeping one for the
+    training loop. Workers prefetch 4 batches each; CUDA batches are pinned for async copies.
+    """
+    from medicosam.device import get_cpu_budget
+
+    if num_workers is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        num_workers = min(8, get_cpu_budget() // local_processes - 1) if device.type == "cuda" else 0
+    options: Dict[str, Any] = {"num_workers": max(0, num_workers), "pin_memory": device.type == "cuda"}
+    if options["num_workers"]:
+        options["prefetch_factor"] = 4
+    return options
 
 
 def get_amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -403,7 +422,8 @@ class _Run:
         from medicosam_training.data import collate_objects
 
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
-                                             collate_fn=collate_objects, num_workers=self.config.num_workers)
+                                             collate_fn=collate_objects,
+                                             **get_loader_options(self.config.num_workers, self.device))
         rng = np.random.default_rng((self.config.seed, 2 ** 31 - 1))
         self.module.eval()
         losses, dices, weights = [], [], []
@@ -507,8 +527,7 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
             indices = _get_epoch_indices(train_dataset, config, dist, run.epoch)
             loader = torch.utils.data.DataLoader(
                 train_dataset, batch_size=config.batch_size, sampler=indices[run.epoch_batches * config.batch_size:],
-                collate_fn=collate_objects, num_workers=config.num_workers, drop_last=True,
-                pin_memory=run.device.type == "cuda",
+                collate_fn=collate_objects, drop_last=True, **get_loader_options(config.num_workers, run.device),
                 generator=torch.Generator().manual_seed(config.seed * 1000003 + run.epoch))
             for batch in loader:
                 output = run.step(batch)

@@ -49,7 +49,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, help="data loading processes (default: 0 on the CPU, "
+                                                         "up to 8 on a GPU)")
     parser.add_argument("--no-fast-attention", dest="fast_attention", action="store_false",
                         help="official attention in the SAM encoder instead of SDPA (same result, more memory)")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")

@@ -47,7 +47,7 @@ class SemanticTrainConfig:
         seed: data order.
         device: "auto", "cpu", "cuda", ...
         amp: bf16 autocast on CUDA.
-        num_workers: DataLoader processes.
+        num_workers: DataLoader processes; None: `trainer.get_loader_options` decides.
         fast_attention: SDPA attention in the SAM encoder (exact in fp32, far less GPU memory).
         out_dir: where best.pt and history.json go; None writes nothing.
         time_limit_s: stop (and validate) after this many seconds.
@@ -64,7 +64,7 @@ class SemanticTrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
-    num_workers: int = 0
+    num_workers: Optional[int] = None
     fast_attention: bool = True
     out_dir: Optional[Union[str, Path]] = None
     time_limit_s: Optional[float] = None
@@ -135,13 +135,16 @@ def _get_autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def _get_batches(dataset: Dataset, config: SemanticTrainConfig):
+def _get_batches(dataset: Dataset, config: SemanticTrainConfig, device: torch.device):
     """Endless shuffled batches, a new seeded order every epoch."""
+    from medicosam_training.trainer import get_loader_options
+
     epoch = 0
     while True:
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
-                            drop_last=len(dataset) >= config.batch_size, num_workers=config.num_workers)
+                            drop_last=len(dataset) >= config.batch_size,
+                            **get_loader_options(config.num_workers, device))
         yield from loader
         epoch += 1
 
@@ -174,13 +177,14 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
     history: List[Dict[str, Any]] = []
     best_dice, best_state, best_path = -math.inf, None, None
     start = time.monotonic()
-    batches = _get_batches(train_set, config)
+    batches = _get_batches(train_set, config, device)
     with fast_attention(model, config.fast_attention):
         bar = tqdm(total=config.iterations, disable=not config.progress, desc="semantic training")
         running = []
         for iteration in range(1, config.iterations + 1):
             batch = next(batches)
-            images, labels = batch["image"].to(device), batch["labels"].to(device)[:, None]
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)[:, None]
             with _get_autocast(device, config.amp):
                 logits = model(images)
             loss = loss_fn(logits.float(), labels)

@@ -1,0 +1,64 @@
+"""CPU thread choice: container CPU quotas, the explicit and environment overrides, the CLI option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medicosam.cli import main
+from medicosam.device import THREADS_ENV, configure_threads, get_cgroup_cpu_limit, get_cpu_budget
+from medicosam.errors import MedicoSAMError
+
+
+@pytest.fixture(autouse=True)
+def restore_threads(monkeypatch):
+    before = torch.get_num_threads()
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "200000 100000\n"}, 2),
+    ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two threads, each busy part of the time
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage"}, None),
+    ({}, None),
+])
+def test_cgroup_cpu_limit_v1_and_v2(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert get_cgroup_cpu_limit(tmp_path) == expected
+
+
+def test_default_threads_never_exceed_the_cpus_this_process_may_use():
+    torch.set_num_threads(64)  # what torch picks on a 64-core host, whatever the container allows
+    assert configure_threads() == min(64, get_cpu_budget()) == torch.get_num_threads()
+
+
+def test_explicit_threads_win_then_the_environment(monkeypatch):
+    assert configure_threads(1) == torch.get_num_threads() == 1
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert configure_threads() == 3
+    assert configure_threads(2) == 2
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(MedicoSAMError, match="MEDICOSAM_NUM_THREADS='many' is not a thread count"):
+        configure_threads()
+
+
+def test_user_omp_setting_is_left_alone(monkeypatch):
+    torch.set_num_threads(5)
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert configure_threads() == 5
+
+
+def test_cli_threads_option(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path))
+    assert main(["--threads", "1", "models", "list"]) == 0
+    assert torch.get_num_threads() == 1
+    assert main(["--threads", "0", "models", "list"]) == 2
+    assert "--threads 0: use 1 or more" in capsys.readouterr().err
