@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
 
@@ -24,6 +25,7 @@ class Route:
         honour_range: False makes the server answer 200 with the whole file to Range requests.
         cut_at: close the connection after sending this many body bytes...
         cut_times: ...in this many responses (then serve normally); None cuts every response.
+        chunk_delay: seconds to pause after each 64 KiB of body (a slow link, for overlapping clients).
     """
 
     body: bytes
@@ -31,6 +33,7 @@ class Route:
     honour_range: bool = True
     cut_at: Optional[int] = None
     cut_times: Optional[int] = 1
+    chunk_delay: float = 0.0
 
 
 class FileServer:
@@ -87,8 +90,10 @@ def _make_handler(owner: FileServer):
                 payload = payload[: route.cut_at]
                 if route.cut_times is not None:
                     route.cut_times -= 1
-            self.wfile.write(payload)
-            self.wfile.flush()
+            for start in range(0, len(payload), 1 << 16):
+                self.wfile.write(payload[start: start + (1 << 16)])
+                self.wfile.flush()
+                time.sleep(route.chunk_delay)
 
         def log_message(self, *args) -> None:
             pass

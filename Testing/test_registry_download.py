@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import re
+from pathlib import Path
 
 import pytest
 import xxhash
@@ -45,6 +46,11 @@ def _online(monkeypatch):
     monkeypatch.delenv("MEDICOSAM_OFFLINE", raising=False)
 
 
+def _get_files(folder) -> list:
+    """The cache's files, without the lock files of `.locks/`."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".locks")
+
+
 def make_spec(server: FileServer, algo: str = "xxh128", size: int = len(PAYLOAD)) -> ModelSpec:
     digest = xxhash.xxh128(PAYLOAD).hexdigest() if algo == "xxh128" else hashlib.sha256(PAYLOAD).hexdigest()
     return ModelSpec(name="test_model", url=server.url(PATH), arch="vit_b", hash_algo=algo, hash=digest,
@@ -79,7 +85,7 @@ def test_whole_file_downloads_once_then_comes_from_cache(server, tmp_path, algo)
     spec = make_spec(server, algo)
     path = download_model(spec, cache_dir=tmp_path)
     assert path == get_model_path(spec, tmp_path) and path.read_bytes() == PAYLOAD
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["test_model.pth", "test_model.pth.verified"]
+    assert _get_files(tmp_path) == ["test_model.pth", "test_model.pth.verified"]
     assert download_model(spec, cache_dir=tmp_path) == path
     assert len(server.requests) == 1
 
@@ -88,14 +94,14 @@ def test_hash_mismatch_leaves_nothing_in_the_cache(server, tmp_path):
     server.routes[PATH] = Route(bytes(len(PAYLOAD)))  # right size, wrong content
     with pytest.raises(HashMismatchError, match="expected .*Nothing was kept"):
         download_model(make_spec(server), cache_dir=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert _get_files(tmp_path) == []
 
 
 def test_oversized_file_is_rejected(server, tmp_path):
     server.routes[PATH] = Route(PAYLOAD + b"extra")
     with pytest.raises(HashMismatchError, match="more than the expected"):
         download_model(make_spec(server), cache_dir=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert _get_files(tmp_path) == []
 
 
 def test_truncated_file_is_not_taken_and_a_later_call_resumes(server, tmp_path):
@@ -145,7 +151,7 @@ def test_http_error_names_url_and_status(server, tmp_path):
     server.routes[PATH] = Route(b"", status=404)
     with pytest.raises(DownloadError, match=re.escape(spec.url) + ".*HTTP 404"):
         download_model(spec, cache_dir=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert _get_files(tmp_path) == []
 
 
 def test_offline_mode_never_touches_the_network(server, tmp_path, monkeypatch):
@@ -240,3 +246,30 @@ def test_corrupt_cached_file_is_downloaded_again_online(server, tmp_path):
     target.write_bytes(bytes(len(PAYLOAD)))
     assert download_model(spec, cache_dir=tmp_path).read_bytes() == PAYLOAD
     assert len(server.requests) == 1
+
+
+_CONCURRENT_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+from medicosam.models.download import resolve_checkpoint
+print(resolve_checkpoint(sys.argv[1], cache_dir=sys.argv[2]))
+"""
+
+
+def test_processes_asking_for_the_same_file_download_it_once(server, tmp_path):
+    """torchrun ranks (or Slicer and a CLI) wanting one model: one downloads, the others wait for it.
+
+    Without a checksum (a plain URL) two writers appending to one `.part` would go unnoticed."""
+    import subprocess
+    import sys
+
+    server.routes[PATH] = Route(PAYLOAD, chunk_delay=0.05)  # ~2 s on the wire
+    command = [sys.executable, "-c", _CONCURRENT_SCRIPT, server.url(PATH), str(tmp_path)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    paths = {out.strip() for out, _ in outputs}
+    assert len(paths) == 1 and Path(paths.pop()).read_bytes() == PAYLOAD
+    assert len([r for r in server.requests if r["path"] == PATH]) == 1
+    assert sum("Another process is downloading" in err for _, err in outputs) == 2

@@ -3,7 +3,7 @@
     python bench/train_step.py [--arch vit_b] [--batch 7] [--objects 5] [--size 1024] [--json out.json]
 
 Ours: `medicosam_training.objective.compute_objective` (encoder once on the batch, every object of
-every image in one mask-decoder call per round), SDPA attention, bf16 autocast on CUDA, fused
+every image in one mask-decoder call per round), SDPA attention and bf16 autocast on CUDA, fused
 AdamW; optionally activation checkpointing (what `medicosam train` runs). Naive: fp32, official
 attention, the encoder and one decoder call per image per round (micro-sam's `TrainableSAM.forward`
 loop), i.e. the same objective run image by image.
@@ -34,7 +34,7 @@ from common import (
 from medicosam.acceleration import fast_attention
 from medicosam_training.objective import compute_objective, get_preset
 from medicosam_training.phantoms import make_phantom_2d
-from medicosam_training.trainer import activation_checkpointing
+from medicosam_training.trainer import activation_checkpointing, use_fast_attention
 
 
 def get_batch(batch: int, objects: int, size: int, device: torch.device):
@@ -76,7 +76,8 @@ def main() -> None:
         autocast = torch.autocast("cuda", torch.bfloat16) if fast and cuda else contextlib.nullcontext()
         rng = np.random.default_rng(0)
         optimizer.zero_grad(set_to_none=True)
-        with activation_checkpointing(sam.image_encoder, checkpointing), fast_attention(sam, fast), autocast:
+        sdpa = fast and use_fast_attention(None, device)  # as `medicosam train`: on CUDA only
+        with activation_checkpointing(sam.image_encoder, checkpointing), fast_attention(sam, sdpa), autocast:
             chunks = [slice(i, i + 1) for i in range(batch)] if per_image else [slice(0, batch)]
             loss = sum(compute_objective(sam, images[c], masks[c], valid[c], config, rng).loss for c in chunks)
             loss.backward()  # inside the block: checkpointing recomputes the forward with these classes

@@ -16,6 +16,7 @@ PIP_REQUIREMENTS: Dict[str, str] = {
     "scipy": "scipy",
     "skimage": "scikit-image",
     "requests": "requests",
+    "filelock": "filelock",
     "platformdirs": "platformdirs",
     "xxhash": "xxhash",
 }

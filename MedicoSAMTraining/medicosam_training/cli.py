@@ -43,8 +43,9 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on the CPU")
     parser.add_argument("--grad-checkpointing", action="store_true", help="trade compute for encoder memory")
-    parser.add_argument("--no-fast-attention", dest="fast_attention", action="store_false",
-                        help="official attention instead of SDPA (the same result, slower, far more GPU memory)")
+    parser.add_argument("--no-fast-attention", dest="fast_attention", action="store_false", default=None,
+                        help="official attention on a GPU instead of SDPA (the same result, slower, far "
+                             "more memory); the CPU uses official attention anyway")
     parser.add_argument("--n-obj", type=int, default=5, help="objects per image (paper: 5)")
     parser.add_argument("--n-steps", type=int, help="override the preset's correction steps")
     parser.add_argument("--p-box", type=float, help="override the preset's box probability")

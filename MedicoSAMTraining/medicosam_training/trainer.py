@@ -71,8 +71,9 @@ class TrainConfig:
         freeze: parameter-name prefixes kept fixed, e.g. ("prompt_encoder",).
         amp: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "off".
         grad_checkpointing: recompute encoder blocks in the backward pass (less memory, ~30 % slower).
-        fast_attention: SDPA attention (`medicosam.acceleration.fast_attention`): the same result in
-            fp32, fused kernels and a fraction of the memory on GPUs; saved weights are unchanged.
+        fast_attention: SDPA attention (`medicosam.acceleration.fast_attention`), the same result in
+            fp32 and the same saved weights; None: on CUDA (fused kernels, a fraction of the memory),
+            off on the CPU (its backward with the rel-pos bias is ~8 % slower there).
         out_dir: checkpoints, logs and the exported model.
         save_every: also write `latest.pt` every this many iterations (always at each epoch end).
         seed: seeds data order, object sampling and prompts.
@@ -96,7 +97,7 @@ class TrainConfig:
     freeze: Tuple[str, ...] = ()
     amp: str = "auto"
     grad_checkpointing: bool = False
-    fast_attention: bool = True
+    fast_attention: Optional[bool] = None
     out_dir: Union[str, Path] = "medicosam-training"
     save_every: int = 1000
     seed: int = 0
@@ -185,6 +186,11 @@ def get_loader_options(num_workers: Optional[int], device: torch.device) -> Dict
     if options["num_workers"]:
         options["prefetch_factor"] = 4
     return options
+
+
+def use_fast_attention(choice: Optional[bool], device: torch.device) -> bool:
+    """Whether training runs SDPA attention: the explicit choice, else only on CUDA (see TrainConfig)."""
+    return device.type == "cuda" if choice is None else choice
 
 
 def get_amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -491,7 +497,7 @@ def train(model: Any, train_dataset, val_dataset=None, config: Optional[TrainCon
     try:
         run = _Run(sam, sam_config, semantic_decoder, config, device, dist)
         with activation_checkpointing(sam.image_encoder, config.grad_checkpointing), \
-                fast_attention(sam, config.fast_attention):
+                fast_attention(sam, use_fast_attention(config.fast_attention, device)):
             return _train(run, train_dataset, val_dataset)
     finally:
         if dist.owns_group:

@@ -1,6 +1,9 @@
 """Checkpoint downloads into a user cache: resumable, hash-verified, renamed only when whole.
 
 A download streams into `<file>.part`; an interrupted one resumes with an HTTP Range request.
+A lock file (filelock, in `.locks/`) lets one process at a time download a file: torchrun ranks, a CLI and
+Slicer asking for the same model wait for the first, then find it cached, instead of appending
+to the same `.part`.
 The file gets its final name (atomic `os.replace`) only once its size and hash match, so a
 cached file is always a complete one. Beside it a small `<file>.verified` marker records the
 size, mtime and hash that were checked, so later uses skip rehashing hundreds of megabytes;
@@ -11,6 +14,7 @@ Offline mode (`offline=True` or `MEDICOSAM_OFFLINE=1`) never touches the network
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,7 +22,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urlparse
 
 from medicosam import __version__
@@ -210,7 +214,7 @@ def list_cached_models(cache_dir: Optional[Path] = None) -> List[CachedModel]:
     url_dir = root / _URL_SUBDIR
     if url_dir.is_dir():
         url_files = {p.name[: -len(".part")] if p.suffix == ".part" else p.name
-                     for p in url_dir.iterdir() if p.suffix != ".verified"}
+                     for p in url_dir.iterdir() if p.is_file() and p.suffix != ".verified"}
         named += [(f"{_URL_SUBDIR}/{name}", url_dir / name) for name in sorted(url_files)]
     entries = []
     for name, path in named:
@@ -274,28 +278,59 @@ def _get_cached_or_download(
     offline: Optional[bool],
     timeout: Tuple[float, float],
 ) -> Path:
-    offline = get_offline(offline)
-    if path.is_file():
-        if _check_cached_file(path, hash_algo, expected_hash, expected_size, rehash=False):
-            return path
-        if offline:
+    if path.is_file() and _check_cached_file(path, hash_algo, expected_hash, expected_size, rehash=False):
+        return path  # the common case takes no lock
+    if get_offline(offline):
+        if path.is_file():
             raise HashMismatchError(
                 f"Cached {label} at {path} does not match its expected size/hash. Replace it with a "
                 f"good copy of {url}, or turn offline mode off to download it again."
             )
-        logger.warning("Cached %s at %s is corrupt; downloading it again.", label, path)
-        path.unlink()
-    if offline:
         raise OfflineError(
             f"Offline mode is on (offline=True or MEDICOSAM_OFFLINE) and {label} is not cached. "
             f"On a machine with internet access download {url} and save it as {path} "
             "(or set MEDICOSAM_CACHE_DIR to a folder holding it), or pass a local checkpoint path."
         )
-    if expected_hash is None:
-        logger.warning("Upstream publishes no checksum for %s: only its size and loadability are "
-                       "checked; its sha256 is recorded to detect later corruption.", label)
-    return download_url(url, path, hash_algo=hash_algo, expected_hash=expected_hash,
-                        expected_size=expected_size, progress=progress, timeout=timeout)
+    with _download_lock(path, label, expected_size, progress):
+        if path.is_file():
+            if _check_cached_file(path, hash_algo, expected_hash, expected_size, rehash=False):
+                return path  # another process finished it while this one waited
+            logger.warning("Cached %s at %s is corrupt; downloading it again.", label, path)
+            path.unlink()
+        if expected_hash is None:
+            logger.warning("Upstream publishes no checksum for %s: only its size and loadability are "
+                           "checked; its sha256 is recorded to detect later corruption.", label)
+        return download_url(url, path, hash_algo=hash_algo, expected_hash=expected_hash,
+                            expected_size=expected_size, progress=progress, timeout=timeout)
+
+
+@contextlib.contextmanager
+def _download_lock(path: Path, label: str, expected_size: Optional[int],
+                   progress: Optional[ProgressCallback]) -> Iterator[None]:
+    """Hold `<path>.lock` while downloading; while another process holds it, wait and report the
+    growth of its `.part` through `progress` (which can still cancel the wait)."""
+    from filelock import FileLock, Timeout
+
+    lock_path = path.parent / ".locks" / f"{path.name}.lock"  # out of sight of people browsing the cache
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    waiting = False
+    while True:
+        try:
+            lock.acquire(timeout=0.5)
+            break
+        except Timeout:
+            if not waiting:
+                logger.info("Another process is downloading %s; waiting for it (%s).", label, lock.lock_file)
+                waiting = True
+            part = _get_part_path(path)
+            done = part.stat().st_size if part.is_file() else 0
+            if progress is not None and progress(done, expected_size) is False:
+                raise DownloadCancelled(f"Stopped waiting for another process to download {label}.") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _fetch_into(

@@ -51,8 +51,9 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--num-workers", type=int, help="data loading processes (default: 0 on the CPU, "
                                                          "up to 8 on a GPU)")
-    parser.add_argument("--no-fast-attention", dest="fast_attention", action="store_false",
-                        help="official attention in the SAM encoder instead of SDPA (same result, more memory)")
+    parser.add_argument("--no-fast-attention", dest="fast_attention", action="store_false", default=None,
+                        help="official attention in the SAM encoder on a GPU instead of SDPA (same result, "
+                             "more memory); the CPU uses official attention anyway")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_train)

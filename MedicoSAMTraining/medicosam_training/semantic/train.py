@@ -48,7 +48,8 @@ class SemanticTrainConfig:
         device: "auto", "cpu", "cuda", ...
         amp: bf16 autocast on CUDA.
         num_workers: DataLoader processes; None: `trainer.get_loader_options` decides.
-        fast_attention: SDPA attention in the SAM encoder (exact in fp32, far less GPU memory).
+        fast_attention: SDPA attention in the SAM encoder (exact in fp32, far less GPU memory);
+            None: on CUDA only, as `TrainConfig.fast_attention`.
         out_dir: where best.pt and history.json go; None writes nothing.
         time_limit_s: stop (and validate) after this many seconds.
         progress: show a tqdm bar.
@@ -65,7 +66,7 @@ class SemanticTrainConfig:
     device: str = "auto"
     amp: bool = True
     num_workers: Optional[int] = None
-    fast_attention: bool = True
+    fast_attention: Optional[bool] = None
     out_dir: Optional[Union[str, Path]] = None
     time_limit_s: Optional[float] = None
     progress: bool = True
@@ -162,6 +163,7 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
 
     from medicosam.acceleration import fast_attention
     from medicosam.device import get_device
+    from medicosam_training.trainer import use_fast_attention
 
     from .models import save_semantic_model
 
@@ -178,7 +180,7 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
     best_dice, best_state, best_path = -math.inf, None, None
     start = time.monotonic()
     batches = _get_batches(train_set, config, device)
-    with fast_attention(model, config.fast_attention):
+    with fast_attention(model, use_fast_attention(config.fast_attention, device)):
         bar = tqdm(total=config.iterations, disable=not config.progress, desc="semantic training")
         running = []
         for iteration in range(1, config.iterations + 1):
