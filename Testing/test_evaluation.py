@@ -150,6 +150,28 @@ def test_2d_fast_path_starts_like_the_reference(tiny_sam, images_2d):
         assert abs(ours["dice"] - theirs["dice"]) <= 0.02
 
 
+def test_2d_colour_images_reach_sam_in_colour(tiny_sam, tmp_path):
+    """A real RGB PNG with distinct channels is evaluated in colour, as training reads it."""
+    from medicosam_training.evaluation.data import LabeledFolder
+
+    rgb = sitk.GetArrayFromImage(sitk.ReadImage(str(get_itk_examples_dir() / "VentricleModel.png")))[..., :3]
+    colour = rgb.copy()
+    colour[..., 1] //= 3
+    colour[..., 2] = 255 - colour[..., 2]
+    label = (rgb[..., 0] > 127).astype(np.uint8)
+    for folder, array, is_vector in (("images", colour, True), ("labels", label, False)):
+        (tmp_path / folder).mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(array, isVector=is_vector), str(tmp_path / folder / "case.png"))
+    sample = LabeledFolder(tmp_path / "images", tmp_path / "labels", ndim=2)[0]
+    np.testing.assert_array_equal(sample.image, colour)
+    run = evaluate_interactive_2d(tiny_sam, [sample], Interactive2DConfig(n_corrections=0), starts=["box"],
+                                  record_masks=True, show_progress=False)
+    predictor = VolumePredictor(tiny_sam, colour[None])  # one colour slice
+    np.testing.assert_array_equal(run.traces[0].masks[0], predictor.predict(0, 0, run.traces[0].prompts[0]).masks[0])
+    grey = VolumePredictor(tiny_sam, colour.mean(axis=-1))
+    assert not np.array_equal(grey.get_embedding(0, 0).features, predictor.get_embedding(0, 0).features)
+
+
 # ---------------------------------------------------------------- 3D protocol
 
 

@@ -22,7 +22,8 @@ PathLike = Union[str, Path]
 
 @dataclasses.dataclass
 class LabeledImage:
-    """An image (2D, (H, W)) or volume (3D, KJI) with its label map of class ids (0 = background)."""
+    """An image (2D: (H, W), or (H, W, 3) in colour) or volume (3D, KJI) with its label map of class ids
+    (0 = background)."""
 
     image_id: str
     image: np.ndarray
@@ -83,18 +84,18 @@ def get_objects(label: np.ndarray, classes: Optional[Iterable[int]] = None, min_
     return objects
 
 
-def get_gray_image(image: np.ndarray) -> np.ndarray:
-    """A (H, W) intensity image for the predictor, which takes grey levels.
+def get_model_image(image: np.ndarray) -> np.ndarray:
+    """A 2D image as SAM sees it in training: (H, W) grey levels, or (H, W, 3) RGB for colour.
 
-    RGB(A) images whose channels are equal (grey saved as colour) keep one channel; real colour
-    images become the mean of their colour channels (docs/evaluation.md).
+    Grey saved as RGB(A) (equal channels) keeps one channel, so it gets the grey intensity window;
+    alpha is dropped.
     """
     if image.ndim == 2:
         return image
     channels = image[..., :3]
     if all(np.array_equal(channels[..., 0], channels[..., i]) for i in range(1, channels.shape[-1])):
         return channels[..., 0]
-    return channels.astype(np.float32).mean(axis=-1)
+    return channels
 
 
 class LabeledFolder(Sequence):
@@ -125,13 +126,13 @@ class LabeledFolder(Sequence):
         record = self.records[index]
         label_path = record.labels[0]
         if self.ndim == 2:
-            image = get_gray_image(read_image_2d(record.image))
+            image = get_model_image(read_image_2d(record.image))
             label = read_image_2d(label_path)
         else:
             image, label = _read_volume_array(record.image), _read_volume_array(label_path)
         label = get_label_array(label, label_path)
         check_same_shape(image, label, record.image, label_path)
-        if image.ndim != self.ndim:
+        if image.ndim - (self.ndim == 2 and image.ndim == 3) != self.ndim:  # (H, W, 3) is 2D
             raise DataError(f"{record.image}: expected a {self.ndim}D image, got shape {image.shape}")
         return LabeledImage(get_stem(record.image), image, label)
 

@@ -196,9 +196,9 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
                 if any(todo):
                     if max_objects is not None and len(run.traces) >= max_objects:
                         return run
+                    image = sample.image[None] if sample.image.ndim == 3 else sample.image  # colour: 1 slice
                     predictor = predictor or VolumePredictor(
-                        sam, sample.image, get_intensity_window(sample.image, config.window),
-                        **get_speed_options(config.fast))
+                        sam, image, get_intensity_window(image, config.window), **get_speed_options(config.fast))
                     traces = run_interactive_2d(predictor, chunk, start, config, sample.image_id, record_masks)
                     for trace in (t for t, flag in zip(traces, todo) if flag):
                         if max_objects is not None and len(run.traces) >= max_objects:
