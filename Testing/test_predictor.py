@@ -47,7 +47,9 @@ def test_masks_equal_official_sam_predictor(predictor, tiny_sam, axis):
 
 
 def test_several_objects_in_one_call_equal_one_by_one(predictor):
-    objects = [_prompts([[30, 40], [50, 60]], [1, 0]), _prompts([[70, 20], [10, 10]], [1, 1])]
+    objects = [_prompts([[30 + i, 40], [50, 60 - i]], [1, 0]) for i in range(5)]  # two decoder calls of 4 and 1
+    objects.append(_prompts([[70, 20], [10, 10]], [1, 1]))
+    assert predictor.decode_batch == 4
     together = predictor.predict(0, 40, objects)
     for i, prompt in enumerate(objects):
         alone = predictor.predict(0, 40, prompt)

@@ -100,12 +100,16 @@ class VolumePredictor:
             None runs the official fp32 path (undoing a fast path an earlier predictor switched on).
         cache_dtype: dtype of cached features ("bfloat16", "float16" or a torch dtype): halves the
             cache's memory per slice; features go back to the model's dtype for decoding.
+        decode_batch: most objects per mask-decoder call; None: 4 on the CPU (8 objects of ViT-b:
+            4 per call 0.79x the time of one per call, 8 per call 1.17x, as the working set
+            outgrows the caches), 32 on GPUs (where one call for all is the win).
     """
 
     def __init__(self, sam, volume: np.ndarray, window: Optional[IntensityWindow] = None, *,
                  model_id: str = "", volume_id: Optional[str] = None,
                  cache: Optional[EmbeddingCache] = None, device=None,
-                 acceleration: Optional[AccelerationConfig] = None, cache_dtype=None):
+                 acceleration: Optional[AccelerationConfig] = None, cache_dtype=None,
+                 decode_batch: Optional[int] = None):
         from segment_anything.utils.transforms import ResizeLongestSide
 
         from .acceleration import disable_fast_path, enable_fast_path, get_dtype
@@ -133,6 +137,7 @@ class VolumePredictor:
             enable_fast_path(self.sam, acceleration)
         else:
             disable_fast_path(self.sam)
+        self.decode_batch = decode_batch or (4 if self.device.type == "cpu" else 32)
         self.encoder_calls = 0  # image-encoder forward passes
         self.encoded_slices = 0  # slices they embedded (more than the calls when batched)
 
@@ -208,7 +213,7 @@ class VolumePredictor:
 
         Objects with one positive point and nothing else get SAM's three masks and keep the one
         with the best predicted IoU (unless `multimask=False`); objects that share a prompt
-        layout are decoded in one batched mask-decoder call.
+        layout are decoded together, `decode_batch` per mask-decoder call.
         """
         single = isinstance(prompts, Prompts)
         objects: List[Prompts] = [prompts] if single else list(prompts)
@@ -226,9 +231,11 @@ class VolumePredictor:
         masks = np.zeros((len(objects), h, w), dtype=bool)
         logits = np.zeros((len(objects), self.low_res_size, self.low_res_size), dtype=np.float32)
         scores = np.zeros(len(objects), dtype=np.float32)
-        for (flag, _, _), indexes in groups.items():
-            group_masks, group_logits, group_scores = self._decode(embedding, [objects[i] for i in indexes], flag)
-            masks[indexes], logits[indexes], scores[indexes] = group_masks, group_logits, group_scores
+        for (flag, _, _), group in groups.items():
+            for start in range(0, len(group), self.decode_batch):
+                indexes = group[start: start + self.decode_batch]
+                chunk_masks, chunk_logits, chunk_scores = self._decode(embedding, [objects[i] for i in indexes], flag)
+                masks[indexes], logits[indexes], scores[indexes] = chunk_masks, chunk_logits, chunk_scores
         return Prediction(masks, logits, scores)
 
     def predict_mask(self, axis: int, index: int, prompts: Prompts) -> np.ndarray:
