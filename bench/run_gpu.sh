@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every inference benchmark on one GPU in one go (< 8 minutes on an H100 / H200), ours against the
-# official path in the same process; one JSON per bench plus log.txt under $OUT.
+# official path in the same process; one JSON per bench, summary.json and log.txt under $OUT, and
+# issue #7's acceptance table (bench/summarize.py) at the end of the log.
 #   on the CPU machine, once:  bash bench/prepare_gpu.sh
 #   on the device:             run(command="bash bench/run_gpu.sh", carry=[".bench_gpu"], timeout_s=540)
 # Each step has its own time limit, so one slow step cannot eat the others' time.
@@ -34,5 +35,6 @@ step() {  # step NAME LIMIT_S SCRIPT ARGS...: run one bench, keep going if it fa
     if [ -f bench/train_step.py ]; then
         step train_step 90 bench/train_step.py --arch "$ARCH"
     fi
+    "$PYTHON" bench/summarize.py "$OUT" --json "$OUT/summary.json" || true
     echo "== done $(date +%T)"
 } 2>&1 | tee "$OUT/log.txt"
