@@ -86,8 +86,8 @@ def main() -> None:
     parser.add_argument("results", type=Path, help="the $OUT folder of bench/run_gpu.sh")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    first = next((read(args.results, name) for name in ("encoder", "decoder", "propagation", "train_step")
-                  if read(args.results, name)), None)
+    reports = [read(args.results, name) for name in ("encoder", "decoder", "propagation", "train_step")]
+    first = next((report for report in reports if report is not None), None)
     if first is None:
         raise SystemExit(f"{args.results}: no bench JSON files; run bench/run_gpu.sh with OUT={args.results}")
     rows = [get_row(args.results) for get_row in ROWS]

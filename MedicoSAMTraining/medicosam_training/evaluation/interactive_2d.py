@@ -99,6 +99,12 @@ class EvaluationRun:
     complete: bool = False
     skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
+    def add_rows(self, rows: List[dict], results: Optional[ResultsCSV]) -> None:
+        """Keep finished rows, appending them to the results CSV first when there is one."""
+        if results is not None:
+            results.append(rows)
+        self.rows.extend(rows)
+
 
 def check_window(preset: str) -> None:
     if preset not in PRESETS:
@@ -203,10 +209,7 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
                     for trace in (t for t, flag in zip(traces, todo) if flag):
                         if max_objects is not None and len(run.traces) >= max_objects:
                             return run
-                        rows = get_rows_2d(trace, model, dataset)
-                        if results is not None:
-                            results.append(rows)
-                        run.rows.extend(rows)
+                        run.add_rows(get_rows_2d(trace, model, dataset), results)
                         run.traces.append(trace)
                 bar.update(1 / len(units))
             if not units:

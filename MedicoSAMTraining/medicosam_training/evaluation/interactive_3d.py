@@ -181,10 +181,7 @@ def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapp
                         key = get_setting_key(setting)
                         volume_mask = get_propagated_mask(predictor, config.axis, index, seed_mask, setting)
                         trace.dice[key] = get_dice(volume_mask, target)
-                        rows = get_rows_3d(trace, model, dataset, split, [key])
-                        if results is not None:
-                            results.append(rows)
-                        run.rows.extend(rows)
+                        run.add_rows(get_rows_3d(trace, model, dataset, split, [key]), results)
                 bar.update(1 / len(units))
             if not units:
                 bar.update(1)
