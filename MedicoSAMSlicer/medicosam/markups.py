@@ -1,0 +1,210 @@
+"""Slicer markups as SAM prompts: point lists (+/-) and ROI boxes, from MRML nodes or `.mrk.json` files.
+
+One translation for every caller: the effect passes the world (RAS) positions it reads from its markups
+nodes, `medicosam segment --markups/--roi` passes what `read_markups_file` reads from Slicer's files, and
+both get the same per-slice `Prompts` from `get_markup_prompts`.
+
+Which points are negative (a Slicer point list has no sign): every point of a list whose name contains
+"negative" (a file has no name field since Slicer 5.0, so its file name counts), and any point whose
+label or description starts with "-". Points whose `positionStatus` is not "defined" (still being
+placed, or skipped) are ignored.
+
+An ROI is a box with its own axes, which may be rotated against the volume. On each slice the box prompt
+is the bounding rectangle, in the slice's pixels, of the ROI's cross-section with that slice
+(`geometry.get_roi_slice_boxes`); the slices an ROI covers are those its voxel extent reaches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import MedicoSAMError
+from .geometry import get_roi_slice_boxes, get_slice_point, ras_to_array_index
+from .prompts import Prompts
+
+#: The schema Slicer 5.x writes and accepts (`vtkMRMLMarkupsJsonStorageNode`: markups-schema-v1.x.y).
+_SCHEMA = re.compile(r".*markups-schema-v1\.[0-9]+\.[0-9]+\.json#*$")
+_LPS_FLIP = np.array([-1.0, -1.0, 1.0])
+
+
+class MarkupsFileError(MedicoSAMError, ValueError):
+    """A markups file that cannot be used as prompts (the message names the file and the field)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkupsPoint:
+    """One control point in world RAS (mm); `positive` is False for a background (negative) point."""
+
+    position_ras: Tuple[float, float, float]
+    positive: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkupsROI:
+    """A box ROI in world RAS: centre, full edge lengths along its own axes, and those axes as the
+    columns of `axes_ras` (3x3, orthonormal: Slicer's ROI object-to-world rotation)."""
+
+    center_ras: Tuple[float, float, float]
+    size: Tuple[float, float, float]
+    axes_ras: Tuple[Tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+    def get_corners_ras(self) -> np.ndarray:
+        """(8, 3) RAS corners of the box."""
+        signs = np.array([[a, b, c] for a in (-0.5, 0.5) for b in (-0.5, 0.5) for c in (-0.5, 0.5)])
+        axes = np.asarray(self.axes_ras, float)
+        return np.asarray(self.center_ras, float) + (signs * np.asarray(self.size, float)) @ axes.T
+
+
+def is_negative_label(text: Optional[str]) -> bool:
+    """The rule for one control point: its label or description starts with "-"."""
+    return bool(text) and text.strip().startswith("-")
+
+
+def is_negative_list(name: Optional[str]) -> bool:
+    """The rule for a whole point list: its name contains "negative"."""
+    return bool(name) and "negative" in name.lower()
+
+
+def read_markups_file(path: Union[str, Path]) -> Tuple[List[MarkupsPoint], List[MarkupsROI]]:
+    """Points and ROIs of a Slicer Markups JSON file (`.mrk.json`), converted to RAS.
+
+    Raises:
+        MarkupsFileError: not JSON, not Slicer's markups schema, an unsupported markups type, a missing or
+            malformed field, or a point list without any defined point.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MarkupsFileError(f"{path}: cannot read it as a Slicer markups file ({error}); save the point "
+                               "list or ROI from Slicer as .mrk.json") from None
+    if not isinstance(document, dict) or not _SCHEMA.match(str(document.get("@schema", ""))):
+        raise MarkupsFileError(f"{path}: field '@schema' is not Slicer's markups-schema-v1.x; save the "
+                               "point list or ROI from Slicer 5 as .mrk.json")
+    markups = document.get("markups")
+    if not isinstance(markups, list) or not markups:
+        raise MarkupsFileError(f"{path}: field 'markups' holds no markups list")
+    points: List[MarkupsPoint] = []
+    rois: List[MarkupsROI] = []
+    for n, markup in enumerate(markups):
+        where = f"{path}: markups[{n}]"
+        kind = _get_field(markup, "type", str, where)
+        flip = _get_flip(markup, where)
+        if kind == "Fiducial":
+            list_name = markup.get("name") or path.name
+            points += _read_points(markup, flip, is_negative_list(str(list_name)), where)
+        elif kind == "ROI":
+            rois.append(_read_roi(markup, flip, where))
+        else:
+            raise MarkupsFileError(f"{where}: type {kind!r} is not a prompt; use a point list (Fiducial) "
+                                   "or an ROI")
+    return points, rois
+
+
+def get_markup_prompts(points: Sequence[MarkupsPoint], rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray,
+                       shape_kji: Sequence[int], axis: int, every_roi_slice: bool = False) -> Dict[int, Prompts]:
+    """Prompts per slice index along `axis` from world points and ROIs.
+
+    Each point goes to the slice it falls on. An ROI gives its box on the slice its centre falls in and
+    on every slice that holds points; with `every_roi_slice` ("Segment in ROI") on every slice it covers.
+    Two ROIs on one slice: the later one wins.
+
+    Raises:
+        PointOutsideVolumeError: a point or an ROI centre outside the volume.
+        MarkupsFileError: an ROI that does not reach the volume.
+    """
+    prompts: Dict[int, Prompts] = {}
+    for point in points:
+        index, x, y = get_slice_point(ras_to_array_index(point.position_ras, ijk_to_ras, shape_kji), axis)
+        prompts[index] = prompts.get(index, Prompts()).with_points(np.array([[x, y]]), np.array([int(point.positive)]))
+    for roi in rois:
+        boxes = get_roi_slice_boxes(roi.get_corners_ras(), ijk_to_ras, shape_kji, axis)
+        if not boxes:
+            raise MarkupsFileError(f"the ROI centred at RAS {tuple(round(v, 1) for v in roi.center_ras)} mm does "
+                                   "not overlap the volume; move it onto the image")
+        if every_roi_slice:
+            chosen = list(boxes)
+        else:
+            centre = ras_to_array_index(roi.center_ras, ijk_to_ras, shape_kji)[axis]
+            chosen = [index for index in {centre, *prompts} if index in boxes]
+        for index in chosen:
+            prompts[index] = dataclasses.replace(prompts.get(index, Prompts()),
+                                                 box=np.asarray(boxes[index], np.float32))
+    return prompts
+
+
+def get_roi_slice_range(rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray, shape_kji: Sequence[int],
+                        axis: int) -> Optional[Tuple[int, int]]:
+    """(first, last) slice along `axis` that the ROIs cover, to bound propagation; None without ROIs."""
+    covered = [index for roi in rois for index in get_roi_slice_boxes(roi.get_corners_ras(), ijk_to_ras,
+                                                                       shape_kji, axis)]
+    return (min(covered), max(covered)) if covered else None
+
+
+def _get_field(markup, name: str, kind, where: str):
+    value = markup.get(name) if isinstance(markup, dict) else None
+    if not isinstance(value, kind):
+        raise MarkupsFileError(f"{where}: field {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def _get_vector(value, size: int, where: str) -> np.ndarray:
+    try:
+        vector = np.asarray(value, float).reshape(size)
+    except (TypeError, ValueError):
+        vector = np.full(size, np.nan)
+    if not np.all(np.isfinite(vector)):
+        raise MarkupsFileError(f"{where} must be {size} finite numbers, got {value!r}")
+    return vector
+
+
+def _get_flip(markup, where: str) -> np.ndarray:
+    """Sign flip to RAS: Slicer writes LPS by default (and reads a file without the field as LPS)."""
+    system = markup.get("coordinateSystem", "LPS")
+    units = markup.get("coordinateUnits", "mm")
+    if system not in ("LPS", "RAS"):
+        raise MarkupsFileError(f"{where}: field 'coordinateSystem' is {system!r}; Slicer writes LPS or RAS")
+    if units != "mm":
+        raise MarkupsFileError(f"{where}: field 'coordinateUnits' is {units!r}; only mm is supported")
+    return _LPS_FLIP if system == "LPS" else np.ones(3)
+
+
+def _read_points(markup, flip: np.ndarray, negative_list: bool, where: str) -> List[MarkupsPoint]:
+    points = []
+    for n, point in enumerate(_get_field(markup, "controlPoints", list, where)):
+        if not isinstance(point, dict):
+            raise MarkupsFileError(f"{where}.controlPoints[{n}] is not an object")
+        if point.get("positionStatus", "defined") != "defined":
+            continue
+        position = _get_vector(point.get("position"), 3, f"{where}.controlPoints[{n}].position") * flip
+        negative = negative_list or is_negative_label(point.get("label")) or is_negative_label(
+            point.get("description"))
+        points.append(MarkupsPoint(tuple(float(v) for v in position), not negative))
+    if not points:
+        raise MarkupsFileError(f"{where}: the point list has no defined control point; place points in "
+                               "Slicer (or set positionStatus to 'defined')")
+    return points
+
+
+def _read_roi(markup, flip: np.ndarray, where: str) -> MarkupsROI:
+    roi_type = markup.get("roiType", "Box")
+    if roi_type != "Box":
+        raise MarkupsFileError(f"{where}: roiType {roi_type!r} is not supported; use a Box ROI")
+    if markup.get("insideOut"):
+        raise MarkupsFileError(f"{where}: an inside-out ROI is not a box prompt; clear 'Inside out'")
+    center = _get_vector(markup.get("center"), 3, f"{where}.center") * flip
+    size = _get_vector(markup.get("size"), 3, f"{where}.size")
+    if np.any(size < 0):
+        raise MarkupsFileError(f"{where}.size must not be negative, got {size.tolist()}")
+    # Row-major object-to-node rotation; LPS files negate its first two rows (vtkMRMLMarkupsROIJsonStorageNode).
+    axes = _get_vector(markup.get("orientation", np.eye(3).ravel().tolist()), 9,
+                       f"{where}.orientation").reshape(3, 3) * flip[:, None]
+    if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-4):
+        raise MarkupsFileError(f"{where}.orientation is not a rotation matrix")
+    return MarkupsROI(tuple(center.tolist()), tuple(size.tolist()), tuple(map(tuple, axes.tolist())))
