@@ -12,7 +12,7 @@ embedding for every view change and would have to interpolate the mask back onto
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -192,3 +192,37 @@ def get_slice_box(
     n_rows, n_cols = shape_kji[row_axis], shape_kji[col_axis]
     box = (max(int(x0), 0), max(int(y0), 0), min(int(x1) + 1, n_cols), min(int(y1) + 1, n_rows))
     return int(slice_index), box
+
+
+def get_roi_slice_boxes(corners_ras: np.ndarray, ijk_to_ras: np.ndarray, shape_kji: Sequence[int],
+                        axis: int) -> Dict[int, Box]:
+    """Box `(x0, y0, x1, y1)` per slice index along `axis` of a 3D box given by its RAS corners.
+
+    The box may be rotated against the voxel grid. Its slices are those its extent along `axis` rounds to
+    (a box thinner than a voxel still gets the slice it lies in), clipped to the volume. On each slice the
+    box prompt is the pixel rectangle around the box's cross-section with the slice plane (the plane
+    through the slice's voxel centres, moved to the box's end where the box ends inside that voxel layer),
+    corners rounded like `get_slice_box`. Slices where that rectangle misses the image are left out.
+    """
+    corners = ras_to_ijk(np.asarray(corners_ras, float).reshape(-1, 3), ijk_to_ras)[:, ::-1]  # (N, 3) kji
+    along = corners[:, axis]
+    low, high = along.min(), along.max()
+    first = max(int(_round_half_up(low)), 0)
+    last = min(int(_round_half_up(high)), int(shape_kji[axis]) - 1)
+    row_axis, col_axis = _get_plane_axes(axis)
+    pairs = [(a, b) for a in range(len(corners)) for b in range(a, len(corners))]
+    boxes: Dict[int, Box] = {}
+    for index in range(first, last + 1):
+        plane = min(max(float(index), low), high)
+        section = []
+        for a, b in pairs:  # every vertex pair: the section of the convex box is their sections' hull
+            da, db = along[a] - plane, along[b] - plane
+            if da == 0 or da * db < 0:
+                section.append(corners[a] + (corners[b] - corners[a]) * (da / (da - db) if da != db else 0.0))
+        rows_cols = np.asarray(section)[:, [row_axis, col_axis]]
+        (y0, x0), (y1, x1) = _round_half_up(rows_cols.min(0)), _round_half_up(rows_cols.max(0))
+        box = (max(int(x0), 0), max(int(y0), 0), min(int(x1) + 1, int(shape_kji[col_axis])),
+               min(int(y1) + 1, int(shape_kji[row_axis])))
+        if box[0] < box[2] and box[1] < box[3]:
+            boxes[index] = box
+    return boxes
