@@ -76,6 +76,12 @@ class WriteBlock:
         """The masks laid out like `volume[self.get_region()]`."""
         return np.moveaxis(self.masks, 0, self.axis)
 
+    def get_removed(self, segment: np.ndarray) -> np.ndarray:
+        """Voxels of the (K, J, I) `segment` in the block that the new masks drop, laid out like
+        `get_array()`: the only ones to erase, because with the editable area "inside a single segment"
+        Slicer gives erased voxels to the masking segment."""
+        return segment[self.get_region()].astype(bool) & ~self.get_array()
+
     def get_extent(self, shape_kji: Sequence[int], origin_ijk: Sequence[int] = (0, 0, 0)) -> List[int]:
         """VTK extent `[i0, i1, j0, j1, k0, k1]` (inclusive) of the block; `origin_ijk` is the image's
         extent start, since a `vtkOrientedImageData` extent need not begin at 0."""
@@ -171,6 +177,13 @@ class _SlicePrompts:
         return not self.points and self.box is None
 
 
+def _is_addition(before: _SlicePrompts, after: _SlicePrompts) -> bool:
+    """True when `after` only adds points to `before` (same box, earlier points unchanged)."""
+    n = len(before.points)
+    return (before.box == after.box and len(after.points) > n and after.points[:n] == before.points
+            and after.labels[:n] == before.labels)
+
+
 def get_world_ijk_to_ras(image_to_local: np.ndarray, extent: Sequence[int],
                          local_to_world: Optional[np.ndarray] = None) -> np.ndarray:
     """4x4 matrix from array indices (i, j, k) of a `vtkOrientedImageData` to world RAS.
@@ -252,6 +265,63 @@ class SegmentationSession:
         index, box = get_slice_box(corner_a_ras, corner_b_ras, self.ijk_to_ras, self.shape, axis)
         self._get_slice_prompts((axis, index)).box = box
         return self.current
+
+    def set_markups(self, points: Sequence, rois: Sequence, view_normal_ras: Sequence[float]) -> List[SliceKey]:
+        """Make markups the prompts of the view's slices: the effect calls this whenever a point list or
+        ROI changes (by any module), with world positions (`markups.MarkupsPoint`, `markups.MarkupsROI`).
+
+        Slices whose prompts did not change keep their preview and previous prediction; a slice whose
+        points were only added to keeps its previous prediction (a correction); any other change starts
+        that slice afresh. The last changed slice becomes the current one. Returns the changed slices.
+        """
+        from .markups import get_markup_prompts
+
+        axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
+        wanted = {(axis, index): _SlicePrompts([tuple(int(v) for v in xy) for xy in prompts.points],
+                                               [int(v) for v in prompts.labels],
+                                               None if prompts.box is None else tuple(int(v) for v in prompts.box))
+                  for index, prompts in get_markup_prompts(points, rois, self.ijk_to_ras, self.shape, axis).items()}
+        old = {key: value for key, value in self._prompts.items() if key[0] == axis}
+        changed = sorted(key for key in set(old) | set(wanted) if old.get(key) != wanted.get(key))
+        for key in changed:
+            before, after = old.get(key), wanted.get(key)
+            if after is None:
+                self._prompts.pop(key, None)
+            else:
+                self._prompts[key] = after
+            if before is None or after is None or not _is_addition(before, after):
+                self._logits.pop(key, None)
+            if key == self.current:
+                self.preview = None
+                self._pending = after is not None
+        added = [key for key in changed if key in wanted]
+        if added and self.current not in added:
+            self.current, self.preview, self._pending = added[-1], None, True
+        return changed
+
+    def segment_in_roi(self, roi, points: Sequence = (), view_normal_ras: Sequence[float] = (0.0, 0.0, 1.0),
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       should_cancel: Optional[Callable[[], bool]] = None) -> Optional[WriteRequest]:
+        """"Segment in ROI": the ROI's box on every slice it covers (plus the points placed on each of those
+        slices), predicted slice by slice and written as one request (one undo point); None if cancelled.
+        Every slice is accepted, so Propagate and corrections continue from the result."""
+        from .markups import get_markup_prompts
+
+        axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
+        slice_prompts = get_markup_prompts(points, [roi], self.ijk_to_ras, self.shape, axis, every_roi_slice=True)
+        slice_prompts = {index: prompts for index, prompts in slice_prompts.items() if prompts.box is not None}
+        masks: Dict[int, np.ndarray] = {}
+        for done, (index, prompts) in enumerate(sorted(slice_prompts.items())):
+            if should_cancel is not None and should_cancel():
+                return None
+            masks[index] = self.predictor.predict_mask(axis, index, prompts)
+            if progress is not None:
+                progress(done + 1, len(slice_prompts))
+        for index, mask in masks.items():
+            self._accepted.setdefault(axis, {})[index] = mask
+            self._written[(axis, index)] = mask
+        self.preview, self._pending = None, False
+        return WriteRequest("segment_roi", axis, masks, self.shape)
 
     def clear_prompts(self) -> None:
         """Forget the current slice's prompts, preview and previous prediction (applied masks stay)."""
