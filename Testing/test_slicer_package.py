@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from medicosam.effect_settings import SHORTCUTS
 from medicosam.requirements import PIP_REQUIREMENTS, TORCH_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,8 +252,14 @@ def test_slicer_user_guide_covers_the_workflow():
     for topic in ("install", "first segmentation", "propagation", "correction", "model management",
                   "troubleshooting"):
         assert any(heading.startswith(topic) for heading in headings), f"docs/slicer.md has no '{topic}' section"
-    effect = ast.parse((SLICER_DIR / "SegmentEditorMedicoSAMLib" / "SegmentEditorEffect.py").read_text())
-    shortcuts = next(ast.literal_eval(node.value) for node in effect.body
-                     if isinstance(node, ast.Assign) and node.targets[0].id == "SHORTCUTS")
-    for key, _ in shortcuts:
+    for key in SHORTCUTS:
         assert f"| `{key}` |" in text, f"docs/slicer.md does not list the {key} shortcut"
+
+
+def test_effect_help_links_the_user_guide_in_the_project_repository():
+    """The extension ships no docs folder: the help text links the guide on the project's homepage."""
+    effect = ast.parse((SLICER_DIR / "SegmentEditorMedicoSAMLib" / "SegmentEditorEffect.py").read_text())
+    url = next(ast.literal_eval(node.value) for node in effect.body
+               if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DOCS_URL")
+    repository = get_s4ext()["homepage"].split("#")[0]
+    assert url == f"{repository}/blob/main/docs/slicer.md" and (ROOT / "docs" / "slicer.md").is_file()

@@ -19,15 +19,13 @@ import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-#: (key, action) while the effect is active; letters Slicer's slice views do not use.
-SHORTCUTS = (("I", "positive"), ("E", "negative"), ("X", "box"), ("A", "apply"),
-             ("P", "propagate"), ("C", "clear"), ("M", "refine"))
-TOOL_BUTTONS = (("positive", "+ Point (I)", "Left-click adds a point inside the object."),
-                ("negative", "- Point (E)", "Left-click adds a point outside the object."),
-                ("box", "Box (X)", "Left-drag draws a box around the object."))
+TOOL_BUTTONS = (("positive", "+ Point", "Left-click adds a point inside the object."),
+                ("negative", "- Point", "Left-click adds a point outside the object."),
+                ("box", "Box", "Left-drag draws a box around the object."))
 DISPLAY_COLORS = {"positive": (0.2, 0.9, 0.2), "negative": (1.0, 0.25, 0.25), "box": (1.0, 0.85, 0.1)}
 MIN_BOX_DRAG_PIXELS = 4
 BUSY_DIALOG_DELAY_MS = 400
+DOCS_URL = "https://github.com/MedicoSAM/SlicerMedicoSAM/blob/main/docs/slicer.md"
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -50,9 +48,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.displayedSessionKey = None
         self.shortcuts = []
         self.connections = []  # (object, signal, slot), disconnected in cleanup (Slicer issue #7392)
-        self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(50)
-        self.connectSignal(self.pollTimer, "timeout()", self.onPoll)
+        self.pollTimer = None  # created with the options frame, so it dies with it
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -66,22 +62,33 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
 
     def helpText(self):
-        return """<html>Segment with MedicoSAM (Segment Anything for medical images).<br>
-<b>+ Point</b> (I) / <b>- Point</b> (E): click inside / outside the object in a Red, Green or Yellow view
-aligned with the volume. <b>Box</b> (X): drag a box around it. The preview updates after every prompt.<br>
-<b>Apply</b> (A) writes the previewed slice; <b>Propagate</b> (P) segments the neighbouring slices from every
-applied slice. To correct, prompt on a wrong slice, Apply, Propagate again. <b>Clear</b> (C) removes the
-slice's prompts; <b>M</b> toggles refinement with the previous mask. Undo works as for any effect.
-See docs/slicer.md.</html>"""
+        key = getShortcutKeys()
+        return f"""<html>Segment with MedicoSAM (Segment Anything for medical images).<br>
+<b>+ Point</b> ({key["positive"]}) / <b>- Point</b> ({key["negative"]}): click inside / outside the object in
+a Red, Green or Yellow view aligned with the volume. <b>Box</b> ({key["box"]}): drag a box around it. The
+preview updates after every prompt.<br>
+<b>Apply</b> ({key["apply"]}) writes the previewed slice; <b>Propagate</b> ({key["propagate"]}) segments the
+neighbouring slices from every applied slice. To correct, prompt on a wrong slice, Apply, Propagate again.
+<b>Clear</b> ({key["clear"]}) removes the slice's prompts; <b>{key["refine"]}</b> toggles refinement with the
+previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user guide</a>.</html>"""
 
     def cleanup(self):
+        """Called by Slicer 5.10+ before deleting the effect; older versions only delete the options frame,
+        whose destroyed() signal runs `releaseResources`."""
         for sender, signal, slot in self.connections:
             sender.disconnect(signal, slot)
         self.connections = []
         self.removeShortcuts()
+        self.releaseResources()
+
+    def releaseResources(self):
+        """Stop the worker thread, remove the temporary nodes, free the model, volume copies and embeddings."""
+        self.pending = []
         if self.worker is not None:
             self.worker.shutdown(wait=False)
             self.worker = None
+        self.removeDisplayNodes()
+        self.sessions, self.predictors, self.loaded, self.cache = {}, {}, None, None
 
     def activate(self):
         self.createDisplayNodes()
@@ -128,16 +135,22 @@ See docs/slicer.md.</html>"""
                                      "bf16 (twice as many slices fit in memory). Off: the official fp32 SAM path, "
                                      "slower; use it to check a result.")
         modelForm.addRow(self.fastCheckBox)
+        self.loadModelButton = qt.QPushButton("Load model")
+        self.loadModelButton.objectName = self.__class__.__name__ + "LoadModel"
+        self.loadModelButton.setToolTip("Install what is missing, download and load the model now (otherwise "
+                                        "the first click does it).")
+        modelForm.addRow(self.loadModelButton)
         self.deleteModelsButton = qt.QPushButton("Delete downloaded models...")
         self.deleteModelsButton.objectName = self.__class__.__name__ + "DeleteModels"
         modelForm.addRow(self.deleteModelsButton)
         self.scriptedEffect.addOptionsWidget(modelSection)
 
+        key = getShortcutKeys()
         toolLayout = qt.QHBoxLayout()
         self.toolButtons = {}
         self.toolGroup = qt.QButtonGroup()
         for tool, text, tip in TOOL_BUTTONS:
-            button = qt.QPushButton(text)
+            button = qt.QPushButton(f"{text} ({key[tool]})")
             button.checkable = True
             button.setToolTip(tip)
             button.objectName = self.__class__.__name__ + "Tool" + tool.capitalize()
@@ -145,14 +158,14 @@ See docs/slicer.md.</html>"""
             toolLayout.addWidget(button)
             self.toolButtons[tool] = button
         self.scriptedEffect.addLabeledOptionsWidget("Prompt:", toolLayout)
-        self.refineCheckBox = qt.QCheckBox("Refine with the previous mask (M)")
+        self.refineCheckBox = qt.QCheckBox(f"Refine with the previous mask ({key['refine']})")
         self.refineCheckBox.setToolTip("Give SAM the slice's previous mask with each new prompt, so a click "
                                        "corrects the mask instead of starting over.")
         self.scriptedEffect.addOptionsWidget(self.refineCheckBox)
         sliceButtons = qt.QHBoxLayout()
-        self.applyButton = qt.QPushButton("Apply slice (A)")
+        self.applyButton = qt.QPushButton(f"Apply slice ({key['apply']})")
         self.applyButton.objectName = self.__class__.__name__ + "Apply"
-        self.clearButton = qt.QPushButton("Clear prompts (C)")
+        self.clearButton = qt.QPushButton(f"Clear prompts ({key['clear']})")
         self.clearButton.objectName = self.__class__.__name__ + "Clear"
         sliceButtons.addWidget(self.applyButton)
         sliceButtons.addWidget(self.clearButton)
@@ -180,7 +193,7 @@ See docs/slicer.md.</html>"""
         self.iouSpinBox.setSingleStep(0.05)
         self.iouSpinBox.setToolTip("Stop when a slice's mask overlaps the previous one less than this (IoU).")
         propagationForm.addRow("Stop below IoU:", self.iouSpinBox)
-        self.propagateButton = qt.QPushButton("Propagate (P)")
+        self.propagateButton = qt.QPushButton(f"Propagate ({key['propagate']})")
         self.propagateButton.objectName = self.__class__.__name__ + "Propagate"
         propagationForm.addRow(self.propagateButton)
         self.scriptedEffect.addOptionsWidget(propagationSection)
@@ -188,6 +201,12 @@ See docs/slicer.md.</html>"""
         self.statusLabel = qt.QLabel()
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
+
+        optionsFrame = self.scriptedEffect.optionsFrame()
+        self.pollTimer = qt.QTimer(optionsFrame)
+        self.pollTimer.setInterval(50)
+        self.connectSignal(self.pollTimer, "timeout()", self.onPoll)
+        optionsFrame.connect("destroyed()", self.releaseResources)
 
         for combo in (self.modelSelector, self.deviceSelector, self.directionSelector, self.modeSelector):
             self.connectSignal(combo, "currentIndexChanged(int)", self.updateMRMLFromGUI)
@@ -203,6 +222,7 @@ See docs/slicer.md.</html>"""
         self.connectSignal(self.clearButton, "clicked()", self.onClear)
         self.connectSignal(self.propagateButton, "clicked()", self.onPropagate)
         self.connectSignal(self.deleteModelsButton, "clicked()", self.onDeleteModels)
+        self.connectSignal(self.loadModelButton, "clicked()", self.onLoadModel)
 
     def connectSignal(self, sender, signal, slot):
         sender.connect(signal, slot)
@@ -290,7 +310,7 @@ See docs/slicer.md.</html>"""
             if tool == "box":
                 self.boxStart = (xy, ras, sliceNodeId)
             else:
-                self.addPrompt(tool, [ras], viewWidget)
+                self.deferPrompt(tool, [ras], viewWidget)
             return True
         if self.boxStart is None or self.boxStart[2] != sliceNodeId:
             return False
@@ -306,7 +326,7 @@ See docs/slicer.md.</html>"""
                 self.setMarkupsPoints("box", [])
                 self.showStatus("Drag to draw a box: a click is too small for one.")
             else:
-                self.addPrompt("box", [startRas, self.xyToRas(xy, viewWidget)], viewWidget)
+                self.deferPrompt("box", [startRas, self.xyToRas(xy, viewWidget)], viewWidget)
             return True
         return False
 
@@ -315,6 +335,11 @@ See docs/slicer.md.</html>"""
 
     def toggleRefine(self):
         self.refineCheckBox.checked = not self.refineCheckBox.checked
+
+    def deferPrompt(self, kind, rasPoints, sliceWidget):
+        """Add the prompt after the VTK observer returns: the first one may install packages, ask to download
+        and load the model behind a progress dialog, none of which may run inside an interactor event."""
+        qt.QTimer.singleShot(0, lambda: self.addPrompt(kind, rasPoints, sliceWidget))
 
     def addPrompt(self, kind, rasPoints, sliceWidget):
         """Add a prompt clicked in `sliceWidget` and update the preview in the background."""
@@ -341,11 +366,11 @@ See docs/slicer.md.</html>"""
     def onPreview(self, session, sessionKey, result):
         if sessionKey != self.getSessionKey():
             return  # another segment was selected meanwhile: this preview is not about it
-        preview, display, neighbours = result
-        self.showPrompts(display)
+        preview, promptDisplay, neighbours = result
+        self.showPrompts(promptDisplay)
         self.showPreview(preview)
         self.showStatus(f"Preview of slice {preview.index} (predicted IoU {preview.score:.2f}): "
-                        "Apply (A) to keep it.")
+                        f"Apply ({getShortcutKeys()['apply']}) to keep it.")
         self.worker.clear_background()
         for axis, index in neighbours:  # embeddings the next click or propagation will need
             self.worker.submit(session.predictor.get_embedding, axis, index, background=True)
@@ -380,6 +405,10 @@ See docs/slicer.md.</html>"""
                 self.showStatus("Propagation cancelled: the segment was not changed.")
                 return
             self.writeRequest(request)
+
+    def onLoadModel(self):
+        with self.reportingErrors():
+            self.ensureModel()
 
     def onDeleteModels(self):
         try:
@@ -477,6 +506,7 @@ See docs/slicer.md.</html>"""
                                                         cache=cache),
                     "Preparing the volume...")
                 self.predictors = {sourceKey: predictor}  # one volume at a time: drop the others
+                self.sessions = {k: s for k, s in self.sessions.items() if k[0] == sourceKey}  # and their sessions
             self.sessions[key] = SegmentationSession(predictor, ijkToRas, refine=self.getSettings().refine)
         self.sessions[key].ijk_to_ras = ijkToRas  # the segmentation may have been moved since
         self.displayedSessionKey = segmentKey
@@ -560,7 +590,7 @@ See docs/slicer.md.</html>"""
                                 "It downloads up to a few GB (a CUDA build when a GPU is present); "
                                 "Slicer is busy until it finishes."):
                 return False
-            with slicer.util.tryWithErrorDisplay("PyTorch could not be installed.", waitCursor=True):
+            with self.installing("Installing PyTorch (up to a few GB)...", "PyTorch could not be installed"):
                 PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
             importlib.invalidate_caches()
             if not is_torch_installed():
@@ -570,10 +600,28 @@ See docs/slicer.md.</html>"""
             if not self.confirm(f"MedicoSAM needs these Python packages: {', '.join(missing)}. "
                                 "Install them now with pip?"):
                 return False
-            with slicer.util.tryWithErrorDisplay("The Python packages could not be installed.", waitCursor=True):
+            with self.installing(f"Installing {', '.join(missing)}...", "The Python packages could not be installed"):
                 slicer.util.pip_install(" ".join(missing))
             importlib.invalidate_caches()
         return not get_missing_requirements()
+
+    @contextlib.contextmanager
+    def installing(self, text, failure):
+        """A progress dialog while pip runs (Slicer's pip runs on this thread and repaints at each output line);
+        a failure becomes one MedicoSAMError (`tryWithErrorDisplay` would show a dialog and re-raise)."""
+        from medicosam.errors import MedicoSAMError
+
+        dialog = createProgressDialog(text + " pip's output is in the Python console.", cancellable=False)
+        dialog.show()
+        slicer.app.processEvents()
+        try:
+            yield
+        except Exception as error:
+            logging.exception(failure)
+            raise MedicoSAMError(f"{failure}: {error}. The Python console shows pip's output; install from the "
+                                 "PyTorch Util module or with pip there, then try again.") from error
+        finally:
+            closeDialog(dialog)
 
     def confirmDownload(self, model):
         from medicosam.models.download import get_cache_dir, get_model_path
@@ -631,16 +679,19 @@ See docs/slicer.md.</html>"""
                                  "nothing was written. Place the prompts again.")
         origin = modifier.GetExtent()[::2]
         modes = slicer.qSlicerSegmentEditorAbstractEffect
+        segment = self.getSelectedSegmentArray()
         self.scriptedEffect.saveStateForUndo()
         with slicer.util.RenderBlocker():
             for block in request.get_blocks():
                 extent = block.get_extent(request.shape, origin)
                 region = block.get_region()
-                for mode, values in ((modes.ModificationModeRemove, 1), (modes.ModificationModeAdd, block.get_array())):
-                    array[region] = values
-                    modifier.Modified()
-                    self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, mode, extent)
-                array[region] = 0
+                for mode, values in ((modes.ModificationModeRemove, block.get_removed(segment)),
+                                     (modes.ModificationModeAdd, block.get_array())):
+                    if values.any():
+                        array[region] = values
+                        modifier.Modified()
+                        self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, mode, extent)
+                        array[region] = 0
         modifier.Modified()
         self.clearPreview()
         self.showStatus(request.describe())
@@ -676,7 +727,8 @@ See docs/slicer.md.</html>"""
 
     def removeDisplayNodes(self):
         for node in self.displayNodes.values():
-            slicer.mrmlScene.RemoveNode(node)
+            if node.GetScene() is not None:  # not removed with the scene already
+                node.GetScene().RemoveNode(node)
         self.displayNodes = {}
 
     def setMarkupsPoints(self, role, pointsRas):
@@ -691,10 +743,11 @@ See docs/slicer.md.</html>"""
         else:
             slicer.util.updateMarkupsControlPointsFromArray(node, points, world=True)
 
-    def showPrompts(self, display):
-        self.setMarkupsPoints("positive", display.positive_ras)
-        self.setMarkupsPoints("negative", display.negative_ras)
-        self.setMarkupsPoints("box", [] if display.box_corners_ras is None else display.box_corners_ras)
+    def showPrompts(self, promptDisplay):
+        self.setMarkupsPoints("positive", promptDisplay.positive_ras)
+        self.setMarkupsPoints("negative", promptDisplay.negative_ras)
+        corners = promptDisplay.box_corners_ras
+        self.setMarkupsPoints("box", [] if corners is None else corners)
 
     def showPreview(self, preview):
         node = self.displayNodes.get("preview")
@@ -755,11 +808,15 @@ See docs/slicer.md.</html>"""
         return slicer.app.testingEnabled() or slicer.util.confirmOkCancelDisplay(text, windowTitle="MedicoSAM")
 
     def installShortcuts(self):
+        """Shortcuts on the options frame: active while it is shown, deleted with it even if Slicer never calls
+        `cleanup` (5.6, 5.8)."""
+        from medicosam.effect_settings import SHORTCUTS
+
         actions = {"positive": lambda: self.setTool("positive"), "negative": lambda: self.setTool("negative"),
                    "box": lambda: self.setTool("box"), "apply": self.onApply, "propagate": self.onPropagate,
                    "clear": self.onClear, "refine": self.toggleRefine}
-        for key, action in SHORTCUTS:
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+        for key, action in SHORTCUTS.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(key), self.scriptedEffect.optionsFrame())
             shortcut.connect("activated()", actions[action])
             self.shortcuts.append((shortcut, actions[action]))
 
@@ -781,13 +838,8 @@ See docs/slicer.md.</html>"""
             self.worker = InferenceWorker()
         self.busy = True
         future = self.worker.submit(function)
-        dialog = qt.QProgressDialog(text, "Cancel", 0, 0, slicer.util.mainWindow())
-        dialog.setWindowTitle("MedicoSAM")
-        dialog.setWindowModality(qt.Qt.ApplicationModal)
+        dialog = createProgressDialog(text, cancellable=progress is not None)
         dialog.minimumDuration = BUSY_DIALOG_DELAY_MS
-        dialog.autoClose = dialog.autoReset = False
-        if progress is None:
-            dialog.setCancelButton(None)
         try:
             while not future.done():
                 if progress is not None:
@@ -802,10 +854,34 @@ See docs/slicer.md.</html>"""
                 slicer.app.processEvents()
                 time.sleep(0.02)
         finally:
-            dialog.close()
+            closeDialog(dialog)
             self.busy = False
         self.onPoll()  # jobs queued before this one finished first: show their results
         return future.result()
+
+
+def getShortcutKeys():
+    """Action -> key of the effect's shortcuts."""
+    from medicosam.effect_settings import SHORTCUTS
+
+    return {action: key for key, action in SHORTCUTS.items()}
+
+
+def createProgressDialog(text, cancellable):
+    """An application-modal MedicoSAM progress dialog, indeterminate until a maximum is set."""
+    dialog = qt.QProgressDialog(text, "Cancel", 0, 0, slicer.util.mainWindow())
+    dialog.setWindowTitle("MedicoSAM")
+    dialog.setWindowModality(qt.Qt.ApplicationModal)
+    dialog.autoClose = dialog.autoReset = False
+    if not cancellable:
+        dialog.setCancelButton(None)
+    return dialog
+
+
+def closeDialog(dialog):
+    """Close and delete: a dialog parented to the main window would otherwise live as long as Slicer."""
+    dialog.close()
+    dialog.deleteLater()
 
 
 def getImageArray(image):

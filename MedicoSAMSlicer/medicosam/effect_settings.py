@@ -27,6 +27,10 @@ MODE_LABELS = {
 }
 DIRECTION_LABELS = {"both": "Both directions", "up": "Up (increasing slice index)",
                     "down": "Down (decreasing slice index)"}
+#: The effect's keyboard shortcuts (key -> action). No key of core Slicer (Segment Editor, slice and 3D
+#: views) or SlicerNNInteractive: a key bound twice on one window fires neither (Testing/test_slicer_api.py).
+SHORTCUTS = {"O": "positive", "N": "negative", "X": "box", "A": "apply", "D": "propagate", "C": "clear",
+             "M": "refine"}
 
 
 class SettingsError(MedicoSAMError, ValueError):
