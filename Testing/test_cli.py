@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+from pydicom.data import get_testdata_file
 
 from medicosam.cli import main
 from medicosam.models.checkpoint import export_sam
 from medicosam.models.config import build_sam, get_tiny_config
+from medicosam.propagation import PropagationError
+from medicosam.segment import SegmentRequest, segment_volume
 from medicosam_training.sample_data import get_nilearn_icbm152
+
+DICOM_SERIES = Path(get_testdata_file("CT_small.dcm", download=False)).parent / "dicomdirtests/98892001"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +53,27 @@ def test_segment_writes_mask_on_the_input_grid(t1_path, tiny_checkpoint, tmp_pat
     # The point (R, A, S) = (0, -20, 10) lies on axial slice k where S = 10.
     k = int(round(image.TransformPhysicalPointToContinuousIndex((0.0, 20.0, 10.0))[2]))
     assert set(np.flatnonzero(array.any(axis=(1, 2)))) <= set(range(k - 2, k + 3))
+    out = capsys.readouterr().out
+    assert f"prompted on [{k}]" in out
+    # Why each side stopped: the tiny random model's masks end early (empty) or at the 2-slice limit.
+    stops = out.split("propagation stopped ")[1].strip().split("; ")
+    assert [stop.split(":")[0] for stop in stops] == ["down", "up"]
+    assert all(any(r in stop for r in ("empty mask", "IoU", "slice limit")) for stop in stops), stops
+
+
+def test_negative_coordinates_parse_as_values(t1_path, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.nii.gz"
+    assert _segment(t1_path, tiny_checkpoint, out, "--point", "-5,-20,10", "--neg-point", "-1.5,-20,10") == 0
+    image = sitk.ReadImage(t1_path)
+    k = int(round(image.TransformPhysicalPointToContinuousIndex((5.0, 20.0, 10.0))[2]))
     assert f"prompted on [{k}]" in capsys.readouterr().out
+
+
+def test_box_corners_on_two_slices_are_named_in_a_warning(t1_path, tiny_checkpoint, tmp_path, caplog):
+    out = tmp_path / "box.nrrd"
+    with caplog.at_level("WARNING", logger="medicosam.segment"):
+        assert _segment(t1_path, tiny_checkpoint, out, "--ijk", "--box", "60,80,88", "--box", "120,150,92") == 0
+    assert "box corners fall on slices [88, 92]" in caplog.text and "drawn on slice 90" in caplog.text
 
 
 def test_segment_with_box_in_voxel_coordinates(t1_path, tiny_checkpoint, tmp_path):
@@ -66,12 +97,106 @@ def test_segment_fast_path_matches_the_reference_path(t1_path, tiny_checkpoint, 
 @pytest.mark.parametrize("args, message", [
     (["--point", "500,0,0"], "outside"),
     (["--ijk", "--box", "60,80,90", "--box", "60,150,90"], "empty box"),
-    (["--point", "1,2"], "three comma-separated numbers"),
+    (["--point", "1,2"], "three finite comma-separated numbers"),
+    (["--ijk", "--point", "nan,100,90"], "three finite comma-separated numbers"),
+    (["--point", "0,inf,10"], "three finite comma-separated numbers"),
+    (["--ijk", "--point", "100,100,90", "--neg-point", "100,110,80"], "slice(s) [80] along array axis 0 hold only "
+     "negative points"),
 ])
 def test_segment_bad_prompts(t1_path, tiny_checkpoint, tmp_path, capsys, args, message):
     assert _segment(t1_path, tiny_checkpoint, tmp_path / "m.nii.gz", *args) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "m.nii.gz").exists()
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_arguments_and_destination_are_checked_before_the_model(t1_path, tmp_path, capsys, monkeypatch):
+    """An empty cache and --offline: any model work would fail with an offline error instead."""
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "file").write_text("")
+
+    def segment(out, *extra):
+        return main(["segment", t1_path, "--model", "sam_vit_b", "--offline", "--point", "0,-20,10",
+                     "--out", str(out), *extra])
+
+    for out, message in ((tmp_path / "no" / "m.nii.gz", "does not exist"),
+                         (tmp_path / "file" / "m.nii.gz", "does not exist"),
+                         (tmp_path / "m.nii.gz.nii.gz", "doubled suffix"),
+                         (tmp_path / "m.png", "use one of .nii, .nii.gz, .nrrd, .mha")):
+        assert segment(out) == 2
+        err = capsys.readouterr().err
+        assert message in err and "offline" not in err.lower()
+    for extra, message in ((["--mode", "foo"], "invalid choice: 'foo'"), (["--stop-iou", "1.5"], "not in [0, 1]"),
+                           (["--max-slices", "-1"], "is negative"), (["--window", "ct_brain"], "invalid choice")):
+        with pytest.raises(SystemExit) as exit_:
+            segment(tmp_path / "m.nii.gz", *extra)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    request = SegmentRequest(image=t1_path, out=str(tmp_path / "m.nii.gz"), model="sam_vit_b", offline=True,
+                             points=[[0, -20, 10]], mode="foo")
+    with pytest.raises(PropagationError, match="unknown propagation mode 'foo'"):
+        segment_volume(request)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["file"]  # nothing written
+
+
+def test_all_nan_volume_is_refused_before_the_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path / "cache"))
+    image = sitk.GetImageFromArray(np.full((4, 8, 8), np.nan, np.float32))
+    sitk.WriteImage(image, str(tmp_path / "nan.nrrd"))
+    assert main(["segment", str(tmp_path / "nan.nrrd"), "--model", "sam_vit_b", "--offline", "--ijk",
+                 "--point", "4,4,2", "--out", str(tmp_path / "m.nii.gz")]) == 2
+    assert "no finite intensity" in capsys.readouterr().err
+
+
+def test_dicom_folder_with_two_series_needs_series(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for series in ("CT5N", "CT2N"):
+        for path in (DICOM_SERIES / series).iterdir():
+            shutil.copy(path, folder / f"{series}_{path.name}")
+    uids = {series: pydicom.dcmread(next((DICOM_SERIES / series).iterdir())).SeriesInstanceUID
+            for series in ("CT5N", "CT2N")}
+    out = tmp_path / "m.nii.gz"
+    assert _segment(str(folder), tiny_checkpoint, out, "--ijk", "--point", "8,8,2") == 2
+    err = capsys.readouterr().err
+    assert f'{uids["CT5N"]} "SmartScore - Gated 0.5 sec" (5 files)' in err
+    assert f'{uids["CT2N"]} "Scout" (2 files)' in err and "--series UID" in err
+    assert _segment(str(folder), tiny_checkpoint, out, "--ijk", "--point", "8,8,2", "--series", uids["CT5N"]) == 0
+    assert sitk.ReadImage(str(out)).GetSize() == (16, 16, 5)
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_registering_the_commands_imports_no_heavy_package():
+    """`medicosam --help` and `models path` must not wait for torch (seconds on a busy machine)."""
+    heavy = ("torch", "segment_anything", "matplotlib", "nilearn", "monai", "tensorboard")
+    result = _run_python(
+        "import sys, medicosam.cli\n"
+        "medicosam.cli.get_parser()\n"
+        "assert medicosam.cli.main(['models', 'path', 'sam_vit_b']) == 0\n"
+        f"print('loaded:', [m for m in {heavy!r} if m in sys.modules])\n")
+    assert result.returncode == 0, result.stderr
+    assert "loaded: []" in result.stdout
+    assert "evaluate" in subprocess.run([sys.executable, "-m", "medicosam.cli", "--help"], capture_output=True,
+                                        text=True, timeout=300).stdout
+
+
+@pytest.mark.parametrize("command, missing", [
+    (["evaluate", "interactive-2d", "--images", "IMAGES", "--labels", "LABELS", "--model", "sam_vit_b"],
+     "matplotlib"),
+    (["demo"], "nilearn"),
+])
+def test_commands_of_the_training_extra_name_it_when_it_is_missing(tmp_path, command, missing):
+    """A core-only install: the package is importable, its extra's packages are not."""
+    out = tmp_path / "out"
+    argv = [*command, "--output" if command[0] == "evaluate" else "--out", str(out)]
+    result = _run_python(f"import sys; sys.modules[{missing!r}] = None\n"
+                         f"from medicosam.cli import main; sys.exit(main({argv!r}))")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f'medicosam: error: this command needs {missing} from the training extra: pip install "medicosam[training]"']
+    assert not out.exists()  # refused before any work
 
 
 def test_segment_bad_files_and_models(t1_path, tiny_checkpoint, tmp_path, capsys, monkeypatch):

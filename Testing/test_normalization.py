@@ -133,19 +133,24 @@ def test_constant_volume_gives_zeros(dtype):
         assert (image == (7 if preset == "auto" and dtype == np.uint8 else 0)).all()
 
 
-def test_nan_voxels_map_to_the_window_low():
+def test_nan_voxels_map_to_the_window_low(caplog):
     t1 = read_array(get_nilearn_icbm152("t1"))[60:100, 80:160, 50:150].astype(np.float32)
     with_nan = t1.copy()
     with_nan[:, :40, :50] = np.nan
-    window = get_intensity_window(with_nan)
-    assert np.isfinite(window.low) and np.isfinite(window.high)
-    assert window == get_intensity_window(with_nan[np.isfinite(with_nan)].reshape(1, 1, -1))
+    with_nan[0, 0, 0], with_nan[0, 0, 1] = np.inf, -np.inf
+    for preset in ("auto", "percentile", "minmax"):
+        window = get_intensity_window(with_nan, preset)
+        assert np.isfinite(window.low) and np.isfinite(window.high)
+        assert window == get_intensity_window(with_nan[np.isfinite(with_nan)].reshape(1, 1, -1), preset)
     image = window.apply(with_nan[20])
     assert_sam_input(image, with_nan.shape[1:])
     assert (image[:40, :50] == 0).all()
     np.testing.assert_array_equal(image[40:], window.apply(t1[20])[40:])
+    assert "no finite intensity" not in caplog.text
     all_nan = np.full((2, 4, 4), np.nan, np.float32)
-    assert (get_intensity_window(all_nan).apply(all_nan[0]) == 0).all()
+    with caplog.at_level("WARNING", logger="medicosam.normalization"):
+        assert (get_intensity_window(all_nan).apply(all_nan[0]) == 0).all()
+    assert "no finite intensity" in caplog.text and "masks will be empty" in caplog.text
 
 
 def test_unknown_preset_lists_the_valid_ones():

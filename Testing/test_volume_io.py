@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from medicosam.volume_io import (
     UnsupportedVolumeError,
     Volume,
     VolumeReadError,
+    check_mask_path,
     read_volume,
     write_mask,
 )
@@ -123,19 +123,23 @@ def test_dicom_series_folder(tmp_path):
     np.testing.assert_allclose(volume.origin_lps, lowest, atol=1e-4)
 
 
-def test_folder_with_two_series_reads_the_largest(tmp_path, caplog):
+def test_folder_with_two_series_lists_them_and_reads_the_chosen_one(tmp_path):
     for source in (CT_SERIES, UNEVEN_CT_SERIES):
         for path in source.iterdir():
             shutil.copy(path, tmp_path / f"{source.name}_{path.name}")
-    with caplog.at_level(logging.WARNING, logger="medicosam.volume_io"):
-        volume = read_volume(tmp_path)
-    assert volume.array.shape == (5, 16, 16)
-    assert "2 DICOM series" in caplog.text and "series_uid" in caplog.text
+    headers = {source: pydicom.dcmread(next(source.iterdir())) for source in (CT_SERIES, UNEVEN_CT_SERIES)}
+    with pytest.raises(VolumeReadError) as error:
+        read_volume(tmp_path)
+    for source, n_files in ((CT_SERIES, 5), (UNEVEN_CT_SERIES, 4)):
+        header = headers[source]
+        assert f'{header.SeriesInstanceUID} "{header.SeriesDescription}" ({n_files} files)' in str(error.value)
+    assert "--series UID" in str(error.value) and "\n" not in str(error.value)
 
-    uneven_uid = pydicom.dcmread(next(UNEVEN_CT_SERIES.iterdir())).SeriesInstanceUID
+    volume = read_volume(tmp_path, series_uid=headers[CT_SERIES].SeriesInstanceUID)
+    assert volume.array.shape == (5, 16, 16)
     with pytest.raises(UnsupportedVolumeError, match="uneven or repeated slice positions"):
-        read_volume(tmp_path, series_uid=uneven_uid)
-    with pytest.raises(VolumeReadError, match="series 1.2.3 is not in the folder"):
+        read_volume(tmp_path, series_uid=headers[UNEVEN_CT_SERIES].SeriesInstanceUID)
+    with pytest.raises(VolumeReadError, match="series 1.2.3 is not in the folder: pick one of"):
         read_volume(tmp_path, series_uid="1.2.3")
 
 
@@ -211,3 +215,33 @@ def test_bad_masks_are_refused_with_the_reason(tmp_path):
     with pytest.raises(MaskWriteError, match="does not exist"):
         write_mask(good, volume, tmp_path / "no" / "mask.nrrd")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, message", [
+    ("m.nii.gz.nii.gz", r"doubled suffix \(.nii.gz.nii.gz\).*name it m.nii.gz"),
+    ("m.img.nii", r"doubled suffix \(.img.nii\).*name it m.nii"),
+    ("M.NII.GZ", "in lower case"),
+    ("m.MHA", "in lower case"),
+    (".nii.gz", "use one of"),
+])
+def test_mask_names_the_writer_would_change_are_refused(tmp_path, name, message):
+    """ITK writes m.nii.gz.nii.gz as m.nii.gz and .MHA as a .mhd + .zraw pair: files nobody asked for."""
+    volume = read_volume(KMEANS)
+    with pytest.raises(MaskWriteError, match=message):
+        write_mask(np.zeros(volume.shape_kji, np.uint8), volume, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []  # no stray temporary
+
+
+def test_mask_destination_is_checked_without_writing(tmp_path):
+    assert check_mask_path(tmp_path / "gz.nii.gz") == tmp_path / "gz.nii.gz"
+    assert check_mask_path(tmp_path / "a.gz.nii.gz") == tmp_path / "a.gz.nii.gz"  # .gz alone is no NIfTI suffix
+    (tmp_path / "folder.nrrd").mkdir()
+    with pytest.raises(MaskWriteError, match="is a folder"):
+        check_mask_path(tmp_path / "folder.nrrd")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(MaskWriteError, match="does not exist"):
+        check_mask_path(tmp_path / "file" / "mask.nrrd")
+    if Path("/proc").is_dir():  # a folder nobody, root included, may create files in
+        with pytest.raises(MaskWriteError, match="not writable"):
+            check_mask_path("/proc/mask.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.nrrd"]

@@ -9,11 +9,18 @@ The core defines `models` and `segment`; other installed packages add sub-comman
 from __future__ import annotations
 
 import argparse
+import logging
+import math
+import re
 import sys
 from importlib.metadata import entry_points
 from typing import List, Optional
 
 from .errors import MedicoSAMError
+
+#: Options whose value is a coordinate triplet that may start with a minus sign.
+_COORDINATE_OPTIONS = ("--point", "--neg-point", "--box")
+_NEGATIVE_NUMBER = re.compile(r"^-\.?\d")
 
 
 def _load_plugins(subparsers) -> None:
@@ -33,7 +40,7 @@ class _ProgressBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(desc=self.description, leave=False, **self.kwargs)
+            self.bar = tqdm(desc=self.description, **self.kwargs)
         self.bar.total = total
         self.bar.n = done
         self.bar.refresh()
@@ -86,14 +93,39 @@ def _models(args) -> int:
 def _parse_triplets(values: Optional[List[str]], what: str) -> List[List[float]]:
     triplets = []
     for value in values or []:
-        parts = value.split(",")
         try:
-            triplets.append([float(p) for p in parts])
+            triplet = [float(p) for p in value.split(",")]
         except ValueError:
-            parts = []
-        if len(parts) != 3:
-            raise MedicoSAMError(f"{what} {value!r} must be three comma-separated numbers, e.g. 10.5,-20,33")
+            triplet = []
+        if len(triplet) != 3 or not all(map(math.isfinite, triplet)):
+            raise MedicoSAMError(f"{what} {value!r} must be three finite comma-separated numbers, e.g. 10.5,-20,33")
+        triplets.append(triplet)
     return triplets
+
+
+def _attach_negative_coordinates(argv: List[str]) -> List[str]:
+    """`--point -12,5,3` -> `--point=-12,5,3`: argparse takes a value starting with '-' for an option."""
+    joined: List[str] = []
+    for token in argv:
+        if joined and joined[-1] in _COORDINATE_OPTIONS and _NEGATIVE_NUMBER.match(token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
 def _segment(args) -> int:
@@ -104,7 +136,8 @@ def _segment(args) -> int:
         points=_parse_triplets(args.point, "--point"), negative_points=_parse_triplets(args.neg_point, "--neg-point"),
         box=_parse_triplets(args.box, "--box"), ijk=args.ijk, view=args.view, window=args.window,
         propagate=args.propagate, mode=args.mode, stop_iou=args.stop_iou, max_slices=args.max_slices,
-        device=args.device, offline=args.offline, allow_custom=args.allow_custom, fast=args.fast,
+        series_uid=args.series, device=args.device, offline=args.offline, allow_custom=args.allow_custom,
+        fast=args.fast,
     )
     bars = _ProgressBar("propagating", unit="slice"), _byte_bar("weights")
     try:
@@ -117,26 +150,35 @@ def _segment(args) -> int:
 
 
 def _add_core_commands(subparsers) -> None:
+    from .normalization import PRESETS
+    from .prompts import PROPAGATION_MODES
+
     models = subparsers.add_parser("models", help="list, download, verify or remove SAM checkpoints")
     models.add_argument("action", choices=["list", "download", "verify", "remove", "path"])
     models.add_argument("names", nargs="*", help="registry names (see `medicosam models list`)")
     models.add_argument("--offline", action="store_true", default=None, help="never use the network")
-    models.set_defaults(func=_models)
+    models.set_defaults(func=_models, needs_torch=False)
 
     seg = subparsers.add_parser("segment", help="segment a structure in a volume from point / box prompts")
     seg.add_argument("image", help="NIfTI, NRRD, MHA file or DICOM series folder")
-    seg.add_argument("--point", action="append", metavar="R,A,S", help="positive point (repeatable)")
-    seg.add_argument("--neg-point", action="append", metavar="R,A,S", help="negative point (repeatable)")
-    seg.add_argument("--box", action="append", metavar="R,A,S", help="two opposite box corners (give twice)")
+    seg.add_argument("--series", metavar="UID", help="the DICOM series to read from a folder holding several")
+    seg.add_argument("--point", action="append", metavar="R,A,S",
+                     help="positive point (repeatable); negative values work as --point -12,5,3 or --point=-12,5,3")
+    seg.add_argument("--neg-point", action="append", metavar="R,A,S",
+                     help="negative point (repeatable), on the slice of a positive point or of the box")
+    seg.add_argument("--box", action="append", metavar="R,A,S",
+                     help="two opposite box corners (give twice), on one slice")
     seg.add_argument("--ijk", action="store_true", help="points and box are voxel indices (i,j,k), not RAS mm")
     seg.add_argument("--view", choices=["axial", "coronal", "sagittal"], default="axial",
                      help="slice orientation the prompts are drawn on (default axial)")
-    seg.add_argument("--window", default="auto", help="intensity preset: auto, ct_soft_tissue, ct_lung, "
-                     "ct_bone, percentile, minmax")
+    seg.add_argument("--window", default="auto", choices=PRESETS, help="intensity preset (default auto)")
     seg.add_argument("--propagate", action="store_true", help="propagate the mask through the volume")
-    seg.add_argument("--mode", default="single_point", help="prompts derived for the next slice")
-    seg.add_argument("--stop-iou", type=float, default=0.5, help="stop when IoU with the previous slice is lower")
-    seg.add_argument("--max-slices", type=int, default=None, help="at most this many slices to each side")
+    seg.add_argument("--mode", default="single_point", choices=PROPAGATION_MODES,
+                     help="prompts derived for the next slice (default single_point)")
+    seg.add_argument("--stop-iou", type=_fraction, default=0.5,
+                     help="stop when IoU with the previous slice is lower (0..1, default 0.5)")
+    seg.add_argument("--max-slices", type=_non_negative_int, default=None,
+                     help="at most this many slices to each side")
     model = seg.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="registry name (see `medicosam models list`) or URL")
     model.add_argument("--checkpoint", help="local SAM-format checkpoint file")
@@ -145,9 +187,10 @@ def _add_core_commands(subparsers) -> None:
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     seg.add_argument("--no-fast", dest="fast", action="store_false",
                      help="run the official fp32 SAM path instead of the fast one (SDPA attention, bf16 where "
-                          "the device is fast at it): slower, for checking results")
+                          "the device is fast at it; masks agree to IoU ~0.998): slower, for exact parity")
     seg.add_argument("--offline", action="store_true", default=None, help="never use the network")
-    seg.add_argument("--out", required=True, help="mask file to write (same grid as the image)")
+    seg.add_argument("--out", required=True, help="mask file to write (same grid as the image): .nii.gz, .nii, "
+                     ".nrrd or .mha")
     seg.set_defaults(func=_segment)
 
 
@@ -165,9 +208,11 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     from .device import configure_threads
 
-    args = get_parser().parse_args(argv)
+    logging.basicConfig(format="medicosam: %(levelname)s: %(message)s", level=logging.WARNING)
+    args = get_parser().parse_args(_attach_negative_coordinates(sys.argv[1:] if argv is None else argv))
     try:
-        configure_threads(args.threads)
+        if getattr(args, "needs_torch", True):  # `models` never imports torch: it starts in a fraction of a second
+            configure_threads(args.threads)
         return int(args.func(args) or 0)
     except MedicoSAMError as error:
         print(f"medicosam: error: {error}", file=sys.stderr)

@@ -9,10 +9,14 @@ percentiles for everything else, and 8-bit images as they are. A volume is taken
 units when its values are integers and its minimum is at most -500 HU (air is -1000 HU; MR, ultrasound
 and raw scanner values are not that negative), and gets the soft-tissue window; pick `ct_lung` or
 `ct_bone` for those structures.
+
+NaN and inf voxels are left out of every statistic and map to black (inf: to the window's ends); a
+volume without a single finite value logs a warning, since every slice is black and masks come out empty.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +33,8 @@ PRESETS = ("auto", "percentile", "minmax", *CT_WINDOWS)
 PERCENTILES = (0.5, 99.5)
 HU_MINIMUM = -500.0
 SAMPLE_SIZE = 1 << 20
+
+logger = logging.getLogger(__name__)
 
 
 class UnknownPresetError(MedicoSAMError, ValueError):
@@ -112,6 +118,9 @@ def get_intensity_window(volume: np.ndarray, preset: str = "auto") -> IntensityW
     if preset not in PRESETS:
         raise UnknownPresetError(f"Unknown intensity preset {preset!r}: choose one of {', '.join(PRESETS)}.")
     volume = np.asarray(volume)
+    if volume.dtype.kind == "f" and not np.isfinite(volume).any():
+        logger.warning("the volume holds no finite intensity (all voxels are NaN or inf): every slice maps to "
+                       "black and the masks will be empty")
     if preset in CT_WINDOWS:
         width, level = CT_WINDOWS[preset]
         return IntensityWindow(level - width / 2, level + width / 2)

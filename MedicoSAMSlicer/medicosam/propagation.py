@@ -40,6 +40,22 @@ class StopReason(str, enum.Enum):
     NOT_REQUESTED = "not_requested"  # the configured direction excludes this side
     CANCELLED = "cancelled"  # should_cancel() returned True before this side finished
 
+    @property
+    def description(self) -> str:
+        """Words for a user (the `medicosam segment` summary)."""
+        return _STOP_DESCRIPTIONS[self]
+
+
+_STOP_DESCRIPTIONS = {
+    StopReason.BORDER: "reached the volume edge",
+    StopReason.EMPTY: "empty mask",
+    StopReason.LOW_IOU: "IoU with the previous slice below the stop threshold",
+    StopReason.MAX_SLICES: "slice limit (max_slices)",
+    StopReason.STOP_SEED: "empty seed slice",
+    StopReason.NOT_REQUESTED: "not requested",
+    StopReason.CANCELLED: "cancelled",
+}
+
 
 @dataclasses.dataclass
 class PropagationConfig:
@@ -79,6 +95,15 @@ class PropagationResult:
     reasons: Dict[str, StopReason]
     cancelled: bool = False
 
+    def describe_stops(self) -> str:
+        """Why and where each side stopped, e.g. "down: empty mask at slice 40; up: reached the volume edge"."""
+        parts = []
+        for side in ("down", "up"):
+            reason, at = self.reasons[side], self.stopped_at[side]
+            where = f" at slice {at}" if at is not None and reason != StopReason.NOT_REQUESTED else ""
+            parts.append(f"{side}: {reason.description}{where}")
+        return "; ".join(parts)
+
 
 def get_volume_mask(masks: Dict[int, np.ndarray], shape_kji, axis: int) -> np.ndarray:
     """The (K, J, I) bool volume holding slice masks {slice index: 2D mask} along `axis`."""
@@ -90,7 +115,11 @@ def get_volume_mask(masks: Dict[int, np.ndarray], shape_kji, axis: int) -> np.nd
 
 
 class _Run:
-    """State of one propagate_mask call: the predictor, the written masks, progress and cancellation."""
+    """State of one propagate_mask call: the predictor, the written masks, progress and cancellation.
+
+    The progress total stays the most slices the run may segment, so a progress bar does not jump when
+    a side stops early; `finish` reports done == total at the end of a complete run.
+    """
 
     def __init__(self, predict, config, total, progress, should_cancel):
         self.predict, self.config = predict, config
@@ -113,13 +142,14 @@ class _Run:
         self.report()
         return mask
 
-    def skip(self, n: int) -> None:
-        """Drop `n` planned slices that will not be segmented from the progress total."""
-        self.total -= n
-
     def report(self) -> None:
         if self.progress is not None:
             self.progress(self.done, self.total)
+
+    def finish(self) -> None:
+        """The last report: every slice that was segmented out of as many."""
+        self.total = self.done
+        self.report()
 
     def chain(self, start: int, stop: int, step: int,
               threshold: Optional[float]) -> Tuple[int, Optional[StopReason]]:
@@ -142,7 +172,6 @@ class _Run:
                 index += step
                 self.masks[index] = mask
                 continue
-            self.skip(abs(stop - index) - 1)
             return index, reason
         return index, None
 
@@ -210,8 +239,6 @@ def _fill_gap(run: _Run, lower: int, upper: int) -> None:
                 mask = run.segment(middle, np.logical_or.reduce(neighbours))
                 if mask is not None and mask.any():
                     run.masks[middle] = mask
-            else:
-                run.skip(1)
 
 
 def propagate_mask(predict: Callable[[int, Prompts], np.ndarray], seeds: Dict[int, np.ndarray], n_slices: int,
@@ -227,8 +254,9 @@ def propagate_mask(predict: Callable[[int, Prompts], np.ndarray], seeds: Dict[in
             annotation: the object does not exist there, and nothing propagates onto or past it.
         n_slices: number of slices along the axis.
         config: mode, IoU threshold, box extension, direction and range limit.
-        progress: called as `progress(done, total_estimate)` at the start and after each predicted
-            slice; the estimate shrinks when a side stops early, so at the end done == total.
+        progress: called as `progress(done, total)` at the start and after each predicted slice, with
+            `total` the most slices the run may segment (it does not change when a side stops early),
+            and once more at the end with total == done (not after cancellation).
         should_cancel: checked before each slice; when it returns True the run ends, returning
             what was done with `cancelled=True`.
 
@@ -255,5 +283,7 @@ def propagate_mask(predict: Callable[[int, Prompts], np.ndarray], seeds: Dict[in
         stopped_at[side], reasons[side] = _propagate_outward(run, side, seed, last, step, n_slices)
     for lower, upper in gaps:
         _fill_gap(run, lower, upper)
+    if not run.cancelled:  # a cancelled run is not complete: its bar should not read 100%
+        run.finish()
     return PropagationResult(masks=dict(sorted(run.masks.items())), stopped_at=stopped_at, reasons=reasons,
                              cancelled=run.cancelled)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .errors import MedicoSAMError
+
+logger = logging.getLogger(__name__)
 
 #: RAS normals of the standard slice views.
 VIEW_NORMALS = {"axial": (0.0, 0.0, 1.0), "coronal": (0.0, 1.0, 0.0), "sagittal": (1.0, 0.0, 0.0)}
@@ -30,6 +33,7 @@ class SegmentRequest:
     mode: str = "single_point"
     stop_iou: float = 0.5
     max_slices: Optional[int] = None
+    series_uid: Optional[str] = None  # which DICOM series of a folder holding several
     device: str = "auto"
     offline: Optional[bool] = None
     allow_custom: bool = False
@@ -44,11 +48,13 @@ class SegmentSummary:
     slices: List[int]
     voxels: int
     volume_ml: float
+    stops: str = ""  # after propagation: why each side stopped (PropagationResult.describe_stops)
 
     def __str__(self) -> str:
         extent = f"slices {self.slices[0]}..{self.slices[-1]}" if self.slices else "no slice"
-        return (f"wrote {self.out}: {self.voxels} voxels ({self.volume_ml:.2f} mL) on {len(self.slices)} "
+        text = (f"wrote {self.out}: {self.voxels} voxels ({self.volume_ml:.2f} mL) on {len(self.slices)} "
                 f"slices along array axis {self.axis} ({extent}), prompted on {self.seed_slices}")
+        return f"{text}; propagation stopped {self.stops}" if self.stops else text
 
 
 def get_prompt_index(point: Sequence[float], volume, ijk: bool) -> tuple:
@@ -57,6 +63,8 @@ def get_prompt_index(point: Sequence[float], volume, ijk: bool) -> tuple:
 
     if not ijk:
         return ras_to_array_index(point, volume.ijk_to_ras, volume.shape_kji)
+    if not np.all(np.isfinite(point)):
+        raise PointOutsideVolumeError(f"voxel (i, j, k) = {tuple(point)} is not a finite position: give numbers")
     index = tuple(int(round(v)) for v in point[::-1])
     if any(not 0 <= v < n for v, n in zip(index, volume.shape_kji)):
         raise PointOutsideVolumeError(f"voxel (i, j, k) = {tuple(point)} is outside the volume of "
@@ -65,8 +73,13 @@ def get_prompt_index(point: Sequence[float], volume, ijk: bool) -> tuple:
 
 
 def get_slice_prompts(request: SegmentRequest, volume, axis: int) -> Dict[int, object]:
-    """Prompts per slice index: points go to the slice they fall on, the box to its centre's slice."""
-    from .geometry import get_slice_box, get_slice_point
+    """Prompts per slice index: points go to the slice they fall on, the box to its centre's slice.
+
+    Box corners on different slices are moved to the centre's slice, with a warning naming the slices.
+    A slice holding only negative points is refused: SAM has no object to find there (its mask would
+    be empty or arbitrary), so the point was almost surely meant for another slice.
+    """
+    from .geometry import get_slice_box, get_slice_point, ras_to_ijk
     from .prompts import Prompts
 
     prompts: Dict[int, Prompts] = {}
@@ -81,10 +94,45 @@ def get_slice_prompts(request: SegmentRequest, volume, axis: int) -> Dict[int, o
         if request.ijk:
             corners = [volume.ijk_to_ras[:3] @ np.append(np.asarray(c, float), 1.0) for c in corners]
         index, box = get_slice_box(corners[0], corners[1], volume.ijk_to_ras, volume.shape_kji, axis)
+        corner_slices = sorted({int(np.floor(ras_to_ijk(c, volume.ijk_to_ras)[2 - axis] + 0.5)) for c in corners})
+        if len(corner_slices) > 1:
+            logger.warning("the box corners fall on slices %s along array axis %d; the box is drawn on slice %d, "
+                           "the one its centre falls on", corner_slices, axis, index)
         prompts[index] = dataclasses.replace(prompts.get(index, Prompts()), box=np.asarray(box, np.float32))
     if not prompts:
         raise MedicoSAMError("no prompt given: add --point R,A,S (and/or --neg-point, --box twice)")
+    negative_only = sorted(i for i, p in prompts.items() if p.box is None and not p.labels.any())
+    if negative_only:
+        raise MedicoSAMError(
+            f"slice(s) {negative_only} along array axis {axis} hold only negative points, which give no object "
+            f"to segment; prompted slices with a positive point or box: {sorted(set(prompts) - set(negative_only))}. "
+            "Put each --neg-point on the slice of a --point or --box (same coordinate along the view's normal)."
+        )
     return prompts
+
+
+def check_request(request: SegmentRequest):
+    """Validate every setting and the destination before any file is read or model loaded.
+
+    Returns the PropagationConfig of the request.
+    """
+    from .normalization import PRESETS
+    from .propagation import PropagationConfig
+    from .volume_io import check_mask_path
+
+    if request.view not in VIEW_NORMALS:
+        raise MedicoSAMError(f"unknown view {request.view!r}: use one of {', '.join(VIEW_NORMALS)}")
+    if request.window not in PRESETS:
+        raise MedicoSAMError(f"unknown intensity preset {request.window!r}: use one of {', '.join(PRESETS)}")
+    check_mask_path(request.out)
+    return PropagationConfig(mode=request.mode, iou_threshold=request.stop_iou, max_slices=request.max_slices)
+
+
+def _check_finite_values(volume) -> None:
+    """An image without a single finite value (all NaN / inf) can only give an empty mask."""
+    if volume.array.dtype.kind == "f" and not np.isfinite(volume.array).any():
+        raise MedicoSAMError(f"{volume.path} holds no finite intensity (all voxels are NaN or inf): "
+                             "there is nothing to segment; check how the image was made")
 
 
 def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, int], None]] = None,
@@ -95,10 +143,12 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     from .models.checkpoint import load_sam
     from .normalization import get_intensity_window
     from .predictor import VolumePredictor
-    from .propagation import PropagationConfig, get_volume_mask
+    from .propagation import get_volume_mask
     from .volume_io import read_volume, write_mask
 
-    volume = read_volume(request.image)
+    config = check_request(request)
+    volume = read_volume(request.image, request.series_uid)
+    _check_finite_values(volume)
     axis = get_slice_axis(VIEW_NORMALS[request.view], volume.ijk_to_ras)
     slice_prompts = get_slice_prompts(request, volume, axis)
     loaded = load_sam(request.model, device=get_device(request.device), allow_custom=request.allow_custom,
@@ -106,10 +156,10 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     predictor = VolumePredictor.from_loaded(loaded, volume.array, fast=request.fast,
                                             window=get_intensity_window(volume.array, request.window))
     seeds = {index: predictor.predict_mask(axis, index, prompts) for index, prompts in slice_prompts.items()}
+    stops = ""
     if request.propagate:
-        config = PropagationConfig(mode=request.mode, iou_threshold=request.stop_iou,
-                                   max_slices=request.max_slices)
-        masks = predictor.propagate(axis, seeds, config, progress=progress).masks
+        result = predictor.propagate(axis, seeds, config, progress=progress)
+        masks, stops = result.masks, result.describe_stops()
     else:
         masks = seeds
     mask = get_volume_mask(masks, volume.shape_kji, axis).astype(np.uint8)
@@ -117,4 +167,4 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     return SegmentSummary(str(request.out), axis, sorted(seeds),
                           sorted(i for i, m in masks.items() if m.any()), int(mask.sum()),
-                          float(mask.sum()) * voxel_ml)
+                          float(mask.sum()) * voxel_ml, stops)

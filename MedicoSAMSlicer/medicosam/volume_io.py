@@ -5,9 +5,11 @@ Reading rules:
 - A DICOM file is read alone (a multi-frame file is a volume); pass the folder to read a series.
   Guessing the series from one file means scanning its whole folder, and goes wrong in folders that
   hold copies or echoes sharing a series UID.
-- A folder with several DICOM series reads the one with the most files unless `series_uid` names
-  another; the choice is logged. Series with uneven or repeated slice positions (gaps, a localizer,
-  several echoes) are refused: SimpleITK would silently give them a wrong geometry.
+- A folder with several DICOM series is refused unless `series_uid` names one (`medicosam segment
+  --series UID`); the error lists every series (UID, description, number of files). Guessing (e.g. the
+  largest) picks a localizer or the wrong phase too easily. Series with uneven or repeated slice
+  positions (gaps, a localizer, several echoes) are refused: SimpleITK would silently give them a
+  wrong geometry.
 - A 2D image is read as a volume of one slice, so 2D and 3D go through the same code.
 - RGB(A) 8-bit images keep their colour: `Volume.array` is (K, J, I, 3) (alpha dropped). Other
   multi-component (vector, complex) images and 4D series with more than one time point are refused.
@@ -15,8 +17,9 @@ Reading rules:
 
 from __future__ import annotations
 
-import logging
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -28,13 +31,15 @@ from medicosam.atomic import writing_atomically
 from medicosam.errors import MedicoSAMError
 from medicosam.geometry import get_ijk_to_ras
 
-logger = logging.getLogger(__name__)
-
 SUPPORTED_FORMATS = (
     "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), DICOM (file or folder)"
 )
 MASK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 _POSITION_TAG = "0020|0032"
+_DESCRIPTION_TAG = "0008|103e"
+#: A NIfTI name whose stem still ends like a NIfTI / Analyze file (m.nii.gz.nii.gz, m.img.nii): the NIfTI
+#: writer strips the suffix and writes another file (m.nii.gz, m.hdr) than the one asked for.
+_NIFTI_LIKE_STEM = re.compile(r"\.(nii|hdr|img|nia)(\.gz)?$", re.IGNORECASE)
 _SPACING_RELATIVE_TOLERANCE = 0.01
 
 PathLike = Union[str, os.PathLike]
@@ -89,31 +94,31 @@ def _read_failure(path: Path, reason: str) -> VolumeReadError:
     return VolumeReadError(f"Cannot read {path}: {reason}. Supported formats: {SUPPORTED_FORMATS}.")
 
 
+def _describe_series(uid: str, files: Tuple[str, ...]) -> str:
+    """`UID "description" (N files)`, the description read from the header of the series' first file."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+        description = reader.GetMetaData(_DESCRIPTION_TAG).strip() if reader.HasMetaDataKey(_DESCRIPTION_TAG) else ""
+    except RuntimeError:
+        description = ""
+    return f'{uid} "{description}" ({len(files)} files)'
+
+
 def _get_series_files(folder: Path, series_uid: Optional[str]) -> Tuple[str, ...]:
     """Files of one DICOM series in `folder`, in slice order (GDCM sorts them by position)."""
     uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not uids:
         raise _read_failure(folder, "the folder holds no DICOM series")
-    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in uids}
-    if series_uid is not None:
-        if series_uid not in files:
-            raise _read_failure(
-                folder, f"series {series_uid} is not in the folder (it holds {', '.join(uids)})"
-            )
+    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in sorted(uids)}
+    if series_uid is None and len(files) == 1:
+        return next(iter(files.values()))
+    if series_uid in files:
         return files[series_uid]
-    chosen = max(sorted(files), key=lambda uid: len(files[uid]))
-    if len(files) > 1:
-        others = ", ".join(f"{uid} ({len(files[uid])} files)" for uid in sorted(files) if uid != chosen)
-        logger.warning(
-            "%s holds %d DICOM series; reading %s (%d files), the largest. Others: %s. "
-            "Pass series_uid to read another.",
-            folder,
-            len(files),
-            chosen,
-            len(files[chosen]),
-            others,
-        )
-    return files[chosen]
+    listing = "; ".join(_describe_series(uid, uid_files) for uid, uid_files in files.items())
+    problem = f"series {series_uid} is not in the folder" if series_uid else "the folder holds several series"
+    raise _read_failure(folder, f"{problem}: pick one of {listing} with `--series UID` (Python: series_uid=)")
 
 
 def _check_even_slice_spacing(reader, folder: Path) -> None:
@@ -206,14 +211,37 @@ def read_volume(path: PathLike, series_uid: Optional[str] = None) -> Volume:
     )
 
 
-def _check_mask_suffix(path: Path) -> None:
-    name = path.name.lower()
-    if any(name.endswith(suffix) and len(name) > len(suffix) for suffix in MASK_SUFFIXES):
-        return
-    raise MaskWriteError(
-        f"Cannot write a mask to {path}: use one of {', '.join(MASK_SUFFIXES)} (single-file formats, "
-        "so the mask is written whole or not at all)."
-    )
+def check_mask_path(path: PathLike) -> Path:
+    """Refuse a mask destination SimpleITK would not write exactly, before any work is done.
+
+    The suffix must be one of MASK_SUFFIXES in lower case (ITK writes `.MHA` as a .mhd + .zraw pair and
+    refuses upper-case NIfTI), a NIfTI name must not end in a doubled suffix (the writer would write a
+    shorter name), and the folder must exist and take a new file.
+    """
+    path = Path(path)
+    name = path.name
+    suffix = next((s for s in sorted(MASK_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
+    if suffix is None or len(name) == len(suffix):
+        raise MaskWriteError(
+            f"Cannot write a mask to {path}: use one of {', '.join(MASK_SUFFIXES)}, in lower case (single-file "
+            "formats, so the mask is written whole or not at all)."
+        )
+    stem_suffix = _NIFTI_LIKE_STEM.search(name[: -len(suffix)])
+    if suffix.startswith(".nii") and stem_suffix:
+        raise MaskWriteError(
+            f"Cannot write a mask to {path}: the name ends in a doubled suffix ({stem_suffix.group()}{suffix}), "
+            f"which the NIfTI writer shortens; name it {name[: stem_suffix.start()]}{suffix}."
+        )
+    if path.is_dir():
+        raise MaskWriteError(f"Cannot write a mask to {path}: it is a folder; give a file name.")
+    if not path.parent.is_dir():
+        raise MaskWriteError(f"Cannot write {path}: the folder {path.parent} does not exist.")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise MaskWriteError(f"Cannot write {path}: the folder {path.parent} is not writable ({error}).") from error
+    return path
 
 
 def write_mask(mask: np.ndarray, reference: Volume, path: PathLike) -> Path:
@@ -223,11 +251,10 @@ def write_mask(mask: np.ndarray, reference: Volume, path: PathLike) -> Path:
     so a crash never leaves a half-written mask where a previous one was.
 
     Raises:
-        MaskWriteError: the shape differs from the reference, values do not fit 0..255, the suffix is
-            not a single-file format or the folder does not exist.
+        MaskWriteError: the shape differs from the reference, values do not fit 0..255, or the
+            destination fails `check_mask_path`.
     """
-    path = Path(path)
-    _check_mask_suffix(path)
+    path = check_mask_path(path)
     mask = np.asarray(mask)
     if mask.shape != reference.shape_kji:
         raise MaskWriteError(
@@ -236,8 +263,6 @@ def write_mask(mask: np.ndarray, reference: Volume, path: PathLike) -> Path:
         )
     if mask.size and (mask.min() < 0 or mask.max() > 255):
         raise MaskWriteError(f"Mask values must be labels in 0..255, got {mask.min()}..{mask.max()}.")
-    if not path.parent.is_dir():
-        raise MaskWriteError(f"Cannot write {path}: the folder {path.parent} does not exist.")
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing(reference.spacing)
     image.SetOrigin(reference.origin_lps)

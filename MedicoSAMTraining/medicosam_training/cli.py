@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from .objective import PRESETS
+from .choices import PRESETS
+from .extras import needs_training_extra
 
 
 def register(subparsers) -> None:
@@ -63,7 +64,7 @@ def _add_train(subparsers) -> None:
                         help="segmentation decoder width (64 = micro-sam's; smaller for CPU runs)")
     parser.add_argument("--offline", action="store_true", default=None, help="never use the network")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_train)
+    parser.set_defaults(func=needs_training_extra(_train))
 
 
 def _add_export(subparsers) -> None:
@@ -76,7 +77,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("--with-decoder", action="store_true",
                         help="also store the segmentation decoder ({'model_state', 'decoder_state'}; "
                              "segment_anything cannot load that file)")
-    parser.set_defaults(func=_export)
+    parser.set_defaults(func=needs_training_extra(_export))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -133,7 +134,7 @@ def _add_demo(subparsers) -> None:
     parser.add_argument("--compare-presets", action="store_true",
                         help="instead: train medsam, simpleft and medicosam on the same data and budget and "
                              "compare them with the paper's 2D protocol (CSV, summary, plots)")
-    parser.set_defaults(func=_run_demo)
+    parser.set_defaults(func=needs_training_extra(_run_demo))
 
 
 def _run_demo(args: argparse.Namespace) -> int:

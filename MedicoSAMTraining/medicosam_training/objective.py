@@ -41,7 +41,7 @@ follow the paper; the flag in brackets brings the original back:
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,12 +51,7 @@ from torch import nn
 from medicosam.errors import MedicoSAMError
 from medicosam.prompts import CORRECTION_MODES, get_box, sample_correction_points, sample_point_in_mask
 
-PRESETS: Dict[str, Dict[str, object]] = {
-    "medsam": {"n_steps": 0, "p_box": 1.0, "p_mask": 0.0},
-    "simpleft": {"n_steps": 0, "p_box": 0.5, "p_mask": 0.0},
-    "medicosam": {"n_steps": 8, "p_box": 0.5, "p_mask": 0.5, "e_sem": True},
-    "medicosam-nomask": {"n_steps": 8, "p_box": 0.5, "p_mask": 0.0},
-}
+from .choices import PRESETS
 
 #: Who shares one draw of the first prompt type: each object (Algorithm 1), the whole batch, or
 #: nobody ("alternate": point on even, box on odd iterations, micro-sam's rule).

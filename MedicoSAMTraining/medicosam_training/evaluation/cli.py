@@ -9,12 +9,14 @@ and plots. Models are registry names, checkpoint files or URLs; `LABEL=MODEL` se
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import List, Tuple
 
 from medicosam.normalization import PRESETS
 from medicosam.prompts import PROPAGATION_MODES
 
+from ..extras import needs_training_extra
 from .data import LabeledFolder
 from .interactive_2d import (
     FIELDS_2D,
@@ -32,7 +34,9 @@ from .interactive_3d import (
     evaluate_interactive_3d,
     select_best_settings,
 )
-from .reports import ResultsCSV, check_run_config, write_report_2d, write_report_3d, write_report_semantic
+from .reports import ResultsCSV, bind_model, check_run_config, write_report_2d, write_report_3d, write_report_semantic
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -81,7 +85,7 @@ def _add_interactive_2d(commands) -> None:
     parser.add_argument("--min-size", type=int, default=20, help="smallest object in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16, help="objects of an image decoded together")
-    parser.set_defaults(func=_run_interactive_2d)
+    parser.set_defaults(func=needs_training_extra(_run_interactive_2d))
 
 
 def _add_interactive_3d(commands) -> None:
@@ -100,7 +104,7 @@ def _add_interactive_3d(commands) -> None:
     parser.add_argument("--min-slice-size", type=int, default=10, help="smallest object area on its central slice")
     parser.add_argument("--components", action="store_true",
                         help="one object per connected component (default: one per class)")
-    parser.set_defaults(func=_run_interactive_3d)
+    parser.set_defaults(func=needs_training_extra(_run_interactive_3d))
 
 
 def _add_semantic(commands) -> None:
@@ -118,7 +122,7 @@ def _add_semantic(commands) -> None:
     parser.add_argument("--classes", nargs="+", type=int, help="class ids to score (default: all present)")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slicing axis of --model (KJI)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (for --model)")
-    parser.set_defaults(func=_run_semantic)
+    parser.set_defaults(func=needs_training_extra(_run_semantic))
 
 
 # ---------------------------------------------------------------- helpers
@@ -142,11 +146,14 @@ def _get_dataset_name(folder: str) -> str:
     return path.parent.name if path.name in generic else path.name
 
 
-def _load_model(source: str, args):
+def _load_model(label: str, source: str, args, results: ResultsCSV):
+    """The model `source`, bound to `label` in the output folder's protocol file (see `bind_model`)."""
     from medicosam.device import get_device
     from medicosam.models.checkpoint import load_sam
 
-    return load_sam(source, device=str(get_device(args.device)), allow_custom=True, offline=args.offline)
+    loaded = load_sam(source, device=str(get_device(args.device)), allow_custom=True, offline=args.offline)
+    bind_model(results.path.with_suffix(".json"), label, loaded.model_id, source)
+    return loaded
 
 
 def _open_results(output: Path, name: str, config: dict, fields, key_fields, rows_per_key: int,
@@ -184,7 +191,7 @@ def _run_interactive_2d(args) -> int:
     budget = args.max_objects
     complete = True
     for label, source in _get_model_specs(args.model):
-        loaded = _load_model(source, args)
+        loaded = _load_model(label, source, args, results)
         run = evaluate_interactive_2d(loaded.sam, samples, config, starts=args.starts, model=label, dataset=dataset,
                                       results=results, max_objects=budget, show_progress=not args.quiet)
         budget = None if budget is None else budget - len(run.traces)
@@ -228,7 +235,7 @@ def _run_interactive_3d(args) -> int:
     budget = args.max_objects
     complete = True
     for label, source in _get_model_specs(args.model):
-        loaded = _load_model(source, args)
+        loaded = _load_model(label, source, args, results)
         kwargs = dict(model=label, model_id=loaded.model_id, dataset=dataset, results=results,
                       show_progress=not args.quiet)
         chosen = {start: settings for start in args.starts}
@@ -297,5 +304,8 @@ def _run_semantic(args) -> int:
             for class_id, dice in get_semantic_dice(prediction, target, args.classes).items():
                 rows.append({"model": model, "dataset": dataset, "image": get_stem(record.image), "class": class_id,
                              "dice": dice})
+    if not rows:
+        logger.warning("no class to score: every label map and prediction is all zero (or holds none of "
+                       "--classes), so the results are empty; check the label files and --classes")
     output.mkdir(parents=True, exist_ok=True)
     return _report([write_table_csv(rows, output / "semantic.csv"), *write_report_semantic(rows, output)], True)

@@ -18,7 +18,8 @@ from torch import nn
 
 from medicosam.errors import MedicoSAMError
 
-ARCHITECTURES = ("unet", "swin_unetr")
+from ..choices import ARCHITECTURES
+
 #: SwinUNETR halves every spatial dim five times (patch embedding + four merges).
 _SWIN_DIVISOR = 32
 _UNET_LEVELS = 4

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from .baselines import ARCHITECTURES
+from ..choices import ARCHITECTURES
+from ..extras import needs_training_extra
 
 
 def register(subparsers) -> None:
@@ -56,7 +57,7 @@ def _add_train(subparsers) -> None:
                              "more memory); the CPU uses official attention anyway")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_train)
+    parser.set_defaults(func=needs_training_extra(_train))
 
 
 def _add_predict(subparsers) -> None:
@@ -69,7 +70,7 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (2D models)")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (3D models)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.set_defaults(func=_predict)
+    parser.set_defaults(func=needs_training_extra(_predict))
 
 
 def _add_export(subparsers) -> None:
@@ -84,7 +85,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--channel-name", help="nnU-Net channel name (CT enables CT normalisation)")
-    parser.set_defaults(func=_export)
+    parser.set_defaults(func=needs_training_extra(_export))
 
 
 def _get_decoder_state(choice: str, loaded, source: str, offline):
