@@ -196,6 +196,20 @@ def test_max_slices_at_the_volume_border_reports_the_border(white_matter):
     assert result.describe_stops() == "down: reached the volume edge; up: reached the volume edge"
 
 
+def test_slice_range_bounds_propagation_like_an_roi(white_matter):
+    predict = ScriptedPredictor(white_matter)
+    config = PropagationConfig(mode="box", iou_threshold=0.0, max_slices=4, slice_range=(43, 60))
+    result = propagate_mask(predict, {45: white_matter[45]}, white_matter.shape[0], config)
+    assert predict.indices == [44, 43, 46, 47, 48, 49]
+    assert result.stopped_at == {"down": 42, "up": 50}
+    assert result.reasons == {"down": StopReason.RANGE_END, "up": StopReason.MAX_SLICES}
+    assert "end of the slice range" in result.describe_stops()
+    with pytest.raises(PropagationError, match="beyond the slice range 43..60"):
+        propagate_mask(predict, {40: white_matter[40]}, white_matter.shape[0], config)
+    with pytest.raises(PropagationError, match="slice_range"):
+        PropagationConfig(slice_range=(10, 5))
+
+
 @pytest.mark.parametrize("direction", ["up", "down"])
 def test_one_direction_only(white_matter, direction):
     first, last = _extent(white_matter, 1)

@@ -142,8 +142,8 @@ def test_preview_apply_propagate_correct_repropagate(session, reference, volume)
     for i in request.slices:
         np.testing.assert_array_equal(record.segment[i], expected.masks[i])
     assert not record.segment[:15].any() and not record.segment[22:].any()  # only reached slices written
-    assert request.describe() == ("Wrote 6 slices between 15 and 21. "
-                                  "Stopped down: slice limit at slice 14; up: slice limit at slice 22.")
+    assert request.describe() == ("Wrote 6 slices between 15 and 21. Stopped down: slice limit (max_slices) "
+                                  "at slice 14; up: slice limit (max_slices) at slice 22.")
 
     # Correct a propagated slice with a negative click: refinement feeds SAM the mask written there.
     fix_voxel = move_in_plane((index + 2, SEED[1], SEED[2]), axis)

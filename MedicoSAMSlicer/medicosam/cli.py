@@ -134,7 +134,8 @@ def _segment(args) -> int:
     request = SegmentRequest(
         image=args.image, out=args.out, model=args.checkpoint or args.model,
         points=_parse_triplets(args.point, "--point"), negative_points=_parse_triplets(args.neg_point, "--neg-point"),
-        box=_parse_triplets(args.box, "--box"), ijk=args.ijk, view=args.view, window=args.window,
+        box=_parse_triplets(args.box, "--box"), markups=args.markups or [], rois=args.roi or [],
+        in_roi=args.in_roi, ijk=args.ijk, view=args.view, window=args.window,
         propagate=args.propagate, mode=args.mode, stop_iou=args.stop_iou, max_slices=args.max_slices,
         series_uid=args.series, device=args.device, offline=args.offline, allow_custom=args.allow_custom,
         fast=args.fast,
@@ -168,6 +169,14 @@ def _add_core_commands(subparsers) -> None:
                      help="negative point (repeatable), on the slice of a positive point or of the box")
     seg.add_argument("--box", action="append", metavar="R,A,S",
                      help="two opposite box corners (give twice), on one slice")
+    seg.add_argument("--markups", action="append", metavar="FILE.mrk.json",
+                     help="Slicer point list (repeatable): negative if its file name contains 'negative' or a "
+                          "point's label/description starts with '-'; undefined points are skipped")
+    seg.add_argument("--roi", action="append", metavar="FILE.mrk.json",
+                     help="Slicer ROI: its box on the prompted slices (the one its centre is on, and those with "
+                          "points); propagation stays within the slices it covers")
+    seg.add_argument("--in-roi", action="store_true",
+                     help="Segment in ROI: the ROI's box on every slice it covers (MedSAM-style 3D box)")
     seg.add_argument("--ijk", action="store_true", help="points and box are voxel indices (i,j,k), not RAS mm")
     seg.add_argument("--view", choices=["axial", "coronal", "sagittal"], default="axial",
                      help="slice orientation the prompts are drawn on (default axial)")

@@ -38,6 +38,7 @@ class StopReason(str, enum.Enum):
     MAX_SLICES = "max_slices"  # the range limit was reached
     STOP_SEED = "stop_seed"  # the outermost seed on that side is empty (a stop annotation)
     NOT_REQUESTED = "not_requested"  # the configured direction excludes this side
+    RANGE_END = "range_end"  # the end of the configured slice range (e.g. an ROI's extent)
     CANCELLED = "cancelled"  # should_cancel() returned True before this side finished
 
     @property
@@ -53,6 +54,7 @@ _STOP_DESCRIPTIONS = {
     StopReason.MAX_SLICES: "slice limit (max_slices)",
     StopReason.STOP_SEED: "empty seed slice",
     StopReason.NOT_REQUESTED: "not requested",
+    StopReason.RANGE_END: "end of the slice range (ROI)",
     StopReason.CANCELLED: "cancelled",
 }
 
@@ -66,6 +68,7 @@ class PropagationConfig:
     box_extension: float = 0.05  # grow projected boxes: < 1 fraction of the side, >= 1 pixels
     direction: str = "both"  # "both" | "up" (increasing index) | "down"; gaps are always filled
     max_slices: Optional[int] = None  # at most this many slices beyond the outermost seeds, per side
+    slice_range: Optional[Tuple[int, int]] = None  # (first, last) slices it may reach, inclusive: an ROI
 
     def __post_init__(self) -> None:
         if self.mode not in PROPAGATION_MODES:
@@ -76,6 +79,9 @@ class PropagationConfig:
             raise PropagationError(f"iou_threshold {self.iou_threshold} is outside [0, 1]")
         if self.max_slices is not None and self.max_slices < 0:
             raise PropagationError(f"max_slices {self.max_slices} is negative: use None for no limit")
+        if self.slice_range is not None and not (len(self.slice_range) == 2 and 0 <= self.slice_range[0]
+                                                 <= self.slice_range[1]):
+            raise PropagationError(f"slice_range {self.slice_range} must be (first, last) with 0 <= first <= last")
 
 
 @dataclasses.dataclass
@@ -195,13 +201,22 @@ def _get_seeds(seeds: Dict[int, np.ndarray], n_slices: int) -> Dict[int, np.ndar
     return checked
 
 
+def _get_bounds(config: PropagationConfig, n_slices: int) -> Tuple[int, int]:
+    """(first, last) slice propagation may reach: the volume, narrowed by `slice_range`."""
+    first, last = config.slice_range or (0, n_slices - 1)
+    return max(int(first), 0), min(int(last), n_slices - 1)
+
+
 def _get_outward_ranges(seeds: Dict[int, np.ndarray], n_slices: int,
                         config: PropagationConfig) -> Dict[str, Tuple[int, int, int]]:
-    """Per side: (seed index, last index to reach, step), the last one clipped by max_slices."""
+    """Per side: (seed index, last index to reach, step), the last one clipped by max_slices and the range."""
     lowest, highest = min(seeds), max(seeds)
+    first, last = _get_bounds(config, n_slices)
+    if lowest < first or highest > last:
+        raise PropagationError(f"seed slices {sorted(seeds)} reach beyond the slice range {first}..{last}: "
+                               "apply masks inside the ROI, or move the ROI over them")
     limit = n_slices if config.max_slices is None else config.max_slices
-    return {"down": (lowest, max(lowest - limit, 0), -1),
-            "up": (highest, min(highest + limit, n_slices - 1), 1)}
+    return {"down": (lowest, max(lowest - limit, first), -1), "up": (highest, min(highest + limit, last), 1)}
 
 
 def _propagate_outward(run: _Run, side: str, seed: int, last: int, step: int,
@@ -217,7 +232,9 @@ def _propagate_outward(run: _Run, side: str, seed: int, last: int, step: int,
     next_index = reached + step
     inside = 0 <= next_index < n_slices
     if reason is None:
-        reason = StopReason.MAX_SLICES if inside else StopReason.BORDER
+        first, last = _get_bounds(run.config, n_slices)
+        reason = (StopReason.BORDER if not inside else StopReason.MAX_SLICES if first <= next_index <= last
+                  else StopReason.RANGE_END)
     return (next_index if inside else None), reason
 
 

@@ -26,6 +26,9 @@ class SegmentRequest:
     points: List[Sequence[float]] = dataclasses.field(default_factory=list)
     negative_points: List[Sequence[float]] = dataclasses.field(default_factory=list)
     box: List[Sequence[float]] = dataclasses.field(default_factory=list)
+    markups: List[str] = dataclasses.field(default_factory=list)  # Slicer .mrk.json point lists (and ROIs)
+    rois: List[str] = dataclasses.field(default_factory=list)  # Slicer .mrk.json ROI files
+    in_roi: bool = False  # "Segment in ROI": the ROI's box on every slice it covers
     ijk: bool = False
     view: str = "axial"
     window: str = "auto"
@@ -99,8 +102,9 @@ def get_slice_prompts(request: SegmentRequest, volume, axis: int) -> Dict[int, o
             logger.warning("the box corners fall on slices %s along array axis %d; the box is drawn on slice %d, "
                            "the one its centre falls on", corner_slices, axis, index)
         prompts[index] = dataclasses.replace(prompts.get(index, Prompts()), box=np.asarray(box, np.float32))
+    _add_markups(prompts, request, volume, axis)
     if not prompts:
-        raise MedicoSAMError("no prompt given: add --point R,A,S (and/or --neg-point, --box twice)")
+        raise MedicoSAMError("no prompt given: add --point R,A,S (and/or --neg-point, --box twice, --markups, --roi)")
     negative_only = sorted(i for i, p in prompts.items() if p.box is None and not p.labels.any())
     if negative_only:
         raise MedicoSAMError(
@@ -109,6 +113,41 @@ def get_slice_prompts(request: SegmentRequest, volume, axis: int) -> Dict[int, o
             "Put each --neg-point on the slice of a --point or --box (same coordinate along the view's normal)."
         )
     return prompts
+
+
+def read_markups(request: SegmentRequest):
+    """(points, ROIs) of the request's Slicer markups files; an ROI file holds only ROIs."""
+    from .markups import MarkupsFileError, read_markups_file
+
+    points, rois = [], []
+    for path in request.markups:
+        found = read_markups_file(path)
+        points, rois = points + found[0], rois + found[1]
+    for path in request.rois:
+        found = read_markups_file(path)
+        if found[0] or not found[1]:
+            raise MarkupsFileError(f"{path}: --roi needs a file holding ROIs only; give point lists with --markups")
+        rois += found[1]
+    if request.in_roi and not rois:
+        raise MedicoSAMError("--in-roi needs an ROI: add --roi box.mrk.json")
+    return points, rois
+
+
+def _add_markups(prompts: Dict[int, object], request: SegmentRequest, volume, axis: int) -> None:
+    """Merge the markups files' prompts (`markups.get_markup_prompts`) into `prompts`, in place."""
+    from .markups import get_markup_prompts
+
+    points, rois = read_markups(request)
+    for index, found in get_markup_prompts(points, rois, volume.ijk_to_ras, volume.shape_kji, axis,
+                                           every_roi_slice=request.in_roi).items():
+        before = prompts.get(index)
+        if before is None:
+            prompts[index] = found
+            continue
+        if before.box is not None and found.box is not None:
+            raise MedicoSAMError(f"both --box and an ROI give a box on slice {index}: give one of them")
+        merged = before.with_points(found.points, found.labels)
+        prompts[index] = dataclasses.replace(merged, box=before.box if found.box is None else found.box)
 
 
 def check_request(request: SegmentRequest):
@@ -140,6 +179,7 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     """Read the image, predict the prompted slices, optionally propagate, write the mask."""
     from .device import get_device
     from .geometry import get_slice_axis
+    from .markups import get_roi_slice_range
     from .models.checkpoint import load_sam
     from .normalization import get_intensity_window
     from .predictor import VolumePredictor
@@ -151,6 +191,9 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     _check_finite_values(volume)
     axis = get_slice_axis(VIEW_NORMALS[request.view], volume.ijk_to_ras)
     slice_prompts = get_slice_prompts(request, volume, axis)
+    roi_range = get_roi_slice_range(read_markups(request)[1], volume.ijk_to_ras, volume.shape_kji, axis)
+    if roi_range is not None:  # an ROI bounds propagation to the slices it covers
+        config = dataclasses.replace(config, slice_range=roi_range)
     loaded = load_sam(request.model, device=get_device(request.device), allow_custom=request.allow_custom,
                       offline=request.offline, progress=download_progress)
     predictor = VolumePredictor.from_loaded(loaded, volume.array, fast=request.fast,

@@ -141,14 +141,7 @@ class WriteRequest:
         where = f"slice {first}" if first == last else f"{len(self.masks)} slices between {first} and {last}"
         text = f"Wrote {where}."
         if self.result is not None:
-            stops = []
-            for side in ("down", "up"):
-                reason = getattr(self.result.reasons.get(side), "value", None)
-                if reason in _STOP_TEXT:
-                    at = self.result.stopped_at.get(side)
-                    stops.append(f"{side}: {_STOP_TEXT[reason]}" + (f" at slice {at}" if at is not None else ""))
-            if stops:
-                text += " Stopped " + "; ".join(stops) + "."
+            text += f" Stopped {self.result.describe_stops()}."
         return text
 
     def apply_to(self, segment: np.ndarray) -> None:
@@ -160,10 +153,6 @@ class WriteRequest:
 
     def _get_block(self, run: List[int]) -> WriteBlock:
         return WriteBlock(self.axis, run[0], run[-1] + 1, np.stack([self.masks[i] for i in run]))
-
-
-_STOP_TEXT = {"border": "volume border", "empty": "empty mask", "low_iou": "IoU below threshold",
-              "max_slices": "slice limit", "stop_seed": "empty applied slice"}
 
 
 @dataclasses.dataclass
