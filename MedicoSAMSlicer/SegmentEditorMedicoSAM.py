@@ -56,10 +56,13 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
             return
         self.setUp()
         self.test_prompt_apply_propagate_undo()
+        self.setUp()
+        self.test_markups_roi_segment_in_roi_undo()
 
     def test_prompt_apply_propagate_undo(self):
-        """The segment Slicer writes equals what the core session computes for the same clicks on the
+        """The segment Slicer writes equals what the core session computes for the same point on the
         same array (Dice >= 0.99), the overwrite rule holds, and Undo steps back one action at a time.
+        The point is a control point added in world RAS to a point list chosen as the segment's + list.
 
         The model is a tiny SAM with random weights written by the test: its masks mean nothing, which
         is fine, because the test compares the Slicer layer with the core, not with an anatomy. Fast
@@ -70,18 +73,14 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         checkpoint = self.createTinyCheckpoint()
         editor, effect = self.createEditor(volumeNode, segmentationNode, targetId, checkpoint)
         try:
-            self.delayDisplay("Click, apply, propagate in the Red view")
-            sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
-            sliceNode = sliceWidget.mrmlSliceNode()
-            sliceNode.RotateToVolumePlane(volumeNode)
-            ijkToRas = self.getIjkToRas(volumeNode)
-            array = slicer.util.arrayFromVolume(volumeNode)
-            k, j, i = (n // 2 for n in array.shape)
-            ras = (ijkToRas @ [i, j, k, 1.0])[:3]
-            sliceNode.JumpSliceByCentering(*ras)
+            self.delayDisplay("A markups point, apply, propagate in the Red view")
+            sliceNode, ijkToRas, array, ras = self.prepareRedView(volumeNode)
             logic = effect.self()
-            logic.addPrompt("positive", [ras], sliceWidget)
-            logic.waitForWorker()
+            logic.promptSliceNodeId = sliceNode.GetID()
+            pointListNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "object")
+            logic.setMarkupsNode("positive", pointListNode)
+            pointListNode.AddControlPointWorld(*ras)
+            logic.flushMarkups()  # the point event's update, without waiting for its timer
             logic.onApply()
             applied = self.getSegment(segmentationNode, targetId, volumeNode)
             logic.onPropagate()
@@ -104,6 +103,77 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         finally:
             editor.setActiveEffect(None)  # removes the shortcuts, timer and temporary nodes even on failure
         self.delayDisplay("test_prompt_apply_propagate_undo passed")
+
+    def test_markups_roi_segment_in_roi_undo(self):
+        """An ROI over five slices and a negative point: moving the point changes the prompt of its slice,
+        "Segment in ROI" writes exactly what the core writes (Dice >= 0.99) on the ROI's slices only, in one
+        Undo step."""
+        import numpy as np
+
+        from medicosam.geometry import get_slice_axis
+        from medicosam.markups import MarkupsPoint, get_roi_from_matrix, get_roi_slice_range
+
+        self.delayDisplay("MRHead, an ROI and a negative point list")
+        volumeNode, segmentationNode, _, targetId = self.createScene()
+        checkpoint = self.createTinyCheckpoint()
+        editor, effect = self.createEditor(volumeNode, segmentationNode, targetId, checkpoint)
+        try:
+            sliceNode, ijkToRas, array, ras = self.prepareRedView(volumeNode)
+            logic = effect.self()
+            logic.promptSliceNodeId = sliceNode.GetID()
+            roiNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "organ box")
+            roiNode.SetCenterWorld(*ras)
+            thickness = 4.8 * np.linalg.norm(ijkToRas[:3, 2])  # 5 slices along K (the rounding covers 4.8)
+            roiNode.SetSize(60.0, 60.0, thickness)
+            logic.setMarkupsNode("roi", roiNode)
+            negativeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "background negative")
+            logic.setMarkupsNode("negative", negativeNode)
+            outside = (ijkToRas @ [array.shape[2] // 2 + 25, array.shape[1] // 2, array.shape[0] // 2, 1.0])[:3]
+            negativeNode.AddControlPointWorld(*outside)
+            logic.flushMarkups()
+            session = logic.getSession(create=False)
+            before = session.get_prompts().points.copy()
+            negativeNode.SetNthControlPointPositionWorld(0, *(outside + ijkToRas[:3, 0] * 5))
+            logic.flushMarkups()
+            self.assertFalse(np.array_equal(before, session.get_prompts().points), "moving a point should re-prompt")
+
+            self.delayDisplay("Segment in ROI, compared with the core")
+            logic.onSegmentInRoi()
+            written = self.getSegment(segmentationNode, targetId, volumeNode)
+            normal = self.getViewNormal(sliceNode)
+            roi = get_roi_from_matrix(slicer.util.arrayFromVTKMatrix(roiNode.GetObjectToWorldMatrix()),
+                                      roiNode.GetSize())
+            position = [0.0, 0.0, 0.0]
+            negativeNode.GetNthControlPointPositionWorld(0, position)
+            points = [MarkupsPoint(tuple(position), False)]  # negative by its list's name
+            self.assertEqual(logic.readMarkups()[0], points)
+            expected = self.computeRoiWithCore(checkpoint, array, ijkToRas, roi, points, normal)
+            self.assertGreaterEqual(getDice(written, expected), 0.99)
+            axis = get_slice_axis(normal, ijkToRas)
+            first, last = get_roi_slice_range([roi], ijkToRas, array.shape, axis)
+            self.assertEqual(last - first, 4)
+            outsideRange = np.ones(array.shape[axis], bool)
+            outsideRange[first:last + 1] = False
+            self.assertFalse(np.take(written, np.flatnonzero(outsideRange), axis).any())
+
+            self.delayDisplay("One Undo removes the whole ROI result")
+            editor.undo()
+            self.assertFalse(self.getSegment(segmentationNode, targetId, volumeNode).any())
+        finally:
+            editor.setActiveEffect(None)  # removes the shortcuts, timers, observers and preview node even on failure
+        self.delayDisplay("test_markups_roi_segment_in_roi_undo passed")
+
+    def prepareRedView(self, volumeNode):
+        """The Red view rotated to the volume, centred on the middle voxel: (slice node, IJK->RAS, the
+        volume array, RAS of the middle voxel)."""
+        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        sliceNode.RotateToVolumePlane(volumeNode)
+        ijkToRas = self.getIjkToRas(volumeNode)
+        array = slicer.util.arrayFromVolume(volumeNode)
+        k, j, i = (n // 2 for n in array.shape)
+        ras = (ijkToRas @ [i, j, k, 1.0])[:3]
+        sliceNode.JumpSliceByCentering(*ras)
+        return sliceNode, ijkToRas, array, ras
 
     def createScene(self):
         import numpy as np
@@ -182,6 +252,22 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         applied = segment.copy()
         session.propagate(settings.get_propagation_config(), segment).apply_to(segment)
         return applied, segment
+
+
+    @staticmethod
+    def computeRoiWithCore(checkpoint, array, ijkToRas, roi, points, normal):
+        """The core session alone, given the same ROI and points: the segment after "Segment in ROI"."""
+        import numpy as np
+
+        from medicosam.models.checkpoint import load_sam
+        from medicosam.predictor import VolumePredictor
+        from medicosam.session import SegmentationSession
+
+        loaded = load_sam(checkpoint, device="cpu", allow_custom=True)
+        predictor = VolumePredictor.from_loaded(loaded, array, fast=False)
+        segment = np.zeros(array.shape, bool)
+        SegmentationSession(predictor, ijkToRas).segment_in_roi(roi, points, normal).apply_to(segment)
+        return segment
 
 
 def getDice(a, b):

@@ -49,7 +49,9 @@ RECEIVERS = {
     "editor": "qMRMLSegmentEditorWidget", "reference": "vtkOrientedImageData", "source": "vtkOrientedImageData",
     "labelmap": "vtkOrientedImageData", "modifier": "vtkOrientedImageData", "image": "vtkOrientedImageData",
     "display": "vtkMRMLDisplayNode", "instance": "qSlicerSegmentEditorScriptedEffect",
-    "clonedEffect": "qSlicerSegmentEditorScriptedEffect",
+    "clonedEffect": "qSlicerSegmentEditorScriptedEffect", "markupsNode": "vtkMRMLMarkupsNode",
+    "pointListNode": "vtkMRMLMarkupsFiducialNode", "roiNode": "vtkMRMLMarkupsROINode",
+    "interactionNode": "vtkMRMLInteractionNode",
 }
 #: Module-level objects of `slicer` -> their class.
 SLICER_OBJECTS = {"app": "qSlicerApplication", "mrmlScene": "vtkMRMLScene"}
@@ -64,11 +66,13 @@ QT_METHODS = {
     "addButton", "addItem", "addRow", "addWidget", "blockSignals", "className", "clear", "close", "connect",
     "deleteLater", "disconnect", "findData", "itemData", "processEvents", "setCancelButton", "setCurrentIndex",
     "setInterval", "setLabelText", "setMaximum", "setParent", "setRange", "setSingleStep", "setToolTip",
-    "setValue", "setWindowModality", "setWindowTitle", "show", "singleShot", "start", "stop",
+    "setValue", "setWindowModality", "setWindowTitle", "show", "singleShot", "start", "stop", "isActive",
+    "setSingleShot",
 }
 VTK_METHODS = {
     "AllocateScalars", "Fill", "GetAltKey", "GetControlKey", "GetDimensions", "GetElement", "GetEventPosition",
     "GetExtent", "GetMTime", "GetPointData", "GetScalars", "GetShiftKey", "Modified", "SetExtent",
+    "AddObserver", "RemoveObserver",
 }
 #: Methods of other libraries the files call: torch.nn.Module, and SlicerPyTorch's PyTorchUtilsLogic
 #: (`installTorch(askConfirmation=False, ...)` at fepegar/SlicerPyTorch e1c85cc).

@@ -1,11 +1,13 @@
 """MedicoSAM Segment Editor effect: the thin Slicer layer over `medicosam.session`.
 
-This file only reads MRML (clicks, the view's orientation, the source volume as the editor aligned it
-to the segmentation), calls the session on the inference worker thread, and writes what the session
-returns through `modifySelectedSegmentByLabelmap` after one `saveStateForUndo`. Every decision in
-between (which slice a click lands on, what to propagate, what to write) is in the core and tested
-without Slicer. Nothing heavy is imported at file scope: torch and SAM are imported on first use,
-after the user agreed to install them.
+This file only reads MRML (the segment's markups point lists and ROI in world RAS, the view's orientation,
+the source volume as the editor aligned it to the segmentation), calls the session on the inference worker
+thread, and writes what the session returns through `modifySelectedSegmentByLabelmap` after one
+`saveStateForUndo`. The prompts are the user's own markups nodes, chosen per segment and remembered in
+segment tags: the effect's click tools, Slicer's place mode and any module that edits them change the same
+nodes, and their point events update the preview. Every decision in between (which slice a point lands on,
+what to propagate, what to write) is in the core and tested without Slicer. Nothing heavy is imported at
+file scope: torch and SAM are imported on first use, after the user agreed to install them.
 """
 
 import contextlib
@@ -19,11 +21,15 @@ import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-TOOL_BUTTONS = (("positive", "+ Point", "Left-click adds a point inside the object."),
-                ("negative", "- Point", "Left-click adds a point outside the object."),
-                ("box", "Box", "Left-drag draws a box around the object."))
-DISPLAY_COLORS = {"positive": (0.2, 0.9, 0.2), "negative": (1.0, 0.25, 0.25), "box": (1.0, 0.85, 0.1)}
+TOOL_BUTTONS = (("positive", "+ Point", "Left-click adds a point inside the object to the + point list."),
+                ("negative", "- Point", "Left-click adds a point outside the object to the - point list."),
+                ("box", "Box", "Left-drag draws a box around the object: it sets the ROI."))
+#: Markups role -> (node class, label in the options, colour of a node the effect creates).
+MARKUPS_ROLES = {"positive": ("vtkMRMLMarkupsFiducialNode", "+ points:", (0.2, 0.9, 0.2)),
+                 "negative": ("vtkMRMLMarkupsFiducialNode", "- points:", (1.0, 0.25, 0.25)),
+                 "roi": ("vtkMRMLMarkupsROINode", "ROI:", (1.0, 0.85, 0.1))}
 MIN_BOX_DRAG_PIXELS = 4
+MARKUPS_DELAY_MS = 100  # markups events within this time (a point being dragged) make one update
 BUSY_DIALOG_DELAY_MS = 400
 DOCS_URL = "https://github.com/MedicoSAM/SlicerMedicoSAM/blob/main/docs/slicer.md"
 
@@ -44,11 +50,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.pending = []  # [(future, callback)] of preview jobs, polled on the GUI thread
         self.busy = False  # a blocking job (apply, propagate, model loading) is running
         self.boxStart = None  # (xy, ras, slice node ID) while a box is dragged
-        self.displayNodes = {}
+        self.promptSliceNodeId = None  # the slice view last clicked in: its orientation picks the slices
+        self.markupsObservations = []  # (node, observer tag) of the selected segment's markups
+        self.markupsFuture = None  # the markups update running on the worker
+        self.previewNode = None  # the temporary segmentation that shows the preview
         self.displayedSessionKey = None
         self.shortcuts = []
         self.connections = []  # (object, signal, slot), disconnected in cleanup (Slicer issue #7392)
         self.pollTimer = None  # created with the options frame, so it dies with it
+        self.markupsTimer = None
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -66,7 +76,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return f"""<html>Segment with MedicoSAM (Segment Anything for medical images).<br>
 <b>+ Point</b> ({key["positive"]}) / <b>- Point</b> ({key["negative"]}): click inside / outside the object in
 a Red, Green or Yellow view aligned with the volume. <b>Box</b> ({key["box"]}): drag a box around it. The
-preview updates after every prompt.<br>
+points and the box are the segment's markups (+ / - point lists, ROI): place, move or delete them with the
+Markups toolbar or module too; the preview follows every change. <b>Segment in ROI</b> segments every slice
+the ROI covers; propagation stays inside a ROI that spans several slices.<br>
 <b>Apply</b> ({key["apply"]}) writes the previewed slice; <b>Propagate</b> ({key["propagate"]}) segments the
 neighbouring slices from every applied slice. To correct, prompt on a wrong slice, Apply, Propagate again.
 <b>Clear</b> ({key["clear"]}) removes the slice's prompts; <b>{key["refine"]}</b> toggles refinement with the
@@ -82,24 +94,28 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.releaseResources()
 
     def releaseResources(self):
-        """Stop the worker thread, remove the temporary nodes, free the model, volume copies and embeddings."""
+        """Stop the worker thread, remove the preview node, free the model, volume copies and embeddings."""
         self.pending = []
+        self.unobserveMarkups()
         if self.worker is not None:
             self.worker.shutdown(wait=False)
             self.worker = None
-        self.removeDisplayNodes()
+        self.removePreviewNode()
         self.sessions, self.predictors, self.loaded, self.cache = {}, {}, None, None
 
     def activate(self):
-        self.createDisplayNodes()
+        self.createPreviewNode()
         self.installShortcuts()
         self.refreshModelChoices()
+        self.updateMarkupsSelectors()
         self.pollTimer.start()
 
     def deactivate(self):
         self.pollTimer.stop()
+        self.markupsTimer.stop()
+        self.unobserveMarkups()
         self.removeShortcuts()
-        self.removeDisplayNodes()
+        self.removePreviewNode()
         self.boxStart = None
         if self.worker is not None:
             self.worker.clear_background()
@@ -158,6 +174,13 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             toolLayout.addWidget(button)
             self.toolButtons[tool] = button
         self.scriptedEffect.addLabeledOptionsWidget("Prompt:", toolLayout)
+        self.markupsSelectors, self.placeWidgets = {}, {}
+        for role, (className, label, _) in MARKUPS_ROLES.items():
+            self.markupsSelectors[role], self.placeWidgets[role] = self.createMarkupsSelector(role, className)
+            markupsLayout = qt.QHBoxLayout()
+            markupsLayout.addWidget(self.markupsSelectors[role])
+            markupsLayout.addWidget(self.placeWidgets[role])
+            self.scriptedEffect.addLabeledOptionsWidget(label, markupsLayout)
         self.refineCheckBox = qt.QCheckBox(f"Refine with the previous mask ({key['refine']})")
         self.refineCheckBox.setToolTip("Give SAM the slice's previous mask with each new prompt, so a click "
                                        "corrects the mask instead of starting over.")
@@ -170,6 +193,11 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         sliceButtons.addWidget(self.applyButton)
         sliceButtons.addWidget(self.clearButton)
         self.scriptedEffect.addOptionsWidget(sliceButtons)
+        self.segmentInRoiButton = qt.QPushButton("Segment in ROI")
+        self.segmentInRoiButton.objectName = self.__class__.__name__ + "SegmentInRoi"
+        self.segmentInRoiButton.setToolTip("Segment every slice the ROI covers (its box on each slice, plus the points "
+                                           "placed there), in one Undo step.")
+        self.scriptedEffect.addOptionsWidget(self.segmentInRoiButton)
 
         propagationSection = ctk.ctkCollapsibleButton()
         propagationSection.text = "Propagation"
@@ -206,6 +234,10 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.pollTimer = qt.QTimer(optionsFrame)
         self.pollTimer.setInterval(50)
         self.connectSignal(self.pollTimer, "timeout()", self.onPoll)
+        self.markupsTimer = qt.QTimer(optionsFrame)
+        self.markupsTimer.setSingleShot(True)
+        self.markupsTimer.setInterval(MARKUPS_DELAY_MS)
+        self.connectSignal(self.markupsTimer, "timeout()", self.onMarkupsChanged)
         optionsFrame.connect("destroyed()", self.releaseResources)
 
         for combo in (self.modelSelector, self.deviceSelector, self.directionSelector, self.modeSelector):
@@ -221,8 +253,31 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.connectSignal(self.applyButton, "clicked()", self.onApply)
         self.connectSignal(self.clearButton, "clicked()", self.onClear)
         self.connectSignal(self.propagateButton, "clicked()", self.onPropagate)
+        self.connectSignal(self.segmentInRoiButton, "clicked()", self.onSegmentInRoi)
+        for role, selector in self.markupsSelectors.items():
+            self.connectSignal(selector, "currentNodeChanged(vtkMRMLNode*)",
+                               lambda node, role=role: self.onMarkupsNodeSelected(role, node))
         self.connectSignal(self.deleteModelsButton, "clicked()", self.onDeleteModels)
         self.connectSignal(self.loadModelButton, "clicked()", self.onLoadModel)
+
+    def createMarkupsSelector(self, role, className):
+        """A node selector (create, rename, delete) and Slicer's place button for one markups role."""
+        from medicosam.effect_settings import MARKUPS_NAMES
+
+        selector = slicer.qMRMLNodeComboBox()
+        selector.nodeTypes = [className]
+        selector.addEnabled = selector.renameEnabled = selector.removeEnabled = selector.noneEnabled = True
+        selector.baseName = MARKUPS_NAMES[role]
+        selector.setMRMLScene(slicer.mrmlScene)
+        selector.setToolTip("The segment's " + ("ROI" if role == "roi" else f"{role} point list") +
+                            "; remembered with the segment and saved with the scene.")
+        placeWidget = slicer.qSlicerMarkupsPlaceWidget()
+        placeWidget.setMRMLScene(slicer.mrmlScene)
+        placeWidget.buttonsVisible = False
+        placeWidget.placeButton().show()
+        placeWidget.placeMultipleMarkups = (placeWidget.ForcePlaceSingleMarkup if role == "roi"
+                                            else placeWidget.ForcePlaceMultipleMarkups)
+        return selector, placeWidget
 
     def connectSignal(self, sender, signal, slot):
         sender.connect(signal, slot)
@@ -265,6 +320,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.checkpointLabel.visible = self.checkpointSelector.visible = settings.model == CUSTOM_MODEL
         if self.getSessionKey() != self.displayedSessionKey:
             self.clearDisplay()
+            self.updateMarkupsSelectors()
 
     def updateMRMLFromGUI(self):
         from medicosam.effect_settings import EffectSettings
@@ -293,12 +349,19 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     #
 
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        from medicosam.errors import MedicoSAMError
+
         if viewWidget.className() != "qMRMLSliceWidget":
-            return False
-        if callerInteractor.GetShiftKey() or callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
             return False
         xy = callerInteractor.GetEventPosition()
         sliceNodeId = viewWidget.mrmlSliceNode().GetID()
+        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            self.promptSliceNodeId = sliceNodeId  # also for points placed with Slicer's place mode
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        if interactionNode.GetCurrentInteractionMode() != interactionNode.ViewTransform:
+            return False  # Slicer's place mode takes the click
+        if callerInteractor.GetShiftKey() or callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
+            return False
         if eventId == vtk.vtkCommand.LeftButtonPressEvent:
             if self.busy:
                 return True
@@ -310,64 +373,218 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             if tool == "box":
                 self.boxStart = (xy, ras, sliceNodeId)
             else:
-                self.deferPrompt(tool, [ras], viewWidget)
+                with self.reportingErrors():
+                    self.getMarkupsNode(tool, create=True).AddControlPointWorld(*ras)
             return True
         if self.boxStart is None or self.boxStart[2] != sliceNodeId:
             return False
-        if eventId == vtk.vtkCommand.MouseMoveEvent:
-            startXy = self.boxStart[0]
-            corners = [startXy, (xy[0], startXy[1]), xy, (startXy[0], xy[1])]
-            self.setMarkupsPoints("box", [self.xyToRas(corner, viewWidget) for corner in corners])
-            return True
+        if eventId not in (vtk.vtkCommand.MouseMoveEvent, vtk.vtkCommand.LeftButtonReleaseEvent):
+            return False
+        startXy, startRas, _ = self.boxStart
+        dragged = max(abs(xy[0] - startXy[0]), abs(xy[1] - startXy[1])) >= MIN_BOX_DRAG_PIXELS
+        if dragged:
+            try:
+                self.setRoiFromDrag(startRas, self.xyToRas(xy, viewWidget), viewWidget.mrmlSliceNode())
+            except MedicoSAMError as error:  # no dialog inside a drag: the status says it, the drag ends
+                self.boxStart = None
+                self.showStatus(str(error))
+                return True
         if eventId == vtk.vtkCommand.LeftButtonReleaseEvent:
-            startXy, startRas, _ = self.boxStart
             self.boxStart = None
-            if max(abs(xy[0] - startXy[0]), abs(xy[1] - startXy[1])) < MIN_BOX_DRAG_PIXELS:
-                self.setMarkupsPoints("box", [])
+            if not dragged:
                 self.showStatus("Drag to draw a box: a click is too small for one.")
-            else:
-                self.deferPrompt("box", [startRas, self.xyToRas(xy, viewWidget)], viewWidget)
-            return True
-        return False
+            self.markupsTimer.start()
+        return True
+
+    def interactionNodeModified(self, interactionNode):
+        """Stay active in Slicer's place mode (the base class would deactivate the effect): placing the
+        segment's points with the Markups toolbar or a place button is one way to prompt."""
 
     def setTool(self, tool):
+        slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()  # the tool takes clicks
         self.scriptedEffect.setParameter("Tool", tool)
 
     def toggleRefine(self):
         self.refineCheckBox.checked = not self.refineCheckBox.checked
 
-    def deferPrompt(self, kind, rasPoints, sliceWidget):
-        """Add the prompt after the VTK observer returns: the first one may install packages, ask to download
-        and load the model behind a progress dialog, none of which may run inside an interactor event."""
-        qt.QTimer.singleShot(0, lambda: self.addPrompt(kind, rasPoints, sliceWidget))
+    def setRoiFromDrag(self, startRas, endRas, sliceNode):
+        """Set the segment's ROI to the dragged box: on the drag's slice, with the view's axes."""
+        from medicosam.markups import get_roi_from_drag, get_roi_from_matrix
 
-    def addPrompt(self, kind, rasPoints, sliceWidget):
-        """Add a prompt clicked in `sliceWidget` and update the preview in the background."""
-        sliceToRas = sliceWidget.mrmlSliceNode().GetSliceToRAS()
-        normal = [sliceToRas.GetElement(row, 2) for row in range(3)]
+        source = self.scriptedEffect.sourceVolumeImageData()
+        if source is None:
+            self.showStatus("Select a source volume first.")
+            return
+        _, ijkToRas, extent = self.getSourceGeometry(source)
+        sliceToRas = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
+        roi = get_roi_from_drag(startRas, endRas, sliceToRas, ijkToRas, getExtentShape(extent))
+        roiNode = self.getMarkupsNode("roi", create=True)
+        transformNode = roiNode.GetParentTransformNode()
+        if transformNode is not None:  # the ROI node's own frame
+            roi = get_roi_from_matrix(getNumpyMatrix(transformNode.GetMatrixTransformFromWorld) @ roi.get_matrix(),
+                                      roi.size)
+        with slicer.util.NodeModify(roiNode):
+            roiNode.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(roi.get_matrix()))
+            roiNode.SetSize(*roi.size)
+
+    # Markups: the segment's prompt nodes ---------------------------------------------------------
+
+    def getSelectedSegment(self):
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode() if parameterSetNode else None
+        if segmentationNode is None or not parameterSetNode.GetSelectedSegmentID():
+            return None
+        return segmentationNode.GetSegmentation().GetSegment(parameterSetNode.GetSelectedSegmentID())
+
+    def getMarkupsNode(self, role, create=False):
+        """The selected segment's node for `role` (its ID is a segment tag, saved with the segmentation);
+        with `create`, a new one when there is none."""
+        from medicosam.effect_settings import MARKUPS_NAMES, MARKUPS_TAGS
+        from medicosam.session import SessionError
+
+        segment = self.getSelectedSegment()
+        if segment is None:
+            if create:
+                raise SessionError("Select a segmentation and a segment first.")
+            return None
+        nodeId = vtk.mutable("")
+        node = slicer.mrmlScene.GetNodeByID(str(nodeId)) if segment.GetTag(MARKUPS_TAGS[role], nodeId) else None
+        if node is None and create:
+            className, _, color = MARKUPS_ROLES[role]
+            node = slicer.mrmlScene.AddNewNodeByClass(className, slicer.mrmlScene.GenerateUniqueName(
+                f"{MARKUPS_NAMES[role]} {segment.GetName()}"))
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetSelectedColor(color)
+            node.GetDisplayNode().SetColor(color)
+            self.setMarkupsNode(role, node)
+        return node
+
+    def setMarkupsNode(self, role, node):
+        """Make `node` the selected segment's node for `role` and show it in the role's selector."""
+        from medicosam.effect_settings import MARKUPS_TAGS
+
+        segment = self.getSelectedSegment()
+        if segment is not None:
+            segment.SetTag(MARKUPS_TAGS[role], node.GetID() if node is not None else "")
+        self.updateMarkupsSelectors()
+
+    def onMarkupsNodeSelected(self, role, node):
+        if node is not None:
+            node.CreateDefaultDisplayNodes()  # a node made by the selector has none yet
+        self.setMarkupsNode(role, node)
+        self.markupsTimer.start()
+
+    def updateMarkupsSelectors(self):
+        """Selectors and place buttons show the selected segment's nodes, and only those are observed."""
+        for role, selector in self.markupsSelectors.items():
+            node = self.getMarkupsNode(role)
+            wasBlocked = selector.blockSignals(True)
+            selector.setCurrentNode(node)
+            selector.blockSignals(wasBlocked)
+            self.placeWidgets[role].setCurrentNode(node)
+            self.placeWidgets[role].enabled = node is not None
+        self.observeMarkups()
+
+    def observeMarkups(self):
+        self.unobserveMarkups()
+        events = (vtk.vtkCommand.ModifiedEvent, slicer.vtkMRMLMarkupsNode.PointAddedEvent,
+                  slicer.vtkMRMLMarkupsNode.PointRemovedEvent, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
+                  slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                  slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent,
+                  slicer.vtkMRMLTransformableNode.TransformModifiedEvent)
+        for role in MARKUPS_ROLES:
+            markupsNode = self.getMarkupsNode(role)
+            if markupsNode is not None:
+                self.markupsObservations += [(markupsNode, markupsNode.AddObserver(event, self.onMarkupsEvent))
+                                             for event in events]
+
+    def unobserveMarkups(self):
+        for markupsNode, tag in self.markupsObservations:
+            markupsNode.RemoveObserver(tag)
+        self.markupsObservations = []
+
+    def onMarkupsEvent(self, caller, event):
+        """Any change of the segment's markups, by any module: one update once the events stop for a moment
+        (a dragged point sends one per mouse move). A box being dragged updates when it is released."""
+        if self.boxStart is None:
+            self.markupsTimer.start()
+
+    def readControlPoints(self):
+        """[(node, control point index, MarkupsPoint)] of the segment's defined points in world RAS (transforms
+        hold), signed by their list, its name, their label or description."""
+        from medicosam.markups import MarkupsPoint, is_negative_point
+
+        found = []
+        for role in ("positive", "negative"):
+            markupsNode = self.getMarkupsNode(role)
+            for n in range(markupsNode.GetNumberOfControlPoints() if markupsNode is not None else 0):
+                if markupsNode.GetNthControlPointPositionStatus(n) != slicer.vtkMRMLMarkupsNode.PositionDefined:
+                    continue  # still being placed, or skipped
+                position = [0.0, 0.0, 0.0]
+                markupsNode.GetNthControlPointPositionWorld(n, position)
+                negative = role == "negative" or is_negative_point(
+                    markupsNode.GetName(), markupsNode.GetNthControlPointLabel(n),
+                    markupsNode.GetNthControlPointDescription(n))
+                found.append((markupsNode, n, MarkupsPoint(tuple(position), not negative)))
+        return found
+
+    def readMarkups(self):
+        """(points, ROIs) of the selected segment, in world RAS."""
+        from medicosam.markups import get_roi_from_matrix
+
+        points, rois = [entry[2] for entry in self.readControlPoints()], []
+        roiNode = self.getMarkupsNode("roi")
+        if roiNode is not None:
+            roi = get_roi_from_matrix(slicer.util.arrayFromVTKMatrix(roiNode.GetObjectToWorldMatrix()),
+                                      roiNode.GetSize())
+            rois += [roi] if roi is not None else []
+        return points, rois
+
+    def getPromptViewNormal(self):
+        """Normal of the slice view last clicked in (Red before any click): the slices prompts belong to."""
+        sliceNode = slicer.mrmlScene.GetNodeByID(self.promptSliceNodeId or "vtkMRMLSliceNodeRed")
+        sliceToRas = sliceNode.GetSliceToRAS()
+        return [sliceToRas.GetElement(row, 2) for row in range(3)]
+
+    def onMarkupsChanged(self):
+        """Hand every markup of the segment to the session on the worker, then show the current preview."""
+        if self.markupsFuture is not None and not self.markupsFuture.done():
+            self.markupsTimer.start()  # the previous update is still running: try again shortly
+            return
+        points, rois = self.readMarkups()
         session = None
         with self.reportingErrors():
-            session = self.getSession()
+            session = self.getSession(create=bool(points or rois))
         if session is None:
             return
-        refine = self.getSettings().refine
-        sessionKey = self.getSessionKey()
+        normal, refine, sessionKey = self.getPromptViewNormal(), self.getSettings().refine, self.getSessionKey()
 
         def job():
             session.refine = refine
-            if kind == "box":
-                session.add_box(rasPoints[0], rasPoints[1], normal)
-            else:
-                session.add_point(rasPoints[0], kind == "positive", normal)
-            return session.update_preview(), session.get_prompt_display(), session.get_prefetch_slices()
+            changed = session.set_markups(points, rois, normal)
+            if session.current not in changed:
+                return None  # the shown preview still holds
+            preview = session.update_preview() if session.has_prompts() else None
+            return preview, session.get_prefetch_slices()
 
-        self.pending.append((self.worker.submit(job), lambda result: self.onPreview(session, sessionKey, result)))
+        self.markupsFuture = self.worker.submit(job)
+        self.pending.append((self.markupsFuture, lambda result: self.onPreview(session, sessionKey, result)))
+
+    def flushMarkups(self):
+        """Run a markups update that is waiting for its timer now (before an action that reads the session)."""
+        if self.markupsTimer.isActive():
+            self.markupsTimer.stop()
+            self.onMarkupsChanged()
+        self.waitForWorker()
 
     def onPreview(self, session, sessionKey, result):
-        if sessionKey != self.getSessionKey():
-            return  # another segment was selected meanwhile: this preview is not about it
-        preview, promptDisplay, neighbours = result
-        self.showPrompts(promptDisplay)
+        if result is None or sessionKey != self.getSessionKey():
+            return  # nothing changed on the current slice, or another segment was selected meanwhile
+        preview, neighbours = result
+        if preview is None:
+            self.clearPreview()
+            self.showStatus("The slice has no prompt left.")
+            return
         self.showPreview(preview)
         self.showStatus(f"Preview of slice {preview.index} (predicted IoU {preview.score:.2f}): "
                         f"Apply ({getShortcutKeys()['apply']}) to keep it.")
@@ -375,27 +592,54 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         for axis, index in neighbours:  # embeddings the next click or propagation will need
             self.worker.submit(session.predictor.get_embedding, axis, index, background=True)
 
+    def getSyncedSession(self, create=False):
+        """The session with every markups change handed to it (an action may follow an edit at once)."""
+        self.flushMarkups()
+        return self.getSession(create=create)
+
     def onApply(self):
         with self.reportingErrors():
-            session = self.getSession(create=False)
+            session = self.getSyncedSession()
             if session is not None:
                 self.writeRequest(self.runBlocking(session.apply, "Applying the preview..."))
 
     def onClear(self):
+        """Delete the current slice's control points from the segment's lists, and the ROI when it is a box
+        on that slice only: the markups are the prompts, so clearing the session alone would not last."""
+        from medicosam.markups import get_markups_on_slice
+
         with self.reportingErrors():
-            session = self.getSession(create=False)
-            if session is not None:
+            session = self.getSyncedSession()
+            if session is not None and session.current is not None:
+                entries = self.readControlPoints()
+                _, rois = self.readMarkups()
+                points, roisOnSlice = get_markups_on_slice([entry[2] for entry in entries], rois, session.ijk_to_ras,
+                                                           session.shape, *session.current)
+                for number in sorted(points, key=lambda number: -entries[number][1]):  # last index first
+                    entries[number][0].RemoveNthControlPoint(entries[number][1])
+                if roisOnSlice:
+                    self.getMarkupsNode("roi").SetSize(0.0, 0.0, 0.0)  # still the segment's ROI, but empty
                 self.runBlocking(session.clear_prompts, "Clearing prompts...")
             self.clearDisplay()
 
     def onPropagate(self):
+        import dataclasses
+
+        from medicosam.geometry import get_slice_axis
+        from medicosam.markups import get_propagation_range
         from medicosam.worker import TaskProgress
 
         with self.reportingErrors():
-            session = self.getSession(create=False)
+            session = self.getSyncedSession()
             if session is None:
                 return
             config = self.getSettings().get_propagation_config()
+            _, rois = self.readMarkups()
+            axis = session.current[0] if session.current else get_slice_axis(self.getPromptViewNormal(),
+                                                                              session.ijk_to_ras)
+            sliceRange = get_propagation_range(rois, session.ijk_to_ras, session.shape, axis)
+            if sliceRange is not None:  # an ROI over several slices: propagation stays in it
+                config = dataclasses.replace(config, slice_range=sliceRange)
             segment = self.getSelectedSegmentArray()
             progress = TaskProgress()
             request = self.runBlocking(
@@ -403,6 +647,27 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
                 "Propagating...", progress)
             if request is None:
                 self.showStatus("Propagation cancelled: the segment was not changed.")
+                return
+            self.writeRequest(request)
+
+    def onSegmentInRoi(self):
+        """The ROI's box on every slice it covers, with the points of each slice: one write, one Undo step."""
+        from medicosam.worker import TaskProgress
+
+        with self.reportingErrors():
+            points, rois = self.readMarkups()
+            if not rois:
+                self.showStatus("Select the segment's ROI or draw one (Box tool or Place ROI) first.")
+                return
+            session = self.getSyncedSession(create=True)
+            if session is None:
+                return
+            normal, progress = self.getPromptViewNormal(), TaskProgress()
+            request = self.runBlocking(
+                lambda: session.segment_in_roi(rois[0], points, normal, progress.report, progress.is_cancelled),
+                "Segmenting in the ROI...", progress)
+            if request is None:
+                self.showStatus("Segment in ROI cancelled: the segment was not changed.")
                 return
             self.writeRequest(request)
 
@@ -698,59 +963,26 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
 
     # Display -------------------------------------------------------------------------------------
 
-    def createDisplayNodes(self):
-        for role, color in DISPLAY_COLORS.items():
-            className = "vtkMRMLMarkupsClosedCurveNode" if role == "box" else "vtkMRMLMarkupsFiducialNode"
-            node = self.addTemporaryNode(className, role)
-            node.SetLocked(True)
-            if role == "box":
-                node.SetCurveTypeToLinear()
-            display = node.GetDisplayNode()
-            display.SetSelectedColor(color)
-            display.SetColor(color)
-            display.SetPointLabelsVisibility(False)
-            display.SetPropertiesLabelVisibility(False)
-        preview = self.addTemporaryNode("vtkMRMLSegmentationNode", "preview")
-        preview.GetSegmentation().AddEmptySegment("preview", "MedicoSAM preview")
-        preview.GetDisplayNode().SetOpacity2DFill(0.35)
-        preview.GetDisplayNode().SetOpacity2DOutline(1.0)
-
-    def addTemporaryNode(self, className, role):
-        """A node that is never saved with the scene, hidden from node selectors."""
-        node = slicer.mrmlScene.AddNewNodeByClass(className, f"MedicoSAM {role}")
+    def createPreviewNode(self):
+        """The preview: a segmentation that is never saved with the scene, hidden from node selectors (the
+        prompts need no display of their own: they are the segment's markups nodes)."""
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedicoSAM preview")
         node.SetSaveWithScene(False)
         node.SetHideFromEditors(True)
         node.CreateDefaultDisplayNodes()
         node.GetDisplayNode().SetSaveWithScene(False)
-        self.displayNodes[role] = node
-        return node
+        node.GetSegmentation().AddEmptySegment("preview", "MedicoSAM preview")
+        node.GetDisplayNode().SetOpacity2DFill(0.35)
+        node.GetDisplayNode().SetOpacity2DOutline(1.0)
+        self.previewNode = node
 
-    def removeDisplayNodes(self):
-        for node in self.displayNodes.values():
-            if node.GetScene() is not None:  # not removed with the scene already
-                node.GetScene().RemoveNode(node)
-        self.displayNodes = {}
-
-    def setMarkupsPoints(self, role, pointsRas):
-        import numpy as np
-
-        node = self.displayNodes.get(role)
-        points = np.asarray(pointsRas, float).reshape(-1, 3)
-        if node is None:
-            return
-        if len(points) == 0:
-            node.RemoveAllControlPoints()
-        else:
-            slicer.util.updateMarkupsControlPointsFromArray(node, points, world=True)
-
-    def showPrompts(self, promptDisplay):
-        self.setMarkupsPoints("positive", promptDisplay.positive_ras)
-        self.setMarkupsPoints("negative", promptDisplay.negative_ras)
-        corners = promptDisplay.box_corners_ras
-        self.setMarkupsPoints("box", [] if corners is None else corners)
+    def removePreviewNode(self):
+        if self.previewNode is not None and self.previewNode.GetScene() is not None:  # not removed with the scene
+            self.previewNode.GetScene().RemoveNode(self.previewNode)
+        self.previewNode = None
 
     def showPreview(self, preview):
-        node = self.displayNodes.get("preview")
+        node = self.previewNode
         if node is None:
             return
         segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
@@ -767,15 +999,13 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             image, node, "preview", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
 
     def clearPreview(self):
-        node = self.displayNodes.get("preview")
+        node = self.previewNode
         if node is not None:
             empty = createLabelmap(self.scriptedEffect.referenceGeometryImage(), [0, -1, 0, -1, 0, -1])
             slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
                 empty, node, "preview", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
 
     def clearDisplay(self):
-        for role in DISPLAY_COLORS:
-            self.setMarkupsPoints(role, [])
         self.clearPreview()
         self.displayedSessionKey = self.getSessionKey()
 

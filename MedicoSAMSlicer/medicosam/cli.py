@@ -174,7 +174,7 @@ def _add_core_commands(subparsers) -> None:
                           "point's label/description starts with '-'; undefined points are skipped")
     seg.add_argument("--roi", action="append", metavar="FILE.mrk.json",
                      help="Slicer ROI: its box on the prompted slices (the one its centre is on, and those with "
-                          "points); propagation stays within the slices it covers")
+                          "points); propagation stays within the slices it covers when it spans several")
     seg.add_argument("--in-roi", action="store_true",
                      help="Segment in ROI: the ROI's box on every slice it covers (MedSAM-style 3D box)")
     seg.add_argument("--ijk", action="store_true", help="points and box are voxel indices (i,j,k), not RAS mm")

@@ -32,6 +32,14 @@ DIRECTION_LABELS = {"both": "Both directions", "up": "Up (increasing slice index
 SHORTCUTS = {"O": "positive", "N": "negative", "X": "box", "A": "apply", "D": "propagate", "C": "clear",
              "M": "refine"}
 
+#: Segment tags holding the IDs of each segment's prompt nodes (+ / - point lists, ROI): saved with the
+#: segmentation, so a reopened scene keeps each segment's markups.
+MARKUPS_TAGS = {"positive": "MedicoSAM.PositiveNodeID", "negative": "MedicoSAM.NegativeNodeID",
+                "roi": "MedicoSAM.ROINodeID"}
+#: Names of the nodes the effect creates: the negative list's name holds "negative", so its points stay
+#: negative when it is saved and read by `medicosam segment --markups` (`markups.is_negative_list`).
+MARKUPS_NAMES = {"positive": "MedicoSAM positive", "negative": "MedicoSAM negative", "roi": "MedicoSAM ROI"}
+
 
 class SettingsError(MedicoSAMError, ValueError):
     """An effect parameter with a value the effect cannot use."""

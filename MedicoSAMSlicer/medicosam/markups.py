@@ -25,7 +25,15 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import MedicoSAMError
-from .geometry import get_roi_slice_boxes, get_slice_point, ras_to_array_index
+from .geometry import (
+    EmptyBoxError,
+    PointOutsideVolumeError,
+    get_roi_slice_boxes,
+    get_slice_axis,
+    get_slice_point,
+    ras_to_array_index,
+    ras_to_ijk,
+)
 from .prompts import Prompts
 
 #: The schema Slicer 5.x writes and accepts (`vtkMRMLMarkupsJsonStorageNode`: markups-schema-v1.x.y).
@@ -60,6 +68,60 @@ class MarkupsROI:
         axes = np.asarray(self.axes_ras, float)
         return np.asarray(self.center_ras, float) + (signs * np.asarray(self.size, float)) @ axes.T
 
+    def get_matrix(self) -> np.ndarray:
+        """4x4 object-to-world matrix (axes and centre), as a Slicer ROI's ObjectToWorldMatrix holds them."""
+        matrix = np.eye(4)
+        matrix[:3, :3], matrix[:3, 3] = self.axes_ras, self.center_ras
+        return matrix
+
+
+def get_roi_from_matrix(object_to_world: np.ndarray, size: Sequence[float]) -> Optional[MarkupsROI]:
+    """The ROI of a Slicer ROI node from its `GetObjectToWorldMatrix()` and `GetSize()` (object units).
+
+    A parent transform that scales folds into the matrix's columns: their lengths scale the size, their
+    directions are the axes. None for an ROI with an empty edge (one still being placed).
+
+    Raises:
+        MarkupsFileError: a shearing transform, which makes the box no longer a box.
+    """
+    matrix = np.asarray(object_to_world, float)
+    scales = np.linalg.norm(matrix[:3, :3], axis=0)
+    size_world = np.asarray(size, float) * scales
+    if not np.all(size_world > 0):
+        return None
+    axes = matrix[:3, :3] / scales
+    if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-4):
+        raise MarkupsFileError("the ROI is under a shearing transform: harden the transform on the ROI first")
+    return MarkupsROI(tuple(matrix[:3, 3].tolist()), tuple(size_world.tolist()), tuple(map(tuple, axes.tolist())))
+
+
+def get_roi_from_drag(corner_a_ras: Sequence[float], corner_b_ras: Sequence[float], view_axes_ras: np.ndarray,
+                      ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -> MarkupsROI:
+    """The ROI of a box dragged between two corners in a slice view whose axes (x, y, normal) are the
+    columns of `view_axes_ras` (the view's SliceToRAS rotation).
+
+    The ROI lies on the slice the drag is on and is half a voxel thick, so it covers that slice only:
+    a box drawn on one slice prompts that slice and does not bound propagation.
+
+    Raises:
+        ObliqueViewError: the view is not aligned with the volume's slices.
+        PointOutsideVolumeError: the centre of the box is outside the volume.
+        EmptyBoxError: a drag along one view axis only (a line, not a box).
+    """
+    view = np.asarray(view_axes_ras, float)[:3, :3]
+    view = view / np.linalg.norm(view, axis=0)
+    axis = get_slice_axis(view[:, 2], ijk_to_ras)
+    a, b = np.asarray(corner_a_ras, float), np.asarray(corner_b_ras, float)
+    centre_ijk = ras_to_ijk((a + b) / 2, ijk_to_ras).reshape(3)
+    centre_ijk[2 - axis] = ras_to_array_index((a + b) / 2, ijk_to_ras, shape_kji)[axis]  # onto the slice
+    centre = np.asarray(ijk_to_ras, float)[:3] @ np.append(centre_ijk, 1.0)
+    spacing = abs(float(np.asarray(ijk_to_ras, float)[:3, 2 - axis] @ view[:, 2]))
+    size = (abs(float((b - a) @ view[:, 0])), abs(float((b - a) @ view[:, 1])), spacing / 2)
+    if min(size) < 1e-6:  # mm
+        raise EmptyBoxError("empty box: the drag is a line; drag the box over the structure")
+    axes = np.column_stack([view[:, 0], view[:, 1], np.cross(view[:, 0], view[:, 1])])  # right-handed
+    return MarkupsROI(tuple(centre.tolist()), size, tuple(map(tuple, axes.tolist())))
+
 
 def is_negative_label(text: Optional[str]) -> bool:
     """The rule for one control point: its label or description starts with "-"."""
@@ -69,6 +131,11 @@ def is_negative_label(text: Optional[str]) -> bool:
 def is_negative_list(name: Optional[str]) -> bool:
     """The rule for a whole point list: its name contains "negative"."""
     return bool(name) and "negative" in name.lower()
+
+
+def is_negative_point(list_name: Optional[str], label: Optional[str], description: Optional[str]) -> bool:
+    """The rule for one control point of a point list: its list's name, or its own label or description."""
+    return is_negative_list(list_name) or is_negative_label(label) or is_negative_label(description)
 
 
 def read_markups_file(path: Union[str, Path]) -> Tuple[List[MarkupsPoint], List[MarkupsROI]]:
@@ -145,6 +212,30 @@ def get_roi_slice_range(rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray, shap
     covered = [index for roi in rois for index in get_roi_slice_boxes(roi.get_corners_ras(), ijk_to_ras,
                                                                        shape_kji, axis)]
     return (min(covered), max(covered)) if covered else None
+
+
+def get_markups_on_slice(points: Sequence[MarkupsPoint], rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray,
+                         shape_kji: Sequence[int], axis: int, index: int) -> Tuple[List[int], List[int]]:
+    """(indices of the points, of the ROIs) that prompt slice `index` alone: the points on it and the ROIs
+    that cover no other slice. "Clear prompts" deletes these from the user's markups."""
+    on_slice = []
+    for number, point in enumerate(points):
+        try:
+            if ras_to_array_index(point.position_ras, ijk_to_ras, shape_kji)[axis] == index:
+                on_slice.append(number)
+        except PointOutsideVolumeError:
+            continue
+    only_here = [number for number, roi in enumerate(rois)
+                 if get_roi_slice_range([roi], ijk_to_ras, shape_kji, axis) == (index, index)]
+    return on_slice, only_here
+
+
+def get_propagation_range(rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray, shape_kji: Sequence[int],
+                          axis: int) -> Optional[Tuple[int, int]]:
+    """The slices propagation may reach: the ROIs' range when it spans several slices, else None (no
+    bound: a box drawn on one slice is a prompt there, not a limit)."""
+    covered = get_roi_slice_range(rois, ijk_to_ras, shape_kji, axis)
+    return covered if covered is not None and covered[0] < covered[1] else None
 
 
 def _get_field(markup, name: str, kind, where: str):

@@ -179,7 +179,7 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     """Read the image, predict the prompted slices, optionally propagate, write the mask."""
     from .device import get_device
     from .geometry import get_slice_axis
-    from .markups import get_roi_slice_range
+    from .markups import get_propagation_range
     from .models.checkpoint import load_sam
     from .normalization import get_intensity_window
     from .predictor import VolumePredictor
@@ -191,8 +191,8 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     _check_finite_values(volume)
     axis = get_slice_axis(VIEW_NORMALS[request.view], volume.ijk_to_ras)
     slice_prompts = get_slice_prompts(request, volume, axis)
-    roi_range = get_roi_slice_range(read_markups(request)[1], volume.ijk_to_ras, volume.shape_kji, axis)
-    if roi_range is not None:  # an ROI bounds propagation to the slices it covers
+    roi_range = get_propagation_range(read_markups(request)[1], volume.ijk_to_ras, volume.shape_kji, axis)
+    if roi_range is not None:  # an ROI over several slices bounds propagation to them
         config = dataclasses.replace(config, slice_range=roi_range)
     loaded = load_sam(request.model, device=get_device(request.device), allow_custom=request.allow_custom,
                       offline=request.offline, progress=download_progress)

@@ -320,6 +320,11 @@ class SegmentationSession:
         self.preview = None
         self._pending = False
 
+    def has_prompts(self, key: Optional[SliceKey] = None) -> bool:
+        """Whether a slice (the current one by default) has prompts: markups may have left it none."""
+        key = key or self.current
+        return key is not None and key in self._prompts and not self._prompts[key].empty
+
     def get_prompts(self, key: Optional[SliceKey] = None) -> Prompts:
         """SAM prompts of a slice (the current one by default), with the refinement input if enabled."""
         key = key or self._get_current()

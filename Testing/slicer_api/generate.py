@@ -33,7 +33,8 @@ CLASSES = (
     "vtkMRMLMarkupsNode", "vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsROINode", "vtkMRMLMarkupsClosedCurveNode",
     "vtkMRMLMarkupsDisplayNode", "vtkMRMLSliceNode", "vtkMRMLSliceLogic", "qMRMLSliceWidget",
     "vtkMRMLScene", "vtkMRMLScalarVolumeNode", "vtkMRMLTransformNode", "vtkMRMLInteractionNode",
-    "qSlicerApplication", "qSlicerLayoutManager",
+    "qSlicerApplication", "qSlicerLayoutManager", "vtkSlicerApplicationLogic", "vtkMRMLTransformableNode",
+    "qMRMLNodeComboBox", "qSlicerMarkupsPlaceWidget",
 )
 #: Python module path in Slicer's tree -> the classes of it to list ("" lists the module's functions).
 PYTHON = {
