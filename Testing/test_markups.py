@@ -22,9 +22,12 @@ from medicosam.markups import (
 SHAPE = (24, 40, 36)  # K, J, I
 
 
-@pytest.mark.parametrize("system", ["LPS", "RAS"])
-def test_points_land_on_their_voxels_of_a_rotated_anisotropic_grid(tmp_path, system):
-    matrix = get_rotated_ijk_to_ras()
+FLIPPED = np.diag([-0.9, 1.4, -3.0, 1.0])  # i and k run against R and S (a flipped, anisotropic grid)
+
+
+@pytest.mark.parametrize("system, matrix", [("LPS", get_rotated_ijk_to_ras()), ("RAS", get_rotated_ijk_to_ras()),
+                                            ("LPS", FLIPPED)])
+def test_points_land_on_their_voxels_of_rotated_flipped_anisotropic_grids(tmp_path, system, matrix):
     voxels = [(5, 10, 12), (5, 30, 20), (17, 3, 33)]
     world = [get_voxel_ras(v, matrix, offset_ijk=(0.3, -0.4, 0.2)) for v in voxels]
     path = write_point_list(tmp_path / "points.mrk.json", world, system, labels=["F-1", "-F-2", "F-3"])
@@ -101,6 +104,21 @@ def test_roi_tilted_out_of_plane_changes_its_box_from_slice_to_slice():
         on_slice = inside[inside[:, 0] == k]
         if len(on_slice):
             assert x0 <= on_slice[:, 2].min() and on_slice[:, 2].max() < x1
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_roi_boxes_on_a_flipped_grid_match_the_voxel_reference(axis):
+    centre = ijk_to_ras(np.array([18.0, 20.0, 12.0]), FLIPPED)
+    roi = MarkupsROI(tuple(centre), (11.0, 13.0, 17.0), tuple(map(tuple, get_rotation((10.0, -15.0, 20.0)))))
+    boxes = get_roi_slice_boxes(roi.get_corners_ras(), FLIPPED, SHAPE, axis)
+    inside = _voxels_inside(roi, FLIPPED, SHAPE)
+    row_axis, col_axis = [a for a in (0, 1, 2) if a != axis]
+    assert set(inside[:, axis]) <= set(boxes)
+    for index, (x0, y0, x1, y1) in boxes.items():
+        on_slice = inside[inside[:, axis] == index]
+        if len(on_slice):
+            assert x0 <= on_slice[:, col_axis].min() and on_slice[:, col_axis].max() < x1
+            assert y0 <= on_slice[:, row_axis].min() and on_slice[:, row_axis].max() < y1
 
 
 def test_thin_roi_covers_the_one_slice_it_lies_in_and_clips_to_the_image():
