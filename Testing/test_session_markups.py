@@ -39,11 +39,11 @@ def point(index_kji, positive=True):
     return MarkupsPoint(tuple(get_voxel_ras(index_kji, MATRIX, (0.2, -0.3, 0.4))), positive)
 
 
-def roi_around(center_kji, size_mm, tilt=np.eye(3)):
+def roi_around(center_kji, size_mm, tilt=None):
     """An ROI whose axes are the volume's voxel axes (rotated by `tilt`), centred on a voxel."""
     axes = MATRIX[:3, :3] / np.linalg.norm(MATRIX[:3, :3], axis=0)
     return MarkupsROI(tuple(ijk_to_ras(np.asarray(center_kji, float)[::-1], MATRIX)), tuple(size_mm),
-                      tuple(map(tuple, axes @ tilt)))
+                      tuple(map(tuple, axes if tilt is None else axes @ tilt)))
 
 
 def test_markups_points_predict_like_the_predictor_with_the_same_voxels(session, reference):

@@ -31,10 +31,20 @@ from medicosam.errors import MedicoSAMError
 
 #: Keys of a full UNETR state dict that belong to the encoder, not the decoder.
 _ENCODER_PREFIX = "encoder."
+#: The widest decoder built (micro-sam: 64): its first level is 8x this wide, so 512 is ~1 GB of
+#: weights; larger values only exhaust memory.
+MAX_DECODER_FEATURES = 512
 
 
 class DecoderStateError(MedicoSAMError, ValueError):
-    """A decoder state dict that does not fit the UNETR decoder layout."""
+    """A decoder state dict that does not fit the UNETR decoder layout, or a width out of range."""
+
+
+def check_decoder_features(features: int) -> None:
+    """Refuse a decoder width that cannot be built (checked by configs early, and by the builder)."""
+    if not 1 <= features <= MAX_DECODER_FEATURES:
+        raise DecoderStateError(f"decoder features {features} out of range: use 1 to {MAX_DECODER_FEATURES} "
+                                "(micro-sam: 64; smaller for CPU runs)")
 
 
 class _ConvBlock(nn.Module):
@@ -133,6 +143,7 @@ class UNETRDecoder(nn.Module):
     def __init__(self, in_channels: int, out_channels: Optional[int] = 2, initial_features: int = 64,
                  use_conv_transpose: bool = False) -> None:
         super().__init__()
+        check_decoder_features(initial_features)
         features = [initial_features * 2 ** i for i in range(4)][::-1]  # micro-sam: [512, 256, 128, 64]
         self.features = features[-1]
         self.deconv1 = _Deconv(in_channels, features[0], use_conv_transpose)

@@ -1,10 +1,14 @@
 """Safe checkpoint loading, format unwrapping, compatibility errors, and export.
 
-A checkpoint is untrusted input: it is always read with `torch.load(weights_only=True)`, which
-rebuilds tensors and plain containers but never calls code named in the pickle. Files from
+A checkpoint is untrusted input, and unpickling can run any code the file names. Files are read
+with `torch.load(weights_only=True)`, which rebuilds tensors and plain containers only. torch-em /
+micro-sam training checkpoints also pickle live objects (the model, datasets, augmentations in
+`init`), which weights_only refuses; those are read again with `_InertPickleModule`, which turns
+every such object into an inert placeholder, and only their weights are kept. Files from
 micro-sam / torch-em training (`model_state`, `decoder_state`, `sam.` / `module.` prefixes) are
 unwrapped to a plain SAM state dict; anything that is not plain SAM (adapters, other sizes) gets
-an error that names the difference instead of a wall of `load_state_dict` key lists.
+an error that names the difference instead of a wall of `load_state_dict` key lists. Weights that
+are not finite, or a model too big for the device, are refused before anything is built.
 
 Two export layouts, two functions, so the choice is visible at the call site:
 `export_sam` writes the plain state dict `segment_anything.sam_model_registry` loads;
@@ -15,13 +19,17 @@ also use the segmentation decoder (segment_anything cannot load that file).
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import pickle
 import re
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from medicosam.atomic import writing_atomically
 from medicosam.errors import MedicoSAMError
-from medicosam.models.config import OFFICIAL_CONFIGS, SamConfig, build_sam, detect_config
+from medicosam.models.config import OFFICIAL_CONFIGS, ConfigError, SamConfig, build_sam, detect_config
 from medicosam.models.download import (
     CheckpointNotFoundError,
     ProgressCallback,
@@ -33,6 +41,13 @@ _SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 #: Wrapper prefixes, outermost first: DDP, torch.compile, micro-sam's TrainableSAM.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "sam.")
 _UNETR_PARTS = ("base.", "decoder.", "deconv1.", "deconv_out.", "decoder_head.", "out_conv.")
+#: Where the weights are in the layouts that may also pickle Python objects (torch-em / micro-sam
+#: training checkpoints, Lightning's `state_dict`): only these are kept from such a file.
+_WEIGHT_KEYS = ("model_state", "decoder_state", "state_dict")
+#: torch's legacy (non-zip) files start with their pickled magic number.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(MedicoSAMError, ValueError):
@@ -61,9 +76,11 @@ class LoadedSam:
 
 
 def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
-    """The dict stored in a checkpoint file, read without ever executing code from it."""
-    import pickle
+    """The dict stored in a checkpoint file, read without ever executing code from it.
 
+    A file that weights_only refuses is read again with inert placeholders for its Python objects;
+    it loads if it has the weights of a known layout (`_WEIGHT_KEYS`), and then only those return.
+    """
     import torch
 
     path = Path(path)
@@ -71,24 +88,10 @@ def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
         raise CheckpointNotFoundError(f"Checkpoint file {path.resolve()} does not exist.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        names = _get_unsafe_globals(path)
-        if names:
-            raise CheckpointError(
-                f"{path} is not a plain state dict: it holds Python objects ({', '.join(names)}) and "
-                "unpickling those could run arbitrary code, so MedicoSAM refuses to. If you trust its "
-                "source, load it yourself and re-save only the tensors, e.g. "
-                "torch.save(model.state_dict(), 'plain.pth')."
-            ) from e
-        raise CheckpointError(
-            f"Cannot read {path} as a plain state dict ({_get_first_line(e)}): it is corrupt, not a "
-            "PyTorch checkpoint, or holds Python objects the safe loader refuses."
-        ) from e
+    except pickle.UnpicklingError:  # Python objects beyond weights_only's allowlist, or not a pickle
+        obj = _load_weights_inertly(path)
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... on damaged files
-        raise CheckpointError(
-            f"Cannot read checkpoint {path} ({type(e).__name__}: {_get_first_line(e)}): "
-            "the file is incomplete or not a PyTorch checkpoint. Download or export it again."
-        ) from e
+        raise _get_unreadable_error(path, e) from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
     return dict(obj)
@@ -133,6 +136,8 @@ def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
         raise CheckpointError(
             f"{source} is not a complete SAM state dict: it lacks {e.args[0]!r}, which every SAM has."
         ) from None
+    except ConfigError as e:
+        raise CheckpointError(f"{source} is not a usable SAM checkpoint: {e}.") from None
     expected = _get_expected_shapes(config)
     problems = []
     unexpected = [key for key in state if key not in expected]
@@ -175,6 +180,9 @@ def load_sam(
     path = resolve_checkpoint(checkpoint, offline=offline, progress=progress)
     sam_state, decoder_state = get_sam_state_dict(load_checkpoint_file(path), source=str(path))
     config = check_sam_state(sam_state, allow_custom=allow_custom, source=str(path))
+    _check_memory(sam_state, device, source=str(path))
+    for state in (sam_state, decoder_state or {}):
+        _check_tensors(state, source=str(path))
     with torch.device(device):  # random init on the target device: fast on GPUs, no CPU copy
         sam = build_sam(config)
     sam.load_state_dict(sam_state)
@@ -192,13 +200,14 @@ def load_decoder_state(
     path = resolve_checkpoint(checkpoint, offline=offline, progress=progress)
     obj = load_checkpoint_file(path)
     if "decoder_state" in obj or "model_state" in obj:
-        decoder = get_sam_state_dict(obj, source=str(path))[1]
-        if decoder is None:
+        state = get_sam_state_dict(obj, source=str(path))[1]
+        if state is None:
             raise CheckpointError(f"{path} holds a SAM model but no decoder_state.")
-        return decoder
-    state = _strip_wrapper_prefixes(obj)
-    if not any(key.startswith(_UNETR_PARTS) for key in state):
-        raise CheckpointError(f"{path} holds no segmentation decoder (keys: {_summarize_keys(list(state))}).")
+    else:
+        state = _strip_wrapper_prefixes(obj)
+        if not any(key.startswith(_UNETR_PARTS) for key in state):
+            raise CheckpointError(f"{path} holds no segmentation decoder (keys: {_summarize_keys(list(state))}).")
+    _check_tensors(state, source=str(path))
     return state
 
 
@@ -213,15 +222,32 @@ def export_sam(model_or_state: Any, path: Union[str, Path]) -> Path:
 
 def export_sam_with_decoder(model_or_state: Any, decoder_state: Mapping[str, Any],
                             path: Union[str, Path]) -> Path:
-    """Write micro-sam's joint layout `{"model_state": sam, "decoder_state": decoder}`.
+    """Write micro-sam's joint layout `{"model_state": sam, "decoder_state": decoder, "medicosam": info}`.
 
     For micro-sam-style tools that also run the segmentation decoder; `segment_anything`
-    cannot load this file (use `export_sam` for that).
+    cannot load this file (use `export_sam` for that). `info` says which micro-sam call loads the
+    decoder; micro-sam reads only the two weight entries, so it does not disturb micro-sam.
     """
     decoder = {key: _get_compact_tensor(value)
                for key, value in _strip_wrapper_prefixes(decoder_state).items()}
-    return save_atomically({"model_state": _get_exportable_state(model_or_state), "decoder_state": decoder},
-                           path)
+    return save_atomically({"model_state": _get_exportable_state(model_or_state), "decoder_state": decoder,
+                            "medicosam": _get_decoder_info(decoder)}, path)
+
+
+def _get_decoder_info(decoder: Mapping[str, Any]) -> Dict[str, Any]:
+    """How micro-sam loads this decoder. MedicoSAM's has 2 output channels (background, foreground);
+    micro-sam's `get_predictor_and_decoder` builds its 3-channel instance decoder and fails on it."""
+    head = decoder.get("out_conv.weight")
+    channels = None if head is None else int(head.shape[0])
+    return {
+        "decoder_out_channels": channels,
+        "load_decoder_with": (
+            "predictor, state = micro_sam.util.get_sam_model(model_type, checkpoint_path=path, return_state=True); "
+            "unetr = micro_sam.instance_segmentation.get_unetr(predictor.model.image_encoder, "
+            f"state['decoder_state'], out_channels={channels}); not get_predictor_and_decoder, which expects "
+            "micro-sam's 3-channel instance decoder"
+        ),
+    }
 
 
 def save_atomically(obj: Any, path: Union[str, Path]) -> Path:
@@ -297,11 +323,151 @@ def _get_first_line(error: Exception) -> str:
     return (str(error).splitlines() or [""])[0]
 
 
-def _get_unsafe_globals(path: Path) -> List[str]:
-    """Names of the Python objects a zip checkpoint references beyond what weights_only allows."""
+class _Inert:
+    """Stands for a global a checkpoint names beyond torch's weights_only allowlist (a model class,
+    a dataset, a numpy array, `os.system`...). Creating, calling, filling or restoring one does
+    nothing, so nothing the file names is imported or run."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:  # pickle's BUILD
+        pass
+
+    def __setitem__(self, key, value) -> None:  # SETITEMS of a pickled dict subclass
+        pass
+
+    def extend(self, items) -> None:  # APPENDS of a pickled list subclass
+        pass
+
+
+class _InertPickleModule:
+    """A `pickle_module` for torch.load: its Unpickler returns torch's weights_only allowlist as is
+    (tensors, dtypes, OrderedDict...) and an `_Inert` placeholder class for every other global,
+    whose name it records in `replaced`."""
+
+    __name__ = "pickle"  # torch.load reads it (to special-case dill)
+
+    def __init__(self) -> None:
+        import torch
+        from torch._utils import IMPORT_MAPPING, NAME_MAPPING
+
+        allowed = torch._weights_only_unpickler._get_allowed_globals()
+        replaced = self.replaced = {}
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                # Python 2 names (`__builtin__.set`, which protocol 2 still writes), as weights_only reads them
+                module, name = NAME_MAPPING.get((module, name), (IMPORT_MAPPING.get(module, module), name))
+                full_name = f"{module}.{name}"
+                if full_name in allowed:
+                    return allowed[full_name]
+                if full_name not in replaced:
+                    replaced[full_name] = type(full_name, (_Inert,), {})
+                return replaced[full_name]
+
+        self.Unpickler = Unpickler
+
+    def load(self, file, **kwargs) -> Any:  # torch's legacy format pickles its header separately
+        return self.Unpickler(file, **kwargs).load()
+
+
+def _load_weights_inertly(path: Path) -> Dict[str, Any]:
+    """The `_WEIGHT_KEYS` entries of a file weights_only refused, read with inert placeholders.
+
+    micro-sam's `best.pt` / `latest.pt` land here: torch-em pickles the model, the datasets and
+    kornia augmentations into `init`. Their weights load; any other Python object is refused.
+    TorchScript archives never do (weights_only=True raises RuntimeError for them), so torch.load
+    cannot hand them to torch.jit.load here.
+    """
     import torch
 
+    unpickling = _InertPickleModule()
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # legacy (non-zip) files, torch < 2.5: no names to report
-        return []
+        with warnings.catch_warnings():  # torch's remarks on the skipped objects' classes (legacy format)
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=unpickling)
+    except Exception as e:
+        raise _get_unreadable_error(path, e, list(unpickling.replaced)) from e
+    names = _summarize_keys(sorted(unpickling.replaced))
+    weights = {key: obj[key] for key in _WEIGHT_KEYS if key in obj} if isinstance(obj, Mapping) else {}
+    if not weights or not all(_is_tensor_dict(value) for value in weights.values()):
+        raise CheckpointError(
+            f"{path} ({_describe_file(path)}) is not a plain state dict: it holds Python objects ({names}) "
+            f"beyond tensors in a {' / '.join(_WEIGHT_KEYS)} entry, and unpickling those could run arbitrary "
+            "code, so MedicoSAM refuses to. If you trust its source, load it yourself and re-save only the "
+            "tensors, e.g. torch.save(model.state_dict(), 'plain.pth')."
+        )
+    logger.info("%s: read %s only; its Python objects (%s) were skipped, not run", path, ", ".join(weights), names)
+    return weights
+
+
+def _is_tensor_dict(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, Mapping) and all(isinstance(key, str) and isinstance(tensor, torch.Tensor)
+                                              for key, tensor in value.items())
+
+
+def _get_unreadable_error(path: Path, error: Exception, names: Sequence[str] = ()) -> CheckpointError:
+    """What the file is and what failed, never torch's advice to retry with weights_only=False."""
+    named = f", naming {_summarize_keys(sorted(names))}" if names else ""
+    return CheckpointError(
+        f"Cannot read checkpoint {path}: it is {_describe_file(path)}{named} ({type(error).__name__}: "
+        f"{_get_first_line(error)}), so the file is incomplete, corrupt or not a PyTorch checkpoint. "
+        "Download or export it again."
+    )
+
+
+def _describe_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (PyTorch's format)"
+    if head == _LEGACY_MAGIC:
+        return "a PyTorch checkpoint in the legacy (non-zip) format"
+    if head.startswith(b"\x80"):
+        return "a plain pickle, not written by torch.save"
+    return "neither a zip archive nor a pickle"
+
+
+def _check_tensors(state: Mapping[str, Any], source: str) -> None:
+    """Refuse tensors that claim more elements than the file stores (zero strides) and NaN / inf
+    weights, which load fine and then give empty masks everywhere. Cheap: one pass, no copies."""
+    import torch
+
+    for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise CheckpointError(f"{source}: {key} claims {tuple(tensor.shape)} values but the file stores "
+                                  f"{tensor.untyped_storage().nbytes()} bytes for it: the file is not a trained "
+                                  "model. Download or export it again.")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: {key} holds {bad} NaN or infinite values (of {tensor.numel()}), so "
+                                  "every mask would be empty: the training run that wrote it diverged or the "
+                                  "file is corrupt. Use an earlier checkpoint or download it again.")
+
+
+def _check_memory(state: Mapping[str, Any], device: str, source: str) -> None:
+    """Refuse, before building, a model that cannot fit (the builder would fail after trying)."""
+    import torch
+
+    needed = 4 * sum(tensor.numel() for tensor in state.values())  # built in float32
+    device = torch.device(device)
+    if device.type == "cuda":
+        available, what = torch.cuda.mem_get_info(device)[0], "free"
+    elif hasattr(os, "sysconf"):  # Linux, macOS (also the memory mps shares)
+        available, what = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "in total"
+    else:
+        return
+    if needed > available:
+        raise CheckpointError(f"{source}: building this SAM model needs {needed / 1e9:.1f} GB but the {device.type} "
+                              f"device has {available / 1e9:.1f} GB {what}: use a machine with more memory "
+                              "(or check the file: its sizes may be corrupt).")

@@ -12,6 +12,22 @@ import re
 from functools import partial
 from typing import Dict, Mapping, Tuple
 
+from medicosam.errors import MedicoSAMError
+
+#: The largest value each `SamConfig` field may take: far above every published SAM (ViT-H is 1280
+#: wide, 32 deep, 1024 px), and low enough that the sizes read from a corrupt or hostile checkpoint
+#: cannot make the builder ask for terabytes.
+CONFIG_LIMITS: Dict[str, float] = {
+    "encoder_embed_dim": 4096, "encoder_depth": 128, "encoder_num_heads": 128, "image_size": 4096,
+    "patch_size": 64, "window_size": 256, "mlp_ratio": 16, "prompt_embed_dim": 4096, "mask_in_chans": 1024,
+    "decoder_depth": 32, "decoder_mlp_dim": 16384, "decoder_num_heads": 128, "num_multimask_outputs": 16,
+    "iou_head_depth": 16, "iou_head_hidden_dim": 4096,
+}
+
+
+class ConfigError(MedicoSAMError, ValueError):
+    """SAM sizes outside `CONFIG_LIMITS`, which no builder should try."""
+
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
@@ -33,6 +49,12 @@ class SamConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+
+    def __post_init__(self) -> None:
+        problems = [f"{name}={getattr(self, name)} (allowed: 1 to {limit})"
+                    for name, limit in CONFIG_LIMITS.items() if not 1 <= getattr(self, name) <= limit]
+        if problems:
+            raise ConfigError("SAM sizes out of range: " + "; ".join(problems))
 
     @property
     def arch(self) -> str:
@@ -117,13 +139,16 @@ def detect_config(state: Mapping) -> SamConfig:
     """Read the architecture from the tensor shapes of a plain SAM state dict.
 
     The mask decoder's head count leaves no trace in the shapes: SAM (and our tiny models)
-    always use 8. Raises KeyError when a key every SAM has is missing.
+    always use 8. Raises KeyError when a key every SAM has is missing, ConfigError when the
+    sizes are out of `CONFIG_LIMITS`.
     """
     patch = state["image_encoder.patch_embed.proj.weight"]
     embed_dim, patch_size = int(patch.shape[0]), int(patch.shape[-1])
     grid = int(state["image_encoder.pos_embed"].shape[1])
     depth = _count_indexed(state, "image_encoder.blocks.")
     head_dim = int(state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1])
+    if min(embed_dim, head_dim) < 1:  # the divisions below; SamConfig checks every other size
+        raise ConfigError(f"SAM sizes out of range: encoder width {embed_dim}, attention head width {head_dim}")
     rel_sizes = [int(state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0]) for i in range(depth)]
     global_indexes = tuple(i for i, n in enumerate(rel_sizes) if n == 2 * grid - 1)
     windowed = [n for n in rel_sizes if n != 2 * grid - 1]

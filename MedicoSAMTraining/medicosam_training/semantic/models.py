@@ -29,7 +29,13 @@ from torch import nn
 from medicosam.errors import MedicoSAMError
 from medicosam.models.config import SamConfig, build_sam
 
-from ..unetr import UNETRDecoder, get_decoder_layout, get_unetr_decoder, get_unetr_decoder_from_state
+from ..unetr import (
+    UNETRDecoder,
+    check_decoder_features,
+    get_decoder_layout,
+    get_unetr_decoder,
+    get_unetr_decoder_from_state,
+)
 from .adapters import ImageEncoder3D
 from .encoder import get_sam_at_size
 
@@ -79,6 +85,7 @@ class SemanticConfig:
                                      "(label maps are written as 8-bit)")
         if self.patch_depth < 1:
             raise SemanticModelError(f"patch_depth={self.patch_depth}: use 1 or more slices")
+        check_decoder_features(self.decoder_features)
 
     @property
     def image_size(self) -> int:
