@@ -26,6 +26,9 @@ class Route:
         cut_at: close the connection after sending this many body bytes...
         cut_times: ...in this many responses (then serve normally); None cuts every response.
         chunk_delay: seconds to pause after each 64 KiB of body (a slow link, for overlapping clients).
+        content_length: announce this Content-Length whatever is sent (servers that under-announce).
+        send_length: False sends no Content-Length at all (the size is unknown until the end).
+        range_shift: answer Range requests with a Content-Range this many bytes off (a broken resume).
     """
 
     body: bytes
@@ -34,6 +37,9 @@ class Route:
     cut_at: Optional[int] = None
     cut_times: Optional[int] = 1
     chunk_delay: float = 0.0
+    content_length: Optional[int] = None
+    send_length: bool = True
+    range_shift: int = 0
 
 
 class FileServer:
@@ -82,9 +88,12 @@ def _make_handler(owner: FileServer):
             payload = route.body[start:]
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(payload)))
+            announced = len(payload) if route.content_length is None else route.content_length
+            if route.send_length:
+                self.send_header("Content-Length", str(announced))
             if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{len(route.body) - 1}/{len(route.body)}")
+                shown = start + route.range_shift
+                self.send_header("Content-Range", f"bytes {shown}-{len(route.body) - 1}/{len(route.body)}")
             self.end_headers()
             if route.cut_at is not None and route.cut_times != 0:
                 payload = payload[: route.cut_at]

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import logging
 import os
 import random
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import xxhash
 from http_server import FileServer, Route
 
 from medicosam.models.download import (
+    CacheDirError,
     CheckpointNotFoundError,
     DownloadCancelled,
     DownloadError,
@@ -32,12 +37,25 @@ from medicosam.models.registry import MODELS, ModelSpec, UnknownModelError, get_
 
 PAYLOAD = random.Random(0).randbytes(2_500_000)  # > 2 chunks of download.CHUNK_SIZE
 PATH = "/weights/model.pth"
+CHECKPOINT_PATH = "/weights/checkpoint.pth"
+
+
+def _make_checkpoint() -> bytes:
+    """A real torch checkpoint (zip format) of ~2.8 MB: what a URL or an unhashed entry must deliver."""
+    generator = torch.Generator().manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save({"model_state": {"weight": torch.rand(700_000, generator=generator)}}, buffer)
+    return buffer.getvalue()
+
+
+CHECKPOINT = _make_checkpoint()
 
 
 @pytest.fixture
 def server():
     with FileServer() as s:
         s.routes[PATH] = Route(PAYLOAD)
+        s.routes[CHECKPOINT_PATH] = Route(CHECKPOINT)
         yield s
 
 
@@ -197,23 +215,23 @@ def test_resolve_checkpoint_accepts_paths_urls_and_names(server, tmp_path):
     with pytest.raises(UnknownModelError, match="Known models"):
         resolve_checkpoint("not_a_model", cache_dir=tmp_path)
     cache = tmp_path / "cache"
-    path = resolve_checkpoint(server.url(PATH), cache_dir=cache)
-    assert path.read_bytes() == PAYLOAD and path.parent == cache / "url" and path.name.endswith("-model.pth")
-    assert resolve_checkpoint(server.url(PATH), cache_dir=cache, offline=True) == path
+    path = resolve_checkpoint(server.url(CHECKPOINT_PATH), cache_dir=cache)
+    assert path.read_bytes() == CHECKPOINT and path.parent == cache / "url" and path.name.endswith("-checkpoint.pth")
+    assert resolve_checkpoint(server.url(CHECKPOINT_PATH), cache_dir=cache, offline=True) == path
     assert len(server.requests) == 1
 
 
 def test_registry_name_without_checksum_downloads_with_a_warning(server, tmp_path, monkeypatch, caplog):
-    spec = ModelSpec(name="medsam_vit_b", url=server.url(PATH), arch="vit_b", hash_algo=None, hash=None,
+    spec = ModelSpec(name="medsam_vit_b", url=server.url(CHECKPOINT_PATH), arch="vit_b", hash_algo=None, hash=None,
                      size=None, description="no checksum")
     monkeypatch.setitem(MODELS, "medsam_vit_b", spec)
     with caplog.at_level(logging.WARNING, logger="medicosam.models.download"):
         path = resolve_checkpoint("medsam_vit_b", cache_dir=tmp_path)
-    assert "no checksum" in caplog.text and path.read_bytes() == PAYLOAD
-    assert hashlib.sha256(PAYLOAD).hexdigest() in (tmp_path / "medsam_vit_b.pth.verified").read_text()
+    assert "no checksum" in caplog.text and path.read_bytes() == CHECKPOINT
+    assert hashlib.sha256(CHECKPOINT).hexdigest() in (tmp_path / "medsam_vit_b.pth.verified").read_text()
     # The hash recorded at download is the reference from now on: on-disk corruption is caught.
     assert verify_cached_model("medsam_vit_b", tmp_path)
-    path.write_bytes(PAYLOAD[:-1] + b"\0")
+    path.write_bytes(CHECKPOINT[:-1] + b"\1")  # a zip ends in a zero byte
     assert not verify_cached_model("medsam_vit_b", tmp_path) and not path.exists()
 
 
@@ -221,7 +239,7 @@ def test_list_verify_remove(server, tmp_path, monkeypatch):
     spec = make_spec(server)
     monkeypatch.setitem(MODELS, spec.name, spec)
     path = download_model(spec.name, cache_dir=tmp_path)
-    resolve_checkpoint(server.url(PATH), cache_dir=tmp_path)
+    resolve_checkpoint(server.url(CHECKPOINT_PATH), cache_dir=tmp_path)
     entries = {m.name: m for m in list_cached_models(tmp_path)}
     url_name = next(name for name in entries if name.startswith("url/"))
     assert set(entries) == {"test_model", url_name}
@@ -263,13 +281,183 @@ def test_processes_asking_for_the_same_file_download_it_once(server, tmp_path):
     import subprocess
     import sys
 
-    server.routes[PATH] = Route(PAYLOAD, chunk_delay=0.05)  # ~2 s on the wire
-    command = [sys.executable, "-c", _CONCURRENT_SCRIPT, server.url(PATH), str(tmp_path)]
+    server.routes[CHECKPOINT_PATH] = Route(CHECKPOINT, chunk_delay=0.05)  # ~2 s on the wire
+    command = [sys.executable, "-c", _CONCURRENT_SCRIPT, server.url(CHECKPOINT_PATH), str(tmp_path)]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(3)]
     outputs = [process.communicate(timeout=120) for process in processes]
     assert [process.returncode for process in processes] == [0, 0, 0], outputs
     paths = {out.strip() for out, _ in outputs}
-    assert len(paths) == 1 and Path(paths.pop()).read_bytes() == PAYLOAD
-    assert len([r for r in server.requests if r["path"] == PATH]) == 1
+    assert len(paths) == 1 and Path(paths.pop()).read_bytes() == CHECKPOINT
+    assert len([r for r in server.requests if r["path"] == CHECKPOINT_PATH]) == 1
     assert sum("Another process is downloading" in err for _, err in outputs) == 2
+
+
+# --- Defects found by the bad-input catalogue (issue 17) -------------------------------------------
+
+
+def _unhashed_spec(server: FileServer, path: str = CHECKPOINT_PATH) -> ModelSpec:
+    """An entry like `medsam_vit_b`: upstream publishes neither a hash nor a size."""
+    return ModelSpec(name="unhashed", url=server.url(path), arch="vit_b", hash_algo=None, hash=None, size=None,
+                     description="no checksum")
+
+
+def test_under_announced_transfer_without_hash_is_never_cached(server, tmp_path):
+    server.routes[CHECKPOINT_PATH] = Route(CHECKPOINT, content_length=len(CHECKPOINT) // 2)
+    with pytest.raises(IncompleteDownloadError, match="not a whole checkpoint.*Nothing was kept"):
+        download_model(_unhashed_spec(server), cache_dir=tmp_path)
+    assert _get_files(tmp_path) == []
+    server.routes[CHECKPOINT_PATH] = Route(CHECKPOINT)  # the server is fixed: the whole file arrives
+    assert download_model(_unhashed_spec(server), cache_dir=tmp_path).read_bytes() == CHECKPOINT
+
+
+def test_zero_byte_url_is_not_cached(server, tmp_path):
+    server.routes["/empty.pth"] = Route(b"")
+    with pytest.raises(IncompleteDownloadError, match="gave 0 bytes that are not a whole checkpoint"):
+        resolve_checkpoint(server.url("/empty.pth"), cache_dir=tmp_path)
+    assert not any(p.is_file() for p in (tmp_path / "url").iterdir())
+
+
+def test_a_symlinked_part_is_replaced_never_written_through(server, tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"precious")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    spec = make_spec(server)
+    part = get_model_path(spec, cache).with_name("test_model.pth.part")
+    part.symlink_to(outside)
+    (cache / "test_model.pth.verified").symlink_to(outside)
+    assert download_model(spec, cache_dir=cache).read_bytes() == PAYLOAD
+    assert outside.read_bytes() == b"precious"
+    assert not (cache / "test_model.pth.verified").is_symlink()
+    assert "Range" not in server.requests[-1]  # the link's target size was not taken as a resume offset
+
+
+def test_a_link_breaking_every_300_kb_still_makes_progress(server, tmp_path):
+    spec = make_spec(server)
+    server.routes[PATH] = Route(PAYLOAD, cut_at=300_000, cut_times=None)  # never a whole MiB in one go
+    part = get_model_path(spec, tmp_path).with_name("test_model.pth.part")
+    sizes = []
+    for _ in range(12):
+        try:
+            path = download_model(spec, cache_dir=tmp_path)
+            break
+        except IncompleteDownloadError:
+            sizes.append(part.stat().st_size)
+    assert sizes[:2] == [300_000, 600_000]
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_wrong_content_range_discards_the_part_and_restarts_once(server, tmp_path, caplog):
+    spec = make_spec(server)
+    part = get_model_path(spec, tmp_path).with_name("test_model.pth.part")
+    part.write_bytes(PAYLOAD[:1_000_000])
+    server.routes[PATH] = Route(PAYLOAD, range_shift=7)
+    with caplog.at_level(logging.WARNING, logger="medicosam.models.download"):
+        assert download_model(spec, cache_dir=tmp_path).read_bytes() == PAYLOAD
+    assert "discarding" in caplog.text and "Range" not in server.requests[-1]
+
+
+def test_no_room_for_the_file_is_said_before_downloading(server, tmp_path):
+    spec = dataclasses.replace(make_spec(server), size=2**60)
+    with pytest.raises(CacheDirError, match="needs .* GiB but .* free: free some space, or set MEDICOSAM_CACHE_DIR"):
+        download_model(spec, cache_dir=tmp_path)
+    assert _get_files(tmp_path) == []
+
+
+def test_disk_filling_up_during_the_download_is_one_line_and_leaves_no_part(server, tmp_path):
+    """A real full disk: a 1 MiB tmpfs (needs root, as on the CI machines) and an unannounced size."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        server.routes[CHECKPOINT_PATH] = Route(CHECKPOINT, send_length=False)
+        with pytest.raises(CacheDirError, match="No space left in .*MEDICOSAM_CACHE_DIR.*removed"):
+            resolve_checkpoint(server.url(CHECKPOINT_PATH), cache_dir=small)
+        assert not any(p.is_file() for p in (small / "url").iterdir())
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_cached_bytes_changed_without_a_new_mtime_are_caught_by_load_sam(server, tmp_path, monkeypatch):
+    from medicosam.models.checkpoint import export_sam, load_sam
+    from medicosam.models.config import build_sam, get_tiny_config
+
+    torch.manual_seed(0)
+    exported = export_sam(build_sam(get_tiny_config()), tmp_path / "tiny.pt")
+    server.routes["/tiny.pt"] = Route(exported.read_bytes())
+    url = server.url("/tiny.pt")
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path / "cache"))
+    path = load_sam(url, allow_custom=True).path
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the weights
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(HashMismatchError, match="changed on disk since it was verified"):
+        load_sam(url, allow_custom=True)
+
+
+def test_cache_dir_that_is_a_file_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from medicosam.cli import main
+
+    target = tmp_path / "not_a_folder"
+    target.write_text("x")
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(target))
+    assert main(["models", "path", "sam_vit_b"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_verify_tells_not_downloaded_from_corrupt(tmp_path, monkeypatch, capsys):
+    from medicosam.cli import main
+
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path))
+    assert main(["models", "verify", "sam_vit_b"]) == 1
+    assert capsys.readouterr().out.strip() == "sam_vit_b: not downloaded"
+
+
+#: micro-sam 1.8.14's registry (`micro_sam/util.py`, `models()`): its names, URLs and xxh128 hashes
+#: for the files our registry also holds.
+MICRO_SAM_REGISTRY = {
+    "vit_b": ("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+              "6923c33df3637b6a922d7682bfc9a86b"),
+    "vit_l": ("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+              "a82beb3c660661e3dd38d999cc860e9a"),
+    "vit_h": ("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+              "97698fac30bd929c2e6d8d8cc15933c2"),
+    "vit_b_medical_imaging": ("https://owncloud.gwdg.de/index.php/s/f5Ol4FrjPQWfjUF/download",
+                              "40169f1e3c03a4b67bff58249c176d92"),
+    "vit_b_medical_imaging_decoder": ("https://owncloud.gwdg.de/index.php/s/ahd3ZhZl2e0RIwz/download",
+                                      "9e498b12f526f119b96c88be76e3b2ed"),
+}
+
+
+def test_micro_sam_names_are_aliases_of_the_same_files(tmp_path, monkeypatch, capsys):
+    from medicosam.cli import main
+
+    for alias, (url, xxh128) in MICRO_SAM_REGISTRY.items():
+        spec = get_model_spec(alias)
+        assert spec.microsam_name == alias and spec.url == url
+        if spec.hash_algo == "xxh128":
+            assert spec.hash == xxh128
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path))
+    assert main(["models", "path", "vit_b_medical_imaging"]) == 0
+    assert main(["models", "path", "medicosam_vit_b"]) == 0
+    first, second = capsys.readouterr().out.split()
+    assert first == second == str(tmp_path / "medicosam_vit_b.pth")
+
+
+def test_a_file_in_micro_sams_cache_is_reused_when_its_hash_matches(server, tmp_path, monkeypatch):
+    spec = dataclasses.replace(make_spec(server), microsam_name="vit_b_test")
+    theirs = tmp_path / "micro_sam" / "models"
+    theirs.mkdir(parents=True)
+    monkeypatch.setenv("MICROSAM_CACHEDIR", str(tmp_path / "micro_sam"))
+    (theirs / "vit_b_test").write_bytes(bytes(len(PAYLOAD)))  # same size, other bytes: not taken
+    assert download_model(spec, cache_dir=tmp_path / "a").read_bytes() == PAYLOAD
+    assert len(server.requests) == 1
+    (theirs / "vit_b_test").write_bytes(PAYLOAD)
+    path = download_model(spec, cache_dir=tmp_path / "b", offline=True)  # no network needed at all
+    assert path.read_bytes() == PAYLOAD and len(server.requests) == 1
+    assert (theirs / "vit_b_test").read_bytes() == PAYLOAD

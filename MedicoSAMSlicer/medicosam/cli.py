@@ -83,7 +83,8 @@ def _models(args) -> int:
             print(download.get_model_path(name))
         elif args.action == "verify":
             ok = download.verify_cached_model(name)
-            print(f"{name}: {'ok' if ok else 'missing or corrupt (removed)'}")
+            print(f"{name}: " + {True: "ok", False: "corrupt (removed: the next use downloads it again)",
+                                 None: "not downloaded"}[ok])
             status |= 0 if ok else 1
         elif args.action == "remove":
             print(f"{name}: {'removed' if download.remove_cached_model(name) else 'not cached'}")

@@ -33,7 +33,7 @@ from medicosam.models.config import OFFICIAL_CONFIGS, ConfigError, SamConfig, bu
 from medicosam.models.download import (
     CheckpointNotFoundError,
     ProgressCallback,
-    get_file_hash,
+    get_checked_file_id,
     resolve_checkpoint,
 )
 
@@ -187,7 +187,7 @@ def load_sam(
         sam = build_sam(config)
     sam.load_state_dict(sam_state)
     return LoadedSam(sam=sam.to(device).eval(), config=config, decoder_state=decoder_state,
-                     source=str(checkpoint), path=path, model_id=get_file_hash(path, "xxh128")[:16])
+                     source=str(checkpoint), path=path, model_id=get_checked_file_id(path)[:16])
 
 
 def load_decoder_state(

@@ -5,9 +5,15 @@ A lock file (filelock, in `.locks/`) lets one process at a time download a file:
 Slicer asking for the same model wait for the first, then find it cached, instead of appending
 to the same `.part`.
 The file gets its final name (atomic `os.replace`) only once its size and hash match, so a
-cached file is always a complete one. Beside it a small `<file>.verified` marker records the
-size, mtime and hash that were checked, so later uses skip rehashing hundreds of megabytes;
-any change to the file's size or mtime makes the next use rehash it.
+cached file is always a complete one; a file upstream publishes no hash or size for must also load
+as a checkpoint first, since a short or empty transfer would otherwise pass. Beside it a small
+`<file>.verified` marker records the size, mtime and hashes that were checked, so later uses skip
+rehashing hundreds of megabytes; any change to the file's size or mtime makes the next use rehash
+it, and `load_sam`, which hashes the file anyway, compares that hash with the marker's.
+
+Links are never written through: a symlinked `.part`, marker or lock in the cache is replaced.
+A registry model already in micro-sam's cache is taken from there (hashed first) instead of being
+downloaded again.
 
 Offline mode (`offline=True` or `MEDICOSAM_OFFLINE=1`) never touches the network.
 """
@@ -16,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urlparse
@@ -65,6 +73,10 @@ class CheckpointNotFoundError(MedicoSAMError, FileNotFoundError):
     """A local checkpoint path that does not exist."""
 
 
+class CacheDirError(MedicoSAMError, OSError):
+    """The cache folder cannot be used (a file, not writable, or out of space)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CachedModel:
     """One entry of the cache, for listings and the Slicer "delete cached weights" button.
@@ -86,10 +98,21 @@ def get_cache_dir() -> Path:
     """`$MEDICOSAM_CACHE_DIR`, else the per-user cache (outside any install folder)."""
     env = os.environ.get("MEDICOSAM_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        if path.exists() and not path.is_dir():
+            raise CacheDirError(f"MEDICOSAM_CACHE_DIR={env} is a file, not a folder: point it at a folder "
+                                "(it is created if missing) or unset it to use the default cache")
+        return path
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("medicosam")) / "models"
+
+
+def get_microsam_cache_dir() -> Path:
+    """Where micro-sam keeps its models: `$MICROSAM_CACHEDIR/models`, else pooch's user cache."""
+    import platformdirs
+
+    return Path(os.environ.get("MICROSAM_CACHEDIR") or platformdirs.user_cache_dir("micro_sam")) / "models"
 
 
 def get_offline(offline: Optional[bool] = None) -> bool:
@@ -163,9 +186,31 @@ def download_url(
             f"{url} has {algo} {digest}, expected {expected_hash}: the download is corrupt or the "
             "upstream file changed. Nothing was kept; run again to download it afresh."
         )
+    if expected_hash is None:
+        _check_loads(part, url)
     os.replace(part, dest)
     _write_marker(dest, algo, digest)
     return dest
+
+
+def get_checked_file_id(path: Union[str, Path]) -> str:
+    """xxh128 of a checkpoint file (a stable model identity), checked against the marker's record.
+
+    A cached file whose bytes changed while its size and mtime did not (a bad disk, a careless copy)
+    would otherwise pass as verified; `load_sam` hashes the file anyway, so this costs nothing more.
+
+    Raises:
+        HashMismatchError: the file no longer has the bytes that were verified.
+    """
+    path = Path(path)
+    digest = get_file_hash(path, "xxh128")
+    marker = _read_marker(path)
+    if marker is not None and marker.get("xxh128") and marker["size"] == path.stat().st_size \
+            and marker["xxh128"] != digest:
+        raise HashMismatchError(
+            f"{path} changed on disk since it was verified (its bytes differ, not its size or date): "
+            "remove it (`medicosam models remove NAME`, or delete it) and download it again")
+    return digest
 
 
 def download_model(
@@ -178,8 +223,11 @@ def download_model(
 ) -> Path:
     """Path of a verified registry model in the cache, downloading it when needed."""
     spec = _get_spec(name_or_spec)
+    path = get_model_path(spec, cache_dir)
+    if not path.is_file():
+        _take_from_microsam(spec, path)
     return _get_cached_or_download(
-        spec.url, get_model_path(spec, cache_dir), spec.name, spec.hash_algo, spec.hash, spec.size,
+        spec.url, path, spec.name, spec.hash_algo, spec.hash, spec.size,
         progress=progress, offline=offline, timeout=timeout,
     )
 
@@ -225,15 +273,15 @@ def list_cached_models(cache_dir: Optional[Path] = None) -> List[CachedModel]:
     return entries
 
 
-def verify_cached_model(name: str, cache_dir: Optional[Path] = None) -> bool:
-    """Rehash a cached model: True when present and intact.
+def verify_cached_model(name: str, cache_dir: Optional[Path] = None) -> Optional[bool]:
+    """Rehash a cached model: True when intact, False when corrupt, None when it is not downloaded.
 
     A file that fails is deleted, since it cannot be used: the next use downloads it afresh.
     """
     path = _get_cached_path(name, cache_dir)
-    spec = MODELS.get(name)
+    spec = MODELS.get(name) or (None if name.startswith(_URL_SUBDIR + "/") else get_model_spec(name))
     if not path.is_file():
-        return False
+        return None
     algo, expected, size = (spec.hash_algo, spec.hash, spec.size) if spec else (None, None, None)
     if _check_cached_file(path, algo, expected, size, rehash=True):
         return True
@@ -247,10 +295,36 @@ def remove_cached_model(name: str, cache_dir: Optional[Path] = None) -> bool:
     path = _get_cached_path(name, cache_dir)
     removed = False
     for p in (path, _get_part_path(path), _get_marker_path(path)):
-        if p.is_file():
+        if p.is_file() or p.is_symlink():
             p.unlink()
             removed = True
     return removed
+
+
+def _take_from_microsam(spec: ModelSpec, path: Path) -> None:
+    """Reuse micro-sam's copy of a registry model when its hash matches (a hard link where the
+    filesystem allows, else a copy), instead of downloading hundreds of megabytes again."""
+    if spec.microsam_name is None or spec.hash is None:
+        return
+    source = get_microsam_cache_dir() / spec.microsam_name
+    if not source.is_file() or (spec.size is not None and source.stat().st_size != spec.size):
+        return
+    if get_file_hash(source, spec.hash_algo) != spec.hash.lower():
+        logger.warning("micro-sam's copy %s does not match %s's %s; downloading instead", source, spec.name,
+                       spec.hash_algo)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = _get_part_path(path)
+    _unlink_link(part)
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()
+    try:
+        os.link(source, part)
+    except OSError:
+        shutil.copyfile(source, part)
+    os.replace(part, path)
+    _write_marker(path, spec.hash_algo, spec.hash.lower())
+    logger.info("Took %s from micro-sam's cache (%s).", spec.name, source)
 
 
 def _get_spec(name_or_spec: Union[str, ModelSpec]) -> ModelSpec:
@@ -291,6 +365,7 @@ def _get_cached_or_download(
             f"On a machine with internet access download {url} and save it as {path} "
             "(or set MEDICOSAM_CACHE_DIR to a folder holding it), or pass a local checkpoint path."
         )
+    _make_cache_dir(path.parent)
     with _download_lock(path, label, expected_size, progress):
         if path.is_file():
             if _check_cached_file(path, hash_algo, expected_hash, expected_size, rehash=False):
@@ -313,6 +388,7 @@ def _download_lock(path: Path, label: str, expected_size: Optional[int],
 
     lock_path = path.parent / ".locks" / f"{path.name}.lock"  # out of sight of people browsing the cache
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    _unlink_link(lock_path)
     lock = FileLock(str(lock_path))
     waiting = False
     while True:
@@ -340,10 +416,13 @@ def _fetch_into(
     expected_size: Optional[int],
     progress: Optional[ProgressCallback],
     timeout: Tuple[float, float],
+    restarted: bool = False,
 ) -> Tuple[str, int, Optional[int]]:
     """Stream `url` into `part` (appending after what is there); return (hash, size, announced size)."""
     import requests
+    import urllib3
 
+    _unlink_link(part)
     offset = part.stat().st_size if part.is_file() else 0
     # identity: byte offsets and Content-Length must refer to the file itself, not a gzip of it.
     headers = {"Accept-Encoding": "identity", "User-Agent": f"medicosam/{__version__}"}
@@ -354,16 +433,19 @@ def _fetch_into(
     except requests.RequestException as e:
         raise DownloadError(f"Cannot reach {url}: {e}. Check the network connection or proxy.") from e
     with response:
-        if offset and response.status_code == 416:  # the .part is no prefix of this file: start over
+        bad_range = response.status_code == 206 and not response.headers.get("Content-Range", "").startswith(
+            f"bytes {offset}-")
+        if offset and (response.status_code == 416 or bad_range) and not restarted:
+            # the .part is no prefix of this file, or the server resumes elsewhere: start over, once
+            logger.warning("%s answered the resume at byte %d with HTTP %d (Content-Range %r); "
+                           "discarding %s and downloading from the start.", url, offset, response.status_code,
+                           response.headers.get("Content-Range"), part)
             response.close()
             part.unlink()
-            return _fetch_into(url, part, algo, expected_size, progress, timeout)
-        if response.status_code not in (200, 206):
-            raise DownloadError(f"Downloading {url} failed: HTTP {response.status_code} {response.reason}.")
-        if response.status_code == 206 and not response.headers.get("Content-Range", "").startswith(
-                f"bytes {offset}-"):
-            raise DownloadError(f"{url} answered the resume request at offset {offset} with "
-                                f"Content-Range {response.headers.get('Content-Range')!r}.")
+            return _fetch_into(url, part, algo, expected_size, progress, timeout, restarted=True)
+        if response.status_code not in (200, 206) or bad_range:
+            raise DownloadError(f"Downloading {url} failed: HTTP {response.status_code} {response.reason} "
+                                f"(Content-Range {response.headers.get('Content-Range')!r}).")
         if response.status_code == 200:
             offset = 0  # the server ignored the Range header: restart from the beginning
         hasher = _new_hasher(algo)
@@ -372,23 +454,87 @@ def _fetch_into(
         length = response.headers.get("Content-Length")
         announced = offset + int(length) if length and length.isdigit() else None
         total = expected_size if expected_size is not None else announced
+        _check_free_space(part, None if total is None else total - offset)
         done = offset
-        with open(part, "ab" if offset else "wb") as out:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if offset else os.O_TRUNC) | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(part, flags, 0o644), "wb") as out:
             try:
-                for chunk in response.iter_content(CHUNK_SIZE):
-                    out.write(chunk)
+                # read1: whatever has arrived, so a connection that breaks loses nothing it delivered
+                for chunk in iter(lambda: response.raw.read1(CHUNK_SIZE), b""):
+                    _write_chunk(out, chunk, part)
                     hasher.update(chunk)
                     done += len(chunk)
                     if progress is not None and progress(done, total) is False:
                         raise DownloadCancelled(f"Download of {url} cancelled; {part} is kept for resuming.")
                     if expected_size is not None and done > expected_size:
                         break
-            except requests.RequestException as e:
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+                out.flush()
                 raise IncompleteDownloadError(
                     f"Download of {url} broke off after {done} bytes ({e}). The partial file {part} "
                     "is kept: run the same command again to resume."
                 ) from e
     return hasher.hexdigest(), done, announced
+
+
+def _write_chunk(out, chunk: bytes, part: Path) -> None:
+    """Append a chunk; a full disk removes the `.part` (it cannot grow) and says where space is needed."""
+    try:
+        out.write(chunk)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        with contextlib.suppress(OSError):  # flushing the buffer hits the same full disk
+            out.close()
+        part.unlink()
+        raise CacheDirError(
+            f"No space left in {part.parent} ({_format_bytes(shutil.disk_usage(part.parent).free)} free): "
+            "free some space, or set MEDICOSAM_CACHE_DIR to a folder on a larger disk. The partial "
+            "download was removed.") from None
+
+
+def _check_free_space(part: Path, needed: Optional[int]) -> None:
+    free = shutil.disk_usage(part.parent).free
+    if needed is not None and needed > free:
+        raise CacheDirError(
+            f"Downloading needs {_format_bytes(needed)} but {part.parent} has {_format_bytes(free)} free: "
+            "free some space, or set MEDICOSAM_CACHE_DIR to a folder on a larger disk.")
+
+
+def _format_bytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def _check_loads(part: Path, url: str) -> None:
+    """Refuse bytes nothing vouches for (no upstream hash) unless they load as a checkpoint: a transfer
+    that a server under-announced, or an empty file, must not become the cached reference."""
+    from medicosam.models.checkpoint import load_checkpoint_file
+
+    try:
+        load_checkpoint_file(part)
+    except MedicoSAMError as e:
+        size = part.stat().st_size
+        part.unlink()
+        raise IncompleteDownloadError(
+            f"{url} gave {size} bytes that are not a whole checkpoint "
+            f"({str(e).splitlines()[0]}). Nothing was kept: run again, or download the file by hand and pass "
+            "its path.") from None
+
+
+def _make_cache_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheDirError(f"Cannot create the model cache {folder} ({e.strerror}): set MEDICOSAM_CACHE_DIR "
+                            "to a folder you can write") from None
+
+
+def _unlink_link(path: Path) -> None:
+    """Remove a symlink where the cache keeps one of its own files: writing through it would change a
+    file outside the cache."""
+    if path.is_symlink():
+        logger.warning("%s is a symbolic link; replacing it with a file of the cache's own.", path)
+        path.unlink()
 
 
 def _check_cached_file(
@@ -443,14 +589,20 @@ def _get_marker_path(path: Path) -> Path:
 
 
 def _write_marker(path: Path, algo: str, digest: str) -> None:
+    """Record what was verified, with the xxh128 `get_checked_file_id` compares (atomic, never via a link)."""
     stat = path.stat()
-    record = {"algo": algo, "hash": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    _get_marker_path(path).write_text(json.dumps(record))
+    xxh128 = digest if algo == "xxh128" else get_file_hash(path, "xxh128")
+    record = {"algo": algo, "hash": digest, "xxh128": xxh128, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    marker = _get_marker_path(path)
+    temporary = marker.with_name(marker.name + ".tmp")
+    _unlink_link(temporary)
+    temporary.write_text(json.dumps(record))
+    os.replace(temporary, marker)  # replaces a link at `marker` itself, never its target
 
 
 def _read_marker(path: Path) -> Optional[dict]:
     try:
         record = json.loads(_get_marker_path(path).read_text())
-        return {key: record[key] for key in ("algo", "hash", "size", "mtime_ns")}
+        return {**{key: record[key] for key in ("algo", "hash", "size", "mtime_ns")}, "xxh128": record.get("xxh128")}
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -34,6 +34,8 @@ class ModelSpec:
         description: one line for listings and the Slicer model menu.
         decoder: registry name of the companion segmentation decoder, if there is one.
         format: `sam` (a SAM state dict) or `unetr_decoder` (a 2D UNETR decoder state dict).
+        microsam_name: micro-sam's name for the same file (`micro_sam.util.models()`): accepted as an
+            alias, and where micro-sam's cache already holds the file it is reused.
     """
 
     name: str
@@ -45,6 +47,7 @@ class ModelSpec:
     description: str
     decoder: Optional[str] = None
     format: str = "sam"
+    microsam_name: Optional[str] = None
 
     @property
     def filename(self) -> str:
@@ -56,28 +59,31 @@ MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
         name="sam_vit_b", url=_SAM_URL + "sam_vit_b_01ec64.pth", arch="vit_b",
         hash_algo="sha256", hash="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
         size=375_042_383, description="Segment Anything ViT-B (Meta, natural images).",
+        microsam_name="vit_b",
     ),
     ModelSpec(
         name="sam_vit_l", url=_SAM_URL + "sam_vit_l_0b3195.pth", arch="vit_l",
         hash_algo="sha256", hash="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
         size=1_249_524_607, description="Segment Anything ViT-L (Meta, natural images).",
+        microsam_name="vit_l",
     ),
     ModelSpec(
         name="sam_vit_h", url=_SAM_URL + "sam_vit_h_4b8939.pth", arch="vit_h",
         hash_algo="sha256", hash="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         size=2_564_550_879, description="Segment Anything ViT-H (Meta, natural images).",
+        microsam_name="vit_h",
     ),
     ModelSpec(
         name="medicosam_vit_b", url=_GWDG_URL + "f5Ol4FrjPQWfjUF/download", arch="vit_b",
         hash_algo="xxh128", hash="40169f1e3c03a4b67bff58249c176d92", size=None,
         description="MedicoSAM v2 ViT-B (SAM fine-tuned on SA-Med2D-20M, Archit et al.).",
-        decoder="medicosam_vit_b_decoder",
+        decoder="medicosam_vit_b_decoder", microsam_name="vit_b_medical_imaging",
     ),
     ModelSpec(
         name="medicosam_vit_b_decoder", url=_GWDG_URL + "ahd3ZhZl2e0RIwz/download", arch="vit_b",
         hash_algo="xxh128", hash="9e498b12f526f119b96c88be76e3b2ed", size=None,
         description="MedicoSAM v2 2-channel UNETR decoder (background, foreground) for medicosam_vit_b.",
-        format="unetr_decoder",
+        format="unetr_decoder", microsam_name="vit_b_medical_imaging_decoder",
     ),
     ModelSpec(
         name="medsam_vit_b",
@@ -88,12 +94,16 @@ MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
 )}
 
 
+#: micro-sam's model names -> ours, for the files both registries hold.
+MICROSAM_ALIASES: Dict[str, str] = {spec.microsam_name: name for name, spec in MODELS.items() if spec.microsam_name}
+
+
 def get_model_spec(name: str) -> ModelSpec:
-    """The registry entry called `name`; the error lists every known name."""
+    """The registry entry called `name` (or micro-sam's name for it); the error lists every known name."""
     try:
-        return MODELS[name]
+        return MODELS[MICROSAM_ALIASES.get(name, name)]
     except KeyError:
         raise UnknownModelError(
-            f"Unknown model {name!r}. Known models: {', '.join(MODELS)}. "
-            "A local checkpoint path or an http(s) URL works too."
+            f"Unknown model {name!r}. Known models: {', '.join(MODELS)}; micro-sam's names "
+            f"{', '.join(MICROSAM_ALIASES)} work too. A local checkpoint path or an http(s) URL works too."
         ) from None
