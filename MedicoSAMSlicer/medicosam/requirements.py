@@ -16,6 +16,7 @@ PIP_REQUIREMENTS: Dict[str, str] = {
     "scipy": "scipy",
     "skimage": "scikit-image",
     "requests": "requests",
+    "urllib3": "urllib3",  # requests brings it; downloads read its stream directly
     "filelock": "filelock",
     "platformdirs": "platformdirs",
     "xxhash": "xxhash",
