@@ -117,6 +117,16 @@ def test_bad_prompts_have_clear_errors(predictor, case, message):
         predictor.predict(0, 10, _prompts(**case))
 
 
+def test_negative_only_prompt_warns(predictor, caplog):
+    with caplog.at_level("WARNING", logger="medicosam.predictor"):
+        predictor.predict(0, 10, _prompts([[20, 20]], [0]))
+    assert "negative points only" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medicosam.predictor"):
+        predictor.predict(0, 10, _prompts([[20, 20], [30, 30]], [0, 1]))
+    assert caplog.text == ""
+
+
 def test_slice_outside_volume_is_refused(predictor):
     with pytest.raises(PromptError, match="outside the volume"):
         predictor.predict(0, 10_000, _prompts([[1, 1]], [1]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import uuid
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
 
@@ -21,6 +22,8 @@ import numpy as np
 from .embedding_cache import EmbeddingCache
 from .errors import MedicoSAMError
 from .prompts import PromptError, Prompts
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .acceleration import AccelerationConfig
@@ -281,6 +284,9 @@ class VolumePredictor:
         h, w = size
         if len(prompt.points) == 0 and prompt.box is None:
             raise PromptError("an object needs at least one point or a box")
+        if prompt.box is None and prompt.mask is None and prompt.logits is None and not prompt.labels.any():
+            logger.warning("an object prompted with negative points only has nothing to find: its mask is "
+                           "SAM's guess (usually empty); add a positive point or a box")
         points = np.asarray(prompt.points, dtype=float).reshape(-1, 2)
         outside = (points[:, 0] < 0) | (points[:, 0] > w) | (points[:, 1] < 0) | (points[:, 1] > h)
         if outside.any():
