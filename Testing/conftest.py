@@ -24,6 +24,20 @@ def tiny_sam():
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """The seeded `tiny_sam` exported as an official SAM checkpoint file."""
+    import torch
+
+    from medicosam.models.checkpoint import export_sam
+    from medicosam.models.config import build_sam, get_tiny_config
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    export_sam(build_sam(get_tiny_config()), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def icbm152():
     """nilearn's MNI ICBM152 T1 and GM / WM labels, downsampled to 2 mm (KJI arrays)."""
     import SimpleITK as sitk

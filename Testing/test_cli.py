@@ -11,25 +11,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-import torch
 from pydicom.data import get_testdata_file
 
 from medicosam.cli import main
-from medicosam.models.checkpoint import export_sam
-from medicosam.models.config import build_sam, get_tiny_config
 from medicosam.propagation import PropagationError
 from medicosam.segment import SegmentRequest, segment_volume
 from medicosam_training.sample_data import get_nilearn_icbm152
 
 DICOM_SERIES = Path(get_testdata_file("CT_small.dcm", download=False)).parent / "dicomdirtests/98892001"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    export_sam(build_sam(get_tiny_config()), path)
-    return path
 
 
 @pytest.fixture(scope="module")

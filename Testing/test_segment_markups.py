@@ -8,23 +8,12 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from helpers_session import get_rotation
 from slicer_markups import write_point_list, write_roi
 
 from medicosam.cli import main
 from medicosam.geometry import get_ijk_to_ras_from_sitk, get_slice_axis, get_voxel_index, ijk_to_ras
-from medicosam.models.checkpoint import export_sam
-from medicosam.models.config import build_sam, get_tiny_config
 from medicosam_training.sample_data import get_itk_examples_dir
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    export_sam(build_sam(get_tiny_config()), path)
-    return path
 
 
 @pytest.fixture(scope="module")
