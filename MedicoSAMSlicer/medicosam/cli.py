@@ -221,6 +221,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(format="medicosam: %(levelname)s: %(message)s", level=logging.WARNING)
     args = get_parser().parse_args(_attach_negative_coordinates(sys.argv[1:] if argv is None else argv))
     try:
+        if args.threads is not None and args.threads < 1:
+            raise MedicoSAMError(f"--threads {args.threads}: use 1 or more")
         if getattr(args, "needs_torch", True):  # `models` never imports torch: it starts in a fraction of a second
             configure_threads(args.threads)
         return int(args.func(args) or 0)
