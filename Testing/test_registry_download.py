@@ -33,7 +33,7 @@ from medicosam.models.download import (
     resolve_checkpoint,
     verify_cached_model,
 )
-from medicosam.models.registry import MODELS, ModelSpec, UnknownModelError, get_model_spec
+from medicosam.models.registry import MODELS, ModelSpec, UnknownModelError, find_model_spec, get_model_spec
 
 PAYLOAD = random.Random(0).randbytes(2_500_000)  # > 2 chunks of download.CHUNK_SIZE
 PATH = "/weights/model.pth"
@@ -311,6 +311,18 @@ def test_under_announced_transfer_without_hash_is_never_cached(server, tmp_path)
     assert download_model(_unhashed_spec(server), cache_dir=tmp_path).read_bytes() == CHECKPOINT
 
 
+def test_hand_placed_file_without_hash_is_recorded_only_if_it_loads(server, tmp_path):
+    """Nothing vouches for a file of an unhashed entry placed by hand: bytes that do not load must not
+    become the recorded reference (which would later refuse the good copy)."""
+    spec = _unhashed_spec(server)
+    target = get_model_path(spec, tmp_path)
+    target.write_bytes(CHECKPOINT[: len(CHECKPOINT) // 2])
+    with pytest.raises(HashMismatchError, match="does not load as a checkpoint"):
+        download_model(spec, cache_dir=tmp_path, offline=True)
+    assert not (tmp_path / "unhashed.pth.verified").exists()
+    assert download_model(spec, cache_dir=tmp_path).read_bytes() == CHECKPOINT  # online: fetched afresh
+
+
 def test_zero_byte_url_is_not_cached(server, tmp_path):
     server.routes["/empty.pth"] = Route(b"")
     with pytest.raises(IncompleteDownloadError, match="gave 0 bytes that are not a whole checkpoint"):
@@ -447,6 +459,8 @@ def test_micro_sam_names_are_aliases_of_the_same_files(tmp_path, monkeypatch, ca
     assert main(["models", "path", "medicosam_vit_b"]) == 0
     first, second = capsys.readouterr().out.split()
     assert first == second == str(tmp_path / "medicosam_vit_b.pth")
+    assert find_model_spec("vit_b_medical_imaging").decoder == "medicosam_vit_b_decoder"
+    assert find_model_spec(str(tmp_path / "model.pth")) is None
 
 
 def test_a_file_in_micro_sams_cache_is_reused_when_its_hash_matches(server, tmp_path, monkeypatch):
@@ -461,3 +475,16 @@ def test_a_file_in_micro_sams_cache_is_reused_when_its_hash_matches(server, tmp_
     path = download_model(spec, cache_dir=tmp_path / "b", offline=True)  # no network needed at all
     assert path.read_bytes() == PAYLOAD and len(server.requests) == 1
     assert (theirs / "vit_b_test").read_bytes() == PAYLOAD
+
+
+def test_a_corrupt_cached_file_is_replaced_from_micro_sams_cache(server, tmp_path, monkeypatch):
+    spec = dataclasses.replace(make_spec(server), microsam_name="vit_b_test")
+    theirs = tmp_path / "micro_sam" / "models"
+    theirs.mkdir(parents=True)
+    monkeypatch.setenv("MICROSAM_CACHEDIR", str(tmp_path / "micro_sam"))
+    (theirs / "vit_b_test").write_bytes(PAYLOAD)
+    ours = get_model_path(spec, tmp_path / "cache")
+    ours.parent.mkdir()
+    ours.write_bytes(bytes(len(PAYLOAD)))  # ours went bad; theirs is good
+    assert download_model(spec, cache_dir=tmp_path / "cache").read_bytes() == PAYLOAD
+    assert server.requests == []

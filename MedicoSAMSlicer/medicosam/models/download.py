@@ -34,6 +34,7 @@ from typing import Callable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urlparse
 
 from medicosam import __version__
+from medicosam.atomic import get_temporary_path, writing_atomically
 from medicosam.errors import MedicoSAMError
 from medicosam.models.registry import MODELS, ModelSpec, get_model_spec
 
@@ -54,7 +55,8 @@ class DownloadError(MedicoSAMError, OSError):
 
 
 class IncompleteDownloadError(DownloadError):
-    """The transfer stopped early; the `.part` file is kept so the next call resumes."""
+    """The transfer stopped early: the `.part` is kept so the next call resumes, unless nothing
+    vouches for its bytes (no published hash) and they do not load, when it is deleted."""
 
 
 class HashMismatchError(MedicoSAMError, ValueError):
@@ -164,7 +166,7 @@ def download_url(
         DownloadCancelled: `progress` returned False (`.part` kept).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_cache_dir(dest.parent)
     part = _get_part_path(dest)
     algo = hash_algo or "sha256"
     digest, size, announced = _fetch_into(url, part, algo, expected_size, progress, timeout)
@@ -186,8 +188,13 @@ def download_url(
             f"{url} has {algo} {digest}, expected {expected_hash}: the download is corrupt or the "
             "upstream file changed. Nothing was kept; run again to download it afresh."
         )
-    if expected_hash is None:
-        _check_loads(part, url)
+    load_error = _get_load_error(part) if expected_hash is None else None
+    if load_error is not None:
+        size = part.stat().st_size
+        part.unlink()
+        raise IncompleteDownloadError(
+            f"{url} gave {size} bytes that are not a whole checkpoint ({load_error}). Nothing was kept: "
+            "run again, or download the file by hand and pass its path.")
     os.replace(part, dest)
     _write_marker(dest, algo, digest)
     return dest
@@ -223,12 +230,10 @@ def download_model(
 ) -> Path:
     """Path of a verified registry model in the cache, downloading it when needed."""
     spec = _get_spec(name_or_spec)
-    path = get_model_path(spec, cache_dir)
-    if not path.is_file():
-        _take_from_microsam(spec, path)
+    microsam_copy = get_microsam_cache_dir() / spec.microsam_name if spec.microsam_name and spec.hash else None
     return _get_cached_or_download(
-        spec.url, path, spec.name, spec.hash_algo, spec.hash, spec.size,
-        progress=progress, offline=offline, timeout=timeout,
+        spec.url, get_model_path(spec, cache_dir), spec.name, spec.hash_algo, spec.hash, spec.size,
+        progress=progress, offline=offline, timeout=timeout, microsam_copy=microsam_copy,
     )
 
 
@@ -279,7 +284,7 @@ def verify_cached_model(name: str, cache_dir: Optional[Path] = None) -> Optional
     A file that fails is deleted, since it cannot be used: the next use downloads it afresh.
     """
     path = _get_cached_path(name, cache_dir)
-    spec = MODELS.get(name) or (None if name.startswith(_URL_SUBDIR + "/") else get_model_spec(name))
+    spec = None if name.startswith(_URL_SUBDIR + "/") else get_model_spec(name)
     if not path.is_file():
         return None
     algo, expected, size = (spec.hash_algo, spec.hash, spec.size) if spec else (None, None, None)
@@ -301,30 +306,33 @@ def remove_cached_model(name: str, cache_dir: Optional[Path] = None) -> bool:
     return removed
 
 
-def _take_from_microsam(spec: ModelSpec, path: Path) -> None:
-    """Reuse micro-sam's copy of a registry model when its hash matches (a hard link where the
-    filesystem allows, else a copy), instead of downloading hundreds of megabytes again."""
-    if spec.microsam_name is None or spec.hash is None:
-        return
-    source = get_microsam_cache_dir() / spec.microsam_name
-    if not source.is_file() or (spec.size is not None and source.stat().st_size != spec.size):
-        return
-    if get_file_hash(source, spec.hash_algo) != spec.hash.lower():
-        logger.warning("micro-sam's copy %s does not match %s's %s; downloading instead", source, spec.name,
-                       spec.hash_algo)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = _get_part_path(path)
-    _unlink_link(part)
-    with contextlib.suppress(FileNotFoundError):
-        part.unlink()
+def _take_microsam_copy(source: Path, path: Path, algo: str, expected_hash: str,
+                        expected_size: Optional[int]) -> bool:
+    """Reuse micro-sam's copy of a registry model instead of downloading hundreds of megabytes again:
+    a hard link where the filesystem allows, else a copy, hashed in our cache before it is taken."""
+    if not source.is_file() or (expected_size is not None and source.stat().st_size != expected_size):
+        return False
+    temporary = get_temporary_path(path)
     try:
-        os.link(source, part)
-    except OSError:
-        shutil.copyfile(source, part)
-    os.replace(part, path)
-    _write_marker(path, spec.hash_algo, spec.hash.lower())
-    logger.info("Took %s from micro-sam's cache (%s).", spec.name, source)
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+        digest = get_file_hash(temporary, algo)
+        if digest != expected_hash.lower():
+            logger.warning("micro-sam's copy %s does not match %s's %s; downloading instead.", source, path.name,
+                           algo)
+            return False
+        os.replace(temporary, path)
+    except OSError as e:
+        logger.warning("Cannot take micro-sam's copy %s (%s); downloading instead.", source, e.strerror)
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    _write_marker(path, algo, digest)
+    logger.info("Took %s from micro-sam's cache (%s).", path.name, source)
+    return True
 
 
 def _get_spec(name_or_spec: Union[str, ModelSpec]) -> ModelSpec:
@@ -351,20 +359,24 @@ def _get_cached_or_download(
     progress: Optional[ProgressCallback],
     offline: Optional[bool],
     timeout: Tuple[float, float],
+    microsam_copy: Optional[Path] = None,
 ) -> Path:
+    """The verified file at `path`: cached, else taken from `microsam_copy` (offline too), else downloaded."""
     if path.is_file() and _check_cached_file(path, hash_algo, expected_hash, expected_size, rehash=False):
         return path  # the common case takes no lock
-    if get_offline(offline):
-        if path.is_file():
-            raise HashMismatchError(
-                f"Cached {label} at {path} does not match its expected size/hash. Replace it with a "
-                f"good copy of {url}, or turn offline mode off to download it again."
-            )
-        raise OfflineError(
-            f"Offline mode is on (offline=True or MEDICOSAM_OFFLINE) and {label} is not cached. "
-            f"On a machine with internet access download {url} and save it as {path} "
-            "(or set MEDICOSAM_CACHE_DIR to a folder holding it), or pass a local checkpoint path."
+    offline = get_offline(offline)
+    if offline and path.is_file():
+        raise HashMismatchError(
+            f"Cached {label} at {path} fails verification (size, hash, or it does not load as a checkpoint). "
+            f"Replace it with a good copy of {url}, or turn offline mode off to download it again."
         )
+    offline_error = OfflineError(
+        f"Offline mode is on (offline=True or MEDICOSAM_OFFLINE) and {label} is not cached. "
+        f"On a machine with internet access download {url} and save it as {path} "
+        "(or set MEDICOSAM_CACHE_DIR to a folder holding it), or pass a local checkpoint path."
+    )
+    if offline and not (microsam_copy is not None and microsam_copy.is_file()):
+        raise offline_error
     _make_cache_dir(path.parent)
     with _download_lock(path, label, expected_size, progress):
         if path.is_file():
@@ -372,6 +384,11 @@ def _get_cached_or_download(
                 return path  # another process finished it while this one waited
             logger.warning("Cached %s at %s is corrupt; downloading it again.", label, path)
             path.unlink()
+        if microsam_copy is not None and _take_microsam_copy(microsam_copy, path, hash_algo, expected_hash,
+                                                             expected_size):
+            return path
+        if offline:
+            raise offline_error
         if expected_hash is None:
             logger.warning("Upstream publishes no checksum for %s: only its size and loadability are "
                            "checked; its sha256 is recorded to detect later corruption.", label)
@@ -481,6 +498,7 @@ def _write_chunk(out, chunk: bytes, part: Path) -> None:
     """Append a chunk; a full disk removes the `.part` (it cannot grow) and says where space is needed."""
     try:
         out.write(chunk)
+        out.flush()  # a full disk must show here, not when the file is closed
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -505,20 +523,16 @@ def _format_bytes(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
-def _check_loads(part: Path, url: str) -> None:
-    """Refuse bytes nothing vouches for (no upstream hash) unless they load as a checkpoint: a transfer
-    that a server under-announced, or an empty file, must not become the cached reference."""
+def _get_load_error(path: Path) -> Optional[str]:
+    """Why bytes nothing vouches for (no published hash) are no checkpoint, or None when they load:
+    a transfer a server under-announced, or an empty file, must never become the recorded reference."""
     from medicosam.models.checkpoint import load_checkpoint_file
 
     try:
-        load_checkpoint_file(part)
+        load_checkpoint_file(path)
     except MedicoSAMError as e:
-        size = part.stat().st_size
-        part.unlink()
-        raise IncompleteDownloadError(
-            f"{url} gave {size} bytes that are not a whole checkpoint "
-            f"({str(e).splitlines()[0]}). Nothing was kept: run again, or download the file by hand and pass "
-            "its path.") from None
+        return str(e).splitlines()[0]
+    return None
 
 
 def _make_cache_dir(folder: Path) -> None:
@@ -544,7 +558,7 @@ def _check_cached_file(
     """Whether `path` is intact; the marker vouches for it unless `rehash` or the file changed.
 
     With no upstream hash, the hash recorded when the file arrived is the reference; a file
-    with neither (placed by hand) is accepted and its hash recorded.
+    with neither (placed by hand) is accepted, and its hash recorded, only if it loads as a checkpoint.
     """
     marker = _read_marker(path)
     if expected_hash is None and marker is not None:
@@ -559,6 +573,8 @@ def _check_cached_file(
         return True
     digest = get_file_hash(path, algo)
     if expected_hash is not None and digest != expected_hash.lower():
+        return False
+    if expected_hash is None and _get_load_error(path) is not None:
         return False
     _write_marker(path, algo, digest)
     return True
@@ -593,11 +609,8 @@ def _write_marker(path: Path, algo: str, digest: str) -> None:
     stat = path.stat()
     xxh128 = digest if algo == "xxh128" else get_file_hash(path, "xxh128")
     record = {"algo": algo, "hash": digest, "xxh128": xxh128, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    marker = _get_marker_path(path)
-    temporary = marker.with_name(marker.name + ".tmp")
-    _unlink_link(temporary)
-    temporary.write_text(json.dumps(record))
-    os.replace(temporary, marker)  # replaces a link at `marker` itself, never its target
+    with writing_atomically(_get_marker_path(path)) as temporary:  # replaces a link, never writes through it
+        temporary.write_text(json.dumps(record))
 
 
 def _read_marker(path: Path) -> Optional[dict]:

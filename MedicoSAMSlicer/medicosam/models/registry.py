@@ -98,12 +98,17 @@ MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
 MICROSAM_ALIASES: Dict[str, str] = {spec.microsam_name: name for name, spec in MODELS.items() if spec.microsam_name}
 
 
+def find_model_spec(name: str) -> Optional[ModelSpec]:
+    """The registry entry called `name` (or micro-sam's name for it); None for anything else."""
+    return MODELS.get(MICROSAM_ALIASES.get(name, name))
+
+
 def get_model_spec(name: str) -> ModelSpec:
     """The registry entry called `name` (or micro-sam's name for it); the error lists every known name."""
-    try:
-        return MODELS[MICROSAM_ALIASES.get(name, name)]
-    except KeyError:
+    spec = find_model_spec(name)
+    if spec is None:
         raise UnknownModelError(
             f"Unknown model {name!r}. Known models: {', '.join(MODELS)}; micro-sam's names "
             f"{', '.join(MICROSAM_ALIASES)} work too. A local checkpoint path or an http(s) URL works too."
-        ) from None
+        )
+    return spec

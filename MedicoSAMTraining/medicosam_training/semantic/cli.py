@@ -91,7 +91,7 @@ def _add_export(subparsers) -> None:
 def _get_decoder_state(choice: str, loaded, source: str, offline):
     """(decoder state or None, what it is) for `--decoder`."""
     from medicosam.models.checkpoint import load_decoder_state
-    from medicosam.models.registry import MODELS
+    from medicosam.models.registry import find_model_spec
 
     if choice == "none":
         return None, "a new decoder"
@@ -99,7 +99,7 @@ def _get_decoder_state(choice: str, loaded, source: str, offline):
         return load_decoder_state(choice, offline=offline), f"the decoder {choice}"
     if loaded.decoder_state is not None:
         return loaded.decoder_state, f"the decoder stored with {source}"
-    spec = MODELS.get(source)
+    spec = find_model_spec(source)  # micro-sam's names too
     if spec is not None and spec.decoder is not None:
         return load_decoder_state(spec.decoder, offline=offline), f"the pretrained decoder {spec.decoder}"
     return None, "a new decoder (the model has none)"
