@@ -285,24 +285,49 @@ def test_bad_masks_name_the_file(icbm152, tmp_path, case):
     assert isinstance(error.value, MedicoSAMError)
 
 
+def test_a_mismatched_pair_is_found_at_start_from_the_headers(icbm152, tmp_path):
+    from medicosam_training.evaluation.data import LabeledFolder
+
+    t1, gm = icbm152["t1"], icbm152["gm"].astype(np.uint8)
+    for folder in ("img", "lab"):
+        (tmp_path / folder).mkdir()
+    for k in range(40, 44):  # the bad pair sorts last: only drawing it would read it
+        sitk.WriteImage(sitk.GetImageFromArray(t1[k]), str(tmp_path / "img" / f"{k}.png"))
+        label = gm[k][:-3] if k == 43 else gm[k]
+        sitk.WriteImage(sitk.GetImageFromArray(label), str(tmp_path / "lab" / f"{k}.nii.gz"))
+    expected = f"{tmp_path / 'lab' / '43.nii.gz'}: mask shape {gm[43][:-3].shape} does not match image"
+    with pytest.raises(DataError, match="does not match") as error:
+        FolderDataset2D(tmp_path / "img", tmp_path / "lab", image_size=64)
+    assert str(error.value).startswith(expected) and "more masks" not in str(error.value)
+    with pytest.raises(DataError, match="does not match"):
+        LabeledFolder(tmp_path / "img", tmp_path / "lab", ndim=2)
+    assert len(LabeledFolder(tmp_path / "img", tmp_path / "lab", ndim=2, max_items=3)) == 3
+
+
 def test_bad_files_name_the_file(icbm152, samed2d, tmp_path):
     t1, gm = icbm152["t1"][50], icbm152["gm"][50].astype(np.uint8)
     images, labels = _folder(tmp_path, t1, gm)
     (images / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     write(gm, labels / "b.png")
-    dataset = FolderDataset2D(images, labels, image_size=64)  # a.png is fine
-    with pytest.raises(DataError, match=str(images / "b.png")):
-        dataset[1]
+    with pytest.raises(DataError, match=f"{images / 'b.png'}: cannot read this file's header") as error:
+        FolderDataset2D(images, labels, image_size=64)  # a.png is fine; b.png is found at start, not when drawn
+    assert "\n" not in str(error.value)
+    (images / "b.png").unlink()
+    (labels / "b.png").unlink()
     (images / "c.png").write_bytes(b"")
     write(t1, images / "d.png")
     with pytest.raises(DataError, match=f"{images / 'c.png'}: no label file"):
         FolderDataset2D(images, labels, image_size=64)
+    write(gm, labels / "c.png")
+    write(gm, labels / "d.png")
+    with pytest.raises(DataError, match=f"{images / 'c.png'}: cannot read this file's header"):
+        FolderDataset2D(images, labels, image_size=64)
+    (images / "c.png").unlink()
 
     write(icbm152["t1"][40:44], images / "c.nii.gz")
     write(icbm152["gm"][40:44].astype(np.uint8), labels / "c.nii.gz")
-    write(gm, labels / "d.png")
     with pytest.raises(DataError, match=f"{images / 'c.nii.gz'}: a volume of 4 slices"):
-        FolderDataset2D(images, labels, image_size=64)[2]
+        FolderDataset2D(images, labels, image_size=64)  # from the headers, before any item is drawn
 
     root, _ = samed2d
     broken = tmp_path / "samed2d"

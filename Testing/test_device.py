@@ -58,7 +58,30 @@ def test_user_omp_setting_is_left_alone(monkeypatch):
 
 def test_cli_threads_option(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path))
-    assert main(["--threads", "1", "models", "list"]) == 0
-    assert torch.get_num_threads() == 1
+    assert main(["--threads", "1", "models", "list"]) == 0  # `models` needs no torch: it leaves threads alone
     assert main(["--threads", "0", "models", "list"]) == 2
     assert "--threads 0: use 1 or more" in capsys.readouterr().err
+
+
+def test_load_aware_default_leaves_busy_cpus_and_says_why(monkeypatch):
+    import os
+
+    from medicosam.device import describe_threads
+
+    budget = get_cpu_budget()
+    monkeypatch.setattr(os, "cpu_count", lambda: budget)
+    monkeypatch.setattr(os, "getloadavg", lambda: (budget + 3.0, 0.0, 0.0))  # every CPU busy
+    torch.set_num_threads(budget)
+    assert configure_threads(load_aware=True) == 1
+    assert describe_threads() == f"1 CPU thread ({budget} usable CPUs, {budget} busy with other work)"
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))  # idle
+    torch.set_num_threads(budget)
+    assert configure_threads(load_aware=True) == budget
+    assert configure_threads(load_aware=True, default=1) == 1  # a command's own default (the demo)
+    assert describe_threads() == "1 CPU thread (the command's default)"
+    assert configure_threads(2, load_aware=True, default=1) == 2  # the user's choice still wins
+    assert describe_threads() == "2 CPU threads (--threads)"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert configure_threads(load_aware=True, default=1) == 2  # left alone
+    torch.set_num_threads(1)
+    assert describe_threads() == "1 CPU thread"  # changed since: no stale reason

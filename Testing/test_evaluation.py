@@ -278,6 +278,44 @@ def test_cli_2d_reports_seed_and_resume(folder_2d, checkpoints, tmp_path, capsys
     assert partial.read_text() != (tmp_path / "a" / "interactive_2d.csv").read_text()
 
 
+def test_cli_refuses_a_label_that_now_names_other_weights(folder_2d, checkpoints, tmp_path, capsys):
+    def evaluate(model: Path, *extra: str) -> int:
+        return main(["evaluate", "interactive-2d", "--images", str(folder_2d / "images"), "--labels",
+                     str(folder_2d / "labels"), "--output", str(tmp_path / "out"), f"--model=A={model}",
+                     "--max-images", "1", "--corrections", "1", "--starts", "box", "--quiet", *extra])
+
+    assert evaluate(checkpoints[0]) == 0
+    first = (tmp_path / "out" / "interactive_2d.csv").read_text()
+    assert evaluate(checkpoints[1]) == 2  # the same label, other weights: their rows must not be reused
+    error = capsys.readouterr().err
+    assert f"holds results of model 'A' from {checkpoints[0]}" in error and f"now names {checkpoints[1]}" in error
+    assert len(error.strip().splitlines()) == 1
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(checkpoints[0].read_bytes())
+    assert evaluate(moved) == 0  # the same weights elsewhere: the same model, nothing to redo
+    assert (tmp_path / "out" / "interactive_2d.csv").read_text() == first
+    assert evaluate(checkpoints[1], "--overwrite") == 0
+    assert (tmp_path / "out" / "interactive_2d.csv").read_text() != first
+
+
+def test_empty_labels_and_blank_images_are_warned_about(tiny_sam, images_2d, caplog):
+    config = Interactive2DConfig(n_corrections=0)
+    sample = images_2d[2]
+    empty = LabeledImage("empty", sample.image, np.zeros_like(sample.label))
+    with caplog.at_level("WARNING"):
+        run = evaluate_interactive_2d(tiny_sam, [empty], config, show_progress=False)
+    assert not run.rows and "no object to evaluate in 1 images: their label maps are all zero" in caplog.text
+    caplog.clear()
+    blank = LabeledImage("blank", np.full(sample.image.shape, np.nan, np.float32), sample.label)
+    with caplog.at_level("WARNING"):
+        run = evaluate_interactive_2d(tiny_sam, [blank], config, show_progress=False)
+    assert len(run.rows) == 2 and "blank: the image has no finite values (all NaN/inf)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate_interactive_2d(tiny_sam, [sample], config, show_progress=False)
+    assert not caplog.text
+
+
 def test_cli_3d_grid_search_then_test(volumes_3d, checkpoints, tmp_path, capsys):
     for split, volume in volumes_3d.items():
         _write(volume.image, tmp_path / split / "images" / f"{volume.image_id}.nii.gz")
@@ -330,17 +368,30 @@ def test_cli_3d_needs_validation_for_a_grid(volumes_3d, checkpoints, tmp_path, c
         ("test", "box", "single_point", "0.5", "0.05")}
 
 
-def test_cli_semantic(images_2d, tmp_path):
+def test_cli_semantic(images_2d, tmp_path, caplog):
     truth = images_2d[0].label
     prediction = np.roll(truth, 2, axis=1)
     prediction[prediction == 2] = 3  # WM predicted as a class that does not exist
     _write(truth, tmp_path / "labels" / "case.png")
     _write(prediction, tmp_path / "predictions" / "case.png")
+    _write((truth == 1).astype(np.uint8), tmp_path / "labels" / "case2.png")  # class 1 only: 2 images, 3 classes
+    _write((truth == 1).astype(np.uint8), tmp_path / "predictions" / "case2.png")
     assert main(["evaluate", "semantic", "--predictions", str(tmp_path / "predictions"), "--labels",
                  str(tmp_path / "labels"), "--output", str(tmp_path / "out")]) == 0
     rows = _read_csv(tmp_path / "out" / "semantic.csv")
     expected = get_semantic_dice(prediction, truth)
-    assert {int(r["class"]): float(r["dice"]) for r in rows} == pytest.approx(expected)
+    assert {int(r["class"]): float(r["dice"]) for r in rows if r["image"] == "case"} == pytest.approx(expected)
     assert expected[2] == 0.0 and expected[3] == 0.0 and 0.3 < expected[1] < 1
     summary = _read_csv(tmp_path / "out" / "summary_semantic.csv")
-    assert float(summary[-1]["mean"]) == pytest.approx(np.mean(list(expected.values())))
+    per_class = [(expected[1] + 1.0) / 2, expected[2], expected[3]]
+    assert float(summary[-1]["mean"]) == pytest.approx(np.mean(per_class))
+    assert [(s["class"], int(s["n"])) for s in summary] == [("1", 2), ("2", 1), ("3", 1), ("mean", 2)]
+    mean_row = (tmp_path / "out" / "summary_semantic.md").read_text().splitlines()[-1]
+    assert mean_row.startswith("| predictions |") and "| mean |" in mean_row and mean_row.endswith("| 2 |")
+
+    for folder in ("empty_labels", "empty_predictions"):
+        _write(np.zeros_like(truth), tmp_path / folder / "case.png")
+    with caplog.at_level("WARNING"):
+        assert main(["evaluate", "semantic", "--predictions", str(tmp_path / "empty_predictions"), "--labels",
+                     str(tmp_path / "empty_labels"), "--output", str(tmp_path / "empty")]) == 0
+    assert "no class to score: every label map and prediction is all zero" in caplog.text

@@ -55,17 +55,49 @@ def get_cpu_budget() -> int:
     return max(1, min(cpus, limit) if limit else cpus)
 
 
-def configure_threads(threads: Optional[int] = None) -> int:
+def get_thread_source(threads: Optional[int] = None) -> Optional[str]:
+    """Where the user chose the thread count: "--threads", $MEDICOSAM_NUM_THREADS or $OMP_NUM_THREADS
+    (in that order of precedence); None when nobody did."""
+    if threads is not None:
+        return "--threads"
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
+        if os.environ.get(name):
+            return f"${name}"
+    return None
+
+
+def get_busy_cpus(budget: int) -> int:
+    """How many of this process's `budget` CPUs other work keeps busy now: the 1-minute load average
+    (os.getloadavg counts the whole host) scaled to this process's share of the host's CPUs, rounded;
+    0 where the load is unknown."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0
+    return min(budget, round(load * budget / max(budget, os.cpu_count() or 1)))
+
+
+_chosen = (0, "")  # (threads, why) of the last configure_threads call, for describe_threads
+
+
+def configure_threads(threads: Optional[int] = None, load_aware: bool = False,
+                      default: Optional[int] = None) -> int:
     """Set torch's CPU threads for this process and return how many it uses.
 
     `threads` (a --threads option) wins, then $MEDICOSAM_NUM_THREADS; a user's OMP_NUM_THREADS is
     left alone (torchrun sets it too); otherwise torch's default of one thread per core is capped at
     `get_cpu_budget()`: torch counts the host's cores, so a container limited to 4 CPUs on a 64-core
     host would run 32 threads that mostly wait for each other (measured here: 10x slower).
+    `load_aware` (long CPU jobs: `medicosam train`) also leaves out the CPUs other work keeps busy
+    (`get_busy_cpus`): an OpenMP thread on a busy core stalls all others at every barrier (measured:
+    a tiny-SAM training on 2 cores under a load of 5 ran 20x slower with 2 threads than with 1).
+    `default` replaces that choice by a command's own count (`medicosam demo`: 1, reproducible).
     """
     import torch
 
-    if threads is None and os.environ.get(THREADS_ENV):
+    global _chosen
+    source = get_thread_source(threads)
+    if threads is None and source == f"${THREADS_ENV}":
         try:
             threads = int(os.environ[THREADS_ENV])
         except ValueError:
@@ -77,6 +109,24 @@ def configure_threads(threads: Optional[int] = None) -> int:
         if threads < 1:
             raise MedicoSAMError(f"--threads {threads}: use 1 or more")
         torch.set_num_threads(threads)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(min(torch.get_num_threads(), get_cpu_budget()))
+    elif source is None and default is not None:
+        torch.set_num_threads(default)
+        source = "the command's default"
+    elif source is None:
+        budget = get_cpu_budget()
+        busy = get_busy_cpus(budget) if load_aware else 0
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), budget - busy)))
+        source = (f"{budget} usable CPUs, {busy} busy with other work" if load_aware
+                  else f"{budget} usable CPUs")
+    _chosen = (torch.get_num_threads(), source)
     return torch.get_num_threads()
+
+
+def describe_threads() -> str:
+    """"N CPU threads (why)" for a progress line: the count torch uses now and, when it is the one
+    `configure_threads` set, the reason."""
+    import torch
+
+    threads = torch.get_num_threads()
+    why = f" ({_chosen[1]})" if _chosen[0] == threads and _chosen[1] else ""
+    return f"{threads} CPU thread{'s' if threads > 1 else ''}{why}"

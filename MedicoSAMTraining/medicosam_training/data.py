@@ -163,9 +163,13 @@ def read_image_2d(path: PathLike) -> np.ndarray:
     """A 2D image as (H, W), or (H, W, 3) for 8-bit RGB."""
     array = read_array(path)
     if array.shape[0] != 1:
-        raise DataError(f"{path}: a volume of {array.shape[0]} slices, expected a 2D image. Use "
-                        "VolumeSliceDataset (or the images/ + labels/ layout with volumes) for volumes.")
+        raise DataError(_get_not_2d_message(path, array.shape[0]))
     return array[0]
+
+
+def _get_not_2d_message(path: PathLike, n_slices: int) -> str:
+    return (f"{path}: a volume of {n_slices} slices, expected a 2D image. Use VolumeSliceDataset (or the "
+            "images/ + labels/ layout with volumes) for volumes.")
 
 
 def get_rgb_uint8(array: np.ndarray, window=None) -> np.ndarray:
@@ -217,12 +221,61 @@ def get_label_array(array: np.ndarray, path: PathLike) -> np.ndarray:
     return array.astype(np.int64 if array.dtype.itemsize >= 4 else np.int32)
 
 
+def get_shape_mismatch(image_shape: Tuple[int, ...], label_shape: Tuple[int, ...], image_path: PathLike,
+                       label_path: PathLike) -> Optional[str]:
+    """What is wrong when a mask's pixel grid is not its image's (colour channels excluded), else None."""
+    if tuple(image_shape) == tuple(label_shape):
+        return None
+    return (f"{label_path}: mask shape {tuple(label_shape)} does not match image {image_path} of shape "
+            f"{tuple(image_shape)}; masks must be on the image's pixel grid.")
+
+
 def check_same_shape(image: np.ndarray, labels: np.ndarray, image_path: PathLike,
                      label_path: PathLike) -> None:
     """Raise if a mask does not cover its image pixel for pixel."""
-    if image.shape[:labels.ndim] != labels.shape:
-        raise DataError(f"{label_path}: mask shape {labels.shape} does not match image {image_path} "
-                        f"of shape {image.shape[:labels.ndim]}; masks must be on the image's pixel grid.")
+    mismatch = get_shape_mismatch(image.shape[:labels.ndim], labels.shape, image_path, label_path)
+    if mismatch:
+        raise DataError(mismatch)
+
+
+def read_header_shape(path: PathLike) -> Tuple[int, ...]:
+    """A file's pixel grid in array order ((H, W), or (K, J, I) for a volume of several slices), read
+    from its header only (SimpleITK's ReadImageInformation): no pixel is decoded."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:  # ITK's last line says why; the lines above are its source location
+        raise DataError(f"{path}: cannot read this file's header ({str(error).strip().splitlines()[-1]}).") \
+            from error
+    shape = tuple(reversed(reader.GetSize()))
+    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
+
+
+def check_record_shapes(records: Sequence[Record], ndim: int) -> None:
+    """Check every file's header and every mask against its image (and, for `ndim` 2, that no image is
+    a volume) before training or an evaluation starts.
+
+    Pixels are read only when an item is drawn, so a bad pair would otherwise stop a run whenever it
+    comes up, maybe hours in. Headers are read in a thread pool (SimpleITK does not hold the GIL
+    meanwhile; a PNG header costs ~1 ms). Raises DataError naming the first bad pair and the count.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted({path for record in records for path in (record.image, *record.labels)})
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        shapes = dict(zip(paths, pool.map(read_header_shape, paths)))
+    volume = next((record.image for record in records if len(shapes[record.image]) > ndim), None)
+    if volume is not None:
+        raise DataError(_get_not_2d_message(volume, shapes[volume][0]))
+    mismatches = [get_shape_mismatch(shapes[record.image], shapes[label], record.image, label)
+                  for record in records for label in record.labels]
+    mismatches = [message for message in mismatches if message]
+    if mismatches:
+        more = f" {len(mismatches) - 1} more masks do not match their images either." if len(mismatches) > 1 else ""
+        raise DataError(mismatches[0] + more)
 
 
 def get_instances_from_semantic(labels: np.ndarray) -> np.ndarray:
@@ -352,6 +405,7 @@ class _RecordDataset(ObjectDataset):
                  seed: int):
         super().__init__(name, image_size, n_obj, min_size, seed)
         self.records = list(records)
+        check_record_shapes(self.records, ndim=2)
         self._check_usable()
 
     def __len__(self) -> int:
@@ -565,15 +619,7 @@ class VolumeSliceDataset(ObjectDataset):
 
 def is_volume_file(path: PathLike) -> bool:
     """True for a 3D file with more than one slice (read from the header only)."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise DataError(f"{path}: cannot read this file's header ({error}).") from error
-    return reader.GetDimension() >= 3 and reader.GetSize()[2] > 1
+    return len(read_header_shape(path)) >= 3
 
 
 def find_pair_folders(path: PathLike) -> Optional[Tuple[Path, Path]]:

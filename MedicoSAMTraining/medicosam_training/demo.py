@@ -7,7 +7,11 @@
 4. Segment a held-out structure in 3D: one hemisphere's white matter in a slab of 20 axial slices (40 mm) that
    training never saw, from one point on the slab's central slice, then propagation limited to the
    slab; the same `VolumePredictor` path the Slicer effect and `medicosam segment` use.
-5. Write the mask (NIfTI on the volume's grid), a PNG overlay and a summary with Dice.
+5. Write the mask (NIfTI on the volume's grid, beside that volume), a PNG overlay as Slicer's axial
+   view shows it, and a summary with Dice, the thread count and the TensorBoard log.
+
+One CPU thread by default (the CLI): the same seed then gives the same result bit for bit; with more
+threads torch's CPU sums vary between runs and the training amplifies that (docs/training.md).
 
 The template is a population average (smoother than a scan), and a tiny model trained for minutes
 from random weights is no MedicoSAM: the demo shows the pipeline end to end, honestly measured.
@@ -112,21 +116,41 @@ def segment_from_one_point(loaded, volume: np.ndarray, target: np.ndarray, centr
     return mask, point, predictor.encoder_calls
 
 
-def write_overlay(path: Path, t1: np.ndarray, target: np.ndarray, mask: np.ndarray, index: int, point) -> None:
-    """PNG of the prompted slice: prediction in red, reference outline in green, the click in yellow."""
+def get_axial_flips(ijk_to_ras: np.ndarray) -> Tuple[bool, bool]:
+    """(flip rows, flip columns) that show a K slice (rows J, columns I) as Slicer's axial view does:
+    radiological convention, patient's right on the screen's left, anterior up. For volumes whose I
+    axis runs right-left and J axis anterior-posterior (the demo's); the raw array order of the
+    ICBM152 template is that view turned by 180 degrees."""
+    return bool(ijk_to_ras[1, 1] > 0), bool(ijk_to_ras[0, 0] > 0)  # J towards A, I towards R
+
+
+def write_overlay(path: Path, t1: np.ndarray, target: np.ndarray, mask: np.ndarray, index: int, point,
+                  ijk_to_ras: np.ndarray, dice: float) -> None:
+    """PNG of the prompted slice as Slicer's axial view shows it, with R/L/A/P labels and the 3D Dice:
+    prediction in red, reference outline in green, the click in yellow."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy import ndimage
 
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
-    ax.imshow(t1[index], cmap="gray")
-    ax.imshow(np.ma.masked_where(~mask[index], mask[index]), cmap="autumn", alpha=0.5)
+    flip_rows, flip_cols = get_axial_flips(ijk_to_ras)
+    axes = tuple(axis for axis, flip in ((0, flip_rows), (1, flip_cols)) if flip)
     outline = target[index] & ~ndimage.binary_erosion(target[index])
+    image, predicted, outline = (np.flip(a, axes) for a in (t1[index], mask[index], outline))
+    height, width = image.shape
+    x, y = (width - 1 - point[0] if flip_cols else point[0]), (height - 1 - point[1] if flip_rows else point[1])
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    ax.imshow(image, cmap="gray")
+    ax.imshow(np.ma.masked_where(~predicted, predicted), cmap="autumn", alpha=0.5)
     ax.imshow(np.ma.masked_where(~outline, outline), cmap="summer", alpha=1.0)
-    ax.plot(point[0], point[1], "y*", markersize=12)
-    ax.set_title(f"axial slice {index}: prediction (red), reference (green)")
+    ax.plot(x, y, "y*", markersize=12)
+    for label, (u, v, align) in {"R": (0.02, 0.5, "left"), "L": (0.98, 0.5, "right"), "A": (0.5, 0.98, "center"),
+                                 "P": (0.5, 0.02, "center")}.items():
+        ax.text(u, v, label, transform=ax.transAxes, color="white", fontsize=14, fontweight="bold", ha=align,
+                va="center" if label in "RL" else ("top" if label == "A" else "bottom"))
+    ax.set_title(f"axial slice {index}: Dice {dice:.3f} (3D)\nprediction (red), reference (green), click (yellow)",
+                 fontsize=10)
     ax.axis("off")
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
@@ -137,6 +161,7 @@ def run_demo(config: DemoConfig) -> dict:
     import SimpleITK as sitk
     import torch
 
+    from medicosam.device import describe_threads
     from medicosam.models.checkpoint import export_sam, load_sam
     from medicosam.models.config import build_sam, get_tiny_config
     from medicosam.volume_io import read_volume, write_mask
@@ -178,17 +203,21 @@ def run_demo(config: DemoConfig) -> dict:
                         "encoder_calls": encoder_calls}
         if name == "trained":
             write_mask(mask.astype(np.uint8), volume, out / "white_matter_mask.nii.gz")
-            write_overlay(out / "white_matter_overlay.png", volumes["t1"], target, mask, central, point)
+            write_overlay(out / "white_matter_overlay.png", volumes["t1"], target, mask, central, point,
+                          volume.ijk_to_ras, scores[name]["dice"])
     summary = {
         "preset": config.preset, "iterations": result.iteration, "training_seconds": round(result.seconds, 1),
-        "training_images": len(dataset),
+        "threads": describe_threads(), "training_images": len(dataset),
+        "image": image_path.name, "mask": "white_matter_mask.nii.gz (on the grid of image)",
+        "tensorboard_log": str(Path(train_config.out_dir) / "logs"),
         "held_out_structure": f"one hemisphere's white matter in axial slices {central - half_width}.."
                               f"{central + half_width - 1} (2 mm), never seen in training",
         "reference_slices": int(target.any(axis=(1, 2)).sum()),
         "prompt": "1 positive point on the central slice, propagation limited to the slab",
         "dice_trained": round(scores["trained"]["dice"], 3), "dice_untrained": round(scores["untrained"]["dice"], 3),
         "details": scores, "total_seconds": round(time.time() - start, 1),
-        "outputs": ["medicosam_tiny.pt", "white_matter_mask.nii.gz", "white_matter_overlay.png", "summary.json"],
+        "outputs": ["medicosam_tiny.pt", image_path.name, "white_matter_mask.nii.gz", "white_matter_overlay.png",
+                    "summary.json"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

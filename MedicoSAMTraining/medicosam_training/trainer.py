@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ from medicosam.acceleration import fast_attention
 from medicosam.atomic import get_stale_temporaries
 from medicosam.errors import MedicoSAMError
 from medicosam_training.objective import ObjectiveConfig, ObjectiveModule, ObjectiveOutput, get_preset
+from medicosam_training.unetr import MAX_DECODER_FEATURES
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,13 @@ JOINT_EXPORT_NAME = "model_with_decoder.pt"
 SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 AMP_CHOICES = ("auto", "bf16", "off")
 _FORMAT = "medicosam-training-checkpoint/1"
+#: TrainConfig fields a resumed run may change: when to stop, how often to save and log, and how the
+#: same steps are computed (device, precision, attention kernels, activation checkpointing, data
+#: workers). Every other field (the objective, lr and its schedule, weight decay, batch size, seed,
+#: freeze, decoder width) defines the optimisation itself: a run resumed with another value would
+#: match neither configuration (the optimizer would even keep the saved lr), so it is refused.
+RESUMABLE_CHANGES = ("epochs", "iterations", "save_every", "log_every", "num_workers", "device", "amp",
+                     "grad_checkpointing", "fast_attention", "out_dir", "resume", "progress")
 
 
 class TrainingError(MedicoSAMError, RuntimeError):
@@ -81,7 +90,7 @@ class TrainConfig:
         num_workers: DataLoader worker processes; None: `get_loader_options` decides.
         device: "auto", "cpu", "cuda", ... (under torchrun: the local rank's GPU).
         resume: continue from `out_dir/latest.pt` when it exists (model, optimizer and lr schedule as
-            saved; the stop limits are this config's).
+            saved); only the fields in `RESUMABLE_CHANGES` may differ from the saved run's.
         decoder_features: width of the segmentation decoder (e_sem); 64 is micro-sam's.
         progress: show a tqdm bar (rank 0).
     """
@@ -120,6 +129,8 @@ class TrainConfig:
             (self.log_every >= 1, f"log_every={self.log_every}: use 1 or more"),
             (self.amp in AMP_CHOICES, f"amp={self.amp!r}: use one of {AMP_CHOICES}"),
             (self.num_workers is None or self.num_workers >= 0, f"num_workers={self.num_workers}: use 0 or more"),
+            (1 <= self.decoder_features <= MAX_DECODER_FEATURES,
+             f"decoder_features={self.decoder_features}: use 1 to {MAX_DECODER_FEATURES} (micro-sam: 64)"),
         ]
         errors = [message for ok, message in checks if not ok]
         if errors:
@@ -281,6 +292,32 @@ def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     return state
 
 
+def get_config_record(config: TrainConfig) -> Dict[str, Any]:
+    """The `objective` and `train_config` entries a checkpoint stores (paths as text)."""
+    fields = {key: str(value) if isinstance(value, Path) else value
+              for key, value in dataclasses.asdict(config).items() if key != "objective"}
+    return {"objective": dataclasses.asdict(config.objective), "train_config": fields}
+
+
+def check_resumed_config(state: Dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume a checkpoint with settings outside `RESUMABLE_CHANGES` changed, naming them.
+
+    Only settings the checkpoint recorded are compared, so older checkpoints stay resumable.
+    """
+    def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
+        record = json.loads(json.dumps({key: record.get(key) or {} for key in ("objective", "train_config")}))
+        return {**{f"objective.{key}": value for key, value in record["objective"].items()},
+                **record["train_config"]}  # tuples became lists on both sides alike
+
+    saved, now = flatten(state), flatten(get_config_record(config))
+    differing = [f"{key}: {saved[key]!r} -> {now.get(key)!r}" for key in saved
+                 if key not in RESUMABLE_CHANGES and saved[key] != now.get(key)]
+    if differing:
+        raise TrainingError(f"{path} was trained with other settings ({'; '.join(differing)}): resume with the "
+                            f"saved settings or train into a new out_dir (a resumed run may change only "
+                            f"{', '.join(RESUMABLE_CHANGES)})")
+
+
 def export_training_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path],
                                with_decoder: bool = False) -> Path:
     """Write the model of a training checkpoint as a plain SAM state dict (or the joint layout)."""
@@ -351,9 +388,7 @@ class _Run:
             "epoch": self.epoch,
             "epoch_batches": self.epoch_batches,
             "validation": self.validation,
-            "objective": dataclasses.asdict(self.config.objective),
-            "train_config": {key: str(value) if isinstance(value, Path) else value
-                             for key, value in dataclasses.asdict(self.config).items() if key != "objective"},
+            **get_config_record(self.config),
             "sam_config": dataclasses.asdict(self.sam_config),
         }
 
@@ -366,6 +401,7 @@ class _Run:
 
     def restore(self) -> None:
         state = load_training_checkpoint(self.checkpoint_path)
+        check_resumed_config(state, self.config, self.checkpoint_path)
         try:
             self.module.sam.load_state_dict(state["model_state"])
             if self.module.semantic_decoder is not None and state.get("decoder_state") is not None:
@@ -523,7 +559,7 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
     epochs = config.epochs if config.epochs is not None else (math.inf if config.iterations else 1)
     total = min(config.iterations or math.inf, epochs * per_epoch)
     writer = _get_writer(out_dir) if dist.is_main else None
-    progress = _get_progress(total, run.iteration, config.progress and dist.is_main)
+    progress = _get_progress(total, run.iteration, config.progress and dist.is_main, run.device)
     started = time.monotonic()
     run.module.train()
     try:
@@ -587,11 +623,15 @@ def _get_writer(out_dir: Path):
     return SummaryWriter(log_dir=str(out_dir / "logs"))
 
 
-def _get_progress(total: float, initial: int, enabled: bool):
+def _get_progress(total: float, initial: int, enabled: bool, device: torch.device):
+    """The tqdm bar; on the CPU its label says how many threads run and why (they decide the speed)."""
     from tqdm import tqdm
 
+    from medicosam.device import describe_threads
+
+    label = f"training ({describe_threads()})" if device.type == "cpu" else "training"
     return tqdm(total=None if math.isinf(total) else int(total), initial=initial, disable=not enabled,
-                desc="training", unit="it")
+                desc=label, unit="it")
 
 
 def _log_step(writer, run: _Run, output: ObjectiveOutput) -> None:

@@ -11,11 +11,14 @@ resumed evaluation finds the same objects under the same names.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
+
+logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
@@ -84,6 +87,26 @@ def get_objects(label: np.ndarray, classes: Optional[Iterable[int]] = None, min_
     return objects
 
 
+def warn_if_blank(sample: LabeledImage) -> None:
+    """Warn when SAM would see nothing in an image that has objects (no finite value, or one value
+    everywhere): its objects are still scored, and such scores say nothing about the model."""
+    image = sample.image
+    finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
+    if finite.size == 0 or finite.min() == finite.max():
+        what = "no finite values (all NaN/inf)" if finite.size == 0 else f"one value ({finite.flat[0]}) everywhere"
+        logger.warning("%s: the image has %s, so SAM sees a blank image; its objects are scored anyway: "
+                       "check the image file", sample.image_id, what)
+
+
+def warn_if_no_objects(n_images: int, n_objects: int, classes: Optional[Sequence[int]], min_size: int) -> None:
+    """Warn when no label map held an object to evaluate: the results would be empty without a word."""
+    if n_objects == 0:
+        which = f"of classes {list(classes)} " if classes else ""
+        logger.warning("no object to evaluate in %d images: their label maps are all zero or hold no object %s"
+                       "of at least --min-size %d, so the results are empty; check the label files, --classes "
+                       "and --min-size", n_images, which, min_size)
+
+
 def get_model_image(image: np.ndarray) -> np.ndarray:
     """A 2D image as SAM sees it in training: (H, W) grey levels, or (H, W, 3) RGB for colour.
 
@@ -107,7 +130,7 @@ class LabeledFolder(Sequence):
     """
 
     def __init__(self, images_dir: PathLike, labels_dir: PathLike, ndim: int, max_items: Optional[int] = None):
-        from ..data import DataError, get_folder_records  # imports torch: not at `medicosam` start-up
+        from ..data import DataError, check_record_shapes, get_folder_records  # imports torch: not at start-up
 
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
@@ -116,6 +139,7 @@ class LabeledFolder(Sequence):
         if not self.records:
             raise DataError(f"{images_dir}: no image files found; put images there and label maps with the "
                             f"same names in {labels_dir}")
+        check_record_shapes(self.records, ndim)  # all pairs now, not when an evaluation reaches them
 
     def __len__(self) -> int:
         return len(self.records)

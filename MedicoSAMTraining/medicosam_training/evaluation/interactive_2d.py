@@ -28,7 +28,7 @@ from medicosam.normalization import PRESETS, get_intensity_window
 from medicosam.predictor import VolumePredictor, get_speed_options
 from medicosam.prompts import CORRECTION_MODES, Prompts, get_box, get_center_point, sample_correction_points
 
-from .data import LabeledImage, ObjectMask, get_objects
+from .data import LabeledImage, ObjectMask, get_objects, warn_if_blank, warn_if_no_objects
 from .metrics import get_dice
 from .reports import ResultsCSV, get_progress_bar
 
@@ -191,9 +191,13 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
     starts = check_starts(starts)
     run = EvaluationRun()
     done = results.done if results is not None else set()
+    n_objects = 0
     with get_progress_bar(len(samples), f"2D {model}", show_progress) as bar:
         for sample in samples:
             objects = get_objects(sample.label, config.classes, config.min_size)
+            n_objects += len(objects)
+            if objects:
+                warn_if_blank(sample)
             units = [(start, objects[i: i + config.batch_size]) for start in starts
                      for i in range(0, len(objects), config.batch_size)]
             predictor = None
@@ -214,5 +218,6 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
                 bar.update(1 / len(units))
             if not units:
                 bar.update(1)
+    warn_if_no_objects(len(samples), n_objects, config.classes, config.min_size)
     run.complete = True
     return run

@@ -25,7 +25,7 @@ from medicosam.predictor import VolumePredictor, get_speed_options
 from medicosam.prompts import PROPAGATION_MODES, Prompts
 from medicosam.propagation import PropagationConfig, get_volume_mask
 
-from .data import LabeledImage, ObjectMask, get_objects
+from .data import LabeledImage, ObjectMask, get_objects, warn_if_blank, warn_if_no_objects
 from .interactive_2d import EvaluationError, EvaluationRun, check_starts, check_window, get_start_prompts
 from .metrics import get_dice
 from .reports import ResultsCSV, get_progress_bar
@@ -147,9 +147,13 @@ def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapp
     check_starts(list(settings))
     run = EvaluationRun()
     done = results.done if results is not None else set()
+    n_objects = 0
     with get_progress_bar(len(samples), f"3D {split} {model}", show_progress) as bar:
         for sample in samples:
             objects = get_objects(sample.label, config.classes, config.min_size, config.split_components)
+            n_objects += len(objects)
+            if objects:
+                warn_if_blank(sample)
             predictor = None
             units = [(obj, start) for obj in objects for start in settings]
             for obj, start in units:
@@ -185,6 +189,7 @@ def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapp
                 bar.update(1 / len(units))
             if not units:
                 bar.update(1)
+    warn_if_no_objects(len(samples), n_objects, config.classes, config.min_size)
     run.complete = True
     return run
 

@@ -4,7 +4,8 @@
 start, plus its propagation setting in 3D) appends all its rows in one write and flushes. Reopening
 the file drops incomplete units (a torn last write) and reports the finished keys, which the
 evaluation then skips. `check_run_config` keeps a resumed run from mixing results of another
-protocol configuration into the same file.
+protocol configuration into the same file, and `bind_model` keeps a model label bound to one set of
+weights.
 """
 
 from __future__ import annotations
@@ -104,15 +105,20 @@ def _format_value(value: object) -> str:
     return str(value)
 
 
+#: Where a protocol file records which weights each model label stood for.
+MODELS_KEY = "models"
+
+
 def check_run_config(path: PathLike, config: Mapping[str, object]) -> None:
     """Record the protocol settings of an output folder, or check that a resumed run uses the same.
 
-    Raises ResultsError naming the differing settings.
+    Raises ResultsError naming the differing settings (the model records are checked by `bind_model`).
     """
     path = Path(path)
     config = json.loads(json.dumps(config))
     if path.exists():
         previous = json.loads(path.read_text())
+        previous.pop(MODELS_KEY, None)
         differing = sorted(key for key in set(previous) | set(config) if previous.get(key) != config.get(key))
         if differing:
             details = ", ".join(f"{key}: {previous.get(key)!r} -> {config.get(key)!r}" for key in differing)
@@ -121,6 +127,26 @@ def check_run_config(path: PathLike, config: Mapping[str, object]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def bind_model(path: PathLike, label: str, model_id: str, source: str) -> None:
+    """Record in the protocol file `path` that `label` names the weights `model_id`, or refuse when the
+    label named other weights before.
+
+    Results are keyed by label, so without this a label pointed at another checkpoint would resume
+    with (and be reported as) the first checkpoint's rows. `model_id` is `LoadedSam.model_id`, a hash
+    of the file, so a moved or renamed file is still the same model.
+    """
+    path = Path(path)
+    record = json.loads(path.read_text())
+    models = record.setdefault(MODELS_KEY, {})
+    known = models.get(label)
+    if known is not None and known["id"] != model_id:
+        raise ResultsError(f"{path.parent} holds results of model {label!r} from {known['source']} (id "
+                           f"{known['id']}), but {label!r} now names {source} (id {model_id}): give it another "
+                           "label (LABEL=MODEL), use another output folder, or --overwrite")
+    models[label] = {"id": model_id, "source": source}
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def get_progress_bar(n_items: int, description: str, enabled: bool = True):
@@ -357,12 +383,20 @@ def write_report_3d(rows: Sequence[Mapping[str, object]], output_dir: PathLike) 
 
 
 def write_report_semantic(rows: Sequence[Mapping[str, object]], output_dir: PathLike) -> List[Path]:
-    """summary_semantic.csv / .md: per model, mean Dice per class over the images that contain it, and their mean."""
+    """summary_semantic.csv / .md: per model, mean Dice per class over the images that contain it, and their mean.
+
+    `n` ("images" in the markdown) counts images: those containing the class, and for the mean row
+    every image scored.
+    """
     output_dir = Path(output_dir)
     summary = get_summary(rows, ("model", "dataset", "class"))
     means = get_summary([{**e, "dice": e["mean"]} for e in summary], ("model", "dataset"))
+    images: Dict[Tuple[str, str], set] = {}  # the mean row counts images (scored in any class), not classes
+    for row in rows:
+        if not math.isnan(float(row["dice"])):
+            images.setdefault((str(row["model"]), str(row["dataset"])), set()).add(str(row["image"]))
     summary += [{"model": e["model"], "dataset": e["dataset"], "class": "mean", "mean": e["mean"], "std": e["std"],
-                 "n": e["n"]} for e in means]
+                 "n": len(images.get((e["model"], e["dataset"]), ()))} for e in means]
     body = [[e["model"], e["dataset"], e["class"], e["mean"], e["std"], e["n"]] for e in summary]
     markdown = get_markdown_table(["model", "dataset", "class", "Dice", "std", "images"], body)
     return [write_table_csv(summary, output_dir / "summary_semantic.csv"),
