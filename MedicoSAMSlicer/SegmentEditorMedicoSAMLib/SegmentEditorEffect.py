@@ -627,7 +627,6 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
 
         from medicosam.geometry import get_slice_axis
         from medicosam.markups import get_propagation_range
-        from medicosam.worker import TaskProgress
 
         with self.reportingErrors():
             session = self.getSyncedSession()
@@ -641,19 +640,12 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             if sliceRange is not None:  # an ROI over several slices: propagation stays in it
                 config = dataclasses.replace(config, slice_range=sliceRange)
             segment = self.getSelectedSegmentArray()
-            progress = TaskProgress()
-            request = self.runBlocking(
-                lambda: session.propagate(config, segment, progress.report, progress.is_cancelled),
-                "Propagating...", progress)
-            if request is None:
-                self.showStatus("Propagation cancelled: the segment was not changed.")
-                return
-            self.writeRequest(request)
+            self.runCancellableWrite(
+                lambda progress: session.propagate(config, segment, progress.report, progress.is_cancelled),
+                "Propagating...", "Propagation cancelled")
 
     def onSegmentInRoi(self):
         """The ROI's box on every slice it covers, with the points of each slice: one write, one Undo step."""
-        from medicosam.worker import TaskProgress
-
         with self.reportingErrors():
             points, rois = self.readMarkups()
             if not rois:
@@ -662,14 +654,23 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             session = self.getSyncedSession(create=True)
             if session is None:
                 return
-            normal, progress = self.getPromptViewNormal(), TaskProgress()
-            request = self.runBlocking(
-                lambda: session.segment_in_roi(rois[0], points, normal, progress.report, progress.is_cancelled),
-                "Segmenting in the ROI...", progress)
-            if request is None:
-                self.showStatus("Segment in ROI cancelled: the segment was not changed.")
-                return
-            self.writeRequest(request)
+            normal = self.getPromptViewNormal()
+            self.runCancellableWrite(
+                lambda progress: session.segment_in_roi(rois[0], points, normal, progress.report,
+                                                        progress.is_cancelled),
+                "Segmenting in the ROI...", "Segment in ROI cancelled")
+
+    def runCancellableWrite(self, task, text, cancelled):
+        """Run `task(progress)` behind a cancellable dialog and write the request it returns (None:
+        cancelled, the segment is left as it was)."""
+        from medicosam.worker import TaskProgress
+
+        progress = TaskProgress()
+        request = self.runBlocking(lambda: task(progress), text, progress)
+        if request is None:
+            self.showStatus(f"{cancelled}: the segment was not changed.")
+            return
+        self.writeRequest(request)
 
     def onLoadModel(self):
         with self.reportingErrors():

@@ -164,8 +164,7 @@ def read_markups_file(path: Union[str, Path]) -> Tuple[List[MarkupsPoint], List[
         kind = _get_field(markup, "type", str, where)
         flip = _get_flip(markup, where)
         if kind == "Fiducial":
-            list_name = markup.get("name") or path.name
-            points += _read_points(markup, flip, is_negative_list(str(list_name)), where)
+            points += _read_points(markup, flip, str(markup.get("name") or path.name), where)
         elif kind == "ROI":
             rois.append(_read_roi(markup, flip, where))
         else:
@@ -266,7 +265,7 @@ def _get_flip(markup, where: str) -> np.ndarray:
     return _LPS_FLIP if system == "LPS" else np.ones(3)
 
 
-def _read_points(markup, flip: np.ndarray, negative_list: bool, where: str) -> List[MarkupsPoint]:
+def _read_points(markup, flip: np.ndarray, list_name: str, where: str) -> List[MarkupsPoint]:
     points = []
     for n, point in enumerate(_get_field(markup, "controlPoints", list, where)):
         if not isinstance(point, dict):
@@ -274,8 +273,7 @@ def _read_points(markup, flip: np.ndarray, negative_list: bool, where: str) -> L
         if point.get("positionStatus", "defined") != "defined":
             continue
         position = _get_vector(point.get("position"), 3, f"{where}.controlPoints[{n}].position") * flip
-        negative = negative_list or is_negative_label(point.get("label")) or is_negative_label(
-            point.get("description"))
+        negative = is_negative_point(list_name, point.get("label"), point.get("description"))
         points.append(MarkupsPoint(tuple(float(v) for v in position), not negative))
     if not points:
         raise MarkupsFileError(f"{where}: the point list has no defined control point; place points in "

@@ -75,12 +75,13 @@ def get_prompt_index(point: Sequence[float], volume, ijk: bool) -> tuple:
     return index
 
 
-def get_slice_prompts(request: SegmentRequest, volume, axis: int) -> Dict[int, object]:
+def get_slice_prompts(request: SegmentRequest, volume, axis: int, markups=((), ())) -> Dict[int, object]:
     """Prompts per slice index: points go to the slice they fall on, the box to its centre's slice.
 
     Box corners on different slices are moved to the centre's slice, with a warning naming the slices.
     A slice holding only negative points is refused: SAM has no object to find there (its mask would
-    be empty or arbitrary), so the point was almost surely meant for another slice.
+    be empty or arbitrary), so the point was almost surely meant for another slice. `markups` is
+    `read_markups(request)`: (points, ROIs) of the Slicer markups files, merged in.
     """
     from .geometry import get_slice_box, get_slice_point, ras_to_ijk
     from .prompts import Prompts
@@ -102,7 +103,7 @@ def get_slice_prompts(request: SegmentRequest, volume, axis: int) -> Dict[int, o
             logger.warning("the box corners fall on slices %s along array axis %d; the box is drawn on slice %d, "
                            "the one its centre falls on", corner_slices, axis, index)
         prompts[index] = dataclasses.replace(prompts.get(index, Prompts()), box=np.asarray(box, np.float32))
-    _add_markups(prompts, request, volume, axis)
+    _add_markups(prompts, markups, request.in_roi, volume, axis)
     if not prompts:
         raise MedicoSAMError("no prompt given: add --point R,A,S (and/or --neg-point, --box twice, --markups, --roi)")
     negative_only = sorted(i for i, p in prompts.items() if p.box is None and not p.labels.any())
@@ -133,13 +134,13 @@ def read_markups(request: SegmentRequest):
     return points, rois
 
 
-def _add_markups(prompts: Dict[int, object], request: SegmentRequest, volume, axis: int) -> None:
+def _add_markups(prompts: Dict[int, object], markups, every_roi_slice: bool, volume, axis: int) -> None:
     """Merge the markups files' prompts (`markups.get_markup_prompts`) into `prompts`, in place."""
     from .markups import get_markup_prompts
 
-    points, rois = read_markups(request)
+    points, rois = markups
     for index, found in get_markup_prompts(points, rois, volume.ijk_to_ras, volume.shape_kji, axis,
-                                           every_roi_slice=request.in_roi).items():
+                                           every_roi_slice=every_roi_slice).items():
         before = prompts.get(index)
         if before is None:
             prompts[index] = found
@@ -190,8 +191,9 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     volume = read_volume(request.image, request.series_uid)
     _check_finite_values(volume)
     axis = get_slice_axis(VIEW_NORMALS[request.view], volume.ijk_to_ras)
-    slice_prompts = get_slice_prompts(request, volume, axis)
-    roi_range = get_propagation_range(read_markups(request)[1], volume.ijk_to_ras, volume.shape_kji, axis)
+    markups = read_markups(request)
+    slice_prompts = get_slice_prompts(request, volume, axis, markups)
+    roi_range = get_propagation_range(markups[1], volume.ijk_to_ras, volume.shape_kji, axis)
     if roi_range is not None:  # an ROI over several slices bounds propagation to them
         config = dataclasses.replace(config, slice_range=roi_range)
     loaded = load_sam(request.model, device=get_device(request.device), allow_custom=request.allow_custom,
