@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
 from medicosam.cli import main
-from medicosam.propagation import PropagationError
+from medicosam.errors import InputError
 from medicosam.segment import SegmentRequest, segment_volume
 from medicosam_training.sample_data import get_nilearn_icbm152
 
@@ -122,7 +122,7 @@ def test_arguments_and_destination_are_checked_before_the_model(t1_path, tmp_pat
         assert exit_.value.code == 2 and message in capsys.readouterr().err
     request = SegmentRequest(image=t1_path, out=str(tmp_path / "m.nii.gz"), model="sam_vit_b", offline=True,
                              points=[[0, -20, 10]], mode="foo")
-    with pytest.raises(PropagationError, match="unknown propagation mode 'foo'"):
+    with pytest.raises(InputError, match="unknown propagation mode 'foo'"):
         segment_volume(request)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["file"]  # nothing written
 

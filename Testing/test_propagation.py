@@ -17,7 +17,8 @@ from scipy import ndimage
 
 from medicosam.prompts import Prompts, derive_prompts_from_mask, get_extended_box
 from medicosam.prompts import get_largest_component as largest_component
-from medicosam.propagation import PropagationConfig, PropagationError, StopReason, propagate_mask
+from medicosam.errors import InputError
+from medicosam.propagation import PropagationConfig, StopReason, propagate_mask
 
 _IN_PLANE = np.ones((3, 3), bool)
 
@@ -204,9 +205,9 @@ def test_slice_range_bounds_propagation_like_an_roi(white_matter):
     assert result.stopped_at == {"down": 42, "up": 50}
     assert result.reasons == {"down": StopReason.RANGE_END, "up": StopReason.MAX_SLICES}
     assert "end of the slice range" in result.describe_stops()
-    with pytest.raises(PropagationError, match="beyond the slice range 43..60"):
+    with pytest.raises(InputError, match="beyond the slice range 43..60"):
         propagate_mask(predict, {40: white_matter[40]}, white_matter.shape[0], config)
-    with pytest.raises(PropagationError, match="slice_range"):
+    with pytest.raises(InputError, match="slice_range"):
         PropagationConfig(slice_range=(10, 5))
 
 
@@ -284,15 +285,15 @@ def test_progress_reports_each_slice_and_ends_at_the_total(white_matter):
 def test_invalid_input_is_rejected_with_clear_errors(white_matter):
     predict = ScriptedPredictor(white_matter)
     n = white_matter.shape[0]
-    with pytest.raises(PropagationError, match="no seed"):
+    with pytest.raises(InputError, match="no seed"):
         propagate_mask(predict, {}, n)
-    with pytest.raises(PropagationError, match="outside"):
+    with pytest.raises(InputError, match="outside"):
         propagate_mask(predict, {n: white_matter[0]}, n)
-    with pytest.raises(PropagationError, match="different shapes"):
+    with pytest.raises(InputError, match="different shapes"):
         propagate_mask(predict, {1: white_matter[1], 3: white_matter[3, :-1]}, n)
-    with pytest.raises(PropagationError, match="returned shape"):
+    with pytest.raises(InputError, match="returned shape"):
         propagate_mask(lambda i, p: np.ones((3, 3), bool), {50: white_matter[50]}, n)
     for bad in ({"mode": "mask"}, {"direction": "sideways"}, {"iou_threshold": 1.5}, {"max_slices": -1}):
-        with pytest.raises(PropagationError):
+        with pytest.raises(InputError):
             PropagationConfig(**bad)
     assert predict.calls == []

@@ -19,14 +19,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import MedicoSAMError
+from .errors import InputError
+from .options import option
 from .prompts import PROPAGATION_MODES, Prompts, derive_prompts_from_mask, get_mask
 
 DIRECTIONS = ("both", "up", "down")
-
-
-class PropagationError(MedicoSAMError, ValueError):
-    """Propagation cannot start: bad configuration, no seeds, seeds off the volume or of mixed sizes."""
 
 
 class StopReason(str, enum.Enum):
@@ -61,27 +58,37 @@ _STOP_DESCRIPTIONS = {
 
 @dataclasses.dataclass
 class PropagationConfig:
-    """How to propagate (defaults: micro-sam's annotator)."""
+    """How to propagate (defaults: micro-sam's annotator).
 
-    mode: str = "single_point"  # one of prompts.PROPAGATION_MODES
-    iou_threshold: float = 0.5  # stop a side when IoU(previous slice mask, new mask) < threshold
-    box_extension: float = 0.05  # grow projected boxes: < 1 fraction of the side, >= 1 pixels
-    direction: str = "both"  # "both" | "up" (increasing index) | "down"; gaps are always filled
-    max_slices: Optional[int] = None  # at most this many slices beyond the outermost seeds, per side
-    slice_range: Optional[Tuple[int, int]] = None  # (first, last) slices it may reach, inclusive: an ROI
+    The one declaration of the propagation settings: `medicosam segment`'s options, the effect's
+    parameters and the 3D evaluation's result columns are derived from these fields.
+    """
+
+    mode: str = option("single_point", "prompts derived from the neighbouring slice's mask",
+                       choices=PROPAGATION_MODES)
+    iou_threshold: float = option(0.5, "stop a side when IoU(previous slice's mask, new mask) falls below this")
+    box_extension: float = option(0.05, "grow derived boxes by this fraction of their side (>= 1: pixels)")
+    direction: str = option("both", "which side of the seed slices to propagate to (gaps are always filled): "
+                            "up is increasing slice index", choices=DIRECTIONS)
+    max_slices: Optional[int] = option(None, "at most this many slices beyond the outermost seeds, per side",
+                                       metavar="N")
+    slice_range: Optional[Tuple[int, int]] = option(None, "the first and last slice it may reach, inclusive "
+                                                    "(an ROI's extent)", metavar="INDEX")
 
     def __post_init__(self) -> None:
         if self.mode not in PROPAGATION_MODES:
-            raise PropagationError(f"unknown propagation mode {self.mode!r}: use one of {PROPAGATION_MODES}")
+            raise InputError(f"unknown propagation mode {self.mode!r}: use one of {PROPAGATION_MODES}")
         if self.direction not in DIRECTIONS:
-            raise PropagationError(f"unknown direction {self.direction!r}: use one of {DIRECTIONS}")
+            raise InputError(f"unknown direction {self.direction!r}: use one of {DIRECTIONS}")
         if not 0.0 <= self.iou_threshold <= 1.0:
-            raise PropagationError(f"iou_threshold {self.iou_threshold} is outside [0, 1]")
+            raise InputError(f"iou_threshold {self.iou_threshold} is outside [0, 1]")
+        if self.box_extension < 0:
+            raise InputError(f"box_extension {self.box_extension} is negative: use 0 or more")
         if self.max_slices is not None and self.max_slices < 0:
-            raise PropagationError(f"max_slices {self.max_slices} is negative: use None for no limit")
+            raise InputError(f"max_slices {self.max_slices} is negative: use None for no limit")
         if self.slice_range is not None and not (len(self.slice_range) == 2 and 0 <= self.slice_range[0]
                                                  <= self.slice_range[1]):
-            raise PropagationError(f"slice_range {self.slice_range} must be (first, last) with 0 <= first <= last")
+            raise InputError(f"slice_range {self.slice_range} must be (first, last) with 0 <= first <= last")
 
 
 @dataclasses.dataclass
@@ -142,7 +149,7 @@ class _Run:
         prompts = derive_prompts_from_mask(prompt_mask, self.config.mode, self.config.box_extension)
         mask = get_mask(self.predict(index, prompts))
         if mask.shape != prompt_mask.shape:
-            raise PropagationError(f"predict returned shape {mask.shape} for slice {index}, "
+            raise InputError(f"predict returned shape {mask.shape} for slice {index}, "
                                    f"expected {prompt_mask.shape}: return the 2D mask of that slice")
         self.done += 1
         self.report()
@@ -190,14 +197,14 @@ def get_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def _get_seeds(seeds: Dict[int, np.ndarray], n_slices: int) -> Dict[int, np.ndarray]:
     if not seeds:
-        raise PropagationError("no seed slices: segment the object on at least one slice first")
+        raise InputError("no seed slices: segment the object on at least one slice first")
     checked = {int(index): get_mask(mask) for index, mask in sorted(seeds.items())}
     outside = [index for index in checked if not 0 <= index < n_slices]
     if outside:
-        raise PropagationError(f"seed slices {outside} are outside the volume's {n_slices} slices")
+        raise InputError(f"seed slices {outside} are outside the volume's {n_slices} slices")
     shapes = {mask.shape for mask in checked.values()}
     if len(shapes) > 1:
-        raise PropagationError(f"seed masks have different shapes {sorted(shapes)}: give slices of one axis")
+        raise InputError(f"seed masks have different shapes {sorted(shapes)}: give slices of one axis")
     return checked
 
 
@@ -213,7 +220,7 @@ def _get_outward_ranges(seeds: Dict[int, np.ndarray], n_slices: int,
     lowest, highest = min(seeds), max(seeds)
     first, last = _get_bounds(config, n_slices)
     if lowest < first or highest > last:
-        raise PropagationError(f"seed slices {sorted(seeds)} reach beyond the slice range {first}..{last}: "
+        raise InputError(f"seed slices {sorted(seeds)} reach beyond the slice range {first}..{last}: "
                                "apply masks inside the ROI, or move the ROI over them")
     limit = n_slices if config.max_slices is None else config.max_slices
     return {"down": (lowest, max(lowest - limit, first), -1), "up": (highest, min(highest + limit, last), 1)}
