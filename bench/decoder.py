@@ -32,7 +32,7 @@ from segment_anything import SamPredictor
 from medicosam.acceleration import AccelerationConfig
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts
-from medicosam.propagation import get_iou
+from medicosam.overlap import get_iou
 
 
 def get_points(mask: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

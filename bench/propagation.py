@@ -41,7 +41,8 @@ from medicosam.acceleration import AccelerationConfig
 from medicosam.embedding_cache import EmbeddingCache
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts, get_center_point
-from medicosam.propagation import PropagationConfig, get_iou, propagate_mask
+from medicosam.overlap import get_iou
+from medicosam.propagation import PropagationConfig, propagate_mask
 
 AXIS = 1
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import InputError
 from .options import option
+from .overlap import get_iou
 from .prompts import PROPAGATION_MODES, Prompts, derive_prompts_from_mask, get_mask
 
 DIRECTIONS = ("both", "up", "down")
@@ -187,12 +188,6 @@ class _Run:
                 continue
             return index, reason
         return index, None
-
-
-def get_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool masks; 1.0 when both are empty (they agree)."""
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
 
 
 def _get_seeds(seeds: Dict[int, np.ndarray], n_slices: int) -> Dict[int, np.ndarray]:
