@@ -30,9 +30,9 @@ from common import (
 from segment_anything import SamPredictor
 
 from medicosam.acceleration import AccelerationConfig
+from medicosam.overlap import get_iou
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts
-from medicosam.overlap import get_iou
 
 
 def get_points(mask: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

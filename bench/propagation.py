@@ -39,9 +39,9 @@ from segment_anything import SamPredictor
 
 from medicosam.acceleration import AccelerationConfig
 from medicosam.embedding_cache import EmbeddingCache
+from medicosam.overlap import get_iou
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts, get_center_point
-from medicosam.overlap import get_iou
 from medicosam.propagation import PropagationConfig, propagate_mask
 
 AXIS = 1
