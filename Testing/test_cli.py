@@ -15,7 +15,8 @@ from pydicom.data import get_testdata_file
 
 from medicosam.cli import main
 from medicosam.errors import InputError
-from medicosam.segment import SegmentRequest, segment_volume
+from medicosam.propagation import PropagationConfig
+from medicosam.segment import SegmentRequest
 from medicosam_training.sample_data import get_nilearn_icbm152
 
 DICOM_SERIES = Path(get_testdata_file("CT_small.dcm", download=False)).parent / "dicomdirtests/98892001"
@@ -48,6 +49,18 @@ def test_segment_writes_mask_on_the_input_grid(t1_path, tiny_checkpoint, tmp_pat
     stops = out.split("propagation stopped ")[1].strip().split("; ")
     assert [stop.split(":")[0] for stop in stops] == ["down", "up"]
     assert all(any(r in stop for r in ("empty mask", "IoU", "slice limit")) for stop in stops), stops
+
+
+def test_every_propagation_setting_reaches_the_command(t1_path, tiny_checkpoint, tmp_path, capsys):
+    """Options derived from PropagationConfig: one side only, no IoU stop, a slice range."""
+    out = tmp_path / "mask.nii.gz"
+    assert _segment(t1_path, tiny_checkpoint, out, "--ijk", "--box", "60,80,90", "--box", "120,150,90", "--propagate",
+                    "--direction", "up", "--iou-threshold", "0", "--mode", "box", "--box-extension", "3",
+                    "--slice-range", "85", "93") == 0
+    written = np.flatnonzero(sitk.GetArrayFromImage(sitk.ReadImage(str(out))).any(axis=(1, 2)))
+    assert set(written) <= set(range(90, 94)) and 90 in written
+    stops = capsys.readouterr().out.split("propagation stopped ")[1]
+    assert "down: not requested" in stops
 
 
 def test_negative_coordinates_parse_as_values(t1_path, tiny_checkpoint, tmp_path, capsys):
@@ -115,15 +128,22 @@ def test_arguments_and_destination_are_checked_before_the_model(t1_path, tmp_pat
         assert segment(out) == 2
         err = capsys.readouterr().err
         assert message in err and "offline" not in err.lower()
-    for extra, message in ((["--mode", "foo"], "invalid choice: 'foo'"), (["--stop-iou", "1.5"], "not in [0, 1]"),
-                           (["--max-slices", "-1"], "is negative"), (["--window", "ct_brain"], "invalid choice")):
+    for extra, message in ((["--mode", "foo"], "invalid choice: 'foo'"), (["--window", "ct_brain"], "invalid choice"),
+                           (["--direction", "left"], "invalid choice")):
         with pytest.raises(SystemExit) as exit_:
             segment(tmp_path / "m.nii.gz", *extra)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
-    request = SegmentRequest(image=t1_path, out=str(tmp_path / "m.nii.gz"), model="sam_vit_b", offline=True,
-                             points=[[0, -20, 10]], mode="foo")
+    # Ranges are checked once, by the config dataclasses: the same one-line error for the command and Python.
+    for extra, message in ((["--iou-threshold", "1.5"], "iou_threshold 1.5 is outside [0, 1]"),
+                           (["--max-slices", "-1"], "max_slices -1 is negative"),
+                           (["--box-extension", "-0.1"], "box_extension -0.1 is negative"),
+                           (["--slice-range", "9", "3"], "slice_range (9, 3) must be (first, last)")):
+        assert segment(tmp_path / "m.nii.gz", *extra) == 2
+        assert message in capsys.readouterr().err
     with pytest.raises(InputError, match="unknown propagation mode 'foo'"):
-        segment_volume(request)
+        PropagationConfig(mode="foo")
+    with pytest.raises(InputError, match="unknown view 'oblique'"):
+        SegmentRequest(image=t1_path, out=str(tmp_path / "m.nii.gz"), model="sam_vit_b", view="oblique")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["file"]  # nothing written
 
 

@@ -16,7 +16,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import List, Optional
 
-from .errors import MedicoSAMError
+from .errors import InputError, MedicoSAMError
 
 #: Options whose value is a coordinate triplet that may start with a minus sign.
 _COORDINATE_OPTIONS = ("--point", "--neg-point", "--box")
@@ -69,7 +69,7 @@ def _models(args) -> int:
                 print(f"{name:28s} {'?':6s} {'cached' if entry.complete else 'partial':15s} {entry.path}")
         return 0
     if not args.names:
-        raise MedicoSAMError(f"`medicosam models {args.action}` needs at least one model name")
+        raise InputError(f"`medicosam models {args.action}` needs at least one model name")
     status = 0
     for name in args.names:
         if args.action == "download":
@@ -99,7 +99,7 @@ def _parse_triplets(values: Optional[List[str]], what: str) -> List[List[float]]
         except ValueError:
             triplet = []
         if len(triplet) != 3 or not all(map(math.isfinite, triplet)):
-            raise MedicoSAMError(f"{what} {value!r} must be three finite comma-separated numbers, e.g. 10.5,-20,33")
+            raise InputError(f"{what} {value!r} must be three finite comma-separated numbers, e.g. 10.5,-20,33")
         triplets.append(triplet)
     return triplets
 
@@ -115,31 +115,16 @@ def _attach_negative_coordinates(argv: List[str]) -> List[str]:
     return joined
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
 def _segment(args) -> int:
+    from .options import get_options
+    from .propagation import PropagationConfig
     from .segment import SegmentRequest, segment_volume
 
-    request = SegmentRequest(
-        image=args.image, out=args.out, model=args.checkpoint or args.model,
+    request = get_options(
+        args, SegmentRequest, image=args.image, out=args.out, model=args.checkpoint or args.model,
         points=_parse_triplets(args.point, "--point"), negative_points=_parse_triplets(args.neg_point, "--neg-point"),
         box=_parse_triplets(args.box, "--box"), markups=args.markups or [], rois=args.roi or [],
-        in_roi=args.in_roi, ijk=args.ijk, view=args.view, window=args.window,
-        propagate=args.propagate, mode=args.mode, stop_iou=args.stop_iou, max_slices=args.max_slices,
-        series_uid=args.series, device=args.device, offline=args.offline, allow_custom=args.allow_custom,
-        fast=args.fast,
+        series_uid=args.series, propagation=get_options(args, PropagationConfig),
     )
     bars = _ProgressBar("propagating", unit="slice"), _byte_bar("weights")
     try:
@@ -152,8 +137,9 @@ def _segment(args) -> int:
 
 
 def _add_core_commands(subparsers) -> None:
-    from .normalization import PRESETS
-    from .prompts import PROPAGATION_MODES
+    from .options import add_options
+    from .propagation import PropagationConfig
+    from .segment import SegmentRequest
 
     models = subparsers.add_parser("models", help="list, download, verify or remove SAM checkpoints")
     models.add_argument("action", choices=["list", "download", "verify", "remove", "path"])
@@ -176,29 +162,11 @@ def _add_core_commands(subparsers) -> None:
     seg.add_argument("--roi", action="append", metavar="FILE.mrk.json",
                      help="Slicer ROI: its box on the prompted slices (the one its centre is on, and those with "
                           "points); propagation stays within the slices it covers when it spans several")
-    seg.add_argument("--in-roi", action="store_true",
-                     help="Segment in ROI: the ROI's box on every slice it covers (MedSAM-style 3D box)")
-    seg.add_argument("--ijk", action="store_true", help="points and box are voxel indices (i,j,k), not RAS mm")
-    seg.add_argument("--view", choices=["axial", "coronal", "sagittal"], default="axial",
-                     help="slice orientation the prompts are drawn on (default axial)")
-    seg.add_argument("--window", default="auto", choices=PRESETS, help="intensity preset (default auto)")
-    seg.add_argument("--propagate", action="store_true", help="propagate the mask through the volume")
-    seg.add_argument("--mode", default="single_point", choices=PROPAGATION_MODES,
-                     help="prompts derived for the next slice (default single_point)")
-    seg.add_argument("--stop-iou", type=_fraction, default=0.5,
-                     help="stop when IoU with the previous slice is lower (0..1, default 0.5)")
-    seg.add_argument("--max-slices", type=_non_negative_int, default=None,
-                     help="at most this many slices to each side")
     model = seg.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="registry name (see `medicosam models list`) or URL")
     model.add_argument("--checkpoint", help="local SAM-format checkpoint file")
-    seg.add_argument("--allow-custom", action="store_true",
-                     help="accept SAM checkpoints of non-official sizes (e.g. tiny models)")
-    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    seg.add_argument("--no-fast", dest="fast", action="store_false",
-                     help="run the official fp32 SAM path instead of the fast one (SDPA attention, bf16 where "
-                          "the device is fast at it; masks agree to IoU ~0.998): slower, for exact parity")
-    seg.add_argument("--offline", action="store_true", default=None, help="never use the network")
+    add_options(seg, SegmentRequest)
+    add_options(seg.add_argument_group("propagation (with --propagate)"), PropagationConfig)
     seg.add_argument("--out", required=True, help="mask file to write (same grid as the image): .nii.gz, .nii, "
                      ".nrrd or .mha")
     seg.set_defaults(func=_segment)
@@ -222,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(_attach_negative_coordinates(sys.argv[1:] if argv is None else argv))
     try:
         if args.threads is not None and args.threads < 1:
-            raise MedicoSAMError(f"--threads {args.threads}: use 1 or more")
+            raise InputError(f"--threads {args.threads}: use 1 or more")
         if getattr(args, "needs_torch", True):  # `models` never imports torch: it starts in a fraction of a second
             configure_threads(args.threads)
         return int(args.func(args) or 0)

@@ -48,8 +48,9 @@ def add_options(parser: argparse.ArgumentParser, config_class, *, prefix: str = 
     for field in get_option_fields(config_class):
         if field.name in excluded:
             continue
-        help_text = f"{field.metadata['help']} (default: {field.default})"
         value_type, count = _get_value_type(config_class, field)
+        shown = field.default is not None and value_type is not bool  # argparse shows a flag's own default
+        help_text = field.metadata["help"] + (f" (default: {field.default})" if shown else "")
         kwargs: Dict[str, Any] = {"dest": prefix.replace("-", "_") + field.name, "default": field.default,
                                   "help": help_text}
         if value_type is bool:

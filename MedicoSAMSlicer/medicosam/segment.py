@@ -8,7 +8,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import MedicoSAMError
+from .errors import DataError, InputError
+from .normalization import PRESETS
+from .options import option
+from .propagation import PropagationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +21,10 @@ VIEW_NORMALS = {"axial": (0.0, 0.0, 1.0), "coronal": (0.0, 1.0, 0.0), "sagittal"
 
 @dataclasses.dataclass
 class SegmentRequest:
-    """What `medicosam segment` was asked to do; points are RAS mm unless `ijk`."""
+    """What `medicosam segment` was asked to do; points are RAS mm unless `ijk`.
+
+    The fields declared with `option` are also the command's options (`medicosam.options`).
+    """
 
     image: str
     out: str
@@ -28,19 +34,24 @@ class SegmentRequest:
     box: List[Sequence[float]] = dataclasses.field(default_factory=list)
     markups: List[str] = dataclasses.field(default_factory=list)  # Slicer .mrk.json point lists (and ROIs)
     rois: List[str] = dataclasses.field(default_factory=list)  # Slicer .mrk.json ROI files
-    in_roi: bool = False  # "Segment in ROI": the ROI's box on every slice it covers
-    ijk: bool = False
-    view: str = "axial"
-    window: str = "auto"
-    propagate: bool = False
-    mode: str = "single_point"
-    stop_iou: float = 0.5
-    max_slices: Optional[int] = None
     series_uid: Optional[str] = None  # which DICOM series of a folder holding several
-    device: str = "auto"
-    offline: Optional[bool] = None
-    allow_custom: bool = False
-    fast: bool = True  # VolumePredictor.from_loaded's fast path; False: the official fp32 path
+    in_roi: bool = option(False, "Segment in ROI: the ROI's box on every slice it covers (MedSAM-style 3D box)")
+    ijk: bool = option(False, "points and box are voxel indices (i,j,k), not RAS mm")
+    view: str = option("axial", "slice orientation the prompts are drawn on", choices=tuple(VIEW_NORMALS))
+    window: str = option("auto", "intensity preset", choices=PRESETS)
+    propagate: bool = option(False, "propagate the mask through the volume")
+    propagation: PropagationConfig = dataclasses.field(default_factory=PropagationConfig)
+    device: str = option("auto", "auto, cpu, cuda or mps")
+    offline: Optional[bool] = option(None, "never use the network (default: $MEDICOSAM_OFFLINE)")
+    allow_custom: bool = option(False, "accept SAM checkpoints of non-official sizes (e.g. tiny models)")
+    fast: bool = option(True, "the fast path (SDPA attention, bf16 where the device is fast at it; masks agree "
+                        "to IoU ~0.998); --no-fast runs the official fp32 SAM path, slower, for exact parity")
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEW_NORMALS:
+            raise InputError(f"unknown view {self.view!r}: use one of {', '.join(VIEW_NORMALS)}")
+        if self.window not in PRESETS:
+            raise InputError(f"unknown intensity preset {self.window!r}: use one of {', '.join(PRESETS)}")
 
 
 @dataclasses.dataclass
@@ -93,7 +104,7 @@ def get_slice_prompts(request: SegmentRequest, volume, axis: int, markups=((), (
             prompts[index] = prompts.get(index, Prompts()).with_points(np.array([[x, y]]), np.array([label]))
     if request.box:
         if len(request.box) != 2:
-            raise MedicoSAMError(f"--box needs exactly two corners (give it twice), got {len(request.box)}")
+            raise InputError(f"--box needs exactly two corners (give it twice), got {len(request.box)}")
         corners = request.box
         if request.ijk:
             corners = [volume.ijk_to_ras[:3] @ np.append(np.asarray(c, float), 1.0) for c in corners]
@@ -105,10 +116,10 @@ def get_slice_prompts(request: SegmentRequest, volume, axis: int, markups=((), (
         prompts[index] = dataclasses.replace(prompts.get(index, Prompts()), box=np.asarray(box, np.float32))
     _add_markups(prompts, markups, request.in_roi, volume, axis)
     if not prompts:
-        raise MedicoSAMError("no prompt given: add --point R,A,S (and/or --neg-point, --box twice, --markups, --roi)")
+        raise InputError("no prompt given: add --point R,A,S (and/or --neg-point, --box twice, --markups, --roi)")
     negative_only = sorted(i for i, p in prompts.items() if p.box is None and not p.labels.any())
     if negative_only:
-        raise MedicoSAMError(
+        raise InputError(
             f"slice(s) {negative_only} along array axis {axis} hold only negative points, which give no object "
             f"to segment; prompted slices with a positive point or box: {sorted(set(prompts) - set(negative_only))}. "
             "Put each --neg-point on the slice of a --point or --box (same coordinate along the view's normal)."
@@ -130,7 +141,7 @@ def read_markups(request: SegmentRequest):
             raise MarkupsFileError(f"{path}: --roi needs a file holding ROIs only; give point lists with --markups")
         rois += found[1]
     if request.in_roi and not rois:
-        raise MedicoSAMError("--in-roi needs an ROI: add --roi box.mrk.json")
+        raise InputError("--in-roi needs an ROI: add --roi box.mrk.json")
     return points, rois
 
 
@@ -146,32 +157,28 @@ def _add_markups(prompts: Dict[int, object], markups, every_roi_slice: bool, vol
             prompts[index] = found
             continue
         if before.box is not None and found.box is not None:
-            raise MedicoSAMError(f"both --box and an ROI give a box on slice {index}: give one of them")
+            raise InputError(f"both --box and an ROI give a box on slice {index}: give one of them")
         merged = before.with_points(found.points, found.labels)
         prompts[index] = dataclasses.replace(merged, box=before.box if found.box is None else found.box)
 
 
-def check_request(request: SegmentRequest):
-    """Validate every setting and the destination before any file is read or model loaded.
 
-    Returns the PropagationConfig of the request.
-    """
-    from .normalization import PRESETS
-    from .propagation import PropagationConfig
-    from .volume_io import check_mask_path
 
-    if request.view not in VIEW_NORMALS:
-        raise MedicoSAMError(f"unknown view {request.view!r}: use one of {', '.join(VIEW_NORMALS)}")
-    if request.window not in PRESETS:
-        raise MedicoSAMError(f"unknown intensity preset {request.window!r}: use one of {', '.join(PRESETS)}")
-    check_mask_path(request.out)
-    return PropagationConfig(mode=request.mode, iou_threshold=request.stop_iou, max_slices=request.max_slices)
+def _intersect(roi_range, slice_range):
+    """The slices both the ROI and `--slice-range` allow."""
+    if slice_range is None:
+        return roi_range
+    first, last = max(roi_range[0], slice_range[0]), min(roi_range[1], slice_range[1])
+    if first > last:
+        raise InputError(f"--slice-range {slice_range[0]} {slice_range[1]} and the ROI's slices "
+                         f"{roi_range[0]}..{roi_range[1]} do not overlap: widen one of them")
+    return first, last
 
 
 def _check_finite_values(volume) -> None:
     """An image without a single finite value (all NaN / inf) can only give an empty mask."""
     if volume.array.dtype.kind == "f" and not np.isfinite(volume.array).any():
-        raise MedicoSAMError(f"{volume.path} holds no finite intensity (all voxels are NaN or inf): "
+        raise DataError(f"{volume.path} holds no finite intensity (all voxels are NaN or inf): "
                              "there is nothing to segment; check how the image was made")
 
 
@@ -185,9 +192,10 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     from .normalization import get_intensity_window
     from .predictor import VolumePredictor
     from .propagation import get_volume_mask
-    from .volume_io import read_volume, write_mask
+    from .volume_io import check_mask_path, read_volume, write_mask
 
-    config = check_request(request)
+    check_mask_path(request.out)  # before any file is read or model loaded
+    config = request.propagation
     volume = read_volume(request.image, request.series_uid)
     _check_finite_values(volume)
     axis = get_slice_axis(VIEW_NORMALS[request.view], volume.ijk_to_ras)
@@ -195,7 +203,7 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     slice_prompts = get_slice_prompts(request, volume, axis, markups)
     roi_range = get_propagation_range(markups[1], volume.ijk_to_ras, volume.shape_kji, axis)
     if roi_range is not None:  # an ROI over several slices bounds propagation to them
-        config = dataclasses.replace(config, slice_range=roi_range)
+        config = dataclasses.replace(config, slice_range=_intersect(roi_range, config.slice_range))
     loaded = load_sam(request.model, device=get_device(request.device), allow_custom=request.allow_custom,
                       offline=request.offline, progress=download_progress)
     predictor = VolumePredictor.from_loaded(loaded, volume.array, fast=request.fast,
