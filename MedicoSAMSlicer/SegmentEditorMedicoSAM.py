@@ -46,7 +46,7 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear(0)
 
     def runTest(self):
-        from medicosam.requirements import get_missing_requirements, is_torch_installed
+        from medicosam.effect.requirements import get_missing_requirements, is_torch_installed
 
         if (not is_torch_installed() or get_missing_requirements()) and os.environ.get("MEDICOSAM_TEST_INSTALL") != "1":
             message = ("MedicoSAM self-test NOT RUN: torch / segment-anything are not installed; set "
@@ -202,6 +202,9 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         return path
 
     def createEditor(self, volumeNode, segmentationNode, segmentId, checkpoint):
+        from medicosam.effect.settings import CUSTOM_MODEL, EffectSettings
+        from medicosam.propagation import PropagationConfig
+
         editor = slicer.qMRMLSegmentEditorWidget()
         editor.setMRMLScene(slicer.mrmlScene)
         editor.setMRMLSegmentEditorNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
@@ -212,8 +215,9 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         editor.setActiveEffectByName("MedicoSAM")
         effect = editor.activeEffect()
         self.assertIsNotNone(effect, "the MedicoSAM effect is not registered")
-        for name, value in (("Model", "custom"), ("CustomCheckpoint", checkpoint), ("Device", "cpu"),
-                            ("FastInference", "0"), ("PropagationSlices", "3"), ("IoUThreshold", "0")):
+        settings = EffectSettings(model=CUSTOM_MODEL, custom_checkpoint=checkpoint, device="cpu", fast=False,
+                                  propagation=PropagationConfig(max_slices=3, iou_threshold=0.0))
+        for name, value in settings.to_parameters().items():
             effect.setParameter(name, value)
         return editor, effect
 
@@ -239,9 +243,9 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         """The core session alone, given the same click: (segment after apply, after propagation)."""
         import numpy as np
 
+        from medicosam.effect.session import SegmentationSession
         from medicosam.models.checkpoint import load_sam
         from medicosam.predictor import VolumePredictor
-        from medicosam.session import SegmentationSession
 
         loaded = load_sam(checkpoint, device="cpu", allow_custom=True)
         predictor = VolumePredictor.from_loaded(loaded, array, fast=settings.fast)
@@ -250,7 +254,7 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         segment = np.zeros(array.shape, bool)
         session.apply().apply_to(segment)
         applied = segment.copy()
-        session.propagate(settings.get_propagation_config(), segment).apply_to(segment)
+        session.propagate(settings.propagation, segment).apply_to(segment)
         return applied, segment
 
 
@@ -259,9 +263,9 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         """The core session alone, given the same ROI and points: the segment after "Segment in ROI"."""
         import numpy as np
 
+        from medicosam.effect.session import SegmentationSession
         from medicosam.models.checkpoint import load_sam
         from medicosam.predictor import VolumePredictor
-        from medicosam.session import SegmentationSession
 
         loaded = load_sam(checkpoint, device="cpu", allow_custom=True)
         predictor = VolumePredictor.from_loaded(loaded, array, fast=False)

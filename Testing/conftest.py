@@ -58,7 +58,7 @@ def trained_tiny(tmp_path_factory):
     import torch
 
     from medicosam.models.config import build_sam, get_tiny_config
-    from medicosam_training.data import FolderDataset2D
+    from medicosam_training.dataset import FolderDataset2D
     from medicosam_training.demo import get_brain_volumes, write_training_data
     from medicosam_training.objective import get_preset
     from medicosam_training.trainer import TrainConfig, train

@@ -1,5 +1,6 @@
 """The fast path (SDPA attention, autocast, compile, batched and half-precision embeddings) equals
-the official segment_anything path, keeps the state dict, and can be switched off again."""
+the official segment_anything path, keeps the state dict, and leaves the model as it was found:
+predictors of both speeds share one model without changing each other's masks."""
 
 from __future__ import annotations
 
@@ -14,21 +15,18 @@ from segment_anything.modeling.transformer import Attention as DecoderAttention
 
 from medicosam.acceleration import (
     AccelerationConfig,
-    AccelerationError,
     FastDecoderAttention,
     FastEncoderAttention,
     compile_encoder,
-    disable_fast_path,
-    enable_fast_attention,
-    enable_fast_path,
+    fast_attention,
     get_autocast,
-    get_autocast_dtype,
     get_dtype,
-    has_fast_cpu_bf16,
     is_compiled,
     is_fast_attention,
 )
-from medicosam.errors import MedicoSAMError
+from medicosam.device import get_autocast_dtype, has_fast_cpu_bf16
+from medicosam.embedding_cache import EmbeddingCache
+from medicosam.errors import InputError
 from medicosam.models.config import SamConfig, build_sam, get_tiny_config
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts, get_center_point
@@ -70,9 +68,9 @@ def test_fast_attention_equals_official_for_windowed_and_global_blocks(config):
     image = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         official = [block.attn(x) for block, x in zip(blocks, inputs)] + [sam.image_encoder(image)]
-        enable_fast_attention(sam)
-        assert all(type(block.attn) is FastEncoderAttention for block in blocks)
-        fast = [block.attn(x) for block, x in zip(blocks, inputs)] + [sam.image_encoder(image)]
+        with fast_attention(sam):
+            assert all(type(block.attn) is FastEncoderAttention for block in blocks)
+            fast = [block.attn(x) for block, x in zip(blocks, inputs)] + [sam.image_encoder(image)]
     for ours, reference in zip(fast, official):
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
 
@@ -80,10 +78,11 @@ def test_fast_attention_equals_official_for_windowed_and_global_blocks(config):
 def test_fast_attention_gradients_equal_official():
     """Training through the fast path: same gradients for the rel-pos tables and the projections."""
     sam = _get_sam(get_tiny_config())
-    fast = enable_fast_attention(copy.deepcopy(sam))
+    fast = copy.deepcopy(sam)
     image = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(3))
-    for model in (sam, fast):
-        model.image_encoder(image).square().mean().backward()
+    sam.image_encoder(image).square().mean().backward()
+    with fast_attention(fast):
+        fast.image_encoder(image).square().mean().backward()
     reference = dict(sam.image_encoder.named_parameters())
     for name, parameter in fast.image_encoder.named_parameters():
         torch.testing.assert_close(parameter.grad, reference[name].grad, rtol=1e-3, atol=1e-6, msg=name)
@@ -102,40 +101,51 @@ def test_fast_decoder_attention_equals_official(tiny_sam):
 
     with torch.no_grad():
         official = decode()
-        enable_fast_attention(tiny_sam)
-        assert any(type(m) is FastDecoderAttention for m in tiny_sam.mask_decoder.modules())
-        fast = decode()
+        with fast_attention(tiny_sam.mask_decoder):
+            assert any(type(m) is FastDecoderAttention for m in tiny_sam.mask_decoder.modules())
+            fast = decode()
     for ours, reference in zip(fast, official):
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_state_dict_is_unchanged_and_disabling_restores_official_classes(tiny_sam):
-    before = {key: value.clone() for key, value in tiny_sam.state_dict().items()}
-    enable_fast_path(tiny_sam, AccelerationConfig(compile=True))  # compiles lazily: nothing runs here
-    enable_fast_path(tiny_sam, AccelerationConfig(compile=True))  # idempotent
-    assert is_fast_attention(tiny_sam) and is_compiled(tiny_sam)
-    after = tiny_sam.state_dict()
-    assert list(after) == list(before)  # no "_orig_mod." prefix: still a plain SAM checkpoint
-    assert all(torch.equal(after[key], before[key]) for key in before)
-    build_sam(get_tiny_config()).load_state_dict(after)  # strict load into an official model
+def _get_attention_classes(model) -> list:
+    return [type(m) for m in model.modules() if isinstance(m, (EncoderAttention, DecoderAttention))]
 
-    disable_fast_path(tiny_sam)
-    assert not is_fast_attention(tiny_sam) and not is_compiled(tiny_sam)
-    classes = {type(m) for m in tiny_sam.modules()}
-    assert EncoderAttention in classes and DecoderAttention in classes
-    assert not classes & {FastEncoderAttention, FastDecoderAttention}
-    compile_encoder(tiny_sam)
-    assert is_compiled(tiny_sam) and not is_fast_attention(tiny_sam)  # compile alone keeps official attention
-    disable_fast_path(tiny_sam)
+
+def test_fast_attention_keeps_the_state_dict_and_puts_back_what_it_found(tiny_sam):
+    before = {key: value.clone() for key, value in tiny_sam.state_dict().items()}
+    official = _get_attention_classes(tiny_sam)
+    assert set(official) == {EncoderAttention, DecoderAttention}
+    with fast_attention(tiny_sam):
+        assert set(_get_attention_classes(tiny_sam)) == {FastEncoderAttention, FastDecoderAttention}
+        after = tiny_sam.state_dict()
+        assert list(after) == list(before)  # still a plain SAM checkpoint
+        assert all(torch.equal(after[key], before[key]) for key in before)
+        build_sam(get_tiny_config()).load_state_dict(after)  # strict load into an official model
+        with fast_attention(tiny_sam.image_encoder, enabled=False):  # a reference call inside a fast block
+            assert not is_fast_attention(tiny_sam.image_encoder) and is_fast_attention(tiny_sam.mask_decoder)
+        assert set(_get_attention_classes(tiny_sam)) == {FastEncoderAttention, FastDecoderAttention}
+    assert _get_attention_classes(tiny_sam) == official
+    with pytest.raises(RuntimeError, match="inside"), fast_attention(tiny_sam):
+        raise RuntimeError("inside")
+    assert _get_attention_classes(tiny_sam) == official  # put back after an error too
+
+
+def test_compiled_encoder_keeps_the_state_dict(tiny_sam):
+    before = list(tiny_sam.state_dict())
+    compile_encoder(tiny_sam)  # compiles lazily: nothing runs here
+    compile_encoder(tiny_sam)  # idempotent
+    assert is_compiled(tiny_sam) and not is_fast_attention(tiny_sam)  # compiling keeps official attention
+    assert list(tiny_sam.state_dict()) == before  # no "_orig_mod." prefix
 
 
 def test_model_with_fast_path_deep_copies_and_pickles(tiny_sam):
     import pickle
 
-    enable_fast_attention(tiny_sam)
-    for clone in (copy.deepcopy(tiny_sam), pickle.loads(pickle.dumps(tiny_sam))):
-        assert is_fast_attention(clone)
-        assert clone.state_dict().keys() == tiny_sam.state_dict().keys()
+    with fast_attention(tiny_sam):
+        for clone in (copy.deepcopy(tiny_sam), pickle.loads(pickle.dumps(tiny_sam))):
+            assert is_fast_attention(clone)
+            assert clone.state_dict().keys() == tiny_sam.state_dict().keys()
 
 
 def test_autocast_and_dtype_choices():
@@ -145,9 +155,9 @@ def test_autocast_and_dtype_choices():
     with get_autocast("cpu", "bfloat16"):
         assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.bfloat16
     assert get_dtype("float16") is torch.float16 and get_dtype(None) is None
-    with pytest.raises(AccelerationError, match="unknown floating dtype"):
+    with pytest.raises(InputError, match="unknown floating dtype"):
         get_dtype("int8")
-    with pytest.raises(AccelerationError, match="unknown autocast"):
+    with pytest.raises(InputError, match="unknown autocast"):
         AccelerationConfig(autocast="fp8")
 
 
@@ -172,13 +182,12 @@ def test_fast_predictor_masks_match_reference_on_real_slice(icbm152, white_matte
     index, mask = white_matter_slice
     sam = _get_sam(get_tiny_config())
     reference = VolumePredictor(sam, icbm152["t1"], model_id="tiny")
-    fast = VolumePredictor(copy.deepcopy(sam), icbm152["t1"], model_id="tiny", acceleration=config,
-                           cache_dtype=cache_dtype)
-    assert is_fast_attention(fast.sam) and not is_fast_attention(reference.sam)
+    fast = VolumePredictor(sam, icbm152["t1"], model_id="tiny", acceleration=config, cache_dtype=cache_dtype)
     prompts = _get_point_prompts(mask) + [Prompts(points=get_center_point(mask)[None], labels=np.array([1]),
                                                   box=np.array([10, 20, 80, 90], np.float32))]
     expected = reference.predict(0, index, prompts).masks
     got = fast.predict(0, index, prompts).masks
+    assert not is_fast_attention(sam)  # each call switched and put back
     for ours, theirs in zip(got, expected):
         assert theirs.any()
         assert np.count_nonzero(ours & theirs) / np.count_nonzero(ours | theirs) >= min_iou
@@ -203,7 +212,7 @@ def test_batched_embeddings_equal_single_ones_and_are_computed_once(tiny_sam, ic
         torch.testing.assert_close(embedding.features, single.get_embedding(0, index).features, rtol=1e-4, atol=1e-5)
     batched.get_embeddings(0, [30, 34])
     assert batched.encoder_calls == 3 and len(batched.cache) == 5
-    with pytest.raises(MedicoSAMError, match="batch_size must be at least 1"):
+    with pytest.raises(InputError, match="batch_size must be at least 1"):
         batched.get_embeddings(0, [1], batch_size=0)
 
 
@@ -223,15 +232,36 @@ def test_propagation_lookahead_batches_encoder_calls(tiny_sam, icbm152, white_ma
 
 
 def test_fast_switch_on_one_loaded_model_keeps_paths_and_cache_entries_apart(icbm152, tmp_path):
-    from medicosam.embedding_cache import EmbeddingCache
     from medicosam.models.checkpoint import export_sam, load_sam
 
     export_sam(_get_sam(get_tiny_config()), tmp_path / "tiny.pt")
     loaded = load_sam(str(tmp_path / "tiny.pt"), allow_custom=True)
     cache = EmbeddingCache()
     fast = VolumePredictor.from_loaded(loaded, icbm152["t1"], fast=True, volume_id="v", cache=cache)
-    assert is_fast_attention(loaded.sam) and fast.get_embedding(0, 40).features.dtype == torch.bfloat16
+    assert fast.get_embedding(0, 40).features.dtype == torch.bfloat16
     reference = VolumePredictor.from_loaded(loaded, icbm152["t1"], volume_id="v", cache=cache)
-    assert not is_fast_attention(loaded.sam)  # the same model is back on the official path
     assert reference.get_embedding(0, 40).features.dtype == torch.float32  # not the fast entry
     assert (fast.encoder_calls, reference.encoder_calls) == (1, 1) and len(cache) == 2
+
+
+def test_predictors_of_both_speeds_on_one_model_give_their_own_masks_in_any_order(icbm152, white_matter_slice):
+    """Two predictors (fast, reference) on ONE model: each one's masks equal those it gives alone."""
+    index, mask = white_matter_slice
+    prompts = _get_point_prompts(mask, n=3) + [Prompts(points=get_center_point(mask)[None], labels=np.array([1]),
+                                                       box=np.array([10, 20, 80, 90], np.float32))]
+    speeds = {"fast": dict(acceleration=AccelerationConfig(autocast="bfloat16"), cache_dtype="bfloat16"),
+              "reference": {}}
+    sam = _get_sam(get_tiny_config())
+
+    def get_predictor(model, speed):
+        return VolumePredictor(model, icbm152["t1"], model_id="tiny", cache=EmbeddingCache(), **speeds[speed])
+
+    alone = {speed: get_predictor(copy.deepcopy(sam), speed).predict(0, index, prompts) for speed in speeds}
+    assert not np.array_equal(alone["fast"].logits, alone["reference"].logits)  # the two paths really differ
+    for order in (("fast", "reference", "fast"), ("reference", "fast", "reference")):
+        shared = {speed: get_predictor(sam, speed) for speed in speeds}  # both made before either predicts
+        for speed in order:
+            result = shared[speed].predict(0, index, prompts)
+            np.testing.assert_array_equal(result.masks, alone[speed].masks)
+            np.testing.assert_array_equal(result.logits, alone[speed].logits)
+            assert not is_fast_attention(sam)

@@ -21,9 +21,8 @@ from helpers_models import (
 from http_server import FileServer, Route
 from segment_anything import sam_model_registry
 
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import InputError, MedicoSAMError, ModelError
 from medicosam.models.checkpoint import (
-    CheckpointError,
     check_sam_state,
     export_sam,
     export_sam_with_decoder,
@@ -32,8 +31,7 @@ from medicosam.models.checkpoint import (
     load_decoder_state,
     load_sam,
 )
-from medicosam.models.config import OFFICIAL_CONFIGS, ConfigError, SamConfig, build_sam, get_tiny_config
-from medicosam.models.download import CheckpointNotFoundError
+from medicosam.models.config import OFFICIAL_CONFIGS, SamConfig, build_sam, get_tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +88,7 @@ def test_tiny_round_trip_through_micro_sam_layouts(tiny_sam, tmp_path):
     plain = export_sam(loaded.sam, tmp_path / "plain.pt")
     assert_same_state(torch.load(plain, weights_only=True), tiny_sam.state_dict())
     torch.save({"model_state": tiny_sam.state_dict()}, tmp_path / "sam_only.pt")
-    with pytest.raises(CheckpointError, match="no decoder_state"):
+    with pytest.raises(ModelError, match="no decoder_state"):
         load_decoder_state(tmp_path / "sam_only.pt")
 
 
@@ -98,14 +96,14 @@ def test_released_decoder_file_loads_as_decoder_not_as_sam(tmp_path):
     path = tmp_path / "decoder.pt"
     torch.save(get_unetr_decoder_state(), path)
     assert_same_state(load_decoder_state(path), get_unetr_decoder_state())
-    with pytest.raises(CheckpointError, match="holds no SAM weights.*load_decoder_state"):
+    with pytest.raises(ModelError, match="holds no SAM weights.*load_decoder_state"):
         load_sam(path, allow_custom=True)
 
 
 def test_sam_med2d_adapters_are_named(tiny_sam, tmp_path):
     path = tmp_path / "sam_med2d.pth"
     torch.save(get_sam_med2d_state(tiny_sam), path)
-    with pytest.raises(CheckpointError) as error:
+    with pytest.raises(ModelError) as error:
         load_sam(path, allow_custom=True)
     message = str(error.value)
     assert str(path) in message and "SAM-Med2D" in message
@@ -116,7 +114,7 @@ def test_sam_med2d_adapters_are_named(tiny_sam, tmp_path):
 def test_256_px_checkpoint_needs_allow_custom(tiny_sam, tmp_path):
     path = export_sam(tiny_sam, tmp_path / "tiny.pth")
     expected = r"image_size 256 \(vit_b: 1024\).*sam_model_registry cannot load it; pass allow_custom=True"
-    with pytest.raises(CheckpointError, match=expected):
+    with pytest.raises(ModelError, match=expected):
         load_sam(path)
     assert load_sam(path, allow_custom=True).config.image_size == 256
 
@@ -124,10 +122,10 @@ def test_256_px_checkpoint_needs_allow_custom(tiny_sam, tmp_path):
 def test_missing_keys_are_named(tiny_sam, tmp_path):
     state = dict(tiny_sam.state_dict())
     del state["mask_decoder.output_upscaling.0.weight"]
-    with pytest.raises(CheckpointError, match=r"1 missing keys: mask_decoder\.output_upscaling\.0\.weight"):
+    with pytest.raises(ModelError, match=r"1 missing keys: mask_decoder\.output_upscaling\.0\.weight"):
         check_sam_state(state, allow_custom=True)
     del state["image_encoder.pos_embed"]
-    with pytest.raises(CheckpointError, match="lacks 'image_encoder.pos_embed'"):
+    with pytest.raises(ModelError, match="lacks 'image_encoder.pos_embed'"):
         check_sam_state(state, allow_custom=True)
 
 
@@ -135,7 +133,7 @@ def test_wrong_shapes_are_named(tiny_sam):
     state = dict(tiny_sam.state_dict())
     state["mask_decoder.iou_token.weight"] = torch.zeros(2, 64)
     expected = r"mask_decoder.iou_token.weight \(2, 64\) \(expected \(1, 64\)\)"
-    with pytest.raises(CheckpointError, match=expected):
+    with pytest.raises(ModelError, match=expected):
         check_sam_state(state, allow_custom=True)
 
 
@@ -157,7 +155,7 @@ def test_python_objects_outside_the_weights_are_refused_without_running_them(tin
     for name, obj in {"evil.pth": {**state, "extra": payload},
                       "evil_weights.pth": {"model_state": {**state, "extra": payload}}}.items():
         torch.save(obj, tmp_path / name)
-        with pytest.raises(CheckpointError, match=rf"{name} \(a zip archive.*\) is not a plain state dict: "
+        with pytest.raises(ModelError, match=rf"{name} \(a zip archive.*\) is not a plain state dict: "
                                                   r"it holds Python objects \(io.open\).*could run"):
             load_sam(tmp_path / name, allow_custom=True)
     assert not marker.exists()  # ...but never through MedicoSAM
@@ -210,19 +208,19 @@ def test_damaged_files_are_named(tiny_sam, tmp_path):
                     r"a plain pickle, not written by torch.save, naming posix.system"),
     }.items():
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(CheckpointError, match=f"{name}: it is {kind}.*(corrupt|incomplete)") as error:
+        with pytest.raises(ModelError, match=f"{name}: it is {kind}.*(corrupt|incomplete)") as error:
             load_checkpoint_file(tmp_path / name)
         assert "weights_only" not in str(error.value)  # torch's advice to load it unsafely is not repeated
     torch.save({"weights": _CreatesMarkerWhenUnpickled(tmp_path / "pwned")}, tmp_path / "legacy.pth",
                _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match=r"legacy.pth \(a PyTorch checkpoint in the legacy \(non-zip\) "
+    with pytest.raises(ModelError, match=r"legacy.pth \(a PyTorch checkpoint in the legacy \(non-zip\) "
                                               r"format\) is not a plain state dict: .*io.open") as error:
         load_checkpoint_file(tmp_path / "legacy.pth")
     assert "weights_only" not in str(error.value) and not (tmp_path / "pwned").exists()
-    with pytest.raises(CheckpointNotFoundError, match="nowhere.pth does not exist"):
+    with pytest.raises(ModelError, match="nowhere.pth does not exist"):
         load_checkpoint_file(tmp_path / "nowhere.pth")
     torch.save([1, 2], tmp_path / "list.pth")
-    with pytest.raises(CheckpointError, match="holds a list, not a state dict"):
+    with pytest.raises(ModelError, match="holds a list, not a state dict"):
         load_checkpoint_file(tmp_path / "list.pth")
 
 
@@ -231,16 +229,16 @@ def test_non_finite_weights_are_named(tiny_sam, tmp_path, bad):
     state = {key: value.clone() for key, value in tiny_sam.state_dict().items()}
     state["mask_decoder.iou_token.weight"][0, 5] = bad
     path = export_sam(state, tmp_path / "diverged.pth")
-    with pytest.raises(CheckpointError, match=r"diverged.pth: mask_decoder.iou_token.weight holds 1 NaN or "
+    with pytest.raises(ModelError, match=r"diverged.pth: mask_decoder.iou_token.weight holds 1 NaN or "
                                               r"infinite values \(of 64\)"):
         load_sam(path, allow_custom=True)
     decoder = get_unetr_decoder_state()
     decoder["out_conv.bias"][1, 2] = bad
     torch.save(decoder, tmp_path / "decoder.pt")
-    with pytest.raises(CheckpointError, match="decoder.pt: out_conv.bias holds 1 NaN"):
+    with pytest.raises(ModelError, match="decoder.pt: out_conv.bias holds 1 NaN"):
         load_decoder_state(tmp_path / "decoder.pt")
     export_sam_with_decoder(tiny_sam, decoder, tmp_path / "joint.pt")
-    with pytest.raises(CheckpointError, match="joint.pt: out_conv.bias holds 1 NaN"):
+    with pytest.raises(ModelError, match="joint.pt: out_conv.bias holds 1 NaN"):
         load_sam(tmp_path / "joint.pt", allow_custom=True)
 
 
@@ -256,14 +254,14 @@ def test_implausible_sizes_are_refused_before_building(tiny_sam, tmp_path):
     state["image_encoder.pos_embed"] = torch.zeros(()).expand(1, 20000, 20000, 64)  # 1.28 TB if built
     torch.save(state, tmp_path / "huge_grid.pth")
     assert (tmp_path / "huge_grid.pth").stat().st_size < 10_000_000
-    with pytest.raises(CheckpointError, match=r"huge_grid.pth is not a usable SAM checkpoint: SAM sizes out of "
+    with pytest.raises(ModelError, match=r"huge_grid.pth is not a usable SAM checkpoint: SAM sizes out of "
                                               r"range: image_size=320000 \(allowed: 1 to 4096\)"):
         load_sam(tmp_path / "huge_grid.pth", allow_custom=True)
-    with pytest.raises(ConfigError, match=r"encoder_depth=0 \(allowed: 1 to 128\)"):
+    with pytest.raises(ModelError, match=r"encoder_depth=0 \(allowed: 1 to 128\)"):
         SamConfig(encoder_depth=0)
 
     torch.save(_get_phantom_state(get_tiny_config()), tmp_path / "phantom.pth")
-    with pytest.raises(CheckpointError, match=r"phantom.pth: image_encoder.pos_embed claims \(1, 16, 16, 64\) "
+    with pytest.raises(ModelError, match=r"phantom.pth: image_encoder.pos_embed claims \(1, 16, 16, 64\) "
                                               r"values but the file stores 4 bytes"):
         load_sam(tmp_path / "phantom.pth", allow_custom=True)
 
@@ -273,7 +271,7 @@ def test_implausible_sizes_are_refused_before_building(tiny_sam, tmp_path):
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if memory > 103e9:
         pytest.skip("this machine could build that model")
-    with pytest.raises(CheckpointError, match=r"wide.pth: building this SAM model needs 103.\d GB but the cpu "
+    with pytest.raises(ModelError, match=r"wide.pth: building this SAM model needs 103.\d GB but the cpu "
                                               r"device has .* GB in total"):
         load_sam(tmp_path / "wide.pth", allow_custom=True)
 
@@ -281,11 +279,11 @@ def test_implausible_sizes_are_refused_before_building(tiny_sam, tmp_path):
 def test_decoder_width_is_bounded_in_configs_and_builder():
     from medicosam_training.semantic.models import SemanticConfig
     from medicosam_training.trainer import TrainConfig
-    from medicosam_training.unetr import DecoderStateError, UNETRDecoder
+    from medicosam_training.unetr import UNETRDecoder
 
-    with pytest.raises(DecoderStateError, match="decoder features 100000000 out of range: use 1 to 512"):
+    with pytest.raises(InputError, match="decoder features 100000000 out of range: use 1 to 512"):
         UNETRDecoder(256, 2, initial_features=100_000_000)
-    with pytest.raises(DecoderStateError, match="decoder features 0 out of range"):
+    with pytest.raises(InputError, match="decoder features 0 out of range"):
         SemanticConfig(ndim=2, n_classes=2, sam=get_tiny_config(), decoder_features=0)
     with pytest.raises(MedicoSAMError, match="decoder_features=100000000: use 1 to 512"):
         TrainConfig(decoder_features=100_000_000)
@@ -294,7 +292,7 @@ def test_decoder_width_is_bounded_in_configs_and_builder():
 def test_export_is_atomic(tiny_sam, tmp_path):
     path = export_sam(tiny_sam, tmp_path / "model.pth")
     before = path.read_bytes()
-    with pytest.raises(CheckpointError, match="adapter"):
+    with pytest.raises(ModelError, match="adapter"):
         export_sam(get_sam_med2d_state(tiny_sam), path)
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         export_sam_with_decoder(tiny_sam, {"fn": lambda: None}, path)  # fails inside torch.save

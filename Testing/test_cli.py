@@ -199,7 +199,7 @@ def test_registering_the_commands_imports_no_heavy_package():
 def test_commands_of_the_training_extra_name_it_when_it_is_missing(tmp_path, command, missing):
     """A core-only install: the package is importable, its extra's packages are not."""
     out = tmp_path / "out"
-    argv = [*command, "--output" if command[0] == "evaluate" else "--out", str(out)]
+    argv = [*command, "--out", str(out)]
     result = _run_python(f"import sys; sys.modules[{missing!r}] = None\n"
                          f"from medicosam.cli import main; sys.exit(main({argv!r}))")
     assert result.returncode == 2, result.stderr

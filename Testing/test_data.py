@@ -1,4 +1,4 @@
-"""Training data readers on real slices (nilearn ICBM152, ITK BrainWeb) and on phantoms.
+"""Training data (records and datasets) on real slices (nilearn ICBM152, ITK BrainWeb) and on phantoms.
 
 The SA-Med2D layout is rebuilt in tmp from real slices; its modality prefixes are only names (the
 split reads nothing else). Expected masks are computed independently of the reader (torch's
@@ -8,6 +8,8 @@ split reads nothing else). Expected masks are computed independently of the read
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,20 +19,23 @@ import torch.nn.functional as F
 from scipy import ndimage
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import DataError, InputError, MedicoSAMError
 from medicosam.normalization import get_intensity_window
-from medicosam_training.data import (
-    DataError,
+from medicosam_training.dataset import (
     FolderDataset2D,
-    Record,
     SAMed2DDataset,
     VolumeSliceDataset,
     collate_objects,
-    derive_modality,
     get_training_datasets,
-    split_by_modality,
 )
 from medicosam_training.phantoms import MODALITIES, make_phantom_2d, make_phantom_3d, write_phantom_dataset
+from medicosam_training.records import (
+    Record,
+    derive_modality,
+    get_class_components,
+    get_instances_from_classes,
+    split_by_modality,
+)
 from medicosam_training.sample_data import get_itk_examples_dir
 
 AXIAL = (30, 36, 42, 48, 54, 60)  # slices of the 2 mm ICBM152 volume (95 x 117 x 99) with brain
@@ -148,7 +153,7 @@ def test_split_by_modality_rules():
     assert len(train) + len(val) == len(records) and not set(train) & set(val)
     assert split_by_modality(records, 0.1, seed=5) == (train, val)
     assert split_by_modality(records, 0.0, seed=5) == (records, [])
-    with pytest.raises(ValueError, match="val_fraction"):
+    with pytest.raises(InputError, match="val_fraction"):
         split_by_modality(records, 1.0, seed=0)
     assert derive_modality("images/ultrasound_00--BUSI--x--a_0001.png") == "ultrasound"
     assert derive_modality("case_001.nii.gz", "ct") == "ct"
@@ -177,6 +182,28 @@ def test_folder_dataset_semantic_labels_become_components(icbm152, tmp_path):
     expected = ResizeLongestSide(128).apply_image(get_intensity_window(t1.astype(np.uint16) * 40).apply(
         t1.astype(np.uint16) * 40))
     assert np.array_equal(sample["image"][:, :h, :w].numpy(), expected.transpose(2, 0, 1))
+
+
+def test_records_and_configs_import_without_torch():
+    """Semantic and evaluation code read data through `records`, and commands read their defaults from
+    `configs`, before any model is loaded."""
+    code = ("import sys, medicosam_training.records, medicosam_training.configs; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_classes_become_fully_connected_components(icbm152):
+    """Real tissue classes of an ICBM152 slab: every component is one object of one class, 26-connected."""
+    labels = np.select([icbm152["wm"][40:56], icbm152["gm"][40:56]], [2, 1], 0)
+    instances = get_instances_from_classes(labels)
+    n_expected = sum(ndimage.label(labels == c, structure=np.ones((3, 3, 3)))[1] for c in (1, 2))
+    assert instances.max() == n_expected and set(np.unique(instances)) == set(range(n_expected + 1))
+    assert np.array_equal(instances > 0, labels > 0)
+    for object_id in range(1, n_expected + 1):
+        assert len(np.unique(labels[instances == object_id])) == 1
+    assert [c for c, _, _ in get_class_components(labels)] == [1, 2]
+    assert [n for _, _, n in get_class_components(labels, [2])] == [ndimage.label(labels == 2,
+                                                                                  structure=np.ones((3, 3, 3)))[1]]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""CPU thread choice: container CPU quotas, the explicit and environment overrides, the CLI option."""
+"""Device choices: the precision rule of inference and training; CPU threads (container CPU quotas, the
+explicit and environment overrides, the CLI option)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import pytest
 import torch
 
 from medicosam.cli import main
-from medicosam.device import THREADS_ENV, configure_threads, get_cgroup_cpu_limit, get_cpu_budget
-from medicosam.errors import MedicoSAMError
+from medicosam.device import (
+    THREADS_ENV,
+    configure_threads,
+    get_autocast_dtype,
+    get_cgroup_cpu_limit,
+    get_cpu_budget,
+    has_fast_cpu_bf16,
+)
+from medicosam.errors import InputError, MedicoSAMError
 
 
 @pytest.fixture(autouse=True)
@@ -17,6 +25,25 @@ def restore_threads(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     yield
     torch.set_num_threads(before)
+
+
+def test_one_precision_rule_for_inference_and_training(monkeypatch):
+    cpu_auto = torch.bfloat16 if has_fast_cpu_bf16() else None  # bf16 only where the CPU runs it natively
+    for training in (False, True):
+        assert get_autocast_dtype("cpu", "auto", training=training) == cpu_auto
+        assert get_autocast_dtype("mps", "auto", training=training) is None
+        assert get_autocast_dtype("cpu", "bfloat16", training=training) is torch.bfloat16
+        assert get_autocast_dtype("cuda", "none", training=training) is None
+    assert get_autocast_dtype("cpu", "float16") is torch.float16
+    with pytest.raises(InputError, match="loss scaling"):
+        get_autocast_dtype("cpu", "float16", training=True)
+    with pytest.raises(InputError, match="unknown autocast"):
+        get_autocast_dtype("cpu", "fp8")
+    # The one difference, on a CUDA GPU without bf16 (none here to run on): fp16 for inference only.
+    for supported, inference, training in ((True, torch.bfloat16, torch.bfloat16), (False, torch.float16, None)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert get_autocast_dtype("cuda") is inference
+        assert get_autocast_dtype("cuda", training=True) is training
 
 
 @pytest.mark.parametrize("files, expected", [

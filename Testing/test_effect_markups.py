@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from helpers_session import get_rotated_ijk_to_ras, get_rotation, get_voxel_ras
 
-from medicosam.effect_settings import MARKUPS_NAMES, MARKUPS_TAGS
-from medicosam.geometry import EmptyBoxError, ObliqueViewError, get_slice_box
+from medicosam.effect.session import SegmentationSession
+from medicosam.effect.settings import MARKUPS_NAMES, MARKUPS_TAGS
+from medicosam.errors import DataError, InputError
+from medicosam.geometry import get_slice_box
 from medicosam.markups import (
-    MarkupsFileError,
     MarkupsPoint,
     MarkupsROI,
     get_markup_prompts,
@@ -24,7 +25,6 @@ from medicosam.markups import (
     is_negative_list,
     is_negative_point,
 )
-from medicosam.session import SegmentationSession
 
 MATRIX = get_rotated_ijk_to_ras()
 SHAPE = (36, 80, 70)
@@ -56,7 +56,7 @@ def test_roi_node_geometry_under_a_rotating_scaling_transform():
 def test_roi_node_being_placed_or_sheared():
     assert get_roi_from_matrix(np.eye(4), (10.0, 0.0, 5.0)) is None
     stretched = np.diag([2.0, 1.0, 1.0, 1.0]) @ MarkupsROI((0, 0, 0), (1, 1, 1), get_rotation((0, 0, 30))).get_matrix()
-    with pytest.raises(MarkupsFileError, match="shearing transform"):  # a rotated box stretched: no box
+    with pytest.raises(DataError, match="shearing transform"):  # a rotated box stretched: no box
         get_roi_from_matrix(stretched, (1.0, 1.0, 1.0))
 
 
@@ -78,11 +78,11 @@ def test_box_drag_roi_prompts_the_box_of_the_drag_on_its_slice_only(axis):
 
 
 def test_box_drag_in_an_oblique_view_or_along_a_line_is_refused():
-    with pytest.raises(ObliqueViewError):
+    with pytest.raises(InputError):
         get_roi_from_drag((0, 0, 0), (10, 10, 0), get_rotation((0.0, 0.0, 0.0)), MATRIX, SHAPE)
     axes = get_view_axes(0)
     start = get_voxel_ras((18, 40, 35), MATRIX)
-    with pytest.raises(EmptyBoxError):
+    with pytest.raises(InputError):
         get_roi_from_drag(start, start + 20 * axes[:, 0], axes, MATRIX, SHAPE)
 
 

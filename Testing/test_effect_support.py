@@ -8,22 +8,25 @@ import time
 import pytest
 from helpers_session import get_rotated_ijk_to_ras, get_test_volume, get_view_normal, get_voxel_ras
 
-from medicosam.effect_settings import (
+from medicosam.effect.requirements import PIP_REQUIREMENTS, get_missing_requirements, is_torch_installed
+from medicosam.effect.session import SegmentationSession
+from medicosam.effect.settings import (
     CUSTOM_MODEL,
     DIRECTION_LABELS,
     MODE_LABELS,
+    NOT_PARAMETERS,
+    RENAMED,
     EffectSettings,
-    SettingsError,
     get_model_choices,
 )
+from medicosam.effect.worker import InferenceWorker, TaskProgress
+from medicosam.errors import InputError, RunError
 from medicosam.models.download import list_cached_models
 from medicosam.models.registry import MODELS
+from medicosam.options import get_option_fields
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import PROPAGATION_MODES
 from medicosam.propagation import DIRECTIONS, PropagationConfig
-from medicosam.requirements import PIP_REQUIREMENTS, get_missing_requirements, is_torch_installed
-from medicosam.session import SegmentationSession
-from medicosam.worker import InferenceWorker, TaskProgress
 
 
 @pytest.fixture
@@ -81,7 +84,7 @@ def test_shutdown_cancels_queued_jobs(worker):
     running.result(timeout=10)
     worker.thread.join(10)
     assert queued.cancelled() and not worker.thread.is_alive()
-    with pytest.raises(RuntimeError, match="shut down"):
+    with pytest.raises(RunError, match="shut down"):
         worker.submit(time.sleep, 0)
 
 
@@ -141,31 +144,62 @@ def test_task_progress_stops_downloads_once_cancelled():
 
 
 def test_settings_round_trip_through_parameter_strings():
-    settings = EffectSettings(model="sam_vit_b", device="cpu", tool="box", refine=False, direction="up",
-                              max_slices=12, mode="box_mask", iou_threshold=0.3, box_extension=2.0, cache_mb=512)
+    propagation = PropagationConfig(mode="box_mask", iou_threshold=0.3, box_extension=2.0, direction="up",
+                                    max_slices=12)
+    settings = EffectSettings(model="sam_vit_b", device="cpu", tool="box", refine=False, cache_mb=512,
+                              propagation=propagation)
     assert EffectSettings.from_parameters(settings.to_parameters().get) == settings
     assert EffectSettings.from_parameters(lambda name: "") == EffectSettings()  # a new scene: defaults
-    assert settings.to_parameters()["Refine"] == "0"
-    assert settings.get_propagation_config() == PropagationConfig(mode="box_mask", iou_threshold=0.3,
-                                                                  box_extension=2.0, direction="up", max_slices=12)
-    assert EffectSettings().get_propagation_config().max_slices is None  # 0 slices: until the object ends
+    parameters = settings.to_parameters()
+    assert parameters["Refine"] == "0" and parameters["PropagationMaxSlices"] == "12"
+    assert parameters["PropagationIouThreshold"] == "0.3" and parameters["PropagationDirection"] == "up"
+    assert EffectSettings().to_parameters()["PropagationMaxSlices"] == "0"  # no limit: the spin box's 0
+    assert EffectSettings().propagation.max_slices is None
     assert settings.checkpoint == "sam_vit_b" and settings.cache_bytes == 512 * 1024**2
+
+
+def test_every_propagation_option_is_a_parameter_but_the_roi_range():
+    """A new `PropagationConfig` option becomes an effect parameter without a change in the effect."""
+    names = set(EffectSettings().to_parameters())
+    fields = [field.name for field in get_option_fields(PropagationConfig)]
+    assert NOT_PARAMETERS == ("slice_range",) and set(NOT_PARAMETERS) < set(fields)
+    expected = {"Propagation" + "".join(part.capitalize() for part in name.split("_"))
+                for name in fields if name not in NOT_PARAMETERS}
+    assert expected == {name for name in names if name.startswith("Propagation")}
+    assert set(RENAMED) <= expected
+
+
+def test_scenes_saved_with_the_old_parameter_names_keep_their_values():
+    old = {"IoUThreshold": "0.25", "PropagationSlices": "7", "BoxExtension": "3", "PropagationMode": "box"}
+    settings = EffectSettings.from_parameters(lambda name: old.get(name, ""))
+    assert settings.propagation == PropagationConfig(mode="box", iou_threshold=0.25, box_extension=3.0,
+                                                     max_slices=7)
+    # setMRMLDefaults must not hide them behind defaults under the new names
+    defaults = EffectSettings.get_parameter_defaults(lambda name: old.get(name, ""))
+    assert (defaults["PropagationIouThreshold"], defaults["PropagationMaxSlices"]) == ("0.25", "7")
+    assert defaults["Model"] == "medicosam_vit_b"
+    assert EffectSettings.from_parameters(defaults.get) == settings
+    newer = {**old, "PropagationIouThreshold": "0.6"}  # written by this version: the new name wins
+    assert EffectSettings.from_parameters(lambda name: newer.get(name, "")).propagation.iou_threshold == 0.6
 
 
 @pytest.mark.parametrize("parameters, message", [
     ({"Model": "sam_vit_x"}, "unknown model 'sam_vit_x'"),
-    ({"IoUThreshold": "high"}, "IoUThreshold = 'high' is not a valid float"),
+    ({"PropagationIouThreshold": "high"}, "PropagationIouThreshold = 'high' is not a valid float"),
+    ({"IoUThreshold": "1.5"}, "iou_threshold 1.5 is outside"),  # PropagationConfig's own check
     ({"Refine": "maybe"}, "Refine"),
-    ({"PropagationSlices": "-1"}, "PropagationSlices"),
+    ({"PropagationMaxSlices": "-1"}, "max_slices -1 is negative"),
+    ({"PropagationMode": "zigzag"}, "unknown propagation mode"),
     ({"Device": "tpu"}, "unknown device"),
+    ({"EmbeddingCacheMB": "8"}, "at least 64"),
 ])
 def test_bad_parameters_name_the_parameter(parameters, message):
-    with pytest.raises(SettingsError, match=message):
+    with pytest.raises(InputError, match=message):
         EffectSettings.from_parameters(lambda name: parameters.get(name, ""))
 
 
 def test_custom_checkpoint_needs_a_file():
-    with pytest.raises(SettingsError, match="no file is chosen"):
+    with pytest.raises(InputError, match="no file is chosen"):
         _ = EffectSettings(model=CUSTOM_MODEL).checkpoint
     assert EffectSettings(model=CUSTOM_MODEL, custom_checkpoint="/data/tiny.pth").checkpoint == "/data/tiny.pth"
 

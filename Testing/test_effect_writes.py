@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medicosam.session import WriteBlock
+from medicosam.effect.session import WriteBlock
 
 
 def test_only_voxels_the_new_masks_drop_are_removed():

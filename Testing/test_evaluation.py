@@ -23,10 +23,13 @@ from scipy import ndimage
 from medicosam.cli import main
 from medicosam.models.checkpoint import export_sam
 from medicosam.models.config import build_sam, get_tiny_config
+from medicosam.overlap import get_dice
 from medicosam.predictor import VolumePredictor
-from medicosam_training.evaluation.data import LabeledImage, get_objects
+from medicosam.propagation import PropagationConfig
+from medicosam_training.evaluation.data import LabeledImage
 from medicosam_training.evaluation.interactive_2d import Interactive2DConfig, evaluate_interactive_2d
 from medicosam_training.evaluation.interactive_3d import (
+    SETTING_FIELDS,
     Interactive3DConfig,
     PropagationGrid,
     evaluate_interactive_3d,
@@ -34,7 +37,8 @@ from medicosam_training.evaluation.interactive_3d import (
     get_setting_key,
     select_best_settings,
 )
-from medicosam_training.evaluation.metrics import get_dice, get_semantic_dice
+from medicosam_training.evaluation.metrics import get_semantic_dice
+from medicosam_training.evaluation.protocol import get_objects
 from medicosam_training.sample_data import get_itk_examples_dir
 
 
@@ -205,10 +209,40 @@ def test_3d_central_slice_seed_propagation_and_choice(tiny_sam, volumes_3d):
     best = select_best_settings(run.rows, by_start, "model", "dataset")
     for start in ("point", "box"):
         means = [np.mean([r["dice"] for r in run.rows if r["start"] == start
-                          and (r["mode"], r["iou_threshold"], r["box_extension"]) == get_setting_key(s)])
+                          and get_setting_key(r) == get_setting_key(s)])
                  for s in settings]
         assert best[start].config == settings[int(np.argmax(means))]
         assert best[start].dice == pytest.approx(max(means)) and best[start].n == 2
+
+
+# ---------------------------------------------------------------- golden numbers
+
+
+def test_numbers_are_those_of_before_the_redesign(images_2d, volumes_3d):
+    """Every Dice of a fixed 2D run (mask prompt, centre corrections) and 3D grid, as recorded at e17093b
+    (`golden/evaluation_e17093b.csv`, made with the same calls before issue 14's redesign)."""
+    with open(Path(__file__).parent / "golden" / "evaluation_e17093b.csv", newline="") as file:
+        golden = {(r["run"], r["image"], r["object"], r["start"], r["step"]): float(r["dice"])
+                  for r in csv.DictReader(file)}
+    torch.manual_seed(0)
+    sam = build_sam(get_tiny_config())
+    measured = {}
+    for name, config in (("mask_prompt", Interactive2DConfig(n_corrections=3, batch_size=4, use_mask_prompt=True,
+                                                             seed=2)),
+                         ("center", Interactive2DConfig(n_corrections=2, correction_mode="center"))):
+        for r in evaluate_interactive_2d(sam, images_2d, config, show_progress=False).rows:
+            measured[name, r["image"], r["object"], r["start"], f"it{r['iteration']}"] = r["dice"]
+    settings = PropagationGrid(modes=("single_point", "box", "points"), iou_thresholds=(0.5, 0.8),
+                               box_extensions=(0.0, 0.1)).get_settings()
+    run = evaluate_interactive_3d(sam, [volumes_3d["val"]], {"point": settings, "box": settings},
+                                  Interactive3DConfig(split_components=True, min_size=50), show_progress=False)
+    for r in run.rows:
+        step = f"{r['mode']}/{r['iou_threshold']}/{r['box_extension']}"
+        measured["3d", r["image"], r["object"], r["start"], step] = r["dice"]
+    # Exact but for float noise: another thread count sums logits in another order, which can flip a pixel.
+    assert measured.keys() == golden.keys()
+    assert all(measured[key] == pytest.approx(golden[key], abs=2e-3) for key in golden)
+    assert sum(measured[key] == golden[key] for key in golden) >= 0.98 * len(golden)
 
 
 # ---------------------------------------------------------------- CLI end to end
@@ -236,7 +270,7 @@ def _read_csv(path: Path) -> list:
 def _evaluate_2d(folder: Path, checkpoints, output: Path, *extra: str) -> int:
     models = [f"--model={checkpoints[0]}", f"--model=B={checkpoints[1]}"]
     return main(["evaluate", "interactive-2d", "--images", str(folder / "images"), "--labels",
-                 str(folder / "labels"), "--output", str(output), *models, "--corrections", "3",
+                 str(folder / "labels"), "--out", str(output), *models, "--corrections", "3",
                  "--batch-size", "8", "--quiet", *extra])
 
 
@@ -258,12 +292,13 @@ def test_cli_2d_reports_seed_and_resume(folder_2d, checkpoints, tmp_path, capsys
     for name in ("interactive_2d_bars.png", "interactive_2d_curves.png"):
         assert (tmp_path / "a" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # same seed: identical numbers; interrupted after 5 objects (inside a chunk), a torn last line,
-    # then resumed: exactly the uninterrupted file
+    # same seed: identical numbers; interrupted after 5 objects (inside a chunk: each with both starts),
+    # a torn last line, then resumed: exactly the uninterrupted file
     assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "b", "--max-objects", "5") == 0
     assert "stopped early" in capsys.readouterr().out
     partial = tmp_path / "b" / "interactive_2d.csv"
-    assert len(_read_csv(partial)) == 5 * 4
+    stopped = _read_csv(partial)
+    assert len(stopped) == 5 * 2 * 4 and len({(r["image"], r["object"]) for r in stopped}) == 5
     with open(partial, "a") as file:
         file.write("tiny_a,images,icbm_60,1,1.1,po")
     assert _evaluate_2d(folder_2d, checkpoints, tmp_path / "b") == 0
@@ -281,7 +316,7 @@ def test_cli_2d_reports_seed_and_resume(folder_2d, checkpoints, tmp_path, capsys
 def test_cli_refuses_a_label_that_now_names_other_weights(folder_2d, checkpoints, tmp_path, capsys):
     def evaluate(model: Path, *extra: str) -> int:
         return main(["evaluate", "interactive-2d", "--images", str(folder_2d / "images"), "--labels",
-                     str(folder_2d / "labels"), "--output", str(tmp_path / "out"), f"--model=A={model}",
+                     str(folder_2d / "labels"), "--out", str(tmp_path / "out"), f"--model=A={model}",
                      "--max-images", "1", "--corrections", "1", "--starts", "box", "--quiet", *extra])
 
     assert evaluate(checkpoints[0]) == 0
@@ -324,7 +359,7 @@ def test_cli_3d_grid_search_then_test(volumes_3d, checkpoints, tmp_path, capsys)
     def evaluate(output: str, *extra: str) -> int:
         return main(["evaluate", "interactive-3d", "--images", str(tmp_path / "test" / "images"), "--labels",
                      str(tmp_path / "test" / "labels"), "--val-images", str(tmp_path / "val" / "images"),
-                     "--val-labels", str(tmp_path / "val" / "labels"), "--output", str(tmp_path / output),
+                     "--val-labels", str(tmp_path / "val" / "labels"), "--out", str(tmp_path / output),
                      "--model", str(checkpoints[0]), "--modes", "single_point", "box", "--iou-thresholds", "0.5",
                      "0.8", "--box-extensions", "0", "0.1", "--quiet", *extra])
 
@@ -338,20 +373,34 @@ def test_cli_3d_grid_search_then_test(volumes_3d, checkpoints, tmp_path, capsys)
         means = {}
         for r in val:
             if r["start"] == start:
-                means.setdefault((r["mode"], r["iou_threshold"], r["box_extension"]), []).append(float(r["dice"]))
+                means.setdefault(get_setting_key(r), []).append(float(r["dice"]))
         best = max(means, key=lambda key: np.mean(means[key]))  # max keeps the first of equal means
-        assert {(r["mode"], r["iou_threshold"], r["box_extension"]) for r in test if r["start"] == start} == {best}
+        assert {get_setting_key(r) for r in test if r["start"] == start} == {best}
     summary = _read_csv(tmp_path / "out" / "summary_3d.csv")
     assert len(summary) == 2 and all(not math.isnan(float(s["val_dice"])) for s in summary)
     assert len(_read_csv(tmp_path / "out" / "propagation_search.csv")) == 2 * 6
     assert "test Dice" in (tmp_path / "out" / "summary_3d.md").read_text()
     assert (tmp_path / "out" / "interactive_3d.png").read_bytes()[:4] == b"\x89PNG"
 
-    assert evaluate("resumed", "--max-objects", "7") == 0
-    assert len(_read_csv(tmp_path / "resumed" / "interactive_3d.csv")) == 7
+    # --max-objects counts objects as in 2D (each with every start and setting), across the splits
+    assert evaluate("resumed", "--max-objects", "3") == 0
+    stopped = _read_csv(tmp_path / "resumed" / "interactive_3d.csv")
+    assert [r["split"] for r in stopped] == ["val"] * 2 * 2 * 6 + ["test"] * 2
     assert evaluate("resumed") == 0
-    assert ((tmp_path / "resumed" / "interactive_3d.csv").read_text()
-            == (tmp_path / "out" / "interactive_3d.csv").read_text())
+    finished = (tmp_path / "out" / "interactive_3d.csv").read_text()
+    assert (tmp_path / "resumed" / "interactive_3d.csv").read_text() == finished
+
+    # a results folder from before the propagation columns were derived from PropagationConfig (mode,
+    # iou_threshold and box_extension only) resumes: the other fields read as their defaults
+    old_fields = [f for f in rows[0] if f not in ("direction", "max_slices", "slice_range")]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "interactive_3d.json").write_text((tmp_path / "out" / "interactive_3d.json").read_text())
+    with open(tmp_path / "old" / "interactive_3d.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, old_fields, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows[:-1])  # the last test unit left to do
+    assert evaluate("old") == 0
+    assert (tmp_path / "old" / "interactive_3d.csv").read_text() == finished
 
 
 def test_cli_3d_needs_validation_for_a_grid(volumes_3d, checkpoints, tmp_path, capsys):
@@ -359,13 +408,16 @@ def test_cli_3d_needs_validation_for_a_grid(volumes_3d, checkpoints, tmp_path, c
     _write(volume.image, tmp_path / "images" / "v.nii.gz")
     _write(volume.label, tmp_path / "labels" / "v.nii.gz")
     args = ["evaluate", "interactive-3d", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
-            "--output", str(tmp_path / "out"), "--model", str(checkpoints[0]), "--quiet", "--starts", "box"]
+            "--out", str(tmp_path / "out"), "--model", str(checkpoints[0]), "--quiet", "--starts", "box"]
     assert main([*args, "--modes", "box", "single_point"]) == 2
     assert "no validation data" in capsys.readouterr().err
     assert main(args) == 0  # one fixed setting: the propagation defaults
     rows = _read_csv(tmp_path / "out" / "interactive_3d.csv")
     assert {(r["split"], r["start"], r["mode"], r["iou_threshold"], r["box_extension"]) for r in rows} == {
         ("test", "box", "single_point", "0.5", "0.05")}
+    # every propagation field is a column, with the setting's value
+    assert list(rows[0])[8:-2] == list(SETTING_FIELDS) and len(SETTING_FIELDS) > 3
+    assert {get_setting_key(r) for r in rows} == {get_setting_key(PropagationConfig())}
 
 
 def test_cli_semantic(images_2d, tmp_path, caplog):
@@ -377,7 +429,7 @@ def test_cli_semantic(images_2d, tmp_path, caplog):
     _write((truth == 1).astype(np.uint8), tmp_path / "labels" / "case2.png")  # class 1 only: 2 images, 3 classes
     _write((truth == 1).astype(np.uint8), tmp_path / "predictions" / "case2.png")
     assert main(["evaluate", "semantic", "--predictions", str(tmp_path / "predictions"), "--labels",
-                 str(tmp_path / "labels"), "--output", str(tmp_path / "out")]) == 0
+                 str(tmp_path / "labels"), "--out", str(tmp_path / "out")]) == 0
     rows = _read_csv(tmp_path / "out" / "semantic.csv")
     expected = get_semantic_dice(prediction, truth)
     assert {int(r["class"]): float(r["dice"]) for r in rows if r["image"] == "case"} == pytest.approx(expected)
@@ -393,5 +445,5 @@ def test_cli_semantic(images_2d, tmp_path, caplog):
         _write(np.zeros_like(truth), tmp_path / folder / "case.png")
     with caplog.at_level("WARNING"):
         assert main(["evaluate", "semantic", "--predictions", str(tmp_path / "empty_predictions"), "--labels",
-                     str(tmp_path / "empty_labels"), "--output", str(tmp_path / "empty")]) == 0
+                     str(tmp_path / "empty_labels"), "--out", str(tmp_path / "empty")]) == 0
     assert "no class to score: every label map and prediction is all zero" in caplog.text

@@ -77,7 +77,7 @@ def test_training_loss_trace_is_unchanged(golden, icbm152, tmp_path):
     torch.manual_seed(0)
     sam = build_sam(get_tiny_config())
     config = TrainConfig(objective=get_preset("medicosam-nomask", n_steps=2), lr=1e-4, out_dir=tmp_path / "run",
-                         progress=False, iterations=4, batch_size=2, log_every=1)
+                         progress=False, iterations=4, batch_size=2, log_every=1, amp="off")
     train(sam, samples[:4], None, config)
     events = EventAccumulator(str(tmp_path / "run" / "logs"))
     events.Reload()

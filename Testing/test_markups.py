@@ -11,7 +11,7 @@ from slicer_markups import write_point_list, write_roi
 
 from medicosam.geometry import PointOutsideVolumeError, get_roi_slice_boxes, ijk_to_ras
 from medicosam.markups import (
-    MarkupsFileError,
+    DataError,
     MarkupsPoint,
     MarkupsROI,
     get_markup_prompts,
@@ -142,7 +142,7 @@ def test_roi_prompts_centre_slice_point_slices_or_every_slice():
 
 def test_roi_outside_the_volume_and_point_outside_are_clear_errors():
     matrix = np.eye(4)
-    with pytest.raises(MarkupsFileError, match="does not overlap the volume"):
+    with pytest.raises(DataError, match="does not overlap the volume"):
         get_markup_prompts([], [MarkupsROI((500.0, 0.0, 0.0), (5.0, 5.0, 5.0))], matrix, SHAPE, 0)
     with pytest.raises(PointOutsideVolumeError):
         get_markup_prompts([MarkupsPoint((-50.0, 0.0, 0.0), True)], [], matrix, SHAPE, 0)
@@ -161,7 +161,7 @@ def test_malformed_files_name_the_file_and_field(tmp_path, mutate, message):
     document = json.loads(path.read_text())
     mutate(document)
     path.write_text(json.dumps(document))
-    with pytest.raises(MarkupsFileError, match=message) as error:
+    with pytest.raises(DataError, match=message) as error:
         read_markups_file(path)
     assert str(path) in str(error.value)
 
@@ -169,11 +169,11 @@ def test_malformed_files_name_the_file_and_field(tmp_path, mutate, message):
 def test_not_json_and_bad_roi_fields(tmp_path):
     garbage = tmp_path / "g.mrk.json"
     garbage.write_bytes(b"\x89PNG not json")
-    with pytest.raises(MarkupsFileError, match="cannot read it"):
+    with pytest.raises(DataError, match="cannot read it"):
         read_markups_file(garbage)
     roi = write_roi(tmp_path / "r.mrk.json", (0, 0, 0), (4, 4, 4))
     document = json.loads(roi.read_text())
     document["markups"][0]["orientation"] = [2, 0, 0, 0, 1, 0, 0, 0, 1]
     roi.write_text(json.dumps(document))
-    with pytest.raises(MarkupsFileError, match="orientation is not a rotation"):
+    with pytest.raises(DataError, match="orientation is not a rotation"):
         read_markups_file(roi)

@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from medicosam_training.evaluation.data import get_objects
-from medicosam_training.evaluation.metrics import MetricError, get_dice, get_mean_dice, get_semantic_dice
+from medicosam.errors import InputError
+from medicosam.overlap import get_dice
+from medicosam_training.evaluation.metrics import get_mean_dice, get_semantic_dice
+from medicosam_training.evaluation.protocol import get_objects
 
 
 def _square(shape=(8, 8), rows=slice(2, 4), cols=slice(2, 4)) -> np.ndarray:
@@ -43,8 +45,10 @@ def test_dice_3d_and_shape_mismatch():
     prediction = np.zeros_like(target)
     prediction[1, :2, :2] = prediction[2, :2, :2] = True  # 8 voxels, 4 shared
     assert get_dice(prediction, target) == pytest.approx(0.5)
-    with pytest.raises(MetricError, match="differs from target shape"):
+    with pytest.raises(InputError, match="differ"):
         get_dice(prediction[0], target)
+    with pytest.raises(InputError, match="differs from target shape"):
+        get_semantic_dice(prediction[0], target)
 
 
 def test_semantic_dice_per_class():

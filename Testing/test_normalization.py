@@ -12,9 +12,10 @@ from pydicom.data import get_testdata_file
 from medicosam.errors import MedicoSAMError
 from medicosam.normalization import (
     PRESETS,
+    InputError,
     IntensityWindow,
-    UnknownPresetError,
     get_intensity_window,
+    get_rgb_uint8,
 )
 from medicosam_training.sample_data import get_itk_examples_dir, get_nilearn_icbm152
 
@@ -124,6 +125,18 @@ def test_rgb_8bit_and_16bit():
     assert np.abs(image.astype(int) - expected).max() <= 1
 
 
+def test_rgb_uint8_adapter_keeps_8bit_and_windows_the_rest():
+    """The one adapter to SAM's input that training, semantic data and evaluation share."""
+    t1 = read_array(get_nilearn_icbm152("t1"))[90]  # 8-bit grey: replicated as it is
+    np.testing.assert_array_equal(get_rgb_uint8(t1), np.repeat(t1[:, :, None], 3, axis=2))
+    rgb = read_array(get_itk_examples_dir() / "VisibleWomanEyeSlice.png")  # 8-bit RGB: untouched
+    assert get_rgb_uint8(rgb) is rgb
+    t1_16 = t1.astype(np.uint16) * 40 + 3  # 16-bit: its own "auto" window, or the volume's when given
+    np.testing.assert_array_equal(get_rgb_uint8(t1_16), get_intensity_window(t1_16).apply(t1_16))
+    window = IntensityWindow(0, 4000)
+    np.testing.assert_array_equal(get_rgb_uint8(t1_16, window), window.apply(t1_16))
+
+
 @pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint8])
 def test_constant_volume_gives_zeros(dtype):
     volume = np.full((3, 20, 30), 7, dtype)
@@ -154,7 +167,7 @@ def test_nan_voxels_map_to_the_window_low(caplog):
 
 
 def test_unknown_preset_lists_the_valid_ones():
-    with pytest.raises(UnknownPresetError) as error:
+    with pytest.raises(InputError) as error:
         get_intensity_window(np.zeros((1, 2, 2)), "ct_brain")
     assert "'ct_brain'" in str(error.value)
     assert all(name in str(error.value) for name in PRESETS)

@@ -8,7 +8,8 @@ import torch
 from segment_anything import SamPredictor
 
 from medicosam.embedding_cache import EmbeddingCache
-from medicosam.predictor import PromptError, VolumePredictor, get_mask_logits
+from medicosam.errors import InputError
+from medicosam.predictor import VolumePredictor, get_mask_logits
 from medicosam.prompts import Prompts
 
 
@@ -94,6 +95,8 @@ def test_cache_never_exceeds_its_cap(tiny_sam, icbm152):
     assert predictor.encoder_calls == 6
     predictor.get_embedding(0, 0)  # evicted: computed again
     assert predictor.encoder_calls == 7
+    with pytest.raises(InputError, match="max_bytes must be positive"):
+        EmbeddingCache(max_bytes=0)
 
 
 def test_cache_shared_between_predictors_keys_on_volume_model_and_window(tiny_sam, icbm152):
@@ -113,7 +116,7 @@ def test_cache_shared_between_predictors_keys_on_volume_model_and_window(tiny_sa
     (dict(), "at least one point or a box"),
 ])
 def test_bad_prompts_have_clear_errors(predictor, case, message):
-    with pytest.raises(PromptError, match=message):
+    with pytest.raises(InputError, match=message):
         predictor.predict(0, 10, _prompts(**case))
 
 
@@ -128,7 +131,7 @@ def test_negative_only_prompt_warns(predictor, caplog):
 
 
 def test_slice_outside_volume_is_refused(predictor):
-    with pytest.raises(PromptError, match="outside the volume"):
+    with pytest.raises(InputError, match="outside the volume"):
         predictor.predict(0, 10_000, _prompts([[1, 1]], [1]))
 
 

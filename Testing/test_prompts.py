@@ -11,7 +11,7 @@ from medicosam.errors import MedicoSAMError
 from medicosam.prompts import (
     CORRECTION_MODES,
     PROPAGATION_MODES,
-    PromptError,
+    InputError,
     Prompts,
     derive_prompts_from_mask,
     get_box,
@@ -54,11 +54,11 @@ def test_prompts_empty_and_with_points_append_and_keep_the_rest():
 
 
 def test_prompts_reject_mismatched_labels_and_non_2d_masks():
-    with pytest.raises(PromptError, match="one label per point"):
+    with pytest.raises(InputError, match="one label per point"):
         Prompts(points=[[1, 2], [3, 4]], labels=[1])
-    with pytest.raises(PromptError, match="2D mask"):
+    with pytest.raises(InputError, match="2D mask"):
         Prompts(mask=np.zeros((2, 3, 4), bool))
-    assert issubclass(PromptError, MedicoSAMError) and issubclass(PromptError, ValueError)
+    assert issubclass(InputError, MedicoSAMError) and issubclass(InputError, ValueError)
 
 
 # --- random point ---------------------------------------------------------------------------------
@@ -78,9 +78,9 @@ def test_sample_point_in_mask_is_inside_seeded_and_varies():
 
 
 def test_sample_point_in_mask_rejects_empty_and_3d_masks():
-    with pytest.raises(PromptError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         sample_point_in_mask(np.zeros((5, 5), bool), np.random.default_rng(0))
-    with pytest.raises(PromptError, match="2D"):
+    with pytest.raises(InputError, match="2D"):
         sample_point_in_mask(np.ones((2, 5, 5), bool), np.random.default_rng(0))
 
 
@@ -151,9 +151,9 @@ def test_box_jitter_only_grows_within_bounds_and_is_seeded():
 
 
 def test_box_jitter_needs_rng_and_a_nonempty_mask():
-    with pytest.raises(PromptError, match="rng"):
+    with pytest.raises(InputError, match="rng"):
         get_box(_rect((5, 5), (1, 2), (1, 2)), jitter=0.1)
-    with pytest.raises(PromptError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         get_box(np.zeros((5, 5), bool))
 
 
@@ -163,7 +163,7 @@ def test_extended_box_by_fraction_and_by_pixels_is_clipped():
     np.testing.assert_array_equal(get_extended_box(mask, 0.1), [36, 8, 84, 32])
     np.testing.assert_array_equal(get_extended_box(mask, 5), [35, 5, 85, 35])
     np.testing.assert_array_equal(get_extended_box(mask, 15), [25, 0, 95, 45])
-    with pytest.raises(PromptError, match="negative"):
+    with pytest.raises(InputError, match="negative"):
         get_extended_box(mask, -1)
 
 
@@ -224,13 +224,13 @@ def test_correction_points_are_seeded_and_validate_input():
     np.testing.assert_array_equal(a[0], b[0])
     assert len({tuple(sample_correction_points(target, prediction, np.random.default_rng(s))[0].ravel())
                 for s in range(10)}) > 1
-    with pytest.raises(PromptError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         sample_correction_points(np.zeros((5, 5)), np.ones((5, 5)), np.random.default_rng(0))
-    with pytest.raises(PromptError, match="whole slice"):
+    with pytest.raises(InputError, match="whole slice"):
         sample_correction_points(np.ones((5, 5)), np.ones((5, 5)), np.random.default_rng(0))
-    with pytest.raises(PromptError, match="shape"):
+    with pytest.raises(InputError, match="shape"):
         sample_correction_points(target, prediction[:-1], np.random.default_rng(0))
-    with pytest.raises(PromptError, match="correction mode"):
+    with pytest.raises(InputError, match="correction mode"):
         sample_correction_points(target, prediction, np.random.default_rng(0), mode="nearest")
 
 
@@ -293,7 +293,7 @@ def test_derive_handles_tiny_masks_and_rejects_bad_input():
         prompts = derive_prompts_from_mask(dot, mode, box_extension=0.05)
         assert (prompts.labels == 1).sum() >= (mode in ("single_point", "points", "points_mask"))
         assert all(_at(dot, p) for p in prompts.points[prompts.labels == 1])
-    with pytest.raises(PromptError, match="unknown propagation mode"):
+    with pytest.raises(InputError, match="unknown propagation mode"):
         derive_prompts_from_mask(dot, "mask")
-    with pytest.raises(PromptError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         derive_prompts_from_mask(np.zeros((5, 5)), "box")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from medicosam.errors import InputError
 from medicosam.prompts import Prompts, derive_prompts_from_mask, get_extended_box
 from medicosam.prompts import get_largest_component as largest_component
-from medicosam.errors import InputError
 from medicosam.propagation import PropagationConfig, StopReason, propagate_mask
 
 _IN_PLANE = np.ones((3, 3), bool)

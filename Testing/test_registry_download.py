@@ -17,14 +17,8 @@ import torch
 import xxhash
 from http_server import FileServer, Route
 
+from medicosam.errors import Cancelled, DownloadError, ModelError
 from medicosam.models.download import (
-    CacheDirError,
-    CheckpointNotFoundError,
-    DownloadCancelled,
-    DownloadError,
-    HashMismatchError,
-    IncompleteDownloadError,
-    OfflineError,
     download_model,
     get_cache_dir,
     get_model_path,
@@ -33,7 +27,7 @@ from medicosam.models.download import (
     resolve_checkpoint,
     verify_cached_model,
 )
-from medicosam.models.registry import MODELS, ModelSpec, UnknownModelError, find_model_spec, get_model_spec
+from medicosam.models.registry import MODELS, ModelSpec, find_model_spec, get_model_spec
 
 PAYLOAD = random.Random(0).randbytes(2_500_000)  # > 2 chunks of download.CHUNK_SIZE
 PATH = "/weights/model.pth"
@@ -87,7 +81,7 @@ def test_registry_entries_are_consistent():
         if spec.decoder:
             assert MODELS[spec.decoder].format == "unetr_decoder"
     assert get_model_spec("sam_vit_b").size == 375_042_383
-    with pytest.raises(UnknownModelError, match="sam_vit_b.*medsam_vit_b.*local checkpoint path"):
+    with pytest.raises(ModelError, match="sam_vit_b.*medsam_vit_b.*local checkpoint path"):
         get_model_spec("sam_vit_x")
 
 
@@ -110,14 +104,14 @@ def test_whole_file_downloads_once_then_comes_from_cache(server, tmp_path, algo)
 
 def test_hash_mismatch_leaves_nothing_in_the_cache(server, tmp_path):
     server.routes[PATH] = Route(bytes(len(PAYLOAD)))  # right size, wrong content
-    with pytest.raises(HashMismatchError, match="expected .*Nothing was kept"):
+    with pytest.raises(DownloadError, match="expected .*Nothing was kept"):
         download_model(make_spec(server), cache_dir=tmp_path)
     assert _get_files(tmp_path) == []
 
 
 def test_oversized_file_is_rejected(server, tmp_path):
     server.routes[PATH] = Route(PAYLOAD + b"extra")
-    with pytest.raises(HashMismatchError, match="more than the expected"):
+    with pytest.raises(DownloadError, match="more than the expected"):
         download_model(make_spec(server), cache_dir=tmp_path)
     assert _get_files(tmp_path) == []
 
@@ -125,7 +119,7 @@ def test_oversized_file_is_rejected(server, tmp_path):
 def test_truncated_file_is_not_taken_and_a_later_call_resumes(server, tmp_path):
     spec = make_spec(server)
     server.routes[PATH] = Route(PAYLOAD[:1_000_000])  # the server holds a short copy
-    with pytest.raises(IncompleteDownloadError, match="1000000 of 2500000 bytes.*resume"):
+    with pytest.raises(DownloadError, match="1000000 of 2500000 bytes.*resume"):
         download_model(spec, cache_dir=tmp_path)
     final = get_model_path(spec, tmp_path)
     assert not final.exists()
@@ -138,7 +132,7 @@ def test_truncated_file_is_not_taken_and_a_later_call_resumes(server, tmp_path):
 def test_interrupted_transfer_resumes_with_range(server, tmp_path):
     server.routes[PATH] = Route(PAYLOAD, cut_at=1_500_000, cut_times=1)
     spec = make_spec(server)
-    with pytest.raises(IncompleteDownloadError, match="broke off"):
+    with pytest.raises(DownloadError, match="broke off"):
         download_model(spec, cache_dir=tmp_path)
     part = get_model_path(spec, tmp_path).with_name("test_model.pth.part")
     kept = part.stat().st_size
@@ -175,7 +169,7 @@ def test_http_error_names_url_and_status(server, tmp_path):
 def test_offline_mode_never_touches_the_network(server, tmp_path, monkeypatch):
     spec = make_spec(server)
     target = get_model_path(spec, tmp_path)
-    with pytest.raises(OfflineError, match=re.escape(spec.url) + ".*save it as " + re.escape(str(target))):
+    with pytest.raises(DownloadError, match=re.escape(spec.url) + ".*save it as " + re.escape(str(target))):
         download_model(spec, cache_dir=tmp_path, offline=True)
     assert server.requests == []
     target.write_bytes(PAYLOAD)  # placed by hand, as the error says: verified by rehashing
@@ -183,7 +177,7 @@ def test_offline_mode_never_touches_the_network(server, tmp_path, monkeypatch):
     assert download_model(spec, cache_dir=tmp_path) == target
     target.write_bytes(PAYLOAD[:-1] + b"\0")
     os.utime(target, ns=(0, target.stat().st_mtime_ns + 10**9))  # coarse clocks: make the change visible
-    with pytest.raises(HashMismatchError, match="Replace it"):
+    with pytest.raises(DownloadError, match="Replace it"):
         download_model(spec, cache_dir=tmp_path)
     assert server.requests == [] and target.exists()
 
@@ -197,7 +191,7 @@ def test_progress_reports_bytes_and_total(server, tmp_path):
 
 def test_cancel_keeps_the_part_for_resuming(server, tmp_path):
     spec = make_spec(server)
-    with pytest.raises(DownloadCancelled):
+    with pytest.raises(Cancelled):
         download_model(spec, cache_dir=tmp_path, progress=lambda done, total: False)
     part = get_model_path(spec, tmp_path).with_name("test_model.pth.part")
     kept = part.stat().st_size
@@ -210,9 +204,9 @@ def test_resolve_checkpoint_accepts_paths_urls_and_names(server, tmp_path):
     local = tmp_path / "mine.pt"
     local.write_bytes(b"x")
     assert resolve_checkpoint(local) == local and resolve_checkpoint(str(local)) == local
-    with pytest.raises(CheckpointNotFoundError, match="missing.pt"):
+    with pytest.raises(ModelError, match="missing.pt"):
         resolve_checkpoint(str(tmp_path / "missing.pt"))
-    with pytest.raises(UnknownModelError, match="Known models"):
+    with pytest.raises(ModelError, match="Known models"):
         resolve_checkpoint("not_a_model", cache_dir=tmp_path)
     cache = tmp_path / "cache"
     path = resolve_checkpoint(server.url(CHECKPOINT_PATH), cache_dir=cache)
@@ -254,7 +248,7 @@ def test_list_verify_remove(server, tmp_path, monkeypatch):
     assert remove_cached_model(url_name, tmp_path) and remove_cached_model("test_model", tmp_path)
     assert not remove_cached_model("test_model", tmp_path)
     assert list_cached_models(tmp_path) == []
-    with pytest.raises(UnknownModelError):
+    with pytest.raises(ModelError):
         remove_cached_model("url/../../etc", tmp_path)
 
 
@@ -270,6 +264,7 @@ _CONCURRENT_SCRIPT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO)
 from medicosam.models.download import resolve_checkpoint
+from medicosam.errors import ModelError, DownloadError, Cancelled
 print(resolve_checkpoint(sys.argv[1], cache_dir=sys.argv[2]))
 """
 
@@ -304,7 +299,7 @@ def _unhashed_spec(server: FileServer, path: str = CHECKPOINT_PATH) -> ModelSpec
 
 def test_under_announced_transfer_without_hash_is_never_cached(server, tmp_path):
     server.routes[CHECKPOINT_PATH] = Route(CHECKPOINT, content_length=len(CHECKPOINT) // 2)
-    with pytest.raises(IncompleteDownloadError, match="not a whole checkpoint.*Nothing was kept"):
+    with pytest.raises(DownloadError, match="not a whole checkpoint.*Nothing was kept"):
         download_model(_unhashed_spec(server), cache_dir=tmp_path)
     assert _get_files(tmp_path) == []
     server.routes[CHECKPOINT_PATH] = Route(CHECKPOINT)  # the server is fixed: the whole file arrives
@@ -317,7 +312,7 @@ def test_hand_placed_file_without_hash_is_recorded_only_if_it_loads(server, tmp_
     spec = _unhashed_spec(server)
     target = get_model_path(spec, tmp_path)
     target.write_bytes(CHECKPOINT[: len(CHECKPOINT) // 2])
-    with pytest.raises(HashMismatchError, match="does not load as a checkpoint"):
+    with pytest.raises(DownloadError, match="does not load as a checkpoint"):
         download_model(spec, cache_dir=tmp_path, offline=True)
     assert not (tmp_path / "unhashed.pth.verified").exists()
     assert download_model(spec, cache_dir=tmp_path).read_bytes() == CHECKPOINT  # online: fetched afresh
@@ -325,7 +320,7 @@ def test_hand_placed_file_without_hash_is_recorded_only_if_it_loads(server, tmp_
 
 def test_zero_byte_url_is_not_cached(server, tmp_path):
     server.routes["/empty.pth"] = Route(b"")
-    with pytest.raises(IncompleteDownloadError, match="gave 0 bytes that are not a whole checkpoint"):
+    with pytest.raises(DownloadError, match="gave 0 bytes that are not a whole checkpoint"):
         resolve_checkpoint(server.url("/empty.pth"), cache_dir=tmp_path)
     assert not any(p.is_file() for p in (tmp_path / "url").iterdir())
 
@@ -354,7 +349,7 @@ def test_a_link_breaking_every_300_kb_still_makes_progress(server, tmp_path):
         try:
             path = download_model(spec, cache_dir=tmp_path)
             break
-        except IncompleteDownloadError:
+        except DownloadError:
             sizes.append(part.stat().st_size)
     assert sizes[:2] == [300_000, 600_000]
     assert path.read_bytes() == PAYLOAD
@@ -372,7 +367,7 @@ def test_wrong_content_range_discards_the_part_and_restarts_once(server, tmp_pat
 
 def test_no_room_for_the_file_is_said_before_downloading(server, tmp_path):
     spec = dataclasses.replace(make_spec(server), size=2**60)
-    with pytest.raises(CacheDirError, match="needs .* GiB but .* free: free some space, or set MEDICOSAM_CACHE_DIR"):
+    with pytest.raises(DownloadError, match="needs .* GiB but .* free: free some space, or set MEDICOSAM_CACHE_DIR"):
         download_model(spec, cache_dir=tmp_path)
     assert _get_files(tmp_path) == []
 
@@ -385,7 +380,7 @@ def test_disk_filling_up_during_the_download_is_one_line_and_leaves_no_part(serv
         pytest.skip("cannot mount a tmpfs here (not root)")
     try:
         server.routes[CHECKPOINT_PATH] = Route(CHECKPOINT, send_length=False)
-        with pytest.raises(CacheDirError, match="No space left in .*MEDICOSAM_CACHE_DIR.*removed"):
+        with pytest.raises(DownloadError, match="No space left in .*MEDICOSAM_CACHE_DIR.*removed"):
             resolve_checkpoint(server.url(CHECKPOINT_PATH), cache_dir=small)
         assert not any(p.is_file() for p in (small / "url").iterdir())
     finally:
@@ -407,7 +402,7 @@ def test_cached_bytes_changed_without_a_new_mtime_are_caught_by_load_sam(server,
     stat = path.stat()
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    with pytest.raises(HashMismatchError, match="changed on disk since it was verified"):
+    with pytest.raises(DownloadError, match="changed on disk since it was verified"):
         load_sam(url, allow_custom=True)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from helpers_models import get_tiny_sam
 
+from medicosam.errors import InputError, ModelError
 from medicosam.models.checkpoint import export_sam_with_decoder, load_decoder_state, load_sam
 from medicosam.models.config import SamConfig, build_sam, get_tiny_config
 from medicosam.models.registry import MODELS
@@ -35,10 +36,7 @@ from medicosam_training.semantic import (
     train_semantic,
 )
 from medicosam_training.semantic.adapters import ImageEncoder3D
-from medicosam_training.semantic.baselines import BaselineError
-from medicosam_training.semantic.models import SemanticModelError
 from medicosam_training.unetr import (
-    DecoderStateError,
     get_decoder_layout,
     get_unetr_decoder,
     get_unetr_decoder_from_state,
@@ -128,11 +126,11 @@ def test_decoder_state_errors_name_the_problem():
     encoder = get_tiny_sam(config=get_tiny_config(SIZE)).image_encoder
     state = _get_micro_sam_decoder_state(False, in_channels=64, features=4)
     del state["decoder.blocks.1.block.4.weight"]
-    with pytest.raises(DecoderStateError, match="missing keys: decoder.blocks.1.block.4.weight"):
+    with pytest.raises(ModelError, match="missing keys: decoder.blocks.1.block.4.weight"):
         get_unetr_decoder_from_state(encoder, state)
-    with pytest.raises(DecoderStateError, match="different architectures"):
+    with pytest.raises(ModelError, match="different architectures"):
         get_unetr_decoder_from_state(encoder, _get_micro_sam_decoder_state(False, in_channels=256, features=4))
-    with pytest.raises(DecoderStateError, match="lacks 'base.block.1.weight'"):
+    with pytest.raises(ModelError, match="lacks 'base.block.1.weight'"):
         get_decoder_layout({"foo": torch.zeros(1)})
 
 
@@ -164,7 +162,7 @@ def test_2d_and_3d_shapes_and_gradients():
     model_2d = get_semantic_model(sam, config, 3, 2, decoder_features=4)
     images = torch.rand(2, 3, SIZE, SIZE) * 255
     assert model_2d(images).shape == (2, 3, SIZE, SIZE)
-    with pytest.raises(SemanticModelError, match="get_model_input"):
+    with pytest.raises(InputError, match="get_model_input"):
         model_2d(images[..., :64])
     model_3d = get_semantic_model(sam, config, 3, 3, decoder_features=4, fusion_channels=4, patch_depth=3)
     volumes = torch.rand(2, 3, 3, SIZE, SIZE) * 255
@@ -307,7 +305,7 @@ def test_baselines_train_and_roundtrip(architecture, ndim, patch_depth, icbm152,
 
 
 def test_baseline_sizes_are_checked():
-    with pytest.raises(BaselineError, match="multiples of 32"):
+    with pytest.raises(InputError, match="multiples of 32"):
         BaselineConfig("swin_unetr", 3, 3, 64, patch_depth=16)
-    with pytest.raises(BaselineError, match="multiple of 12"):
+    with pytest.raises(InputError, match="multiple of 12"):
         BaselineConfig("swin_unetr", 2, 3, 64, features=16)

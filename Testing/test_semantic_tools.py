@@ -11,10 +11,10 @@ import SimpleITK as sitk
 from helpers_models import get_tiny_sam
 
 from medicosam.cli import main
+from medicosam.errors import DataError, InputError
 from medicosam.models.checkpoint import export_sam, export_sam_with_decoder
 from medicosam.models.config import get_tiny_config
 from medicosam_training.semantic import check_nnunet_dataset, export_nnunet_dataset, get_split_records
-from medicosam_training.semantic.nnunet_export import NnUNetExportError
 from medicosam_training.unetr import get_unetr_decoder
 
 CLASSES = ["gm", "wm", "other"]
@@ -64,12 +64,12 @@ def test_cli_train_predict_evaluate_2d(brain_dataset, tiny_checkpoints, tmp_path
     assert "a new decoder" in capsys.readouterr().out
     assert (out / "best.pt").is_file() and json.loads((out / "history.json").read_text())[-1]["iteration"] == 3
     assert main(["predict-semantic", "--model", str(out / "best.pt"), "--images", str(brain_dataset / "imagesTs"),
-                 "--output", str(tmp_path / "predictions"), "--device", "cpu"]) == 0
+                 "--out", str(tmp_path / "predictions"), "--device", "cpu"]) == 0
     predicted = sitk.ReadImage(str(tmp_path / "predictions" / "mr--slab_d.nii.gz"))
     reference = sitk.ReadImage(str(brain_dataset / "imagesTs" / "mr--slab_d.nii.gz"))
     assert predicted.GetSize() == reference.GetSize() and predicted.GetSpacing() == reference.GetSpacing()
     assert main(["evaluate", "semantic", "--model", f"tiny={out / 'best.pt'}", "--images",
-                 str(brain_dataset / "imagesTs"), "--labels", str(brain_dataset / "labelsTs"), "--output",
+                 str(brain_dataset / "imagesTs"), "--labels", str(brain_dataset / "labelsTs"), "--out",
                  str(tmp_path / "eval"), "--classes", "1", "2", "3", "--device", "cpu"]) == 0
     rows = _read_csv(tmp_path / "eval" / "semantic.csv")
     assert {(r["model"], r["image"], r["class"]) for r in rows} == {("tiny", "mr--slab_d", c) for c in "123"}
@@ -84,19 +84,19 @@ def test_cli_train_3d_from_joint_checkpoint(brain_dataset, tiny_checkpoints, tmp
                  "--image-size", "64", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     assert "with the decoder stored with" in capsys.readouterr().out
     assert main(["predict-semantic", "--model", str(out / "best.pt"), "--images", str(brain_dataset / "imagesTs"),
-                 "--output", str(tmp_path / "predictions"), "--device", "cpu"]) == 0
+                 "--out", str(tmp_path / "predictions"), "--device", "cpu"]) == 0
     predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "predictions" / "mr--slab_d.nii.gz")))
     assert predicted.shape == (6, 59, 50) and predicted.max() < 4
 
 
 def test_evaluate_semantic_needs_one_source(brain_dataset, tmp_path, capsys):
-    assert main(["evaluate", "semantic", "--labels", str(brain_dataset / "labelsTs"), "--output",
+    assert main(["evaluate", "semantic", "--labels", str(brain_dataset / "labelsTs"), "--out",
                  str(tmp_path)]) != 0
     assert "--predictions or --model" in capsys.readouterr().err
 
 
 def test_nnunet_export_writes_the_same_split(brain_dataset, tmp_path, capsys):
-    assert main(["export-nnunet", "--data", str(brain_dataset), "--output", str(tmp_path), "--dataset-id", "501",
+    assert main(["export-nnunet", "--data", str(brain_dataset), "--out", str(tmp_path), "--dataset-id", "501",
                  "--name", "IcbmTest", "--classes", "4", "--class-names", *CLASSES, "--val-fraction", "0.34"]) == 0
     folder = tmp_path / "Dataset501_IcbmTest"
     meta = json.loads((folder / "dataset.json").read_text())
@@ -120,7 +120,7 @@ def test_nnunet_export_writes_the_same_split(brain_dataset, tmp_path, capsys):
     meta["numTraining"] = 4
     (folder / "dataset.json").write_text(json.dumps(meta))
     (folder / "labelsTr" / "mr--slab_b.nii.gz").unlink()
-    with pytest.raises(NnUNetExportError, match=r"numTraining is 4 but imagesTr holds 3(.|\n)*slab_b: missing"):
+    with pytest.raises(DataError, match=r"numTraining is 4 but imagesTr holds 3(.|\n)*slab_b: missing"):
         check_nnunet_dataset(folder)
 
 
@@ -135,7 +135,7 @@ def test_nnunet_export_rgb_and_errors(tmp_path):
     assert meta["channel_names"] == {"0": "R", "1": "G", "2": "B"} and meta["numTraining"] == 3
     assert {p.name for p in (folder / "imagesTr").iterdir()} >= {"derm--a_0000.nii.gz", "derm--a_0002.nii.gz"}
     check_nnunet_dataset(folder)
-    with pytest.raises(NnUNetExportError, match="three digits"):
+    with pytest.raises(InputError, match="three digits"):
         export_nnunet_dataset(tmp_path / "data", tmp_path / "raw", 1000, "Derm", 2)
-    with pytest.raises(NnUNetExportError, match="label id 1 but 1 classes"):
+    with pytest.raises(DataError, match="label id 1 but 1 classes"):
         export_nnunet_dataset(tmp_path / "data", tmp_path / "raw2", 8, "Derm", 1, class_names=[])

@@ -18,25 +18,19 @@ from helpers_session import (
     get_voxel_ras,
 )
 
+from medicosam.effect.extent import get_array_on_extent, get_extent_shape, get_world_ijk_to_ras
+from medicosam.effect.session import SegmentationSession, WriteRequest
+from medicosam.errors import InputError
 from medicosam.geometry import (
-    ObliqueViewError,
     PointOutsideVolumeError,
     get_roi_slice_boxes,
     ijk_to_ras,
     ras_to_array_index,
-    ras_to_ijk,
 )
 from medicosam.markups import MarkupsPoint, MarkupsROI
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts
 from medicosam.propagation import PropagationConfig
-from medicosam.session import (
-    SegmentationSession,
-    SessionError,
-    WriteRequest,
-    get_array_on_extent,
-    get_world_ijk_to_ras,
-)
 
 MATRIX = get_rotated_ijk_to_ras()
 SEED = (18, 40, 35)  # (k, j, i) of the first click
@@ -106,12 +100,12 @@ def test_box_from_two_world_corners(session, reference):
 
 def test_oblique_view_and_outside_click_are_refused_without_changing_state(session):
     tilted = get_rotation((0.0, 5.0, 0.0)) @ get_view_normal(MATRIX, 0)
-    with pytest.raises(ObliqueViewError, match="oblique"):
+    with pytest.raises(InputError, match="oblique"):
         session.add_point(get_voxel_ras(SEED, MATRIX), True, tilted)
     with pytest.raises(PointOutsideVolumeError, match="outside the volume"):
         session.add_point(get_voxel_ras((18, 40, 500), MATRIX), True, get_view_normal(MATRIX, 0))
     assert session.current is None
-    with pytest.raises(SessionError, match="click a point"):
+    with pytest.raises(InputError, match="click a point"):
         session.apply()
 
 
@@ -216,7 +210,7 @@ def test_undone_apply_is_no_longer_a_seed(session, reference, volume):
     assert record.requests[-1].slices == [7, 8, 9, 11, 12, 13] == [i for i in sorted(expected.masks) if i != 10]
     assert session.get_accepted_slices(0) == [10]
     record.segment[:] = False  # everything erased with another effect: nothing left to propagate from
-    with pytest.raises(SessionError, match="nothing to propagate"):
+    with pytest.raises(InputError, match="nothing to propagate"):
         session.propagate(CONFIG, record.segment)
 
 
@@ -255,24 +249,9 @@ def test_prompts_belong_to_their_slice(session):
     click(session, move_in_plane(SEED, 0), positive=False)  # back on the first slice: its prompts are there
     np.testing.assert_array_equal(session.get_prompts().labels, [1, 0])
     session.clear_prompts()
-    with pytest.raises(SessionError, match="no prompt"):
+    with pytest.raises(InputError, match="no prompt"):
         session.get_prompts()
     assert len(session.get_prompts((0, other[0])).points) == 1
-
-
-def test_prompt_display_is_in_world_coordinates(session, volume):
-    negative, corner = move_in_plane(SEED, 1), move_in_plane(SEED, 1, (-6, -7))
-    click(session, SEED, axis=1)
-    click(session, negative, positive=False, axis=1)
-    session.add_box(get_voxel_ras(SEED, MATRIX), get_voxel_ras(corner, MATRIX), get_view_normal(MATRIX, 1))
-    display = session.get_prompt_display()
-    assert [ras_to_array_index(p, MATRIX, volume.shape) for p in display.positive_ras] == [SEED]
-    assert [ras_to_array_index(p, MATRIX, volume.shape) for p in display.negative_ras] == [negative]
-    corners_kji = ras_to_ijk(display.box_corners_ras, MATRIX)[:, ::-1]
-    np.testing.assert_allclose(corners_kji[:, 1], SEED[1])  # on the slice itself
-    x0, y0, x1, y1 = session.get_prompts().box
-    np.testing.assert_allclose(sorted({*corners_kji[:, 2].round(6)}), [x0 - 0.5, x1 - 0.5])  # outer edges (I)
-    np.testing.assert_allclose(sorted({*corners_kji[:, 0].round(6)}), [y0 - 0.5, y1 - 0.5])  # (K)
 
 
 def test_write_request_blocks_extents_and_segment_update():
@@ -300,6 +279,7 @@ def test_array_on_extent_clips_and_pads():
     expected[0, 1:3, 0:3] = array[1, 0:2, 1:4]
     np.testing.assert_array_equal(out, expected)
     assert get_array_on_extent(array, (5, 8, 1, 3, 0, 1), (5, 8, 1, 3, 0, 1)) is array
+    assert get_extent_shape((5, 8, 1, 3, 0, 1)) == array.shape
 
 
 def test_prefetch_neighbours_nearest_first_inside_the_volume(session):

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Set
 import numpy as np
 import pytest
 
-from medicosam.effect_settings import SHORTCUTS
+from medicosam.effect.settings import SHORTCUTS
 
 ROOT = Path(__file__).resolve().parents[1]
 API_DIR = ROOT / "Testing" / "slicer_api"

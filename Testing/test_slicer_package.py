@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from medicosam.effect_settings import SHORTCUTS
-from medicosam.requirements import PIP_REQUIREMENTS, TORCH_MODULES
+from medicosam.effect.requirements import PIP_REQUIREMENTS, TORCH_MODULES
+from medicosam.effect.settings import SHORTCUTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICER_DIR = ROOT / "MedicoSAMSlicer"
@@ -39,8 +39,9 @@ SLICER_MODULES = {"slicer", "qt", "vtk", "ctk", "SegmentEditorEffects", "SampleD
 NOT_INSTALLED_BY_EFFECT = {"numpy", "SimpleITK", "tqdm"}
 #: Core modules the effect imports before it has installed anything (panel, parameters, model menu,
 #: worker, errors): they must work with numpy alone.
-EARLY_CORE_MODULES = ["medicosam.device", "medicosam.effect_settings", "medicosam.requirements",
-                      "medicosam.worker", "medicosam.models.download", "medicosam.geometry"]
+EARLY_CORE_MODULES = ["medicosam.device", "medicosam.effect.settings", "medicosam.effect.requirements",
+                      "medicosam.effect.worker", "medicosam.effect.controller", "medicosam.effect.extent",
+                      "medicosam.models.download", "medicosam.geometry"]
 HEAVY = ["torch", "torchvision", "segment_anything", "scipy", "skimage", "SimpleITK", "requests", "xxhash",
          "platformdirs", "tqdm"]
 
@@ -214,7 +215,7 @@ print(json.dumps({{"failed": failed, "heavy": heavy}}))
 def test_core_modules_used_before_installation_need_only_numpy():
     script = BLOCKER + f"""
 import {", ".join(EARLY_CORE_MODULES)}
-from medicosam.effect_settings import EffectSettings, get_model_choices
+from medicosam.effect.settings import EffectSettings, get_model_choices
 EffectSettings().to_parameters()
 get_model_choices([])
 print(sorted(name for name in sys.modules if name.split(".")[0] in blocked))
@@ -237,7 +238,7 @@ def test_effect_installs_every_package_the_core_imports():
                 found.add(node.module.split(".")[0])
     third_party = found - set(sys.stdlib_module_names) - {"medicosam"}
     provided = set(PIP_REQUIREMENTS) | set(TORCH_MODULES) | NOT_INSTALLED_BY_EFFECT
-    assert third_party <= provided, f"add {sorted(third_party - provided)} to medicosam.requirements"
+    assert third_party <= provided, f"add {sorted(third_party - provided)} to medicosam.effect.requirements"
 
 
 def test_ruff_passes_on_the_slicer_directory():

@@ -23,17 +23,15 @@ from test_objective import get_brain_samples
 
 from medicosam.acceleration import FastEncoderAttention, fast_attention, is_fast_attention
 from medicosam.atomic import get_stale_temporaries
-from medicosam.device import get_cpu_budget
+from medicosam.device import get_autocast_dtype, get_cpu_budget
+from medicosam.errors import InputError, RunError
 from medicosam.models.config import build_sam, get_tiny_config
+from medicosam_training.configs import RESUMABLE_CHANGES, TrainConfig
 from medicosam_training.objective import compute_objective, get_preset
+from medicosam_training.runtime import get_amp_dtype, get_loader_options
 from medicosam_training.trainer import (
     CHECKPOINT_NAME,
-    RESUMABLE_CHANGES,
-    TrainConfig,
-    TrainingDiverged,
-    TrainingError,
     activation_checkpointing,
-    get_loader_options,
     load_training_checkpoint,
     train,
 )
@@ -45,8 +43,9 @@ _SCRIPT = textwrap.dedent("""
     import os, sys, torch
     torch.set_num_threads(1)
     from medicosam.models.config import build_sam, get_tiny_config
+    from medicosam_training.configs import TrainConfig
     from medicosam_training.objective import get_preset
-    from medicosam_training.trainer import TrainConfig, train
+    from medicosam_training.trainer import train
 
     samples = torch.load(sys.argv[1], weights_only=True)
     rank = int(os.environ.get("RANK", "0"))
@@ -164,7 +163,7 @@ def test_resume_refuses_other_settings_and_allows_the_listed_ones(brain_samples,
     for change, named in ((dict(lr=1e-3), "lr: 0.0001 -> 0.001"), (dict(batch_size=1), "batch_size: 2 -> 1"),
                           (dict(seed=1), "seed: 0 -> 1"),
                           (dict(objective=get_preset("medsam")), "objective.n_steps: 2 -> 0")):
-        with pytest.raises(TrainingError, match="was trained with other settings") as raised:
+        with pytest.raises(InputError, match="was trained with other settings") as raised:
             train(build_sam(get_tiny_config()), brain_samples[:4], None,
                   dataclasses.replace(config, iterations=2, resume=True, **change))
         assert named in str(raised.value) and "\n" not in str(raised.value)
@@ -203,12 +202,12 @@ def test_nan_guard_stops_without_saving(brain_samples, tmp_path):
     checkpoint, export = Path(config.out_dir) / CHECKPOINT_NAME, Path(config.out_dir) / "model.pt"
     before, exported = checkpoint.read_bytes(), export.read_bytes()
     poisoned = [dict(sample, image=torch.full_like(sample["image"], float("nan"))) for sample in brain_samples]
-    with pytest.raises(TrainingDiverged, match=r"loss is not finite .* at iteration 2; the last good checkpoint"):
+    with pytest.raises(RunError, match=r"loss is not finite .* at iteration 2; the last good checkpoint"):
         train(build_sam(get_tiny_config()), poisoned, None, dataclasses.replace(config, iterations=5, resume=True))
     assert checkpoint.read_bytes() == before and export.read_bytes() == exported
 
     diverging = _get_config(tmp_path, out_dir=tmp_path / "diverging", lr=1e10, iterations=6)
-    with pytest.raises(TrainingDiverged, match="Lower the learning rate"):
+    with pytest.raises(RunError, match="Lower the learning rate"):
         train(build_sam(get_tiny_config()), brain_samples, None, diverging)
     assert not list((tmp_path / "diverging").glob("*.pt"))
 
@@ -232,7 +231,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(brain_samples, tmp_pat
 
 @pytest.mark.parametrize("switch", ["activation_checkpointing", "fast_attention"])
 def test_speed_switches_give_the_same_loss_and_gradients(tiny_sam, brain_samples, switch):
-    from medicosam_training.data import collate_objects
+    from medicosam_training.dataset import collate_objects
 
     contexts = {"activation_checkpointing": lambda on: activation_checkpointing(tiny_sam.image_encoder, on),
                 "fast_attention": lambda on: fast_attention(tiny_sam, on)}
@@ -268,6 +267,12 @@ def test_training_attention_choice(brain_samples, tmp_path):
         assert type(attention) is EncoderAttention  # official again after training
     assert {kind for on, kind in seen if on} == {FastEncoderAttention}
     assert {kind for on, kind in seen if not on} == {EncoderAttention}
+
+
+def test_amp_choices_are_the_core_precision_rule():
+    cpu = torch.device("cpu")
+    assert get_amp_dtype("auto", cpu) == get_autocast_dtype(cpu, training=True) == get_autocast_dtype(cpu)
+    assert get_amp_dtype("bf16", cpu) is torch.bfloat16 and get_amp_dtype("off", cpu) is None
 
 
 def test_loader_options_feed_gpus_and_spare_cpus(monkeypatch):
@@ -306,9 +311,9 @@ def test_freeze_keeps_parts_fixed(tiny_sam, brain_samples, tmp_path):
     after = tiny_sam.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("image_encoder."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("mask_decoder."))
-    with pytest.raises(TrainingError, match="match no parameter"):
+    with pytest.raises(InputError, match="match no parameter"):
         train(tiny_sam, brain_samples, None, _get_config(tmp_path, iterations=1, freeze=("encoder",)))
-    with pytest.raises(TrainingError, match="leaves nothing to train"):
+    with pytest.raises(InputError, match="leaves nothing to train"):
         train(tiny_sam, brain_samples, None, _get_config(tmp_path, iterations=1, freeze=(
             "image_encoder", "prompt_encoder", "mask_decoder")))
 

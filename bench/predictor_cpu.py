@@ -17,22 +17,13 @@ import time
 
 import numpy as np
 import torch
+from common import load_icbm152
 from segment_anything import SamPredictor
 
 from medicosam.models.config import OFFICIAL_CONFIGS, build_sam, get_tiny_config
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts, get_center_point
 from medicosam.propagation import PropagationConfig
-
-
-def _load_icbm152():
-    import SimpleITK as sitk
-
-    from medicosam_training.sample_data import get_nilearn_icbm152
-
-    t1 = sitk.GetArrayFromImage(sitk.ReadImage(str(get_nilearn_icbm152("t1"))))
-    wm = sitk.GetArrayFromImage(sitk.ReadImage(str(get_nilearn_icbm152("wm")))) > 127
-    return t1, wm
 
 
 def _best_of(fn, repeat: int) -> float:
@@ -56,7 +47,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     sam = build_sam(OFFICIAL_CONFIGS["vit_b"] if args.arch == "vit_b" else get_tiny_config())
-    t1, wm = _load_icbm152()
+    data = load_icbm152()
+    t1, wm = data["t1"], data["wm"]
     indexes = [t1.shape[0] // 2 + d for d in range(args.slices)]
     ours = VolumePredictor(sam, t1, model_id=args.arch)
     official = SamPredictor(sam)

@@ -34,7 +34,8 @@ from common import (
 from medicosam.acceleration import fast_attention
 from medicosam_training.objective import compute_objective, get_preset
 from medicosam_training.phantoms import make_phantom_2d
-from medicosam_training.trainer import activation_checkpointing, use_fast_attention
+from medicosam_training.runtime import use_fast_attention
+from medicosam_training.trainer import activation_checkpointing
 
 
 def get_batch(batch: int, objects: int, size: int, device: torch.device):

@@ -1,13 +1,15 @@
-"""MedicoSAM Segment Editor effect: the thin Slicer layer over `medicosam.session`.
+"""MedicoSAM Segment Editor effect: the thin Slicer layer over `medicosam.effect`.
 
-This file only reads MRML (the segment's markups point lists and ROI in world RAS, the view's orientation,
-the source volume as the editor aligned it to the segmentation), calls the session on the inference worker
-thread, and writes what the session returns through `modifySelectedSegmentByLabelmap` after one
-`saveStateForUndo`. The prompts are the user's own markups nodes, chosen per segment and remembered in
-segment tags: the effect's click tools, Slicer's place mode and any module that edits them change the same
-nodes, and their point events update the preview. Every decision in between (which slice a point lands on,
-what to propagate, what to write) is in the core and tested without Slicer. Nothing heavy is imported at
-file scope: torch and SAM are imported on first use, after the user agreed to install them.
+Slicer cannot run in the project's tests, so this file keeps only what needs Slicer: widgets, Qt timers
+and dialogs, and MRML I/O. It reads the segment's markups point lists and ROI in world RAS, the view's
+orientation and the source volume as the editor aligned it to the segmentation, hands them to the
+`EffectController` (which owns the model, predictor and sessions and runs them on the inference worker),
+and writes what a session returns through `modifySelectedSegmentByLabelmap` after one `saveStateForUndo`.
+The prompts are the user's own markups nodes, chosen per segment and remembered in segment tags: the
+effect's click tools, Slicer's place mode and any module that edits them change the same nodes, and their
+point events update the preview. Every decision (which model to keep, which slice a point lands on, what
+to propagate, what to write) is in `medicosam.effect` and tested without Slicer. Nothing heavy is imported
+at file scope: torch and SAM are imported on first use, after the user agreed to install them.
 """
 
 import contextlib
@@ -42,11 +44,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self.worker = None  # medicosam.worker.InferenceWorker, created on first use
-        self.cache = None  # medicosam.embedding_cache.EmbeddingCache shared by all volumes
-        self.loaded = None  # (what was asked for, medicosam.models.checkpoint.LoadedSam)
-        self.predictors = {}  # source key -> VolumePredictor
-        self.sessions = {}  # (source key, segmentation ID, segment ID) -> SegmentationSession
+        from medicosam.effect.controller import EffectController
+
+        self.controller = EffectController(self.runBlocking, self.clearDisplay)  # model, predictor, sessions
         self.pending = []  # [(future, callback)] of preview jobs, polled on the GUI thread
         self.busy = False  # a blocking job (apply, propagate, model loading) is running
         self.boxStart = None  # (xy, ras, slice node ID) while a box is dragged
@@ -97,11 +97,8 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         """Stop the worker thread, remove the preview node, free the model, volume copies and embeddings."""
         self.pending = []
         self.unobserveMarkups()
-        if self.worker is not None:
-            self.worker.shutdown(wait=False)
-            self.worker = None
+        self.controller.release()
         self.removePreviewNode()
-        self.sessions, self.predictors, self.loaded, self.cache = {}, {}, None, None
 
     def activate(self):
         self.createPreviewNode()
@@ -117,12 +114,11 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.removeShortcuts()
         self.removePreviewNode()
         self.boxStart = None
-        if self.worker is not None:
-            self.worker.clear_background()
+        self.controller.stop_prefetch()
 
     def setupOptionsFrame(self):
         from medicosam.device import DEVICE_CHOICES
-        from medicosam.effect_settings import DIRECTION_LABELS, MODE_LABELS
+        from medicosam.effect.settings import DIRECTION_LABELS, MODE_LABELS
 
         modelSection = ctk.ctkCollapsibleButton()
         modelSection.text = "Model"
@@ -221,6 +217,12 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.iouSpinBox.setSingleStep(0.05)
         self.iouSpinBox.setToolTip("Stop when a slice's mask overlaps the previous one less than this (IoU).")
         propagationForm.addRow("Stop below IoU:", self.iouSpinBox)
+        self.boxExtensionSpinBox = qt.QDoubleSpinBox()
+        self.boxExtensionSpinBox.setRange(0.0, 100.0)
+        self.boxExtensionSpinBox.setSingleStep(0.05)
+        self.boxExtensionSpinBox.setToolTip("Grow the box derived from the previous slice's mask by this fraction "
+                                            "of its side (1 or more: by this many pixels).")
+        propagationForm.addRow("Box extension:", self.boxExtensionSpinBox)
         self.propagateButton = qt.QPushButton(f"Propagate ({key['propagate']})")
         self.propagateButton.objectName = self.__class__.__name__ + "Propagate"
         propagationForm.addRow(self.propagateButton)
@@ -245,6 +247,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.connectSignal(self.cacheSpinBox, "valueChanged(int)", self.updateMRMLFromGUI)
         self.connectSignal(self.slicesSpinBox, "valueChanged(int)", self.updateMRMLFromGUI)
         self.connectSignal(self.iouSpinBox, "valueChanged(double)", self.updateMRMLFromGUI)
+        self.connectSignal(self.boxExtensionSpinBox, "valueChanged(double)", self.updateMRMLFromGUI)
         self.connectSignal(self.checkpointSelector, "currentPathChanged(QString)", self.updateMRMLFromGUI)
         self.connectSignal(self.refineCheckBox, "toggled(bool)", self.updateMRMLFromGUI)
         self.connectSignal(self.fastCheckBox, "toggled(bool)", self.updateMRMLFromGUI)
@@ -262,7 +265,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
 
     def createMarkupsSelector(self, role, className):
         """A node selector (create, rename, delete) and Slicer's place button for one markups role."""
-        from medicosam.effect_settings import MARKUPS_NAMES
+        from medicosam.effect.settings import MARKUPS_NAMES
 
         selector = slicer.qMRMLNodeComboBox()
         selector.nodeTypes = [className]
@@ -284,24 +287,29 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.connections.append((sender, signal, slot))
 
     def setMRMLDefaults(self):
-        from medicosam.effect_settings import EffectSettings
+        from medicosam.effect.settings import EffectSettings
 
-        for name, value in EffectSettings().to_parameters().items():
+        for name, value in EffectSettings.get_parameter_defaults(self.readParameter).items():
             self.scriptedEffect.setParameterDefault(name, value)
 
+    def readParameter(self, name):
+        """The parameter's string, "" when the node has none (a scene saved before it existed)."""
+        return self.scriptedEffect.parameter(name) if self.scriptedEffect.parameterDefined(name) else ""
+
     def sourceVolumeNodeChanged(self):
-        self.forgetSessions()
+        self.controller.forget()
 
     def referenceGeometryChanged(self):
-        self.forgetSessions()
+        self.controller.forget()
 
     def updateGUIFromMRML(self):
-        from medicosam.effect_settings import CUSTOM_MODEL
+        from medicosam.effect.settings import CUSTOM_MODEL
 
         settings = self.getSettings()
+        propagation = settings.propagation
         widgets = (self.modelSelector, self.checkpointSelector, self.deviceSelector, self.cacheSpinBox,
                    self.fastCheckBox, self.refineCheckBox, self.directionSelector, self.slicesSpinBox,
-                   self.modeSelector, self.iouSpinBox)
+                   self.modeSelector, self.iouSpinBox, self.boxExtensionSpinBox)
         wasBlocked = [widget.blockSignals(True) for widget in widgets]
         self.modelSelector.setCurrentIndex(self.modelSelector.findData(settings.model))
         self.checkpointSelector.currentPath = settings.custom_checkpoint
@@ -309,10 +317,11 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.cacheSpinBox.value = settings.cache_mb
         self.fastCheckBox.checked = settings.fast
         self.refineCheckBox.checked = settings.refine
-        self.directionSelector.setCurrentIndex(self.directionSelector.findData(settings.direction))
-        self.slicesSpinBox.value = settings.max_slices
-        self.modeSelector.setCurrentIndex(self.modeSelector.findData(settings.mode))
-        self.iouSpinBox.value = settings.iou_threshold
+        self.directionSelector.setCurrentIndex(self.directionSelector.findData(propagation.direction))
+        self.slicesSpinBox.value = propagation.max_slices or 0  # 0: "until the object ends"
+        self.modeSelector.setCurrentIndex(self.modeSelector.findData(propagation.mode))
+        self.iouSpinBox.value = propagation.iou_threshold
+        self.boxExtensionSpinBox.value = propagation.box_extension
         for widget, blocked in zip(widgets, wasBlocked):
             widget.blockSignals(blocked)
         for tool, button in self.toolButtons.items():
@@ -323,23 +332,29 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             self.updateMarkupsSelectors()
 
     def updateMRMLFromGUI(self):
-        from medicosam.effect_settings import EffectSettings
+        import dataclasses
 
         current = self.getSettings()
-        settings = EffectSettings(
+        propagation = dataclasses.replace(
+            current.propagation,
+            direction=self.directionSelector.itemData(self.directionSelector.currentIndex),
+            max_slices=self.slicesSpinBox.value or None,  # 0: "until the object ends"
+            mode=self.modeSelector.itemData(self.modeSelector.currentIndex),
+            iou_threshold=self.iouSpinBox.value,
+            box_extension=self.boxExtensionSpinBox.value,
+        )
+        self.writeSettings(dataclasses.replace(
+            current,
             model=self.modelSelector.itemData(self.modelSelector.currentIndex) or current.model,
             custom_checkpoint=self.checkpointSelector.currentPath,
             device=self.deviceSelector.itemData(self.deviceSelector.currentIndex),
-            tool=current.tool,
             refine=self.refineCheckBox.checked,
-            direction=self.directionSelector.itemData(self.directionSelector.currentIndex),
-            max_slices=self.slicesSpinBox.value,
-            mode=self.modeSelector.itemData(self.modeSelector.currentIndex),
-            iou_threshold=self.iouSpinBox.value,
-            box_extension=current.box_extension,
             cache_mb=self.cacheSpinBox.value,
             fast=self.fastCheckBox.checked,
-        )
+            propagation=propagation,
+        ))
+
+    def writeSettings(self, settings):
         with slicer.util.NodeModify(self.scriptedEffect.parameterSetNode()):
             for name, value in settings.to_parameters().items():
                 self.scriptedEffect.setParameter(name, value)
@@ -369,7 +384,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             if confirmed in (self.scriptedEffect.NotConfirmed, self.scriptedEffect.ConfirmedWithDialog):
                 return True  # the release event went to the dialog: do not start a prompt
             ras = self.xyToRas(xy, viewWidget)
-            tool = self.scriptedEffect.parameter("Tool")
+            tool = self.getSettings().tool
             if tool == "box":
                 self.boxStart = (xy, ras, sliceNodeId)
             else:
@@ -401,14 +416,17 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         segment's points with the Markups toolbar or a place button is one way to prompt."""
 
     def setTool(self, tool):
+        import dataclasses
+
         slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()  # the tool takes clicks
-        self.scriptedEffect.setParameter("Tool", tool)
+        self.writeSettings(dataclasses.replace(self.getSettings(), tool=tool))
 
     def toggleRefine(self):
         self.refineCheckBox.checked = not self.refineCheckBox.checked
 
     def setRoiFromDrag(self, startRas, endRas, sliceNode):
         """Set the segment's ROI to the dragged box: on the drag's slice, with the view's axes."""
+        from medicosam.effect.extent import get_extent_shape
         from medicosam.markups import get_roi_from_drag, get_roi_from_matrix
 
         source = self.scriptedEffect.sourceVolumeImageData()
@@ -417,7 +435,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             return
         _, ijkToRas, extent = self.getSourceGeometry(source)
         sliceToRas = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
-        roi = get_roi_from_drag(startRas, endRas, sliceToRas, ijkToRas, getExtentShape(extent))
+        roi = get_roi_from_drag(startRas, endRas, sliceToRas, ijkToRas, get_extent_shape(extent))
         roiNode = self.getMarkupsNode("roi", create=True)
         transformNode = roiNode.GetParentTransformNode()
         if transformNode is not None:  # the ROI node's own frame
@@ -439,13 +457,13 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     def getMarkupsNode(self, role, create=False):
         """The selected segment's node for `role` (its ID is a segment tag, saved with the segmentation);
         with `create`, a new one when there is none."""
-        from medicosam.effect_settings import MARKUPS_NAMES, MARKUPS_TAGS
-        from medicosam.session import SessionError
+        from medicosam.effect.settings import MARKUPS_NAMES, MARKUPS_TAGS
+        from medicosam.errors import InputError
 
         segment = self.getSelectedSegment()
         if segment is None:
             if create:
-                raise SessionError("Select a segmentation and a segment first.")
+                raise InputError("Select a segmentation and a segment first.")
             return None
         nodeId = vtk.mutable("")
         node = slicer.mrmlScene.GetNodeByID(str(nodeId)) if segment.GetTag(MARKUPS_TAGS[role], nodeId) else None
@@ -461,7 +479,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
 
     def setMarkupsNode(self, role, node):
         """Make `node` the selected segment's node for `role` and show it in the role's selector."""
-        from medicosam.effect_settings import MARKUPS_TAGS
+        from medicosam.effect.settings import MARKUPS_TAGS
 
         segment = self.getSelectedSegment()
         if segment is not None:
@@ -557,17 +575,9 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             session = self.getSession(create=bool(points or rois))
         if session is None:
             return
-        normal, refine, sessionKey = self.getPromptViewNormal(), self.getSettings().refine, self.getSessionKey()
-
-        def job():
-            session.refine = refine
-            changed = session.set_markups(points, rois, normal)
-            if session.current not in changed:
-                return None  # the shown preview still holds
-            preview = session.update_preview() if session.has_prompts() else None
-            return preview, session.get_prefetch_slices()
-
-        self.markupsFuture = self.worker.submit(job)
+        sessionKey = self.getSessionKey()
+        self.markupsFuture = self.controller.submit_markups(session, points, rois, self.getPromptViewNormal(),
+                                                            self.getSettings().refine)
         self.pending.append((self.markupsFuture, lambda result: self.onPreview(session, sessionKey, result)))
 
     def flushMarkups(self):
@@ -588,9 +598,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.showPreview(preview)
         self.showStatus(f"Preview of slice {preview.index} (predicted IoU {preview.score:.2f}): "
                         f"Apply ({getShortcutKeys()['apply']}) to keep it.")
-        self.worker.clear_background()
-        for axis, index in neighbours:  # embeddings the next click or propagation will need
-            self.worker.submit(session.predictor.get_embedding, axis, index, background=True)
+        self.controller.prefetch(session, neighbours)  # embeddings the next click or propagation will need
 
     def getSyncedSession(self, create=False):
         """The session with every markups change handed to it (an action may follow an edit at once)."""
@@ -623,22 +631,14 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             self.clearDisplay()
 
     def onPropagate(self):
-        import dataclasses
-
-        from medicosam.geometry import get_slice_axis
-        from medicosam.markups import get_propagation_range
+        from medicosam.effect.controller import get_propagation_config
 
         with self.reportingErrors():
             session = self.getSyncedSession()
             if session is None:
                 return
-            config = self.getSettings().get_propagation_config()
             _, rois = self.readMarkups()
-            axis = session.current[0] if session.current else get_slice_axis(self.getPromptViewNormal(),
-                                                                              session.ijk_to_ras)
-            sliceRange = get_propagation_range(rois, session.ijk_to_ras, session.shape, axis)
-            if sliceRange is not None:  # an ROI over several slices: propagation stays in it
-                config = dataclasses.replace(config, slice_range=sliceRange)
+            config = get_propagation_config(session, self.getSettings(), rois, self.getPromptViewNormal())
             segment = self.getSelectedSegmentArray()
             self.runCancellableWrite(
                 lambda progress: session.propagate(config, segment, progress.report, progress.is_cancelled),
@@ -663,7 +663,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     def runCancellableWrite(self, task, text, cancelled):
         """Run `task(progress)` behind a cancellable dialog and write the request it returns (None:
         cancelled, the segment is left as it was)."""
-        from medicosam.worker import TaskProgress
+        from medicosam.effect.worker import TaskProgress
 
         progress = TaskProgress()
         request = self.runBlocking(lambda: task(progress), text, progress)
@@ -727,11 +727,12 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     # Sessions, model and dependencies -------------------------------------------------------------
 
     def getSettings(self):
-        from medicosam.effect_settings import EffectSettings, SettingsError
+        from medicosam.effect.settings import EffectSettings
+        from medicosam.errors import InputError
 
         try:
-            return EffectSettings.from_parameters(self.scriptedEffect.parameter)
-        except SettingsError as error:
+            return EffectSettings.from_parameters(self.readParameter)
+        except InputError as error:
             self.showStatus(str(error))
             return EffectSettings()
 
@@ -751,91 +752,48 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             return None
         if create and not self.ensureModel():  # first: the imports below need the installed packages
             return None
-        if self.loaded is None:
+        session = None
+        if self.controller.loaded is not None:
+            from medicosam.effect.extent import get_array_on_extent
+
+            sourceKey, ijkToRas, extent = self.getSourceGeometry(source)
+            session = self.controller.get_session(
+                segmentKey, sourceKey, ijkToRas,
+                lambda: get_array_on_extent(getImageArray(source), source.GetExtent(), extent).copy(),
+                self.getSettings().refine, create)
+        if session is None:
             self.showStatus("Nothing to do yet: click a point or drag a box on a slice first.")
             return None
-        from medicosam.predictor import VolumePredictor
-        from medicosam.session import SegmentationSession, get_array_on_extent
-
-        sourceKey, ijkToRas, extent = self.getSourceGeometry(source)
-        key = (sourceKey, *segmentKey)
-        if key not in self.sessions:
-            if not create:
-                self.showStatus("Nothing to do yet: click a point or drag a box on a slice first.")
-                return None
-            predictor = self.predictors.get(sourceKey)
-            if predictor is None:
-                volume = get_array_on_extent(getImageArray(source), source.GetExtent(), extent).copy()
-                loaded, cache, fast = self.loaded[1], self.cache, self.getSettings().fast
-                predictor = self.runBlocking(  # the intensity window reads the whole volume
-                    lambda: VolumePredictor.from_loaded(loaded, volume, fast=fast, volume_id=repr(sourceKey),
-                                                        cache=cache),
-                    "Preparing the volume...")
-                self.predictors = {sourceKey: predictor}  # one volume at a time: drop the others
-                self.sessions = {k: s for k, s in self.sessions.items() if k[0] == sourceKey}  # and their sessions
-            self.sessions[key] = SegmentationSession(predictor, ijkToRas, refine=self.getSettings().refine)
-        self.sessions[key].ijk_to_ras = ijkToRas  # the segmentation may have been moved since
         self.displayedSessionKey = segmentKey
-        return self.sessions[key]
+        return session
 
     def getSourceGeometry(self, source):
         """(key of the aligned source volume, array index -> world RAS matrix, the editor's extent)."""
-        from medicosam.errors import MedicoSAMError
-        from medicosam.session import get_world_ijk_to_ras
+        from medicosam.effect.extent import get_world_ijk_to_ras
+        from medicosam.errors import DataError
 
         segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
         localToWorld = None
         transformNode = segmentationNode.GetParentTransformNode()
         if transformNode is not None:
             if not transformNode.IsTransformToWorldLinear():
-                raise MedicoSAMError("The segmentation is under a non-linear transform: harden the transform "
-                                     "(Data module, right-click the segmentation) before using MedicoSAM.")
+                raise DataError("The segmentation is under a non-linear transform: harden the transform "
+                                "(Data module, right-click the segmentation) before using MedicoSAM.")
             localToWorld = getNumpyMatrix(transformNode.GetMatrixTransformToWorld)
         extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
         imageToLocal = getNumpyMatrix(source.GetImageToWorldMatrix)
         sourceKey = (source.GetMTime(), tuple(extent))
         return sourceKey, get_world_ijk_to_ras(imageToLocal, extent, localToWorld), extent
 
-    def forgetSessions(self):
-        self.sessions = {}
-        self.predictors = {}
-        self.clearDisplay()
-
     def ensureModel(self):
         """Load the chosen model (installing packages and downloading weights if the user agrees)."""
-        from medicosam.effect_settings import CUSTOM_MODEL
-        from medicosam.worker import TaskProgress
-
         settings = self.getSettings()
-        wanted = (settings.checkpoint, settings.device, settings.fast)
-        if self.cache is not None:
-            self.cache.max_bytes = settings.cache_bytes  # a smaller cap evicts at the next embedding
-        if self.loaded is not None and self.loaded[0] == wanted:
-            return True
-        if self.loaded is not None and self.loaded[0][:2] == wanted[:2]:  # only "Fast inference" changed:
-            self.loaded = (wanted, self.loaded[1])  # same model, new predictors (the cache keys the precision)
-            self.forgetSessions()
+        if self.controller.use_settings(settings):
             return True
         if not self.ensureDependencies() or not self.confirmDownload(settings.model):
             return False
-        progress = TaskProgress()
-
-        def load():
-            from medicosam.device import configure_threads, get_device
-            from medicosam.models.checkpoint import load_sam
-
-            configure_threads()  # Slicer in a container would otherwise run one torch thread per host core
-            return load_sam(settings.checkpoint, device=str(get_device(settings.device)),
-                            allow_custom=settings.model == CUSTOM_MODEL, progress=progress.report)
-
-        loaded = self.runBlocking(load, f"Loading {settings.model}...", progress)
-        from medicosam.embedding_cache import EmbeddingCache
-
-        self.loaded = (wanted, loaded)
-        self.cache = EmbeddingCache(settings.cache_bytes)
-        self.forgetSessions()
+        device = self.controller.load_model(settings)
         self.refreshModelChoices()
-        device = next(loaded.sam.parameters()).device
         self.showStatus(f"Model {settings.model} ready on {device}.")
         return True
 
@@ -843,7 +801,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         """torch via the PyTorch extension, the rest with pip: each only after the user agrees."""
         import importlib
 
-        from medicosam.requirements import get_missing_requirements, is_torch_installed
+        from medicosam.effect.requirements import get_missing_requirements, is_torch_installed
 
         if not is_torch_installed():
             try:
@@ -874,8 +832,8 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     @contextlib.contextmanager
     def installing(self, text, failure):
         """A progress dialog while pip runs (Slicer's pip runs on this thread and repaints at each output line);
-        a failure becomes one MedicoSAMError (`tryWithErrorDisplay` would show a dialog and re-raise)."""
-        from medicosam.errors import MedicoSAMError
+        a failure becomes one RunError (`tryWithErrorDisplay` would show a dialog and re-raise)."""
+        from medicosam.errors import RunError
 
         dialog = createProgressDialog(text + " pip's output is in the Python console.", cancellable=False)
         dialog.show()
@@ -884,7 +842,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             yield
         except Exception as error:
             logging.exception(failure)
-            raise MedicoSAMError(f"{failure}: {error}. The Python console shows pip's output; install from the "
+            raise RunError(f"{failure}: {error}. The Python console shows pip's output; install from the "
                                  "PyTorch Util module or with pip there, then try again.") from error
         finally:
             closeDialog(dialog)
@@ -902,7 +860,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
                             "later sessions ('Delete downloaded models...' removes them).")
 
     def refreshModelChoices(self):
-        from medicosam.effect_settings import get_model_choices
+        from medicosam.effect.settings import get_model_choices
 
         try:
             from medicosam.models.download import list_cached_models
@@ -923,26 +881,21 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         """The selected segment now, as a bool (K, J, I) array on the session's grid."""
         import numpy as np
 
-        from medicosam.session import get_array_on_extent
+        from medicosam.effect.extent import get_array_on_extent, get_extent_shape
 
         labelmap = self.scriptedEffect.selectedSegmentLabelmap()
         extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
         if labelmap is None or labelmap.GetPointData().GetScalars() is None:
-            return np.zeros(getExtentShape(extent), bool)
+            return np.zeros(get_extent_shape(extent), bool)
         return get_array_on_extent(getImageArray(labelmap) > 0, labelmap.GetExtent(), extent)
 
     def writeRequest(self, request):
         """One undo point, then per block: erase the slices, add the masks (editor rules apply to both)."""
-        from medicosam.errors import MedicoSAMError
-
         if request is None:
             return
         modifier = self.scriptedEffect.defaultModifierLabelmap()
         array = getImageArray(modifier)
-        if array.shape != tuple(request.shape):
-            self.forgetSessions()
-            raise MedicoSAMError("The segmentation's geometry changed since the prompts were placed: "
-                                 "nothing was written. Place the prompts again.")
+        self.controller.check_request(request, array.shape)
         origin = modifier.GetExtent()[::2]
         modes = slicer.qSlicerSegmentEditorAbstractEffect
         segment = self.getSelectedSegmentArray()
@@ -990,9 +943,11 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         node.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
         segment = segmentationNode.GetSegmentation().GetSegment(self.getSessionKey()[1])
         node.GetSegmentation().GetSegment("preview").SetColor(segment.GetColor())
+        from medicosam.effect.extent import get_extent_shape
+
         reference = self.scriptedEffect.referenceGeometryImage()
         block = preview.get_block()
-        image = createLabelmap(reference, block.get_extent(getExtentShape(reference.GetExtent()),
+        image = createLabelmap(reference, block.get_extent(get_extent_shape(reference.GetExtent()),
                                                            reference.GetExtent()[::2]))
         getImageArray(image)[:] = block.get_array()
         image.Modified()
@@ -1028,12 +983,12 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         slicer.util.showStatusMessage("MedicoSAM: " + text, 5000)
 
     def showError(self, error):
+        from medicosam.errors import InputError
         from medicosam.geometry import PointOutsideVolumeError
-        from medicosam.session import SessionError
 
         self.showStatus(str(error))
-        if not isinstance(error, (PointOutsideVolumeError, SessionError)):  # a missed click needs no dialog
-            slicer.util.errorDisplay(str(error), windowTitle="MedicoSAM")
+        if not isinstance(error, (PointOutsideVolumeError, InputError)):  # a missed click or an action out of
+            slicer.util.errorDisplay(str(error), windowTitle="MedicoSAM")  # order: the status says what to do
 
     def confirm(self, text):
         return slicer.app.testingEnabled() or slicer.util.confirmOkCancelDisplay(text, windowTitle="MedicoSAM")
@@ -1041,7 +996,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     def installShortcuts(self):
         """Shortcuts on the options frame: active while it is shown, deleted with it even if Slicer never calls
         `cleanup` (5.6, 5.8)."""
-        from medicosam.effect_settings import SHORTCUTS
+        from medicosam.effect.settings import SHORTCUTS
 
         actions = {"positive": lambda: self.setTool("positive"), "negative": lambda: self.setTool("negative"),
                    "box": lambda: self.setTool("box"), "apply": self.onApply, "propagate": self.onPropagate,
@@ -1060,15 +1015,12 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     def runBlocking(self, function, text, progress=None):
         """Run `function` on the worker while the GUI stays live behind a progress dialog (Cancel
         when `progress` is a TaskProgress); returns its result or raises its error."""
-        from medicosam.errors import MedicoSAMError
-        from medicosam.worker import InferenceWorker
+        from medicosam.errors import InputError
 
         if self.busy:  # a shortcut pressed before the dialog appeared
-            raise MedicoSAMError("MedicoSAM is busy: wait until the running action finishes.")
-        if self.worker is None:
-            self.worker = InferenceWorker()
+            raise InputError("MedicoSAM is busy: wait until the running action finishes.")
         self.busy = True
-        future = self.worker.submit(function)
+        future = self.controller.get_worker().submit(function)
         dialog = createProgressDialog(text, cancellable=progress is not None)
         dialog.minimumDuration = BUSY_DIALOG_DELAY_MS
         try:
@@ -1093,7 +1045,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
 
 def getShortcutKeys():
     """Action -> key of the effect's shortcuts."""
-    from medicosam.effect_settings import SHORTCUTS
+    from medicosam.effect.settings import SHORTCUTS
 
     return {action: key for key, action in SHORTCUTS.items()}
 
@@ -1121,11 +1073,6 @@ def getImageArray(image):
 
     dims = image.GetDimensions()
     return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
-
-
-def getExtentShape(extent):
-    """(K, J, I) array shape of a VTK extent."""
-    return tuple(extent[2 * axis + 1] - extent[2 * axis] + 1 for axis in (2, 1, 0))
 
 
 def getNumpyMatrix(getter):

@@ -1,13 +1,15 @@
-"""A fast, reversible inference path for a real `segment_anything` Sam, with the same weights.
+"""A fast inference path for a real `segment_anything` Sam, with the same weights, chosen per call.
 
 The official encoder materialises every attention map (12 x 4096 x 4096 per image in each global
 block of ViT-b) and adds the decomposed relative-position bias to it. Here attention runs through
 `torch.nn.functional.scaled_dot_product_attention` (fused / memory-efficient kernels) with that
-bias passed as the additive mask, the image encoder runs under bf16 autocast on CUDA, and the
-encoder can be compiled with `torch.compile`. Switching is done by changing the class of each
-attention module to a subclass that only overrides `forward`: parameters, buffers and state-dict
-keys never change, so an accelerated model still exports as a plain SAM checkpoint, and
-`disable_fast_path` restores the official classes (fp32 official attention stays the reference).
+bias passed as the additive mask, and the image encoder runs under bf16 autocast where the device
+runs bf16 natively. `fast_attention` switches a model for the duration of a block, by changing the
+class of each attention module to a subclass that only overrides `forward` (parameters, buffers
+and state-dict keys never change), and puts back what it found: several users of one model (a fast
+and a reference predictor, training and evaluation) each get the path they asked for, and fp32
+official attention stays the reference. Compiling the encoder (`compile_encoder`) is the one
+switch that stays: it is chosen once, when the model is loaded, for batch work.
 
 This module imports torch and segment_anything at import time: import it only where they are needed.
 """
@@ -24,33 +26,25 @@ from segment_anything.modeling.image_encoder import Attention as EncoderAttentio
 from segment_anything.modeling.image_encoder import get_rel_pos
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 
-from .errors import MedicoSAMError
-
-AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "none")
-
-
-class AccelerationError(MedicoSAMError, ValueError):
-    """An acceleration option that cannot be used (unknown dtype, compile unavailable...)."""
+from .device import AUTOCAST_CHOICES, get_autocast_dtype
+from .errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
 class AccelerationConfig:
-    """What the fast path turns on (defaults: SDPA everywhere, bf16 where it is fast, no compile).
+    """What the fast path turns on per call (defaults: SDPA everywhere, bf16 where it is fast).
 
     `autocast="auto"` means bf16 autocast on CUDA (fp16 where the GPU lacks bf16) and on CPUs
     with AMX tiles (Sapphire Rapids and later: ~1.7x on the ViT-b encoder), fp32 elsewhere (bf16
-    is emulated, hence slower, on other CPUs). `compile` costs tens of seconds on first use per
-    input shape; worth it for batch work (volume embedding, training), not for one click.
+    is emulated, hence slower, on other CPUs); see `medicosam.device.get_autocast_dtype`.
     """
 
     sdpa: bool = True
     autocast: str = "auto"
-    compile: bool = False
-    compile_mode: Optional[str] = None  # torch.compile mode, e.g. "max-autotune"
 
     def __post_init__(self) -> None:
         if self.autocast not in AUTOCAST_CHOICES:
-            raise AccelerationError(f"unknown autocast {self.autocast!r}: use one of {AUTOCAST_CHOICES}")
+            raise InputError(f"unknown autocast {self.autocast!r}: use one of {AUTOCAST_CHOICES}")
 
 
 def get_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
@@ -94,28 +88,6 @@ _FAST_CLASSES = {EncoderAttention: FastEncoderAttention, DecoderAttention: FastD
 _OFFICIAL_CLASSES = {fast: official for official, fast in _FAST_CLASSES.items()}
 
 
-def _swap_classes(model: torch.nn.Module, mapping: dict) -> None:
-    for module in model.modules():
-        new_class = mapping.get(type(module))
-        if new_class is not None:
-            module.__class__ = new_class
-
-
-def enable_fast_attention(model: torch.nn.Module) -> torch.nn.Module:
-    """Route every SAM attention module of `model` (a Sam or any part of it) through SDPA, in place.
-
-    Idempotent; the state dict (keys, tensors) is untouched.
-    """
-    _swap_classes(model, _FAST_CLASSES)
-    return model
-
-
-def disable_fast_attention(model: torch.nn.Module) -> torch.nn.Module:
-    """Give every attention module of `model` back its official `segment_anything` class, in place."""
-    _swap_classes(model, _OFFICIAL_CLASSES)
-    return model
-
-
 def is_fast_attention(model: torch.nn.Module) -> bool:
     """True when at least one attention module of `model` runs the SDPA path."""
     return any(type(module) in _OFFICIAL_CLASSES for module in model.modules())
@@ -123,32 +95,37 @@ def is_fast_attention(model: torch.nn.Module) -> bool:
 
 @contextlib.contextmanager
 def fast_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[torch.nn.Module]:
-    """SDPA attention for the duration of the block (training), then `model` as it was found.
+    """SDPA attention (`enabled`) or the official one for the block, then `model` as it was found.
 
-    Exact in fp32; on GPUs the fused kernels never hold the 4096 x 4096 attention maps of the
-    global blocks for the backward pass, which is most of the naive step's memory. Run the
-    backward pass inside the block too: activation checkpointing recomputes the forward there.
+    `model` is a Sam or any part of it. Exact in fp32; on GPUs the fused kernels never hold the
+    4096 x 4096 attention maps of the global blocks for the backward pass, which is most of the
+    naive training step's memory. Run the backward pass inside the block too: activation
+    checkpointing recomputes the forward there. One model is switched by one thread at a time
+    (the effect runs every model call on one thread, `medicosam.effect.worker`).
     """
-    switched = enabled and not is_fast_attention(model)
-    if switched:
-        enable_fast_attention(model)
+    wanted = _FAST_CLASSES if enabled else _OFFICIAL_CLASSES
+    found = [(module, type(module)) for module in model.modules() if type(module) in wanted]
+    for module, found_class in found:
+        module.__class__ = wanted[found_class]
     try:
         yield model
     finally:
-        if switched:
-            disable_fast_attention(model)
+        for module, found_class in found:
+            module.__class__ = found_class
 
 
 def compile_encoder(sam, mode: Optional[str] = None):
-    """Compile `sam.image_encoder` in place with `torch.compile`, once per module.
+    """Compile `sam.image_encoder` in place with `torch.compile`, once per module (at load time).
 
     `nn.Module.compile` keeps the module (no `_orig_mod.` wrapper), so state-dict keys stay
-    SAM's; later calls reuse the compiled code (recompiling only for new input shapes).
+    SAM's; later calls reuse the compiled code, recompiling for new input shapes and for the other
+    attention path. Tens of seconds per shape: worth it for batch work (volume embedding,
+    benchmarks), not for one click.
     """
     encoder = sam.image_encoder
     if not hasattr(encoder, "compile"):
-        raise AccelerationError(f"torch {torch.__version__} has no nn.Module.compile: "
-                                "upgrade torch to >= 2.2 or use AccelerationConfig(compile=False)")
+        raise InputError(f"torch {torch.__version__} has no nn.Module.compile: upgrade torch to >= 2.2 "
+                         "or leave the encoder uncompiled")
     if not is_compiled(sam):
         encoder.compile(mode=mode)
     return sam
@@ -159,55 +136,14 @@ def is_compiled(sam) -> bool:
     return getattr(sam.image_encoder, "_compiled_call_impl", None) is not None
 
 
-def enable_fast_path(sam, config: Optional[AccelerationConfig] = None):
-    """Apply `config` (default `AccelerationConfig()`) to `sam` in place and return it.
-
-    Autocast is not a model property: wrap calls in `get_autocast(device, config.autocast)`.
-    """
-    config = config or AccelerationConfig()
-    if config.sdpa:
-        enable_fast_attention(sam)
-    if config.compile:
-        compile_encoder(sam, config.compile_mode)
-    return sam
-
-
-def disable_fast_path(sam):
-    """Undo `enable_fast_path`: official attention classes, no compiled encoder."""
-    disable_fast_attention(sam)
-    if is_compiled(sam):
-        sam.image_encoder._compiled_call_impl = None  # what nn.Module.compile sets; None = eager
-    return sam
-
-
 def get_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
     """A torch floating dtype from a name ("bfloat16", "float16", "float32") or a dtype; None stays None."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     value = getattr(torch, str(dtype), None)
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise AccelerationError(f"unknown floating dtype {dtype!r}: use 'bfloat16', 'float16' or 'float32'")
+        raise InputError(f"unknown floating dtype {dtype!r}: use 'bfloat16', 'float16' or 'float32'")
     return value
-
-
-def has_fast_cpu_bf16() -> bool:
-    """True on CPUs with AMX tiles, where oneDNN runs bf16 matrix products natively."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3; absent: assume no
-    return bool(check is not None and check())
-
-
-def get_autocast_dtype(device, autocast: str = "auto") -> Optional[torch.dtype]:
-    """The dtype `get_autocast` uses on `device`, or None for plain fp32."""
-    device = torch.device(device)
-    if autocast == "none":
-        return None
-    if autocast == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and has_fast_cpu_bf16() else None
-    if autocast not in AUTOCAST_CHOICES:
-        raise AccelerationError(f"unknown autocast {autocast!r}: use one of {AUTOCAST_CHOICES}")
-    return get_dtype(autocast)
 
 
 def get_autocast(device, autocast: str = "auto"):

@@ -2,7 +2,7 @@
 
 The encoder is by far the slowest part of SAM (seconds per slice on a CPU), so every slice
 embedding is computed at most once while it fits under the cap. Keys say everything the
-embedding depends on: (volume, axis, slice, model, intensity window).
+embedding depends on: (volume, axis, slice, model, intensity window, precision).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from typing import Callable, Hashable, Optional
+
+from .errors import InputError
 
 
 def get_nbytes(value) -> int:
@@ -28,7 +30,7 @@ class EmbeddingCache:
 
     def __init__(self, max_bytes: int = 2 * 1024**3):
         if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+            raise InputError(f"max_bytes must be positive, got {max_bytes}: give the cache's size in bytes")
         self.max_bytes = int(max_bytes)
         self._items: OrderedDict = OrderedDict()
         self._nbytes = 0

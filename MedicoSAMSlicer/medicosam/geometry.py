@@ -16,7 +16,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from medicosam.errors import MedicoSAMError
+from .errors import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 DEFAULT_OBLIQUE_TOLERANCE_DEG = 1.0
@@ -26,16 +26,8 @@ Index = Tuple[int, int, int]
 Box = Tuple[int, int, int, int]
 
 
-class PointOutsideVolumeError(MedicoSAMError, ValueError):
+class PointOutsideVolumeError(InputError):
     """A world point does not fall inside any voxel of the volume."""
-
-
-class EmptyBoxError(MedicoSAMError, ValueError):
-    """A box prompt without area."""
-
-
-class ObliqueViewError(MedicoSAMError, ValueError):
-    """The slice view is not parallel to one of the volume's stored slice planes."""
 
 
 def get_ijk_to_ras(
@@ -57,7 +49,7 @@ def get_ijk_to_ras(
 def get_ijk_to_ras_from_sitk(image) -> np.ndarray:
     """4x4 IJK -> RAS matrix of a 3D `SimpleITK.Image`."""
     if image.GetDimension() != 3:
-        raise ValueError(f"expected a 3D SimpleITK image, got {image.GetDimension()}D")
+        raise InputError(f"expected a 3D SimpleITK image, got {image.GetDimension()}D")
     return get_ijk_to_ras(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
 
 
@@ -119,19 +111,19 @@ def get_slice_axis(
     of the normal does not matter.
 
     Raises:
-        ObliqueViewError: no volume axis is within `tolerance_deg` of the normal.
+        InputError: no volume axis is within `tolerance_deg` of the normal.
     """
     normal = np.asarray(view_normal_ras, float).reshape(3)
     norm = np.linalg.norm(normal)
     if not np.isfinite(norm) or norm == 0:
-        raise ValueError(f"the view normal must be a non-zero vector, got {tuple(normal)}")
+        raise InputError(f"the view normal must be a non-zero vector, got {tuple(normal)}")
     axes_ras = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
     cosines = np.clip(np.abs(axes_ras.T @ (normal / norm)), 0.0, 1.0)
     best_ijk = int(np.argmax(cosines))
     angle = math.degrees(math.acos(cosines[best_ijk]))
     array_axis = 2 - best_ijk
     if angle > tolerance_deg:
-        raise ObliqueViewError(
+        raise InputError(
             f"The slice view is oblique to the volume's voxel grid: its normal is {angle:.1f} degrees "
             f"from the closest volume axis ({_AXIS_NAMES[array_axis]}), more than the {tolerance_deg:g} "
             "degree tolerance. MedicoSAM segments the volume's stored slices, so the view must show one "
@@ -144,7 +136,7 @@ def get_slice_axis(
 def _get_plane_axes(axis: int) -> Tuple[int, int]:
     """(row axis, column axis) of the slice along `axis`: the two other array axes, in order."""
     if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be 0 (K), 1 (J) or 2 (I), got {axis!r}")
+        raise InputError(f"axis must be 0 (K), 1 (J) or 2 (I), got {axis!r}")
     row_axis, col_axis = (a for a in (0, 1, 2) if a != axis)
     return row_axis, col_axis
 
@@ -178,7 +170,7 @@ def get_slice_box(
 
     Raises:
         PointOutsideVolumeError: the box centre is outside the volume.
-        EmptyBoxError: both corners fall in the same row or column (a click, not a drag).
+        InputError: both corners fall in the same row or column (a click, not a drag).
     """
     corners = np.stack([np.asarray(corner_a_ras, float), np.asarray(corner_b_ras, float)])
     slice_index = ras_to_array_index(corners.mean(0), ijk_to_ras, shape_kji)[axis]
@@ -187,7 +179,7 @@ def get_slice_box(
     in_plane = corners_kji[:, [row_axis, col_axis]]
     (y0, x0), (y1, x1) = in_plane.min(0), in_plane.max(0)
     if x0 == x1 or y0 == y1:
-        raise EmptyBoxError(f"empty box: its corners {corners.tolist()} (RAS) fall in the same voxel row or "
+        raise InputError(f"empty box: its corners {corners.tolist()} (RAS) fall in the same voxel row or "
                             "column of the slice; drag the box over the structure")
     n_rows, n_cols = shape_kji[row_axis], shape_kji[col_axis]
     box = (max(int(x0), 0), max(int(y0), 0), min(int(x1) + 1, n_cols), min(int(y1) + 1, n_rows))

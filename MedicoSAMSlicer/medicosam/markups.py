@@ -24,9 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import MedicoSAMError
+from .errors import DataError, InputError
 from .geometry import (
-    EmptyBoxError,
     PointOutsideVolumeError,
     get_roi_slice_boxes,
     get_slice_axis,
@@ -39,10 +38,6 @@ from .prompts import Prompts
 #: The schema Slicer 5.x writes and accepts (`vtkMRMLMarkupsJsonStorageNode`: markups-schema-v1.x.y).
 _SCHEMA = re.compile(r".*markups-schema-v1\.[0-9]+\.[0-9]+\.json#*$")
 _LPS_FLIP = np.array([-1.0, -1.0, 1.0])
-
-
-class MarkupsFileError(MedicoSAMError, ValueError):
-    """A markups file that cannot be used as prompts (the message names the file and the field)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +77,7 @@ def get_roi_from_matrix(object_to_world: np.ndarray, size: Sequence[float]) -> O
     directions are the axes. None for an ROI with an empty edge (one still being placed).
 
     Raises:
-        MarkupsFileError: a shearing transform, which makes the box no longer a box.
+        DataError: a shearing transform, which makes the box no longer a box.
     """
     matrix = np.asarray(object_to_world, float)
     scales = np.linalg.norm(matrix[:3, :3], axis=0)
@@ -91,7 +86,7 @@ def get_roi_from_matrix(object_to_world: np.ndarray, size: Sequence[float]) -> O
         return None
     axes = matrix[:3, :3] / scales
     if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-4):
-        raise MarkupsFileError("the ROI is under a shearing transform: harden the transform on the ROI first")
+        raise DataError("the ROI is under a shearing transform: harden the transform on the ROI first")
     return MarkupsROI(tuple(matrix[:3, 3].tolist()), tuple(size_world.tolist()), tuple(map(tuple, axes.tolist())))
 
 
@@ -104,9 +99,9 @@ def get_roi_from_drag(corner_a_ras: Sequence[float], corner_b_ras: Sequence[floa
     a box drawn on one slice prompts that slice and does not bound propagation.
 
     Raises:
-        ObliqueViewError: the view is not aligned with the volume's slices.
+        InputError: the view is not aligned with the volume's slices.
         PointOutsideVolumeError: the centre of the box is outside the volume.
-        EmptyBoxError: a drag along one view axis only (a line, not a box).
+        InputError: a drag along one view axis only (a line, not a box).
     """
     view = np.asarray(view_axes_ras, float)[:3, :3]
     view = view / np.linalg.norm(view, axis=0)
@@ -118,7 +113,7 @@ def get_roi_from_drag(corner_a_ras: Sequence[float], corner_b_ras: Sequence[floa
     spacing = abs(float(np.asarray(ijk_to_ras, float)[:3, 2 - axis] @ view[:, 2]))
     size = (abs(float((b - a) @ view[:, 0])), abs(float((b - a) @ view[:, 1])), spacing / 2)
     if min(size) < 1e-6:  # mm
-        raise EmptyBoxError("empty box: the drag is a line; drag the box over the structure")
+        raise InputError("empty box: the drag is a line; drag the box over the structure")
     axes = np.column_stack([view[:, 0], view[:, 1], np.cross(view[:, 0], view[:, 1])])  # right-handed
     return MarkupsROI(tuple(centre.tolist()), size, tuple(map(tuple, axes.tolist())))
 
@@ -142,21 +137,21 @@ def read_markups_file(path: Union[str, Path]) -> Tuple[List[MarkupsPoint], List[
     """Points and ROIs of a Slicer Markups JSON file (`.mrk.json`), converted to RAS.
 
     Raises:
-        MarkupsFileError: not JSON, not Slicer's markups schema, an unsupported markups type, a missing or
+        DataError: not JSON, not Slicer's markups schema, an unsupported markups type, a missing or
             malformed field, or a point list without any defined point.
     """
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MarkupsFileError(f"{path}: cannot read it as a Slicer markups file ({error}); save the point "
+        raise DataError(f"{path}: cannot read it as a Slicer markups file ({error}); save the point "
                                "list or ROI from Slicer as .mrk.json") from None
     if not isinstance(document, dict) or not _SCHEMA.match(str(document.get("@schema", ""))):
-        raise MarkupsFileError(f"{path}: field '@schema' is not Slicer's markups-schema-v1.x; save the "
+        raise DataError(f"{path}: field '@schema' is not Slicer's markups-schema-v1.x; save the "
                                "point list or ROI from Slicer 5 as .mrk.json")
     markups = document.get("markups")
     if not isinstance(markups, list) or not markups:
-        raise MarkupsFileError(f"{path}: field 'markups' holds no markups list")
+        raise DataError(f"{path}: field 'markups' holds no markups list")
     points: List[MarkupsPoint] = []
     rois: List[MarkupsROI] = []
     for n, markup in enumerate(markups):
@@ -168,7 +163,7 @@ def read_markups_file(path: Union[str, Path]) -> Tuple[List[MarkupsPoint], List[
         elif kind == "ROI":
             rois.append(_read_roi(markup, flip, where))
         else:
-            raise MarkupsFileError(f"{where}: type {kind!r} is not a prompt; use a point list (Fiducial) "
+            raise DataError(f"{where}: type {kind!r} is not a prompt; use a point list (Fiducial) "
                                    "or an ROI")
     return points, rois
 
@@ -183,7 +178,7 @@ def get_markup_prompts(points: Sequence[MarkupsPoint], rois: Sequence[MarkupsROI
 
     Raises:
         PointOutsideVolumeError: a point or an ROI centre outside the volume.
-        MarkupsFileError: an ROI that does not reach the volume.
+        DataError: an ROI that does not reach the volume.
     """
     prompts: Dict[int, Prompts] = {}
     for point in points:
@@ -192,7 +187,7 @@ def get_markup_prompts(points: Sequence[MarkupsPoint], rois: Sequence[MarkupsROI
     for roi in rois:
         boxes = get_roi_slice_boxes(roi.get_corners_ras(), ijk_to_ras, shape_kji, axis)
         if not boxes:
-            raise MarkupsFileError(f"the ROI centred at RAS {tuple(round(v, 1) for v in roi.center_ras)} mm does "
+            raise DataError(f"the ROI centred at RAS {tuple(round(v, 1) for v in roi.center_ras)} mm does "
                                    "not overlap the volume; move it onto the image")
         if every_roi_slice:
             chosen = list(boxes)
@@ -240,7 +235,7 @@ def get_propagation_range(rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray, sh
 def _get_field(markup, name: str, kind, where: str):
     value = markup.get(name) if isinstance(markup, dict) else None
     if not isinstance(value, kind):
-        raise MarkupsFileError(f"{where}: field {name!r} is missing or not a {kind.__name__}")
+        raise DataError(f"{where}: field {name!r} is missing or not a {kind.__name__}")
     return value
 
 
@@ -250,7 +245,7 @@ def _get_vector(value, size: int, where: str) -> np.ndarray:
     except (TypeError, ValueError):
         vector = np.full(size, np.nan)
     if not np.all(np.isfinite(vector)):
-        raise MarkupsFileError(f"{where} must be {size} finite numbers, got {value!r}")
+        raise DataError(f"{where} must be {size} finite numbers, got {value!r}")
     return vector
 
 
@@ -259,9 +254,9 @@ def _get_flip(markup, where: str) -> np.ndarray:
     system = markup.get("coordinateSystem", "LPS")
     units = markup.get("coordinateUnits", "mm")
     if system not in ("LPS", "RAS"):
-        raise MarkupsFileError(f"{where}: field 'coordinateSystem' is {system!r}; Slicer writes LPS or RAS")
+        raise DataError(f"{where}: field 'coordinateSystem' is {system!r}; Slicer writes LPS or RAS")
     if units != "mm":
-        raise MarkupsFileError(f"{where}: field 'coordinateUnits' is {units!r}; only mm is supported")
+        raise DataError(f"{where}: field 'coordinateUnits' is {units!r}; only mm is supported")
     return _LPS_FLIP if system == "LPS" else np.ones(3)
 
 
@@ -269,14 +264,14 @@ def _read_points(markup, flip: np.ndarray, list_name: str, where: str) -> List[M
     points = []
     for n, point in enumerate(_get_field(markup, "controlPoints", list, where)):
         if not isinstance(point, dict):
-            raise MarkupsFileError(f"{where}.controlPoints[{n}] is not an object")
+            raise DataError(f"{where}.controlPoints[{n}] is not an object")
         if point.get("positionStatus", "defined") != "defined":
             continue
         position = _get_vector(point.get("position"), 3, f"{where}.controlPoints[{n}].position") * flip
         negative = is_negative_point(list_name, point.get("label"), point.get("description"))
         points.append(MarkupsPoint(tuple(float(v) for v in position), not negative))
     if not points:
-        raise MarkupsFileError(f"{where}: the point list has no defined control point; place points in "
+        raise DataError(f"{where}: the point list has no defined control point; place points in "
                                "Slicer (or set positionStatus to 'defined')")
     return points
 
@@ -284,16 +279,16 @@ def _read_points(markup, flip: np.ndarray, list_name: str, where: str) -> List[M
 def _read_roi(markup, flip: np.ndarray, where: str) -> MarkupsROI:
     roi_type = markup.get("roiType", "Box")
     if roi_type != "Box":
-        raise MarkupsFileError(f"{where}: roiType {roi_type!r} is not supported; use a Box ROI")
+        raise DataError(f"{where}: roiType {roi_type!r} is not supported; use a Box ROI")
     if markup.get("insideOut"):
-        raise MarkupsFileError(f"{where}: an inside-out ROI is not a box prompt; clear 'Inside out'")
+        raise DataError(f"{where}: an inside-out ROI is not a box prompt; clear 'Inside out'")
     center = _get_vector(markup.get("center"), 3, f"{where}.center") * flip
     size = _get_vector(markup.get("size"), 3, f"{where}.size")
     if np.any(size < 0):
-        raise MarkupsFileError(f"{where}.size must not be negative, got {size.tolist()}")
+        raise DataError(f"{where}.size must not be negative, got {size.tolist()}")
     # Row-major object-to-node rotation; LPS files negate its first two rows (vtkMRMLMarkupsROIJsonStorageNode).
     axes = _get_vector(markup.get("orientation", np.eye(3).ravel().tolist()), 9,
                        f"{where}.orientation").reshape(3, 3) * flip[:, None]
     if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-4):
-        raise MarkupsFileError(f"{where}.orientation is not a rotation matrix")
+        raise DataError(f"{where}.orientation is not a rotation matrix")
     return MarkupsROI(tuple(center.tolist()), tuple(size.tolist()), tuple(map(tuple, axes.tolist())))

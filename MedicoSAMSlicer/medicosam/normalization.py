@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-from medicosam.errors import MedicoSAMError
+from .errors import InputError
 
 # (width, level) in HU, the usual radiology windows (e.g. Radiopaedia's "Windowing (CT)").
 CT_WINDOWS = {
@@ -37,10 +38,6 @@ SAMPLE_SIZE = 1 << 20
 logger = logging.getLogger(__name__)
 
 
-class UnknownPresetError(MedicoSAMError, ValueError):
-    """The intensity preset name is not one MedicoSAM knows."""
-
-
 @dataclass(frozen=True)
 class IntensityWindow:
     """Intensities `low`..`high` map linearly to 0..255; values outside are clipped.
@@ -54,7 +51,7 @@ class IntensityWindow:
     def __post_init__(self) -> None:
         low, high = float(self.low), float(self.high)
         if not (np.isfinite(low) and np.isfinite(high) and low <= high):
-            raise ValueError(f"an intensity window needs finite low <= high, got {low}..{high}")
+            raise InputError(f"an intensity window needs finite low <= high, got {low}..{high}")
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
 
@@ -67,7 +64,7 @@ class IntensityWindow:
         """SAM input (H, W, 3) uint8 from a grey (H, W) or RGB (H, W, 3) slice; NaN maps to 0."""
         values = np.asarray(slice2d)
         if not (values.ndim == 2 or (values.ndim == 3 and values.shape[2] == 3)):
-            raise ValueError(f"expected a grey (H, W) or RGB (H, W, 3) slice, got shape {values.shape}")
+            raise InputError(f"expected a grey (H, W) or RGB (H, W, 3) slice, got shape {values.shape}")
         if self.high == self.low:
             return np.zeros((*values.shape[:2], 3), np.uint8)
         scaled = (values.astype(np.float32) - np.float32(self.low)) * np.float32(
@@ -75,7 +72,22 @@ class IntensityWindow:
         )
         scaled = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0), 0.0, 255.0)
         image = np.rint(scaled).astype(np.uint8)
-        return image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
+        return image if image.ndim == 3 else replicate_grey(image)
+
+
+def replicate_grey(grey: np.ndarray) -> np.ndarray:
+    """(..., H, W) grey -> (..., H, W, 3): SAM reads three channels; a grey image gives all three its value."""
+    return np.repeat(np.asarray(grey)[..., None], 3, axis=-1)
+
+
+def get_rgb_uint8(image: np.ndarray, window: Optional[IntensityWindow] = None) -> np.ndarray:
+    """SAM's input (H, W, 3) uint8 from a 2D image: RGB as it is, 8-bit grey replicated, anything else
+    through `window` (a volume's, so that its slices share one mapping; default: the image's own "auto")."""
+    if image.ndim == 3:
+        return image
+    if image.dtype == np.uint8:
+        return replicate_grey(image)
+    return (window or get_intensity_window(image, preset="auto")).apply(image)
 
 
 def _sample_finite(volume: np.ndarray) -> np.ndarray:
@@ -113,10 +125,10 @@ def get_intensity_window(volume: np.ndarray, preset: str = "auto") -> IntensityW
             (W1500/L-600), "ct_bone" (W1800/L400).
 
     Raises:
-        UnknownPresetError: `preset` is not one of PRESETS.
+        InputError: `preset` is not one of PRESETS.
     """
     if preset not in PRESETS:
-        raise UnknownPresetError(f"Unknown intensity preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+        raise InputError(f"Unknown intensity preset {preset!r}: choose one of {', '.join(PRESETS)}.")
     volume = np.asarray(volume)
     if volume.dtype.kind == "f" and not np.isfinite(volume).any():
         logger.warning("the volume holds no finite intensity (all voxels are NaN or inf): every slice maps to "

@@ -29,7 +29,7 @@ def get_flag(field: dataclasses.Field, prefix: str = "") -> str:
     return "--" + prefix + field.name.replace("_", "-")
 
 
-def _get_value_type(config_class, field: dataclasses.Field):
+def get_value_type(config_class, field: dataclasses.Field):
     """(element type, number of values) of a field: Optional[int] -> (int, None), Tuple[int, int] -> (int, 2)."""
     annotation = typing.get_type_hints(config_class)[field.name]
     arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -48,7 +48,7 @@ def add_options(parser: argparse.ArgumentParser, config_class, *, prefix: str = 
     for field in get_option_fields(config_class):
         if field.name in excluded:
             continue
-        value_type, count = _get_value_type(config_class, field)
+        value_type, count = get_value_type(config_class, field)
         shown = field.default is not None and value_type is not bool  # argparse shows a flag's own default
         help_text = field.metadata["help"] + (f" (default: {field.default})" if shown else "")
         kwargs: Dict[str, Any] = {"dest": prefix.replace("-", "_") + field.name, "default": field.default,

@@ -1,12 +1,14 @@
 """SAM on the slices of a volume: lazy, cached slice embeddings and batched prompt decoding.
 
-The image path is exactly `segment_anything.SamPredictor`'s (uint8 RGB -> ResizeLongestSide ->
-`Sam.preprocess` -> image encoder), so masks equal the official predictor's for the same model
-and prompts. What this adds: intensity windows computed once per volume (slices of a volume are
-consistent), an embedding cache shared across slices, axes and calls, several objects decoded
-in one mask-decoder call, and the rule "one point -> three masks, keep the best predicted IoU".
-Optionally (see `medicosam.acceleration`): SDPA attention, bf16 autocast on CUDA, several slices
-per encoder call, and embeddings cached in half precision (half the memory per slice).
+The image path is exactly `segment_anything.SamPredictor`'s (uint8 RGB -> longest-side resize,
+`medicosam.preprocessing` -> `Sam.preprocess` -> image encoder), so masks equal the official
+predictor's for the same model and prompts. What this adds: intensity windows computed once per
+volume (slices of a volume are consistent), an embedding cache shared across slices, axes and
+calls, and several objects decoded in one mask-decoder call by the core's batched decoding
+(`medicosam.decoding`, shared with training, which owns the rule "one point -> three masks, keep
+the best predicted IoU"). Optionally (see `medicosam.acceleration`): SDPA attention and bf16
+autocast, applied per call so the model is left as it was given (predictors of both speeds can
+share one model), several slices per encoder call, and embeddings cached in half precision.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
 import numpy as np
 
 from .embedding_cache import EmbeddingCache
-from .errors import MedicoSAMError
-from .prompts import PromptError, Prompts
+from .errors import InputError
+from .preprocessing import get_resized_coords, get_resized_image, get_resized_shape
+from .prompts import Prompts
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +66,7 @@ def get_mask_logits(mask: np.ndarray, low_res_size: int, eps: float = 1e-3) -> n
     import torch
     import torch.nn.functional as F
 
-    h, w = mask.shape
-    scale = low_res_size / max(h, w)
-    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    new_h, new_w = get_resized_shape(mask.shape, low_res_size)
     resized = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], (new_h, new_w),
                             mode="bilinear", align_corners=False)[0, 0] > 0.5
     out = np.zeros((low_res_size, low_res_size), dtype=bool)
@@ -99,8 +100,8 @@ class VolumePredictor:
         model_id: identifies the weights in cache keys (a checkpoint fingerprint).
         cache: embedding cache, shareable between predictors; a 2 GiB one if None.
         device: torch device for the model ("cpu", "cuda", "mps"); the model's own if None.
-        acceleration: fast path to switch on for `sam` (in place, see `medicosam.acceleration`);
-            None runs the official fp32 path (undoing a fast path an earlier predictor switched on).
+        acceleration: the fast path for this predictor's calls (`medicosam.acceleration`); None: the
+            official fp32 path. Applied per call: `sam` is left as it was given.
         cache_dtype: dtype of cached features ("bfloat16", "float16" or a torch dtype): halves the
             cache's memory per slice; features go back to the model's dtype for decoding.
         decode_batch: most objects per mask-decoder call; None: 4 on the CPU (8 objects of ViT-b:
@@ -113,17 +114,15 @@ class VolumePredictor:
                  cache: Optional[EmbeddingCache] = None, device=None,
                  acceleration: Optional[AccelerationConfig] = None, cache_dtype=None,
                  decode_batch: Optional[int] = None):
-        from segment_anything.utils.transforms import ResizeLongestSide
-
-        from .acceleration import disable_fast_path, enable_fast_path, get_dtype
+        from .acceleration import get_dtype
         from .normalization import get_intensity_window
 
         volume = np.asarray(volume)
         if volume.ndim == 2:
             volume = volume[None]
         if not (volume.ndim == 3 or (volume.ndim == 4 and volume.shape[-1] == 3)):
-            raise MedicoSAMError(f"expected a volume (K, J, I), a colour volume (K, J, I, 3) or a 2D image, "
-                                 f"got shape {volume.shape}")
+            raise InputError(f"expected a volume (K, J, I), a colour volume (K, J, I, 3) or a 2D image, "
+                             f"got shape {volume.shape}")
         self.sam = sam if device is None else sam.to(device)
         self.device = next(self.sam.parameters()).device
         self.volume = volume
@@ -132,14 +131,9 @@ class VolumePredictor:
         self.volume_id = volume_id or uuid.uuid4().hex
         self.cache = cache if cache is not None else EmbeddingCache()
         self.image_size = self.sam.image_encoder.img_size
-        self.transform = ResizeLongestSide(self.image_size)
         self.model_dtype = next(self.sam.parameters()).dtype
         self.cache_dtype = get_dtype(cache_dtype)
         self.acceleration = acceleration
-        if acceleration is not None:
-            enable_fast_path(self.sam, acceleration)
-        else:
-            disable_fast_path(self.sam)
         self.decode_batch = decode_batch or (4 if self.device.type == "cpu" else 32)
         self.encoder_calls = 0  # image-encoder forward passes
         self.encoded_slices = 0  # slices they embedded (more than the calls when batched)
@@ -155,8 +149,8 @@ class VolumePredictor:
 
     def get_slice(self, axis: int, index: int) -> np.ndarray:
         if not 0 <= index < self.volume.shape[axis]:
-            raise PromptError(f"slice {index} is outside the volume: axis {axis} has "
-                              f"{self.volume.shape[axis]} slices (0..{self.volume.shape[axis] - 1})")
+            raise InputError(f"slice {index} is outside the volume: axis {axis} has "
+                             f"{self.volume.shape[axis]} slices (0..{self.volume.shape[axis] - 1})")
         return np.take(self.volume, index, axis=axis)
 
     def get_embedding(self, axis: int, index: int) -> SliceEmbedding:
@@ -170,7 +164,7 @@ class VolumePredictor:
         embedding, propagation look-ahead, background prefetch); on a CPU it is about even.
         """
         if batch_size < 1:
-            raise MedicoSAMError(f"batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         computed = {}
         missing = [i for i in dict.fromkeys(int(i) for i in indexes) if self._get_key(axis, i) not in self.cache]
         for start in range(0, len(missing), batch_size):
@@ -191,9 +185,9 @@ class VolumePredictor:
         import torch
 
         images = [self.window.apply(self.get_slice(axis, index)) for index in indexes]
-        resized = np.stack([self.transform.apply_image(image) for image in images])
+        resized = np.stack([get_resized_image(image, self.image_size) for image in images])
         tensor = torch.as_tensor(resized, device=self.device).permute(0, 3, 1, 2).contiguous()
-        with torch.no_grad(), self._get_autocast():
+        with torch.no_grad(), self._get_speed(self.sam.image_encoder), self._get_autocast():
             features = self.sam.image_encoder(self.sam.preprocess(tensor))
         features = features.to(self.cache_dtype or self.model_dtype)
         self.encoder_calls += 1
@@ -202,6 +196,12 @@ class VolumePredictor:
         parts = [features] if len(indexes) == 1 else [f[None].clone() for f in features]
         return [SliceEmbedding(part, tuple(resized.shape[1:3]), tuple(image.shape[:2]))
                 for part, image in zip(parts, images)]
+
+    def _get_speed(self, module):
+        """This predictor's attention path for `module` (a part of `sam`) during the block."""
+        from .acceleration import fast_attention
+
+        return fast_attention(module, self.acceleration is not None and self.acceleration.sdpa)
 
     def _get_autocast(self):
         if self.acceleration is None:
@@ -215,13 +215,15 @@ class VolumePredictor:
         """Masks for one or several objects on a slice.
 
         Objects with one positive point and nothing else get SAM's three masks and keep the one
-        with the best predicted IoU (unless `multimask=False`); objects that share a prompt
-        layout are decoded together, `decode_batch` per mask-decoder call.
+        with the best predicted IoU (`medicosam.decoding.uses_multimask`; `multimask` forces the
+        head for all); objects that share a prompt layout are decoded together, `decode_batch` per
+        mask-decoder call (one layout per call keeps each object's tokens as SAM's own encoder
+        lays them out).
         """
         single = isinstance(prompts, Prompts)
         objects: List[Prompts] = [prompts] if single else list(prompts)
         if not objects:
-            raise PromptError("no objects to predict: give at least one Prompts")
+            raise InputError("no objects to predict: give at least one Prompts")
         embedding = self.get_embedding(axis, index)
         for prompt in objects:
             self._check_prompt(prompt, embedding.original_size)
@@ -276,57 +278,50 @@ class VolumePredictor:
 
     @staticmethod
     def _use_multimask(prompt: Prompts) -> bool:
-        return (len(prompt.points) == 1 and int(prompt.labels[0]) == 1 and prompt.box is None
-                and prompt.mask is None and prompt.logits is None)
+        from .decoding import uses_multimask
+
+        return uses_multimask(prompt.labels, prompt.box is not None,
+                              prompt.mask is not None or prompt.logits is not None)
 
     @staticmethod
     def _check_prompt(prompt: Prompts, size: tuple) -> None:
         h, w = size
         if len(prompt.points) == 0 and prompt.box is None:
-            raise PromptError("an object needs at least one point or a box")
+            raise InputError("an object needs at least one point or a box")
         if prompt.box is None and prompt.mask is None and prompt.logits is None and not prompt.labels.any():
             logger.warning("an object prompted with negative points only has nothing to find: its mask is "
                            "SAM's guess (usually empty); add a positive point or a box")
         points = np.asarray(prompt.points, dtype=float).reshape(-1, 2)
         outside = (points[:, 0] < 0) | (points[:, 0] > w) | (points[:, 1] < 0) | (points[:, 1] > h)
         if outside.any():
-            raise PromptError(f"point {points[outside][0].tolist()} (x, y) is outside the {w} x {h} slice")
+            raise InputError(f"point {points[outside][0].tolist()} (x, y) is outside the {w} x {h} slice")
         if prompt.box is not None:
             x0, y0, x1, y1 = np.asarray(prompt.box, dtype=float)
             if x1 <= x0 or y1 <= y0:
-                raise PromptError(f"empty box {[x0, y0, x1, y1]}: x1 must exceed x0 and y1 must exceed y0")
+                raise InputError(f"empty box {[x0, y0, x1, y1]}: x1 must exceed x0 and y1 must exceed y0")
 
     def _decode(self, embedding: SliceEmbedding, objects: List[Prompts], multimask: bool):
         import torch
 
-        n_points = max(len(p.points) for p in objects)
-        coords = np.zeros((len(objects), n_points, 2), dtype=np.float32)
-        labels = np.full((len(objects), n_points), -1, dtype=np.int64)  # -1: SAM's "not a point"
-        for i, prompt in enumerate(objects):
-            coords[i, : len(prompt.points)] = prompt.points
-            labels[i, : len(prompt.points)] = prompt.labels
-        points = None
-        if n_points:
-            coords = self.transform.apply_coords(coords, embedding.original_size)
-            points = (torch.as_tensor(coords, dtype=torch.float32, device=self.device),
-                      torch.as_tensor(labels, device=self.device))
-        boxes = None
-        if objects[0].box is not None:
-            box_array = np.stack([np.asarray(p.box, dtype=np.float32) for p in objects])
-            box_array = self.transform.apply_boxes(box_array, embedding.original_size)
-            boxes = torch.as_tensor(box_array, dtype=torch.float32, device=self.device)
-        mask_input = None
+        from .decoding import decode_prompts, get_heads_in_play, get_kept_output, get_prompt_tokens
+
+        size, n = embedding.original_size, len(objects)
+        points = [get_resized_coords(np.asarray(p.points, np.float32).reshape(-1, 2), size, self.image_size)
+                  for p in objects]
+        boxes = [None if p.box is None else get_resized_coords(np.reshape(p.box, (2, 2)), size, self.image_size)
+                 for p in objects]
+        coords, labels = get_prompt_tokens(points, [p.labels for p in objects], boxes)
+        mask_logits = None
         if objects[0].mask is not None or objects[0].logits is not None:
-            mask_input = torch.as_tensor(np.stack([self._get_logits(p) for p in objects])[:, None],
-                                         device=self.device)
-        with torch.no_grad():
-            sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            low_res, iou = self.sam.mask_decoder(
-                image_embeddings=embedding.features.to(self.model_dtype),
-                image_pe=self.sam.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=multimask)
-            best = iou.argmax(dim=1)
-            rows = torch.arange(len(objects), device=self.device)
+            mask_logits = torch.as_tensor(np.stack([self._get_logits(p) for p in objects])[:, None],
+                                          device=self.device)
+        features = embedding.features.to(self.model_dtype).expand(n, -1, -1, -1)
+        with torch.no_grad(), self._get_speed(self.sam.mask_decoder):
+            low_res, iou = decode_prompts(self.sam, features, torch.as_tensor(coords, device=self.device),
+                                          torch.as_tensor(labels, device=self.device), mask_logits)
+            in_play = torch.as_tensor(get_heads_in_play(np.full(n, multimask), low_res.shape[1]), device=self.device)
+            best = get_kept_output(iou, in_play)
+            rows = torch.arange(n, device=self.device)
             low_res, iou = low_res[rows, best][:, None], iou[rows, best]
             masks = self.sam.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
         return ((masks[:, 0] > self.sam.mask_threshold).cpu().numpy(), low_res[:, 0].float().cpu().numpy(),

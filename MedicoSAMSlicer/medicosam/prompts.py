@@ -15,9 +15,8 @@ import dataclasses
 from typing import Optional, Tuple
 
 import numpy as np
-from scipy import ndimage
 
-from .errors import MedicoSAMError
+from .errors import InputError
 
 #: How `derive_prompts_from_mask` turns a neighbouring slice's mask into prompts.
 PROPAGATION_MODES = ("single_point", "points", "box", "box_mask", "points_mask")
@@ -29,10 +28,6 @@ CORRECTION_MODES = ("random", "center")
 _BBOX_MARGIN = 3  # px around the object where a negative click goes when there is no false positive
 _MIN_DISTANCE_INSIDE = 3  # peak_local_max spacing of positive / negative points (micro-sam's values)
 _MIN_DISTANCE_OUTSIDE = 5
-
-
-class PromptError(MedicoSAMError, ValueError):
-    """A prompt cannot be made: an empty or non-2D mask, an unknown mode, a missing generator."""
 
 
 @dataclasses.dataclass
@@ -57,7 +52,7 @@ class Prompts:
         self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if len(self.points) != len(self.labels):
-            raise PromptError(f"{len(self.points)} points but {len(self.labels)} labels: "
+            raise InputError(f"{len(self.points)} points but {len(self.labels)} labels: "
                               "give one label per point")
         if self.box is not None:
             self.box = np.asarray(self.box, dtype=np.float32).reshape(4)
@@ -79,17 +74,17 @@ class Prompts:
 
 
 def get_mask(mask: np.ndarray) -> np.ndarray:
-    """`mask` as a 2D bool array; raises PromptError for any other dimensionality."""
+    """`mask` as a 2D bool array; raises InputError for any other dimensionality."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise PromptError(f"expected a 2D mask of one slice, got shape {mask.shape}: take one slice first")
+        raise InputError(f"expected a 2D mask of one slice, got shape {mask.shape}: take one slice first")
     return mask.astype(bool, copy=False)
 
 
 def _get_nonempty_mask(mask: np.ndarray, what: str) -> np.ndarray:
     mask = get_mask(mask)
     if not mask.any():
-        raise PromptError(f"the {what} is empty: a prompt needs at least one foreground pixel")
+        raise InputError(f"the {what} is empty: a prompt needs at least one foreground pixel")
     return mask
 
 
@@ -112,12 +107,19 @@ def get_center_point(mask: np.ndarray) -> np.ndarray:
     the maximum closest to the mean of all maxima, then to the first in row-major order, so the
     result is deterministic and central (the middle of a rectangle, not its top-left plateau corner).
     """
+    from scipy import ndimage
+
     mask = _get_nonempty_mask(mask, "mask")
     distances = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     rows, cols = np.nonzero(distances == distances.max())
     offsets = (rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2
     best = int(np.argmin(offsets))  # argmin keeps the first (row-major) of equal offsets
     return _get_xy(rows[best], cols[best])
+
+
+def get_center_prompt(mask: np.ndarray) -> Prompts:
+    """One positive click at `get_center_point`: the first prompt of evaluation and propagation."""
+    return Prompts(points=get_center_point(mask)[None], labels=np.ones(1, np.int64))
 
 
 def _get_exact_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
@@ -137,7 +139,7 @@ def get_box(mask: np.ndarray, jitter: float = 0.0, rng: Optional[np.random.Gener
     x0, y0, x1, y1 = _get_exact_box(mask)
     if jitter > 0:
         if rng is None:
-            raise PromptError("box jitter is random: pass rng=np.random.default_rng(seed)")
+            raise InputError("box jitter is random: pass rng=np.random.default_rng(seed)")
         height, width = mask.shape
         dx0, dy0, dx1, dy1 = rng.uniform(0, jitter, size=4) * [x1 - x0, y1 - y0, x1 - x0, y1 - y0]
         x0, y0 = max(0, int(round(x0 - dx0))), max(0, int(round(y0 - dy0)))
@@ -153,7 +155,7 @@ def get_extended_box(mask: np.ndarray, extension: float = 0.0) -> np.ndarray:
     """
     mask = _get_nonempty_mask(mask, "mask")
     if extension < 0:
-        raise PromptError(f"box extension {extension} is negative: "
+        raise InputError(f"box extension {extension} is negative: "
                           "use 0 (none), < 1 (a fraction of the side) or >= 1 (pixels)")
     x0, y0, x1, y1 = _get_exact_box(mask)
     if extension >= 1:
@@ -171,6 +173,8 @@ def get_largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray
     `connectivity` as `scipy.ndimage.generate_binary_structure`: 1 = face neighbours, `mask.ndim`
     = also diagonal ones. Of equal sizes, the first in raster order wins, so the result is reproducible.
     """
+    from scipy import ndimage
+
     labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, connectivity))
     if n == 0:
         return labels > 0
@@ -212,13 +216,13 @@ def sample_correction_points(target: np.ndarray, prediction: np.ndarray, rng: np
         points (2, 2) float32 `(x, y)` rows [positive, negative] and labels int64 [1, 0].
     """
     if mode not in CORRECTION_MODES:
-        raise PromptError(f"unknown correction mode {mode!r}: use one of {CORRECTION_MODES}")
+        raise InputError(f"unknown correction mode {mode!r}: use one of {CORRECTION_MODES}")
     target = _get_nonempty_mask(target, "target")
     prediction = get_mask(prediction)
     if prediction.shape != target.shape:
-        raise PromptError(f"prediction shape {prediction.shape} differs from target shape {target.shape}")
+        raise InputError(f"prediction shape {prediction.shape} differs from target shape {target.shape}")
     if target.all():
-        raise PromptError("the target covers the whole slice: there is no background for a negative click")
+        raise InputError("the target covers the whole slice: there is no background for a negative click")
     false_negative = target & ~prediction
     positive_region = false_negative if false_negative.any() else target  # no FN: target is all predicted
     false_positive = prediction & ~target
@@ -235,6 +239,7 @@ def _get_distance_peaks(mask: np.ndarray, box: np.ndarray) -> Tuple[np.ndarray, 
     Inside: distance to the background (border counts as background); outside: distance to the
     object. Both are computed on the whole slice, then cropped, so the crop edge makes no boundary.
     """
+    from scipy import ndimage
     from skimage.feature import peak_local_max
 
     inside = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
@@ -273,10 +278,10 @@ def derive_prompts_from_mask(mask: np.ndarray, mode: str, box_extension: float =
         "points_mask": the points plus the mask as mask prompt.
     """
     if mode not in PROPAGATION_MODES:
-        raise PromptError(f"unknown propagation mode {mode!r}: use one of {PROPAGATION_MODES}")
+        raise InputError(f"unknown propagation mode {mode!r}: use one of {PROPAGATION_MODES}")
     mask = _get_nonempty_mask(mask, "mask to propagate")
     if mode == "single_point":
-        return Prompts(points=get_center_point(mask)[None], labels=np.ones(1, np.int64))
+        return get_center_prompt(mask)
     if mode in ("points", "points_mask"):
         points, labels = _get_point_prompts(mask, box_extension)
         return Prompts(points=points, labels=labels, mask=mask if mode == "points_mask" else None)

@@ -129,7 +129,7 @@ def get_slice_prompts(request: SegmentRequest, volume, axis: int, markups=((), (
 
 def read_markups(request: SegmentRequest):
     """(points, ROIs) of the request's Slicer markups files; an ROI file holds only ROIs."""
-    from .markups import MarkupsFileError, read_markups_file
+    from .markups import DataError, read_markups_file
 
     points, rois = [], []
     for path in request.markups:
@@ -138,7 +138,7 @@ def read_markups(request: SegmentRequest):
     for path in request.rois:
         found = read_markups_file(path)
         if found[0] or not found[1]:
-            raise MarkupsFileError(f"{path}: --roi needs a file holding ROIs only; give point lists with --markups")
+            raise DataError(f"{path}: --roi needs a file holding ROIs only; give point lists with --markups")
         rois += found[1]
     if request.in_roi and not rois:
         raise InputError("--in-roi needs an ROI: add --roi box.mrk.json")

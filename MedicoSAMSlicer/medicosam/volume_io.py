@@ -28,8 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from medicosam.atomic import writing_atomically
-from medicosam.errors import MedicoSAMError
 from medicosam.geometry import get_ijk_to_ras
+
+from .errors import DataError, InputError
 
 SUPPORTED_FORMATS = (
     "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), DICOM (file or folder)"
@@ -43,18 +44,6 @@ _NIFTI_LIKE_STEM = re.compile(r"\.(nii|hdr|img|nia)(\.gz)?$", re.IGNORECASE)
 _SPACING_RELATIVE_TOLERANCE = 0.01
 
 PathLike = Union[str, os.PathLike]
-
-
-class VolumeReadError(MedicoSAMError, OSError):
-    """A volume file or DICOM folder is missing or cannot be read."""
-
-
-class UnsupportedVolumeError(MedicoSAMError, ValueError):
-    """The file was read but is not a volume MedicoSAM can segment (4D, vector, uneven DICOM series)."""
-
-
-class MaskWriteError(MedicoSAMError, ValueError):
-    """A mask cannot be written: wrong shape, values, format or destination."""
 
 
 @dataclass
@@ -90,8 +79,8 @@ class Volume:
         return tuple(self.array.shape[:3])
 
 
-def _read_failure(path: Path, reason: str) -> VolumeReadError:
-    return VolumeReadError(f"Cannot read {path}: {reason}. Supported formats: {SUPPORTED_FORMATS}.")
+def _read_failure(path: Path, reason: str) -> DataError:
+    return DataError(f"Cannot read {path}: {reason}. Supported formats: {SUPPORTED_FORMATS}.")
 
 
 def _describe_series(uid: str, files: Tuple[str, ...]) -> str:
@@ -131,7 +120,7 @@ def _check_even_slice_spacing(reader, folder: Path) -> None:
     ]
     steps = np.linalg.norm(np.diff(np.asarray(positions), axis=0), axis=1)
     if steps.min() == 0 or np.ptp(steps) > _SPACING_RELATIVE_TOLERANCE * np.median(steps):
-        raise UnsupportedVolumeError(
+        raise DataError(
             f"The DICOM series in {folder} has uneven or repeated slice positions (steps from "
             f"{steps.min():.2f} to {steps.max():.2f} mm: missing slices, a localizer, or several echoes or "
             "phases in one series). MedicoSAM needs a regular grid: load it in Slicer's DICOM module (which "
@@ -169,17 +158,17 @@ def _to_3d_scalar_or_rgb(image, path: Path):
     elif dimension == 4:
         n_times = image.GetSize()[3]
         if n_times != 1:
-            raise UnsupportedVolumeError(
+            raise DataError(
                 f"{path} is a 4D image with {n_times} time points: MedicoSAM segments 3D volumes; "
                 "extract one time point first (e.g. in Slicer's Sequences module or with SimpleITK)."
             )
         image = image[:, :, :, 0]
     elif dimension != 3:
-        raise UnsupportedVolumeError(f"{path} is a {dimension}D image: MedicoSAM segments 2D and 3D images.")
+        raise DataError(f"{path} is a {dimension}D image: MedicoSAM segments 2D and 3D images.")
     n_components = image.GetNumberOfComponentsPerPixel()
     is_rgb = n_components in (3, 4) and image.GetPixelID() == sitk.sitkVectorUInt8
     if n_components > 1 and not is_rgb:
-        raise UnsupportedVolumeError(
+        raise DataError(
             f"{path} has {n_components} values per voxel ({image.GetPixelIDTypeAsString()}): MedicoSAM "
             "segments grey-scale or 8-bit RGB images; extract one component (or the magnitude) first."
         )
@@ -194,8 +183,8 @@ def read_volume(path: PathLike, series_uid: Optional[str] = None) -> Volume:
         series_uid: which DICOM series to read from a folder holding several (default: the largest).
 
     Raises:
-        VolumeReadError: the path is missing or SimpleITK cannot read it.
-        UnsupportedVolumeError: a 4D, vector or unevenly spaced image.
+        DataError: the path is missing or SimpleITK cannot read it.
+        DataError: a 4D, vector or unevenly spaced image.
     """
     path = Path(path)
     image = _to_3d_scalar_or_rgb(_read_image(path, series_uid), path)
@@ -222,25 +211,25 @@ def check_mask_path(path: PathLike) -> Path:
     name = path.name
     suffix = next((s for s in sorted(MASK_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
     if suffix is None or len(name) == len(suffix):
-        raise MaskWriteError(
+        raise InputError(
             f"Cannot write a mask to {path}: use one of {', '.join(MASK_SUFFIXES)}, in lower case (single-file "
             "formats, so the mask is written whole or not at all)."
         )
     stem_suffix = _NIFTI_LIKE_STEM.search(name[: -len(suffix)])
     if suffix.startswith(".nii") and stem_suffix:
-        raise MaskWriteError(
+        raise InputError(
             f"Cannot write a mask to {path}: the name ends in a doubled suffix ({stem_suffix.group()}{suffix}), "
             f"which the NIfTI writer shortens; name it {name[: stem_suffix.start()]}{suffix}."
         )
     if path.is_dir():
-        raise MaskWriteError(f"Cannot write a mask to {path}: it is a folder; give a file name.")
+        raise InputError(f"Cannot write a mask to {path}: it is a folder; give a file name.")
     if not path.parent.is_dir():
-        raise MaskWriteError(f"Cannot write {path}: the folder {path.parent} does not exist.")
+        raise InputError(f"Cannot write {path}: the folder {path.parent} does not exist.")
     try:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as error:
-        raise MaskWriteError(f"Cannot write {path}: the folder {path.parent} is not writable ({error}).") from error
+        raise InputError(f"Cannot write {path}: the folder {path.parent} is not writable ({error}).") from error
     return path
 
 
@@ -251,18 +240,18 @@ def write_mask(mask: np.ndarray, reference: Volume, path: PathLike) -> Path:
     so a crash never leaves a half-written mask where a previous one was.
 
     Raises:
-        MaskWriteError: the shape differs from the reference, values do not fit 0..255, or the
+        InputError: the shape differs from the reference, values do not fit 0..255, or the
             destination fails `check_mask_path`.
     """
     path = check_mask_path(path)
     mask = np.asarray(mask)
     if mask.shape != reference.shape_kji:
-        raise MaskWriteError(
+        raise InputError(
             f"The mask has shape {mask.shape} but the volume {reference.path or ''} has "
             f"{reference.shape_kji} (K, J, I): a mask must be on the volume's voxel grid."
         )
     if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise MaskWriteError(f"Mask values must be labels in 0..255, got {mask.min()}..{mask.max()}.")
+        raise InputError(f"Mask values must be labels in 0..255, got {mask.min()}..{mask.max()}.")
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing(reference.spacing)
     image.SetOrigin(reference.origin_lps)
@@ -271,5 +260,5 @@ def write_mask(mask: np.ndarray, reference: Volume, path: PathLike) -> Path:
         with writing_atomically(path) as temporary:
             sitk.WriteImage(image, str(temporary), useCompression=True)
     except (RuntimeError, OSError) as error:
-        raise MaskWriteError(f"Cannot write the mask to {path}: {error}") from error
+        raise InputError(f"Cannot write the mask to {path}: {error}") from error
     return path

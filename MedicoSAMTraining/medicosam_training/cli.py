@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 
 from .choices import PRESETS
+from .configs import AMP_CHOICES, DEFAULT_PRESET, TrainConfig
 from .extras import needs_training_extra
+from .records import LABEL_MODES
 
 
 def register(subparsers) -> None:
@@ -20,47 +22,54 @@ def register(subparsers) -> None:
 
 
 def _add_train(subparsers) -> None:
+    defaults = TrainConfig  # the dataclass's field defaults (a config is made only when the command runs)
     parser = subparsers.add_parser(
         "train", help="finetune SAM with Algorithm 1 (presets medsam, simpleft, medicosam, ...)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Finetune SAM on medical images with the paper's objective; resumable, DDP via torchrun.")
-    parser.add_argument("--preset", choices=list(PRESETS), default="medicosam",
-                        help="training objective (default: medicosam = 8 corrections, p_box 0.5, "
-                             "p_mask 0.5, segmentation decoder)")
+    parser.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                        help="training objective (medicosam = 8 corrections, p_box 0.5, p_mask 0.5, "
+                             "segmentation decoder)")
     parser.add_argument("--data", required=True,
                         help="SA-Med2D-20M folder, or a folder with images/ and labels/ (2D files or 3D volumes)")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model", help="registry name or URL of the start model (default: sam_vit_b)")
     model.add_argument("--checkpoint", help="local SAM checkpoint file to start from")
-    parser.add_argument("--out", default="medicosam-training", help="output folder (checkpoints, logs, model.pt)")
-    parser.add_argument("--epochs", type=int, help="stop after this many epochs")
-    parser.add_argument("--iterations", type=int, help="stop after this many iterations (paper: 300000)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per step and process (paper: 7)")
-    parser.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (paper: 1e-5)")
-    parser.add_argument("--lr-decay", type=float, default=0.9, help="lr factor after every epoch (paper: 0.9)")
-    parser.add_argument("--freeze", nargs="+", default=[], metavar="PREFIX",
+    parser.add_argument("--out", default=str(defaults.out_dir), help="output folder (checkpoints, logs, model.pt)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="stop after this many epochs")
+    parser.add_argument("--iterations", type=int, default=defaults.iterations,
+                        help="stop after this many iterations (paper: 300000)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="images per step and process (paper: 7)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (paper: 1e-5)")
+    parser.add_argument("--lr-decay", type=float, default=defaults.lr_decay,
+                        help="lr factor after every epoch (paper: 0.9)")
+    parser.add_argument("--freeze", nargs="+", default=list(defaults.freeze), metavar="PREFIX",
                         help="keep these parts fixed, e.g. prompt_encoder image_encoder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt if it exists")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                        help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or mps")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default=defaults.amp,
+                        help="auto: bf16 autocast where the device runs it natively (CUDA, AMX CPUs), else fp32")
     parser.add_argument("--grad-checkpointing", action="store_true", help="trade compute for encoder memory")
-    parser.add_argument("--no-fast-attention", dest="fast_attention", action="store_false", default=None,
-                        help="official attention on a GPU instead of SDPA (the same result, slower, far "
-                             "more memory); the CPU uses official attention anyway")
+    parser.add_argument("--fast", dest="fast_attention", action=argparse.BooleanOptionalAction,
+                        default=defaults.fast_attention,
+                        help="SDPA attention (the same result; on a GPU far less memory); unset (None): on "
+                             "CUDA only, the CPU's backward is slower with it")
     parser.add_argument("--n-obj", type=int, default=5, help="objects per image (paper: 5)")
     parser.add_argument("--n-steps", type=int, help="override the preset's correction steps")
     parser.add_argument("--p-box", type=float, help="override the preset's box probability")
     parser.add_argument("--p-mask", type=float, help="override the preset's mask-prompt probability")
     parser.add_argument("--min-size", type=int, default=25, help="smallest object in pixels at model size")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share per modality")
-    parser.add_argument("--label-mode", choices=["instance", "semantic"], default="instance",
+    parser.add_argument("--label-mode", choices=LABEL_MODES, default=LABEL_MODES[0],
                         help="labels/ holds instance ids, or class ids split into connected components")
     parser.add_argument("--axis", type=int, default=0, help="slicing axis of 3D volumes (KJI array axis)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-every", type=int, default=1000, help="checkpoint interval in iterations")
-    parser.add_argument("--num-workers", type=int, help="data loading processes (default: 0 on the CPU, "
-                                                         "up to 8 per GPU)")
-    parser.add_argument("--decoder-features", type=int, default=64,
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--save-every", type=int, default=defaults.save_every,
+                        help="checkpoint interval in iterations")
+    parser.add_argument("--num-workers", type=int, default=defaults.num_workers,
+                        help="data loading processes (None: 0 on the CPU, up to 8 per GPU)")
+    parser.add_argument("--decoder-features", type=int, default=defaults.decoder_features,
                         help="segmentation decoder width (64 = micro-sam's; smaller for CPU runs)")
     parser.add_argument("--offline", action="store_true", default=None, help="never use the network")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -84,17 +93,13 @@ def _train(args: argparse.Namespace) -> int:
     from medicosam.device import configure_threads
     from medicosam.models.checkpoint import load_sam
 
-    from .data import get_training_datasets
+    from .dataset import get_training_datasets
     from .objective import get_preset
-    from .trainer import TrainConfig, train
+    from .trainer import train
 
     overrides = {key: value for key, value in
                  (("n_steps", args.n_steps), ("p_box", args.p_box), ("p_mask", args.p_mask)) if value is not None}
     objective = get_preset(args.preset, n_obj=args.n_obj, **overrides)
-    loaded = load_sam(args.checkpoint or args.model or "sam_vit_b", allow_custom=True, offline=args.offline)
-    train_set, val_set = get_training_datasets(args.data, image_size=loaded.config.image_size, n_obj=args.n_obj,
-                                               min_size=args.min_size, val_fraction=args.val_fraction,
-                                               seed=args.seed, label_mode=args.label_mode, axis=args.axis)
     config = TrainConfig(objective=objective, lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          iterations=args.iterations, batch_size=args.batch_size, freeze=tuple(args.freeze),
                          amp=args.amp, grad_checkpointing=args.grad_checkpointing,
@@ -102,6 +107,11 @@ def _train(args: argparse.Namespace) -> int:
                          save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
                          device=args.device, resume=args.resume, decoder_features=args.decoder_features,
                          progress=not args.quiet)
+    loaded = load_sam(args.checkpoint or args.model or "sam_vit_b", allow_custom=True, offline=args.offline)
+    train_set, val_set = get_training_datasets(args.data, image_size=loaded.config.image_size, n_obj=args.n_obj,
+                                               min_size=args.min_size, val_fraction=args.val_fraction,
+                                               seed=args.seed, label_mode=args.label_mode, axis=args.axis,
+                                               index_dir=args.out)
     configure_threads(args.threads, load_aware=True)  # no user choice: leave the cores other work keeps busy
     result = train(loaded, train_set, val_set, config)
     if result.export is not None:  # rank 0 only

@@ -104,16 +104,16 @@ def segment_from_one_point(loaded, volume: np.ndarray, target: np.ndarray, centr
     """One point at the target's centre on the central slice, then propagation limited to the slab:
     the path the Slicer effect takes for a click and "Propagate N slices"."""
     from medicosam.predictor import VolumePredictor
-    from medicosam.prompts import Prompts, get_center_point
+    from medicosam.prompts import get_center_prompt
     from medicosam.propagation import PropagationConfig, get_volume_mask
 
     predictor = VolumePredictor.from_loaded(loaded, volume)
-    point = get_center_point(target[central])
-    seed = predictor.predict_mask(0, central, Prompts(points=point[None], labels=np.array([1])))
+    prompt = get_center_prompt(target[central])
+    seed = predictor.predict_mask(0, central, prompt)
     config = PropagationConfig(mode="single_point", iou_threshold=0.5, max_slices=half_width)
     mask = get_volume_mask(predictor.propagate(0, {central: seed}, config).masks, target.shape, 0)
     mask[central + half_width:] = False  # propagation reaches one slice past the slab's top
-    return mask, point, predictor.encoder_calls
+    return mask, prompt.points[0], predictor.encoder_calls
 
 
 def get_axial_flips(ijk_to_ras: np.ndarray) -> Tuple[bool, bool]:
@@ -164,10 +164,10 @@ def run_demo(config: DemoConfig) -> dict:
     from medicosam.device import describe_threads
     from medicosam.models.checkpoint import export_sam, load_sam
     from medicosam.models.config import build_sam, get_tiny_config
+    from medicosam.overlap import get_dice
     from medicosam.volume_io import read_volume, write_mask
 
-    from .data import FolderDataset2D
-    from .evaluation.metrics import get_dice
+    from .dataset import FolderDataset2D
     from .objective import get_preset
     from .trainer import TrainConfig, train
 
@@ -245,7 +245,7 @@ def run_compare_presets(config: DemoConfig, n_corrections: int = 7) -> dict:
 
     from medicosam.models.config import build_sam, get_tiny_config
 
-    from .data import FolderDataset2D
+    from .dataset import FolderDataset2D
     from .evaluation.interactive_2d import FIELDS_2D, Interactive2DConfig, evaluate_interactive_2d
     from .evaluation.reports import write_report_2d, write_table_csv
     from .objective import get_preset

@@ -13,7 +13,7 @@ import importlib.util
 import re
 from typing import Callable, List
 
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import RunError
 
 _EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']training["']""")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -32,10 +32,10 @@ def get_training_modules() -> List[str]:
 
 
 def check_training_extra() -> None:
-    """Raise a MedicoSAMError naming the missing packages and the extra to install."""
+    """Raise a RunError naming the missing packages and the extra to install."""
     missing = [name for name in get_training_modules() if importlib.util.find_spec(name) is None]
     if missing:
-        raise MedicoSAMError(f"this command needs {', '.join(missing)} from the training extra: "
+        raise RunError(f"this command needs {', '.join(missing)} from the training extra: "
                              'pip install "medicosam[training]"')
 
 

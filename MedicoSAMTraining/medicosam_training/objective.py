@@ -15,9 +15,9 @@ One iteration on a batch of images with up to `n_obj` object masks each:
 5. with `e_sem`, a segmentation decoder on the same encoder features predicts the union of the
    objects and its Dice loss is added (section 2.2).
 
-All objects of all images go through one prompt-encoder and one mask-decoder call per pass:
-`predict_masks_batched` is SAM's `MaskDecoder.predict_masks` with per-object image embeddings
-(SAM's own version repeats a single image's embedding for every prompt).
+All objects of all images go through one prompt-encoder and one mask-decoder call per pass, the
+core's batched decoding (`medicosam.decoding`, the predictor's too), which also owns the rule
+"a lone point gets the multimask head, the best predicted IoU is kept".
 
 Differences from micro-sam's `SamTrainer` (the code MedicoSAM was trained with), each chosen to
 follow the paper; the flag in brackets brings the original back:
@@ -48,7 +48,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medicosam.errors import MedicoSAMError
+from medicosam.decoding import (
+    decode_prompts,
+    get_heads_in_play,
+    get_kept_output,
+    get_prompt_tokens,
+    uses_multimask,
+)
+from medicosam.errors import DataError, InputError
 from medicosam.prompts import CORRECTION_MODES, get_box, sample_correction_points, sample_point_in_mask
 
 from .choices import PRESETS
@@ -60,17 +67,6 @@ PROMPT_CHOICES = ("object", "batch", "alternate")
 #: Who shares one draw of "use the previous logits as mask prompt": each object at each correction
 #: step (Algorithm 1), all objects of one step, or all steps of one iteration (micro-sam under DDP).
 MASK_PROMPT_SCOPES = ("object", "step", "iteration")
-
-# Prompt token labels. SAM's prompt encoder reads -1 as "not a point" (padding: its embedding is
-# replaced by `not_a_point_embed`), 0 / 1 as negative / positive points and embeds box corners with
-# `point_embeddings[2]` / `[3]`; one label scheme lets every object's prompt share one tensor.
-_PAD, _BOX_TOP_LEFT, _BOX_BOTTOM_RIGHT = -1, 2, 3
-_MULTIMASK = slice(1, None)  # decoder outputs 1..3 form the multimask head, output 0 the single mask
-
-
-class ObjectiveError(MedicoSAMError, ValueError):
-    """An objective setting or a batch the objective cannot use."""
-
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
@@ -121,13 +117,13 @@ class ObjectiveConfig:
         ]
         errors = [message for ok, message in checks if not ok]
         if errors:
-            raise ObjectiveError("invalid objective: " + "; ".join(errors))
+            raise InputError("invalid objective: " + "; ".join(errors))
 
 
 def get_preset(name: str, **overrides) -> ObjectiveConfig:
     """The objective of a named finetuning strategy of the paper (section 2.2), with `overrides`."""
     if name not in PRESETS:
-        raise ObjectiveError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
     return ObjectiveConfig(**{**PRESETS[name], **overrides})
 
 
@@ -176,86 +172,6 @@ def sample_mask_prompt_use(n: int, config: ObjectiveConfig, rng: np.random.Gener
     if config.mask_prompt_per == "step":
         return np.full(n, rng.random() < config.p_mask)
     return np.full(n, iteration_draw)
-
-
-def get_prompt_tokens(points: List[np.ndarray], labels: List[np.ndarray],
-                      boxes: List[Optional[np.ndarray]]) -> Tuple[np.ndarray, np.ndarray]:
-    """Every object's prompt as one (N, T, 2) float32 coordinate and (N, T) int64 label array.
-
-    Per object the tokens are laid out as SAM's prompt encoder does: the points, then either the two
-    box corners or one padding point; objects with fewer tokens are padded at the end (label -1).
-    """
-    rows_xy, rows_labels = [], []
-    for object_points, object_labels, box in zip(points, labels, boxes):
-        if box is None:
-            extra_xy, extra_labels = np.zeros((1, 2), np.float32), [_PAD]
-        else:
-            extra_xy, extra_labels = np.reshape(box, (2, 2)), [_BOX_TOP_LEFT, _BOX_BOTTOM_RIGHT]
-        rows_xy.append(np.concatenate([np.reshape(object_points, (-1, 2)), extra_xy]))
-        rows_labels.append(np.concatenate([object_labels, extra_labels]))
-    length = max(len(row) for row in rows_labels)
-    coords = np.zeros((len(rows_xy), length, 2), np.float32)
-    token_labels = np.full((len(rows_xy), length), _PAD, np.int64)
-    for i, (xy, row_labels) in enumerate(zip(rows_xy, rows_labels)):
-        coords[i, :len(xy)] = xy
-        token_labels[i, :len(row_labels)] = row_labels
-    return coords, token_labels
-
-
-def embed_prompt_tokens(prompt_encoder: nn.Module, coords: torch.Tensor,
-                        labels: torch.Tensor) -> torch.Tensor:
-    """Sparse embeddings (N, T, C) of tokens from `get_prompt_tokens`, equal to SAM's prompt encoder.
-
-    SAM embeds points and box corners the same way (positional encoding of the pixel centre plus a
-    learned type embedding, `not_a_point_embed` for padding); doing it for all tokens at once lets
-    objects with and without a box share one call.
-    """
-    encoding = prompt_encoder.pe_layer.forward_with_coords(coords + 0.5, prompt_encoder.input_image_size)
-    types = torch.cat([embedding.weight for embedding in prompt_encoder.point_embeddings])  # (4, C)
-    is_pad = (labels == _PAD).unsqueeze(-1)
-    typed = encoding + types[labels.clamp(min=0)]
-    return torch.where(is_pad, prompt_encoder.not_a_point_embed.weight.to(typed.dtype), typed)
-
-
-def embed_mask_prompts(prompt_encoder: nn.Module, logits: Optional[torch.Tensor], use: torch.Tensor,
-                       n: int) -> torch.Tensor:
-    """Dense embeddings (N, C, h, w): previous logits where `use`, else SAM's `no_mask_embed`."""
-    h, w = prompt_encoder.image_embedding_size
-    dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, h, w)
-    if logits is None or not bool(use.any()):
-        return dense
-    index = torch.nonzero(use).squeeze(1)
-    embedded = prompt_encoder.mask_downscaling(logits[index])
-    return dense.to(embedded.dtype).index_put((index,), embedded)
-
-
-def predict_masks_batched(mask_decoder: nn.Module, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                          sparse: torch.Tensor, dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """SAM's `MaskDecoder.predict_masks` with one image embedding per prompt instead of one in total.
-
-    Args:
-        mask_decoder: a `segment_anything` MaskDecoder.
-        image_embeddings: (N, C, h, w), the embedding of each object's image.
-        image_pe: (1, C, h, w) dense positional encoding (`prompt_encoder.get_dense_pe()`).
-        sparse: (N, T, C) prompt tokens; dense: (N, C, h, w) mask-prompt embeddings.
-
-    Returns:
-        Low-res logits (N, 1 + M, 4h, 4w) and predicted IoUs (N, 1 + M) of all heads: output 0 is
-        the single-mask head, outputs 1..M the multimask head.
-    """
-    n = sparse.shape[0]
-    output_tokens = torch.cat([mask_decoder.iou_token.weight, mask_decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat([output_tokens.unsqueeze(0).expand(n, -1, -1).to(sparse.dtype), sparse], dim=1)
-    src = image_embeddings + dense
-    b, c, h, w = src.shape
-    hs, src = mask_decoder.transformer(src, image_pe.expand(n, -1, -1, -1), tokens)
-    mask_tokens_out = hs[:, 1:1 + mask_decoder.num_mask_tokens, :]
-    upscaled = mask_decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
-                            for i, mlp in enumerate(mask_decoder.output_hypernetworks_mlps)], dim=1)
-    b, c, h, w = upscaled.shape
-    masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-    return masks, mask_decoder.iou_prediction_head(hs[:, 0, :])
 
 
 def get_soft_dice_loss(probabilities: torch.Tensor, targets: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -333,9 +249,7 @@ def _get_step_losses(low_res: torch.Tensor, iou_pred: torch.Tensor, targets: tor
     *predicted* IoU, as a user of SAM would get it.
     """
     n = len(targets)
-    heads = np.zeros((n, low_res.shape[1]), bool)
-    heads[:, 0] = ~multimask
-    heads[:, _MULTIMASK] = multimask[:, None]
+    heads = get_heads_in_play(multimask, low_res.shape[1])
     used = np.flatnonzero(heads.any(axis=0)).tolist()  # upsample only the outputs some object uses
     in_play = torch.from_numpy(heads[:, used]).to(targets.device)
     low_res, iou_pred = low_res[:, used], iou_pred[:, used].float()
@@ -348,7 +262,7 @@ def _get_step_losses(low_res: torch.Tensor, iou_pred: torch.Tensor, targets: tor
         intersection = (predicted * target).sum(dim=(-2, -1))
         union = predicted.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) - intersection
         true_iou = intersection / union.clamp(min=1.0)
-        best = torch.where(in_play, iou_pred, torch.full_like(iou_pred, -float("inf"))).argmax(dim=1)
+        best = get_kept_output(iou_pred, in_play)
         rows = torch.arange(n, device=targets.device)
         kept_hard, kept_logits = hard[rows, best], low_res[rows, best].unsqueeze(1).detach()
     mask_loss = torch.where(in_play, dice_loss, torch.full_like(dice_loss, float("inf"))).amin(dim=1)
@@ -377,23 +291,22 @@ def compute_objective(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor,
         foreground: (B, S, S) bool target of the semantic decoder; default: union of `masks`.
     """
     if config.e_sem and semantic_decoder is None:
-        raise ObjectiveError("e_sem is on but no semantic decoder was given: pass semantic_decoder= "
-                             "(the trainer builds one with medicosam_training.unetr.get_unetr_decoder)")
+        raise InputError("e_sem is on but no semantic decoder was given: pass semantic_decoder= "
+                         "(the trainer builds one with medicosam_training.unetr.get_unetr_decoder)")
     size = sam.image_encoder.img_size
     if images.shape[-2:] != (size, size) or masks.shape[-2:] != (size, size):
-        raise ObjectiveError(f"images {tuple(images.shape)} / masks {tuple(masks.shape)} must be "
-                             f"{size} x {size}: resize the longest side to the model's image size and pad "
-                             "as SAM does")
+        raise InputError(f"images {tuple(images.shape)} / masks {tuple(masks.shape)} must be "
+                         f"{size} x {size}: resize the longest side to the model's image size and pad "
+                         "as SAM does (medicosam.preprocessing.get_padded_image)")
     image_index, object_index = torch.nonzero(get_valid_objects(valid.bool(), config), as_tuple=True)
     n, device = len(image_index), images.device
     if n == 0:
-        raise ObjectiveError("the batch holds no object: every image needs at least one valid mask")
+        raise DataError("the batch holds no object: every image needs at least one valid mask")
     targets = masks[image_index, object_index].bool()
     targets_np = targets.cpu().numpy()
 
     embeddings = sam.image_encoder(sam.preprocess(images))
     object_embeddings = embeddings[image_index]
-    image_pe = sam.prompt_encoder.get_dense_pe()
     prompts = _PromptState(targets_np, config, rng, iteration)
     iteration_draw = config.mask_prompt_per == "iteration" and bool(rng.random() < config.p_mask)
 
@@ -402,17 +315,17 @@ def compute_objective(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor,
     kept_hard = targets  # replaced by the first pass's prediction before any correction reads it
     for step in range(config.n_steps + 1):
         if step == 0:
-            use_mask, multimask = np.zeros(n, bool), ~prompts.use_box
+            use_mask = np.zeros(n, bool)
         else:
             prompts.add_corrections(targets_np, kept_hard.cpu().numpy(), config, rng)
-            use_mask, multimask = sample_mask_prompt_use(n, config, rng, iteration_draw), np.zeros(n, bool)
+            use_mask = sample_mask_prompt_use(n, config, rng, iteration_draw)
+        multimask = np.array([uses_multimask(labels, box is not None, mask)
+                              for labels, box, mask in zip(prompts.labels, prompts.boxes, use_mask)], bool)
         records.append(prompts.get_record(multimask, use_mask))
         coords, token_labels = get_prompt_tokens(prompts.points, prompts.labels, prompts.boxes)
-        sparse = embed_prompt_tokens(sam.prompt_encoder, torch.from_numpy(coords).to(device),
-                                     torch.from_numpy(token_labels).to(device))
-        dense = embed_mask_prompts(sam.prompt_encoder, kept_logits, torch.from_numpy(use_mask).to(device), n)
-        low_res, iou_pred = predict_masks_batched(sam.mask_decoder, object_embeddings, image_pe,
-                                                  sparse, dense)
+        low_res, iou_pred = decode_prompts(sam, object_embeddings, torch.from_numpy(coords).to(device),
+                                           torch.from_numpy(token_labels).to(device), kept_logits,
+                                           torch.from_numpy(use_mask).to(device))
         mask_loss, iou_loss, kept_hard, kept_logits = _get_step_losses(low_res, iou_pred, targets, multimask)
         mask_losses.append(mask_loss)
         iou_losses.append(iou_loss)

@@ -17,6 +17,7 @@ from typing import Sequence, Tuple, Union
 
 import numpy as np
 
+from medicosam.errors import InputError
 from medicosam.prompts import get_largest_component
 
 MODALITIES = ("ct", "mr", "us")
@@ -69,16 +70,16 @@ def write_phantom_dataset(directory: Union[str, Path], n: int, size: int = 128, 
 def _get_shape(size: Shape, ndim: int) -> Tuple[int, ...]:
     shape = (int(size),) * ndim if np.isscalar(size) else tuple(int(s) for s in size)
     if len(shape) != ndim or min(shape) < 16:
-        raise ValueError(f"expected {ndim} sizes of at least 16 pixels, got {size}")
+        raise InputError(f"phantom size {size}: give {ndim} sizes of at least 16 pixels")
     return shape
 
 
 def _make_phantom(shape: Tuple[int, ...], n_objects: int, modality: str,
                   rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     if modality not in _TISSUES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        raise InputError(f"phantom modality {modality!r}: use one of {MODALITIES}")
     if not 0 < n_objects < 256:
-        raise ValueError(f"n_objects must be in 1..255, got {n_objects}")
+        raise InputError(f"n_objects={n_objects}: use 1 to 255 objects per phantom")
     background, body_value, object_values = _TISSUES[modality]
     roughness = _get_smooth_noise(shape, max(2.0, min(shape) / 24), rng)
     coords = np.indices(shape, dtype=np.float32)

@@ -12,21 +12,19 @@ import importlib.util
 import os
 from pathlib import Path
 
+from medicosam.errors import DataError
+
 _ICBM = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
-
-
-class SampleDataMissing(FileNotFoundError):
-    """A sample data file is not installed; the message says how to install it."""
 
 
 def get_nilearn_icbm152(kind: str = "t1") -> Path:
     """Path of the ICBM152 `t1`, `gm` or `wm` NIfTI inside the installed nilearn wheel."""
     spec = importlib.util.find_spec("nilearn")
     if spec is None or spec.origin is None:
-        raise SampleDataMissing("nilearn is not installed: pip install 'nilearn==0.14.1'")
+        raise DataError("nilearn is not installed: pip install 'nilearn==0.14.1'")
     path = Path(spec.origin).parent / "datasets" / "data" / _ICBM.format(kind)
     if not path.is_file():
-        raise SampleDataMissing(f"{path} is missing from the nilearn install: pip install 'nilearn==0.14.1'")
+        raise DataError(f"{path} is missing from the nilearn install: pip install 'nilearn==0.14.1'")
     return path
 
 
@@ -35,5 +33,5 @@ def get_itk_examples_dir() -> Path:
     root = Path(os.environ.get("MEDICOSAM_TEST_DATA", Path.home() / ".cache" / "medicosam-test-data"))
     path = root / "usr/share/doc/insighttoolkit5-examples/examples/Data"
     if not path.is_dir():
-        raise SampleDataMissing(f"{path} not found: run `bash .ci/fetch-itk-examples`")
+        raise DataError(f"{path} not found: run `bash .ci/fetch-itk-examples`")
     return path

@@ -1,7 +1,8 @@
 """The training loop: Algorithm 1 on one CPU, one GPU or many GPUs (torchrun), resumable.
 
 Paper settings (section 3) are the defaults: AdamW with lr 1e-5, the learning rate multiplied by
-0.9 after every epoch, all model parts trained. bf16 autocast on CUDA; fp32 on the CPU.
+0.9 after every epoch, all model parts trained. Settings: `configs.TrainConfig`; precision, data
+loading, DDP and RNG states: `runtime.py` (shared with the semantic trainer).
 
 Files in `out_dir` (rank 0 writes, every other rank only reads):
 - `latest.pt`: model (plain SAM keys under `model_state`, micro-sam's layout, so `load_sam` reads
@@ -23,8 +24,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -36,9 +35,19 @@ from torch import nn
 
 from medicosam.acceleration import fast_attention
 from medicosam.atomic import get_stale_temporaries
-from medicosam.errors import MedicoSAMError
-from medicosam_training.objective import ObjectiveConfig, ObjectiveModule, ObjectiveOutput, get_preset
-from medicosam_training.unetr import MAX_DECODER_FEATURES
+from medicosam.errors import InputError, ModelError, RunError
+from medicosam_training.configs import RESUMABLE_CHANGES, TrainConfig
+from medicosam_training.objective import ObjectiveModule, ObjectiveOutput
+from medicosam_training.runtime import (
+    Distributed,
+    autocast,
+    get_amp_dtype,
+    get_distributed,
+    get_loader_options,
+    get_rng_states,
+    set_rng_states,
+    use_fast_attention,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,97 +55,7 @@ CHECKPOINT_NAME = "latest.pt"
 EXPORT_NAME = "model.pt"
 JOINT_EXPORT_NAME = "model_with_decoder.pt"
 SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
-AMP_CHOICES = ("auto", "bf16", "off")
 _FORMAT = "medicosam-training-checkpoint/1"
-#: TrainConfig fields a resumed run may change: when to stop, how often to save and log, and how the
-#: same steps are computed (device, precision, attention kernels, activation checkpointing, data
-#: workers). Every other field (the objective, lr and its schedule, weight decay, batch size, seed,
-#: freeze, decoder width) defines the optimisation itself: a run resumed with another value would
-#: match neither configuration (the optimizer would even keep the saved lr), so it is refused.
-RESUMABLE_CHANGES = ("epochs", "iterations", "save_every", "log_every", "num_workers", "device", "amp",
-                     "grad_checkpointing", "fast_attention", "out_dir", "resume", "progress")
-
-
-class TrainingError(MedicoSAMError, RuntimeError):
-    """Training cannot start or continue: a bad setting, a checkpoint that does not fit."""
-
-
-class TrainingDiverged(TrainingError):
-    """The loss or the gradients became NaN/inf; nothing was saved after the last good checkpoint."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """How to train (the objective is one field of it).
-
-    Attributes:
-        objective: Algorithm 1's settings; default the `medicosam` preset.
-        lr, weight_decay: AdamW's (paper: lr 1e-5; weight decay is torch's default 0.01).
-        lr_decay, lr_decay_every: multiply the lr by `lr_decay` every `lr_decay_every` epochs
-            (paper: 0.9 every epoch; micro-sam's v2 run: every 2).
-        epochs, iterations: stop after this many epochs or iterations, whichever comes first;
-            both None: one epoch.
-        batch_size: images per step and process.
-        freeze: parameter-name prefixes kept fixed, e.g. ("prompt_encoder",).
-        amp: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "off".
-        grad_checkpointing: recompute encoder blocks in the backward pass (less memory, ~30 % slower).
-        fast_attention: SDPA attention (`medicosam.acceleration.fast_attention`), the same result in
-            fp32 and the same saved weights; None: on CUDA (fused kernels, a fraction of the memory),
-            off on the CPU (its backward with the rel-pos bias is ~8 % slower there).
-        out_dir: checkpoints, logs and the exported model.
-        save_every: also write `latest.pt` every this many iterations (always at each epoch end).
-        seed: seeds data order, object sampling and prompts.
-        log_every: TensorBoard interval in iterations.
-        num_workers: DataLoader worker processes; None: `get_loader_options` decides.
-        device: "auto", "cpu", "cuda", ... (under torchrun: the local rank's GPU).
-        resume: continue from `out_dir/latest.pt` when it exists (model, optimizer and lr schedule as
-            saved); only the fields in `RESUMABLE_CHANGES` may differ from the saved run's.
-        decoder_features: width of the segmentation decoder (e_sem); 64 is micro-sam's.
-        progress: show a tqdm bar (rank 0).
-    """
-
-    objective: ObjectiveConfig = dataclasses.field(default_factory=lambda: get_preset("medicosam"))
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    lr_decay: float = 0.9
-    lr_decay_every: int = 1
-    epochs: Optional[int] = None
-    iterations: Optional[int] = None
-    batch_size: int = 1
-    freeze: Tuple[str, ...] = ()
-    amp: str = "auto"
-    grad_checkpointing: bool = False
-    fast_attention: Optional[bool] = None
-    out_dir: Union[str, Path] = "medicosam-training"
-    save_every: int = 1000
-    seed: int = 0
-    log_every: int = 10
-    num_workers: Optional[int] = None
-    device: str = "auto"
-    resume: bool = False
-    decoder_features: int = 64
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.lr > 0, f"lr={self.lr}: must be > 0"),
-            (0 < self.lr_decay <= 1, f"lr_decay={self.lr_decay}: use a factor in (0, 1]"),
-            (self.lr_decay_every >= 1, f"lr_decay_every={self.lr_decay_every}: use 1 or more epochs"),
-            (self.epochs is None or self.epochs >= 1, f"epochs={self.epochs}: use 1 or more"),
-            (self.iterations is None or self.iterations >= 1, f"iterations={self.iterations}: use 1 or more"),
-            (self.batch_size >= 1, f"batch_size={self.batch_size}: use 1 or more"),
-            (self.save_every >= 1, f"save_every={self.save_every}: use 1 or more"),
-            (self.log_every >= 1, f"log_every={self.log_every}: use 1 or more"),
-            (self.amp in AMP_CHOICES, f"amp={self.amp!r}: use one of {AMP_CHOICES}"),
-            (self.num_workers is None or self.num_workers >= 0, f"num_workers={self.num_workers}: use 0 or more"),
-            (1 <= self.decoder_features <= MAX_DECODER_FEATURES,
-             f"decoder_features={self.decoder_features}: use 1 to {MAX_DECODER_FEATURES} (micro-sam: 64)"),
-        ]
-        errors = [message for ok, message in checks if not ok]
-        if errors:
-            raise TrainingError("invalid training configuration: " + "; ".join(errors))
-        self.freeze = tuple(self.freeze)
-        self.out_dir = Path(self.out_dir)
 
 
 @dataclasses.dataclass
@@ -154,69 +73,12 @@ class TrainResult:
     seconds: float = 0.0  # wall time of this call's training loop
 
 
-@dataclasses.dataclass
-class _Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # this module called init_process_group, so it also ends it
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def get_distributed(device: torch.device) -> _Distributed:
-    """The process group of a torchrun launch (WORLD_SIZE > 1), started here if needed.
-
-    NCCL on CUDA, gloo on the CPU; a single process gets rank 0 of 1 and no group.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return _Distributed()
-    owns = not torch_dist.is_initialized()
-    if owns:
-        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Distributed(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size(),
-                        local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
-
-
-def get_loader_options(num_workers: Optional[int], device: torch.device) -> Dict[str, Any]:
-    """DataLoader options that keep the device fed: workers, pinned memory, prefetching.
-
-    `num_workers=None` picks 0 on the CPU (the model needs every core; the datasets are cheap)
-    and on CUDA up to 8 per GPU process from the CPUs this process may use, keeping one for the
-    training loop. Workers prefetch 4 batches each; CUDA batches are pinned for async copies.
-    """
-    from medicosam.device import get_cpu_budget
-
-    if num_workers is None:
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        num_workers = min(8, get_cpu_budget() // local_processes - 1) if device.type == "cuda" else 0
-    options: Dict[str, Any] = {"num_workers": max(0, num_workers), "pin_memory": device.type == "cuda"}
-    if options["num_workers"]:
-        options["prefetch_factor"] = 4
-    return options
-
-
-def use_fast_attention(choice: Optional[bool], device: torch.device) -> bool:
-    """Whether training runs SDPA attention: the explicit choice, else only on CUDA (see TrainConfig)."""
-    return device.type == "cuda" if choice is None else choice
-
-
-def get_amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for fp32."""
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 def freeze_parameters(model: nn.Module, prefixes: Tuple[str, ...]) -> None:
     """Turn off gradients of parameters whose names start with one of `prefixes`."""
     names = [name for name, _ in model.named_parameters()]
     unknown = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
     if unknown:
-        raise TrainingError(f"freeze prefixes {unknown} match no parameter: use parts like {SAM_PARTS} "
+        raise InputError(f"freeze prefixes {unknown} match no parameter: use parts like {SAM_PARTS} "
                             "or longer prefixes such as 'image_encoder.blocks.0'")
     for name, parameter in model.named_parameters():
         if name.startswith(prefixes):
@@ -251,34 +113,14 @@ def build_semantic_decoder(sam: nn.Module, features: int,
     With a `decoder_state` (a joint checkpoint, micro-sam's released decoder) the decoder takes that
     state's layout (upsampler variant, widths) and weights; otherwise a new one `features` wide.
     """
-    from medicosam_training.unetr import DecoderStateError, get_unetr_decoder, get_unetr_decoder_from_state
+    from medicosam_training.unetr import get_unetr_decoder, get_unetr_decoder_from_state
 
     if decoder_state is None:
         return get_unetr_decoder(sam.image_encoder, out_channels=2, initial_features=features)
     try:
         return get_unetr_decoder_from_state(sam.image_encoder, decoder_state, out_channels=2)
-    except DecoderStateError as error:
-        raise TrainingError(f"the checkpoint's segmentation decoder does not fit this model: {error}") from error
-
-
-def get_rng_states() -> Dict[str, Any]:
-    """Python, numpy and torch RNG states in a form `torch.load(weights_only=True)` accepts."""
-    kind, key, position, has_gauss, cached = np.random.get_state()
-    states: Dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
-                              "numpy": (kind, torch.from_numpy(key.astype(np.int64)), position, has_gauss, cached)}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: Dict[str, Any]) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(states["torch"])
-    kind, key, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, cached))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    except (InputError, ModelError) as error:
+        raise ModelError(f"the checkpoint's segmentation decoder does not fit this model: {error}") from error
 
 
 def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
@@ -287,7 +129,7 @@ def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
 
     state = load_checkpoint_file(path)
     if state.get("format") != _FORMAT:
-        raise TrainingError(f"{path} is not a MedicoSAM training checkpoint (no format {_FORMAT!r}); "
+        raise ModelError(f"{path} is not a MedicoSAM training checkpoint (no format {_FORMAT!r}); "
                             "to finetune from a model file, pass it as the model instead")
     return state
 
@@ -313,7 +155,7 @@ def check_resumed_config(state: Dict[str, Any], config: TrainConfig, path: Path)
     differing = [f"{key}: {saved[key]!r} -> {now.get(key)!r}" for key in saved
                  if key not in RESUMABLE_CHANGES and saved[key] != now.get(key)]
     if differing:
-        raise TrainingError(f"{path} was trained with other settings ({'; '.join(differing)}): resume with the "
+        raise InputError(f"{path} was trained with other settings ({'; '.join(differing)}): resume with the "
                             f"saved settings or train into a new out_dir (a resumed run may change only "
                             f"{', '.join(RESUMABLE_CHANGES)})")
 
@@ -327,7 +169,7 @@ def export_training_checkpoint(checkpoint: Union[str, Path], out: Union[str, Pat
     if not with_decoder:
         return export_sam(state["model_state"], out)
     if state.get("decoder_state") is None:
-        raise TrainingError(f"{checkpoint} has no segmentation decoder (it was trained without e_sem): "
+        raise ModelError(f"{checkpoint} has no segmentation decoder (it was trained without e_sem): "
                             "export without --with-decoder")
     return export_sam_with_decoder(state["model_state"], state["decoder_state"], out)
 
@@ -348,14 +190,14 @@ class _Run:
     """One training run's state; `train` drives it."""
 
     def __init__(self, sam: nn.Module, sam_config: Any, decoder: Optional[nn.Module], config: TrainConfig,
-                 device: torch.device, dist: _Distributed) -> None:
+                 device: torch.device, dist: Distributed) -> None:
         self.config, self.device, self.dist = config, device, dist
         self.sam_config = sam_config
         self.module = ObjectiveModule(sam, config.objective, decoder).to(device)
         freeze_parameters(self.module.sam, config.freeze)
         self.parameters = [p for p in self.module.parameters() if p.requires_grad]
         if not self.parameters:
-            raise TrainingError(f"freeze={config.freeze} leaves nothing to train: freeze fewer parts")
+            raise InputError(f"freeze={config.freeze} leaves nothing to train: freeze fewer parts")
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay,
                                            fused=device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_decay_every,
@@ -408,7 +250,7 @@ class _Run:
                 self.module.semantic_decoder.load_state_dict(state["decoder_state"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as error:
-            raise TrainingError(f"{self.checkpoint_path} does not fit this model or setup "
+            raise ModelError(f"{self.checkpoint_path} does not fit this model or setup "
                                 f"({str(error).splitlines()[0]}): resume with the same model, freeze and "
                                 "e_sem settings, or use a new out_dir") from error
         self.scheduler.load_state_dict(state["scheduler"])
@@ -418,11 +260,6 @@ class _Run:
         self.validation = list(state["validation"])
 
     # ------------------------------------------------------------------ steps
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def get_batch(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         moved = {key: batch[key].to(self.device, non_blocking=True) for key in ("image", "masks", "valid")}
@@ -437,7 +274,7 @@ class _Run:
         if int(finite) == 0:
             kept = (f"the last good checkpoint {self.checkpoint_path} was kept" if self.checkpoint_path.exists()
                     else "no checkpoint was written")
-            raise TrainingDiverged(
+            raise RunError(
                 f"{what} is not finite (NaN/inf) at iteration {iteration}; {kept} and the broken "
                 f"model was not saved. Lower the learning rate (now {self.optimizer.param_groups[0]['lr']:g}), "
                 "train in fp32 (amp='off' / --amp off), and check the data for NaN or constant images.")
@@ -446,7 +283,7 @@ class _Run:
         batch = self.get_batch(batch)
         rng = np.random.default_rng((self.config.seed, self.dist.rank, self.iteration))
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
+        with autocast(self.device, self.amp_dtype):
             output = self.model(batch["image"], batch["masks"], batch["valid"], rng, self.iteration,
                                 batch.get("foreground"))
         self.check_finite(output.loss, "the loss", self.iteration + 1)
@@ -461,7 +298,7 @@ class _Run:
     @torch.no_grad()
     def validate(self, dataset) -> Dict[str, float]:
         """Mean loss and hard Dice of the last decoder pass, with prompts seeded the same every epoch."""
-        from medicosam_training.data import collate_objects
+        from medicosam_training.dataset import collate_objects
 
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False,
                                              collate_fn=collate_objects,
@@ -472,7 +309,7 @@ class _Run:
         try:
             for batch in loader:
                 batch = self.get_batch(batch)
-                with self.autocast():
+                with autocast(self.device, self.amp_dtype):
                     output = self.module(batch["image"], batch["masks"], batch["valid"], rng, 0,
                                          batch.get("foreground"))
                 losses.append(float(output.loss))
@@ -483,7 +320,7 @@ class _Run:
         return {"loss": float(np.mean(losses)), "dice": float(np.average(dices, weights=weights))}
 
 
-def _get_epoch_indices(dataset, config: TrainConfig, dist: _Distributed, epoch: int) -> List[int]:
+def _get_epoch_indices(dataset, config: TrainConfig, dist: Distributed, epoch: int) -> List[int]:
     """This rank's sample order for `epoch`: a seeded shuffle split across ranks, whole batches only."""
     from torch.utils.data import DistributedSampler
 
@@ -509,14 +346,14 @@ def train(model: Any, train_dataset, val_dataset=None, config: Optional[TrainCon
 
     Args:
         model: the model to train, changed in place.
-        train_dataset, val_dataset: datasets of `medicosam_training.data` samples (any map-style
+        train_dataset, val_dataset: datasets of `medicosam_training.dataset` samples (any map-style
             dataset yielding its dicts); validation runs after every epoch when given.
         config: the run's settings.
         semantic_decoder: the e_sem decoder; default: built by `build_semantic_decoder`, loaded from
             the model's `decoder_state` when it has one.
 
     Returns:
-        A `TrainResult`. Raises `TrainingDiverged` (nothing saved) when the loss or gradients become
+        A `TrainResult`. Raises `RunError` (nothing saved) when the loss or gradients become
         NaN/inf.
     """
     from medicosam.device import get_device
@@ -541,7 +378,7 @@ def train(model: Any, train_dataset, val_dataset=None, config: Optional[TrainCon
 
 
 def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
-    from medicosam_training.data import collate_objects
+    from medicosam_training.dataset import collate_objects
 
     config, dist = run.config, run.dist
     out_dir = Path(config.out_dir)
@@ -554,7 +391,7 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
     start_iteration = run.iteration
     per_epoch = len(_get_epoch_indices(train_dataset, config, dist, 0)) // config.batch_size
     if per_epoch == 0:
-        raise TrainingError(f"the training set ({len(train_dataset)} images over {dist.world_size} processes) "
+        raise InputError(f"the training set ({len(train_dataset)} images over {dist.world_size} processes) "
                             f"is smaller than one batch of {config.batch_size}: lower the batch size")
     epochs = config.epochs if config.epochs is not None else (math.inf if config.iterations else 1)
     total = min(config.iterations or math.inf, epochs * per_epoch)
@@ -618,7 +455,7 @@ def _get_writer(out_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
-        raise TrainingError("TensorBoard logging needs the tensorboard package: "
+        raise RunError("TensorBoard logging needs the tensorboard package: "
                             "pip install 'medicosam[training]'") from error
     return SummaryWriter(log_dir=str(out_dir / "logs"))
 

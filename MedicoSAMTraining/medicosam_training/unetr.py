@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import InputError, ModelError
 
 #: Keys of a full UNETR state dict that belong to the encoder, not the decoder.
 _ENCODER_PREFIX = "encoder."
@@ -36,15 +36,11 @@ _ENCODER_PREFIX = "encoder."
 MAX_DECODER_FEATURES = 512
 
 
-class DecoderStateError(MedicoSAMError, ValueError):
-    """A decoder state dict that does not fit the UNETR decoder layout, or a width out of range."""
-
-
 def check_decoder_features(features: int) -> None:
     """Refuse a decoder width that cannot be built (checked by configs early, and by the builder)."""
     if not 1 <= features <= MAX_DECODER_FEATURES:
-        raise DecoderStateError(f"decoder features {features} out of range: use 1 to {MAX_DECODER_FEATURES} "
-                                "(micro-sam: 64; smaller for CPU runs)")
+        raise InputError(f"decoder features {features} out of range: use 1 to {MAX_DECODER_FEATURES} "
+                         "(micro-sam: 64; smaller for CPU runs)")
 
 
 class _ConvBlock(nn.Module):
@@ -167,7 +163,7 @@ class UNETRDecoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.out_conv is None:
-            raise DecoderStateError("this decoder was built without out_conv (out_channels=None): "
+            raise ModelError("this decoder was built without out_conv (out_channels=None): "
                                     "call forward_features")
         return self.out_conv(self.forward_features(features))
 
@@ -196,7 +192,7 @@ def get_decoder_layout(state: Mapping[str, Any]) -> DecoderLayout:
         base = state["base.block.1.weight"]  # Conv2d(in_channels, 8 * initial_features, 3)
         head = state["decoder_head.block.1.weight"]  # Conv2d(2 * initial_features, initial_features, 3)
     except KeyError as error:
-        raise DecoderStateError(f"not a UNETR decoder state: it lacks {error.args[0]!r} "
+        raise ModelError(f"not a UNETR decoder state: it lacks {error.args[0]!r} "
                                 f"(keys: {', '.join(list(state)[:6])} ...)") from None
     out = state.get("out_conv.weight")
     return DecoderLayout(
@@ -229,7 +225,7 @@ def get_unetr_decoder_from_state(image_encoder: nn.Module, state: Mapping[str, A
     layout = get_decoder_layout(state)
     neck_channels = image_encoder.neck[2].out_channels
     if layout.in_channels != neck_channels:
-        raise DecoderStateError(f"the decoder reads {layout.in_channels}-channel features but this encoder's "
+        raise ModelError(f"the decoder reads {layout.in_channels}-channel features but this encoder's "
                                 f"neck gives {neck_channels}: decoder and SAM model come from different "
                                 "architectures")
     if out_channels == "saved":
@@ -251,6 +247,6 @@ def load_decoder_weights(decoder: UNETRDecoder, state: Mapping[str, Any]) -> Non
                 for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                    ("other shapes", shapes)) if keys]
     if problems:
-        raise DecoderStateError("the decoder state does not fit this decoder (build it with "
+        raise ModelError("the decoder state does not fit this decoder (build it with "
                                 "get_unetr_decoder_from_state to match the saved layout): " + "; ".join(problems))
     decoder.load_state_dict(state, strict=False)

@@ -28,14 +28,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from medicosam.atomic import writing_atomically
-from medicosam.errors import MedicoSAMError
-from medicosam.models.config import OFFICIAL_CONFIGS, ConfigError, SamConfig, build_sam, detect_config
-from medicosam.models.download import (
-    CheckpointNotFoundError,
-    ProgressCallback,
-    get_checked_file_id,
-    resolve_checkpoint,
-)
+from medicosam.errors import ModelError
+from medicosam.models.config import OFFICIAL_CONFIGS, SamConfig, build_sam, detect_config
+from medicosam.models.download import ProgressCallback, get_checked_file_id, resolve_checkpoint
 
 _SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 #: Wrapper prefixes, outermost first: DDP, torch.compile, micro-sam's TrainableSAM.
@@ -48,10 +43,6 @@ _WEIGHT_KEYS = ("model_state", "decoder_state", "state_dict")
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(MedicoSAMError, ValueError):
-    """A checkpoint that cannot be read safely or does not fit a SAM model."""
 
 
 @dataclasses.dataclass
@@ -85,7 +76,7 @@ def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointNotFoundError(f"Checkpoint file {path.resolve()} does not exist.")
+        raise ModelError(f"Checkpoint file {path.resolve()} does not exist.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # Python objects beyond weights_only's allowlist, or not a pickle
@@ -93,7 +84,7 @@ def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... on damaged files
         raise _get_unreadable_error(path, e) from e
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
+        raise ModelError(f"{path} holds a {type(obj).__name__}, not a state dict.")
     return dict(obj)
 
 
@@ -115,7 +106,7 @@ def get_sam_state_dict(
     if not any(key.startswith(_SAM_PARTS) for key in sam_state):
         hint = (" It looks like a segmentation decoder: load it with load_decoder_state."
                 if any(key.startswith(_UNETR_PARTS) for key in sam_state) else "")
-        raise CheckpointError(
+        raise ModelError(
             f"{source} holds no SAM weights (no image_encoder.*, prompt_encoder.*, mask_decoder.* keys; "
             f"top-level keys: {_summarize_keys(list(obj))}).{hint}"
         )
@@ -133,11 +124,11 @@ def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
     try:
         config = detect_config(state)
     except KeyError as e:
-        raise CheckpointError(
+        raise ModelError(
             f"{source} is not a complete SAM state dict: it lacks {e.args[0]!r}, which every SAM has."
         ) from None
-    except ConfigError as e:
-        raise CheckpointError(f"{source} is not a usable SAM checkpoint: {e}.") from None
+    except ModelError as e:
+        raise ModelError(f"{source} is not a usable SAM checkpoint: {e}.") from None
     expected = _get_expected_shapes(config)
     problems = []
     unexpected = [key for key in state if key not in expected]
@@ -162,7 +153,7 @@ def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
             "to build it with MedicoSAM's builder"
         )
     if problems:
-        raise CheckpointError(f"{source} cannot be loaded as a SAM model:\n  - " + "\n  - ".join(problems))
+        raise ModelError(f"{source} cannot be loaded as a SAM model:\n  - " + "\n  - ".join(problems))
     return config
 
 
@@ -202,11 +193,11 @@ def load_decoder_state(
     if "decoder_state" in obj or "model_state" in obj:
         state = get_sam_state_dict(obj, source=str(path))[1]
         if state is None:
-            raise CheckpointError(f"{path} holds a SAM model but no decoder_state.")
+            raise ModelError(f"{path} holds a SAM model but no decoder_state.")
     else:
         state = _strip_wrapper_prefixes(obj)
         if not any(key.startswith(_UNETR_PARTS) for key in state):
-            raise CheckpointError(f"{path} holds no segmentation decoder (keys: {_summarize_keys(list(state))}).")
+            raise ModelError(f"{path} holds no segmentation decoder (keys: {_summarize_keys(list(state))}).")
     _check_tensors(state, source=str(path))
     return state
 
@@ -395,7 +386,7 @@ def _load_weights_inertly(path: Path) -> Dict[str, Any]:
     names = _summarize_keys(sorted(unpickling.replaced))
     weights = {key: obj[key] for key in _WEIGHT_KEYS if key in obj} if isinstance(obj, Mapping) else {}
     if not weights or not all(_is_tensor_dict(value) for value in weights.values()):
-        raise CheckpointError(
+        raise ModelError(
             f"{path} ({_describe_file(path)}) is not a plain state dict: it holds Python objects ({names}) "
             f"beyond tensors in a {' / '.join(_WEIGHT_KEYS)} entry, and unpickling those could run arbitrary "
             "code, so MedicoSAM refuses to. If you trust its source, load it yourself and re-save only the "
@@ -412,10 +403,10 @@ def _is_tensor_dict(value: Any) -> bool:
                                               for key, tensor in value.items())
 
 
-def _get_unreadable_error(path: Path, error: Exception, names: Sequence[str] = ()) -> CheckpointError:
+def _get_unreadable_error(path: Path, error: Exception, names: Sequence[str] = ()) -> ModelError:
     """What the file is and what failed, never torch's advice to retry with weights_only=False."""
     named = f", naming {_summarize_keys(sorted(names))}" if names else ""
-    return CheckpointError(
+    return ModelError(
         f"Cannot read checkpoint {path}: it is {_describe_file(path)}{named} ({type(error).__name__}: "
         f"{_get_first_line(error)}), so the file is incomplete, corrupt or not a PyTorch checkpoint. "
         "Download or export it again."
@@ -445,12 +436,12 @@ def _check_tensors(state: Mapping[str, Any], source: str) -> None:
         if not isinstance(tensor, torch.Tensor):
             continue
         if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
-            raise CheckpointError(f"{source}: {key} claims {tuple(tensor.shape)} values but the file stores "
+            raise ModelError(f"{source}: {key} claims {tuple(tensor.shape)} values but the file stores "
                                   f"{tensor.untyped_storage().nbytes()} bytes for it: the file is not a trained "
                                   "model. Download or export it again.")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(f"{source}: {key} holds {bad} NaN or infinite values (of {tensor.numel()}), so "
+            raise ModelError(f"{source}: {key} holds {bad} NaN or infinite values (of {tensor.numel()}), so "
                                   "every mask would be empty: the training run that wrote it diverged or the "
                                   "file is corrupt. Use an earlier checkpoint or download it again.")
 
@@ -468,6 +459,6 @@ def _check_memory(state: Mapping[str, Any], device: str, source: str) -> None:
     else:
         return
     if needed > available:
-        raise CheckpointError(f"{source}: building this SAM model needs {needed / 1e9:.1f} GB but the {device.type} "
+        raise ModelError(f"{source}: building this SAM model needs {needed / 1e9:.1f} GB but the {device.type} "
                               f"device has {available / 1e9:.1f} GB {what}: use a machine with more memory "
                               "(or check the file: its sizes may be corrupt).")

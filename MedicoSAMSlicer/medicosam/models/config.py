@@ -12,7 +12,8 @@ import re
 from functools import partial
 from typing import Dict, Mapping, Tuple
 
-from medicosam.errors import MedicoSAMError
+from ..errors import ModelError
+from ..preprocessing import PIXEL_MEAN, PIXEL_STD
 
 #: The largest value each `SamConfig` field may take: far above every published SAM (ViT-H is 1280
 #: wide, 32 deep, 1024 px), and low enough that the sizes read from a corrupt or hostile checkpoint
@@ -23,10 +24,6 @@ CONFIG_LIMITS: Dict[str, float] = {
     "decoder_depth": 32, "decoder_mlp_dim": 16384, "decoder_num_heads": 128, "num_multimask_outputs": 16,
     "iou_head_depth": 16, "iou_head_hidden_dim": 4096,
 }
-
-
-class ConfigError(MedicoSAMError, ValueError):
-    """SAM sizes outside `CONFIG_LIMITS`, which no builder should try."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +51,7 @@ class SamConfig:
         problems = [f"{name}={getattr(self, name)} (allowed: 1 to {limit})"
                     for name, limit in CONFIG_LIMITS.items() if not 1 <= getattr(self, name) <= limit]
         if problems:
-            raise ConfigError("SAM sizes out of range: " + "; ".join(problems))
+            raise ModelError("SAM sizes out of range: " + "; ".join(problems))
 
     @property
     def arch(self) -> str:
@@ -124,8 +121,8 @@ def build_sam(config: SamConfig):
             transformer_dim=c.prompt_embed_dim, iou_head_depth=c.iou_head_depth,
             iou_head_hidden_dim=c.iou_head_hidden_dim,
         ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
     )
     return sam.eval()
 
@@ -139,7 +136,7 @@ def detect_config(state: Mapping) -> SamConfig:
     """Read the architecture from the tensor shapes of a plain SAM state dict.
 
     The mask decoder's head count leaves no trace in the shapes: SAM (and our tiny models)
-    always use 8. Raises KeyError when a key every SAM has is missing, ConfigError when the
+    always use 8. Raises KeyError when a key every SAM has is missing, ModelError when the
     sizes are out of `CONFIG_LIMITS`.
     """
     patch = state["image_encoder.patch_embed.proj.weight"]
@@ -148,7 +145,7 @@ def detect_config(state: Mapping) -> SamConfig:
     depth = _count_indexed(state, "image_encoder.blocks.")
     head_dim = int(state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1])
     if min(embed_dim, head_dim) < 1:  # the divisions below; SamConfig checks every other size
-        raise ConfigError(f"SAM sizes out of range: encoder width {embed_dim}, attention head width {head_dim}")
+        raise ModelError(f"SAM sizes out of range: encoder width {embed_dim}, attention head width {head_dim}")
     rel_sizes = [int(state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0]) for i in range(depth)]
     global_indexes = tuple(i for i, n in enumerate(rel_sizes) if n == 2 * grid - 1)
     windowed = [n for n in rel_sizes if n != 2 * grid - 1]

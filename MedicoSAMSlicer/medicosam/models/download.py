@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 from medicosam import __version__
 from medicosam.atomic import get_temporary_path, writing_atomically
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import Cancelled, DownloadError, InputError, MedicoSAMError, ModelError
 from medicosam.models.registry import MODELS, ModelSpec, get_model_spec
 
 logger = logging.getLogger(__name__)
@@ -48,35 +48,6 @@ CHUNK_SIZE = 1 << 20
 DEFAULT_TIMEOUT = (10.0, 60.0)
 _URL_SUBDIR = "url"
 _TRUE_WORDS = {"1", "true", "yes", "on"}
-
-
-class DownloadError(MedicoSAMError, OSError):
-    """The server could not be reached or answered with an error."""
-
-
-class IncompleteDownloadError(DownloadError):
-    """The transfer stopped early: the `.part` is kept so the next call resumes, unless nothing
-    vouches for its bytes (no published hash) and they do not load, when it is deleted."""
-
-
-class HashMismatchError(MedicoSAMError, ValueError):
-    """A file's size or hash differs from what the registry (or the caller) expects."""
-
-
-class DownloadCancelled(MedicoSAMError):
-    """The progress callback asked to stop; the `.part` file is kept for resuming."""
-
-
-class OfflineError(MedicoSAMError, OSError):
-    """Offline mode is on and the file is not in the cache."""
-
-
-class CheckpointNotFoundError(MedicoSAMError, FileNotFoundError):
-    """A local checkpoint path that does not exist."""
-
-
-class CacheDirError(MedicoSAMError, OSError):
-    """The cache folder cannot be used (a file, not writable, or out of space)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +73,7 @@ def get_cache_dir() -> Path:
     if env:
         path = Path(env).expanduser()
         if path.exists() and not path.is_dir():
-            raise CacheDirError(f"MEDICOSAM_CACHE_DIR={env} is a file, not a folder: point it at a folder "
+            raise DownloadError(f"MEDICOSAM_CACHE_DIR={env} is a file, not a folder: point it at a folder "
                                 "(it is created if missing) or unset it to use the default cache")
         return path
     import platformdirs
@@ -160,10 +131,9 @@ def download_url(
     verification still catches corruption on disk.
 
     Raises:
-        DownloadError: unreachable server or an HTTP error status.
-        IncompleteDownloadError: fewer bytes than announced or expected (`.part` kept).
-        HashMismatchError: wrong hash, or more bytes than expected (`.part` deleted).
-        DownloadCancelled: `progress` returned False (`.part` kept).
+        DownloadError: unreachable server, an HTTP error status, fewer bytes than announced or expected
+            (`.part` kept), a wrong hash or more bytes than expected (`.part` deleted).
+        Cancelled: `progress` returned False (`.part` kept).
     """
     dest = Path(dest)
     _make_cache_dir(dest.parent)
@@ -172,19 +142,19 @@ def download_url(
     digest, size, announced = _fetch_into(url, part, algo, expected_size, progress, timeout)
     if expected_size is not None and size > expected_size:
         part.unlink()
-        raise HashMismatchError(
+        raise DownloadError(
             f"{url} sent more than the expected {expected_size} bytes; the upstream file changed "
             "or the registry entry is wrong. Nothing was kept."
         )
     wanted = expected_size if expected_size is not None else announced
     if wanted is not None and size < wanted:
-        raise IncompleteDownloadError(
+        raise DownloadError(
             f"Download of {url} stopped after {size} of {wanted} bytes. The partial file {part} "
             "is kept: run the same command again to resume."
         )
     if expected_hash is not None and digest != expected_hash.lower():
         part.unlink()
-        raise HashMismatchError(
+        raise DownloadError(
             f"{url} has {algo} {digest}, expected {expected_hash}: the download is corrupt or the "
             "upstream file changed. Nothing was kept; run again to download it afresh."
         )
@@ -192,7 +162,7 @@ def download_url(
     if load_error is not None:
         size = part.stat().st_size
         part.unlink()
-        raise IncompleteDownloadError(
+        raise DownloadError(
             f"{url} gave {size} bytes that are not a whole checkpoint ({load_error}). Nothing was kept: "
             "run again, or download the file by hand and pass its path.")
     os.replace(part, dest)
@@ -207,14 +177,14 @@ def get_checked_file_id(path: Union[str, Path]) -> str:
     would otherwise pass as verified; `load_sam` hashes the file anyway, so this costs nothing more.
 
     Raises:
-        HashMismatchError: the file no longer has the bytes that were verified.
+        DownloadError: the file no longer has the bytes that were verified.
     """
     path = Path(path)
     digest = get_file_hash(path, "xxh128")
     marker = _read_marker(path)
     if marker is not None and marker.get("xxh128") and marker["size"] == path.stat().st_size \
             and marker["xxh128"] != digest:
-        raise HashMismatchError(
+        raise DownloadError(
             f"{path} changed on disk since it was verified (its bytes differ, not its size or date): "
             "remove it (`medicosam models remove NAME`, or delete it) and download it again")
     return digest
@@ -255,8 +225,8 @@ def resolve_checkpoint(
     if path.is_file():
         return path
     if isinstance(model, Path) or "/" in text or os.sep in text or path.suffix:
-        raise CheckpointNotFoundError(f"Checkpoint file {path.resolve()} does not exist.")
-    # Anything else must be a registry name; an unknown one raises UnknownModelError listing them.
+        raise ModelError(f"Checkpoint file {path.resolve()} does not exist.")
+    # Anything else must be a registry name; an unknown one raises ModelError listing them.
     return download_model(text, cache_dir=cache_dir, progress=progress, offline=offline)
 
 
@@ -366,11 +336,11 @@ def _get_cached_or_download(
         return path  # the common case takes no lock
     offline = get_offline(offline)
     if offline and path.is_file():
-        raise HashMismatchError(
+        raise DownloadError(
             f"Cached {label} at {path} fails verification (size, hash, or it does not load as a checkpoint). "
             f"Replace it with a good copy of {url}, or turn offline mode off to download it again."
         )
-    offline_error = OfflineError(
+    offline_error = DownloadError(
         f"Offline mode is on (offline=True or MEDICOSAM_OFFLINE) and {label} is not cached. "
         f"On a machine with internet access download {url} and save it as {path} "
         "(or set MEDICOSAM_CACHE_DIR to a folder holding it), or pass a local checkpoint path."
@@ -419,7 +389,7 @@ def _download_lock(path: Path, label: str, expected_size: Optional[int],
             part = _get_part_path(path)
             done = part.stat().st_size if part.is_file() else 0
             if progress is not None and progress(done, expected_size) is False:
-                raise DownloadCancelled(f"Stopped waiting for another process to download {label}.") from None
+                raise Cancelled(f"Stopped waiting for another process to download {label}.") from None
     try:
         yield
     finally:
@@ -482,12 +452,12 @@ def _fetch_into(
                     hasher.update(chunk)
                     done += len(chunk)
                     if progress is not None and progress(done, total) is False:
-                        raise DownloadCancelled(f"Download of {url} cancelled; {part} is kept for resuming.")
+                        raise Cancelled(f"Download of {url} cancelled; {part} is kept for resuming.")
                     if expected_size is not None and done > expected_size:
                         break
             except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
                 out.flush()
-                raise IncompleteDownloadError(
+                raise DownloadError(
                     f"Download of {url} broke off after {done} bytes ({e}). The partial file {part} "
                     "is kept: run the same command again to resume."
                 ) from e
@@ -505,7 +475,7 @@ def _write_chunk(out, chunk: bytes, part: Path) -> None:
         with contextlib.suppress(OSError):  # flushing the buffer hits the same full disk
             out.close()
         part.unlink()
-        raise CacheDirError(
+        raise DownloadError(
             f"No space left in {part.parent} ({_format_bytes(shutil.disk_usage(part.parent).free)} free): "
             "free some space, or set MEDICOSAM_CACHE_DIR to a folder on a larger disk. The partial "
             "download was removed.") from None
@@ -514,7 +484,7 @@ def _write_chunk(out, chunk: bytes, part: Path) -> None:
 def _check_free_space(part: Path, needed: Optional[int]) -> None:
     free = shutil.disk_usage(part.parent).free
     if needed is not None and needed > free:
-        raise CacheDirError(
+        raise DownloadError(
             f"Downloading needs {_format_bytes(needed)} but {part.parent} has {_format_bytes(free)} free: "
             "free some space, or set MEDICOSAM_CACHE_DIR to a folder on a larger disk.")
 
@@ -539,7 +509,7 @@ def _make_cache_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CacheDirError(f"Cannot create the model cache {folder} ({e.strerror}): set MEDICOSAM_CACHE_DIR "
+        raise DownloadError(f"Cannot create the model cache {folder} ({e.strerror}): set MEDICOSAM_CACHE_DIR "
                             "to a folder you can write") from None
 
 
@@ -587,7 +557,7 @@ def _new_hasher(algo: str):
         import xxhash
 
         return xxhash.xxh128()
-    raise ValueError(f"Unsupported hash algorithm {algo!r}; use 'sha256' or 'xxh128'.")
+    raise InputError(f"Unsupported hash algorithm {algo!r}; use 'sha256' or 'xxh128'.")
 
 
 def _update_from_file(hasher, path: Path) -> None:

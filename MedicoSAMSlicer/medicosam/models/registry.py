@@ -10,14 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional
 
-from medicosam.errors import MedicoSAMError
+from ..errors import ModelError
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _GWDG_URL = "https://owncloud.gwdg.de/index.php/s/"
-
-
-class UnknownModelError(MedicoSAMError, ValueError):
-    """A model name that is not in the registry."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +103,7 @@ def get_model_spec(name: str) -> ModelSpec:
     """The registry entry called `name` (or micro-sam's name for it); the error lists every known name."""
     spec = find_model_spec(name)
     if spec is None:
-        raise UnknownModelError(
+        raise ModelError(
             f"Unknown model {name!r}. Known models: {', '.join(MODELS)}; micro-sam's names "
             f"{', '.join(MICROSAM_ALIASES)} work too. A local checkpoint path or an http(s) URL works too."
         )

@@ -1,6 +1,6 @@
 """`medicosam evaluate interactive-2d | interactive-3d | semantic`: the paper's evaluations on folders.
 
-Every command writes into `--output`: a CSV of every measurement (appended as objects finish, so an
+Every command writes into `--out`: a CSV of every measurement (appended as objects finish, so an
 interrupted run resumes where it stopped when started again with the same arguments), summary
 tables (CSV and markdown) and plots. Running again with other models adds them to the same tables
 and plots. Models are registry names, checkpoint files or URLs; `LABEL=MODEL` sets the name shown.
@@ -13,28 +13,25 @@ import logging
 from pathlib import Path
 from typing import List, Tuple
 
+from medicosam.errors import InputError
 from medicosam.normalization import PRESETS
-from medicosam.prompts import PROPAGATION_MODES
+from medicosam.prompts import CORRECTION_MODES, PROPAGATION_MODES
 
 from ..extras import needs_training_extra
 from .data import LabeledFolder
-from .interactive_2d import (
-    FIELDS_2D,
-    KEY_FIELDS_2D,
-    START_PROMPTS,
-    EvaluationError,
-    Interactive2DConfig,
-    evaluate_interactive_2d,
-)
+from .interactive_2d import FIELDS_2D, KEY_FIELDS_2D, Interactive2DConfig, evaluate_interactive_2d
 from .interactive_3d import (
     FIELDS_3D,
+    FILL_3D,
     KEY_FIELDS_3D,
     Interactive3DConfig,
     PropagationGrid,
     evaluate_interactive_3d,
     select_best_settings,
 )
-from .reports import ResultsCSV, bind_model, check_run_config, write_report_2d, write_report_3d, write_report_semantic
+from .protocol import START_PROMPTS
+from .reports import write_report_2d, write_report_3d, write_report_semantic
+from .results import ResultsCSV, bind_model, open_results
 
 logger = logging.getLogger(__name__)
 
@@ -49,60 +46,73 @@ def register(subparsers) -> None:
     _add_semantic(commands)
 
 
-def _add_common(parser: argparse.ArgumentParser, ndim: int) -> None:
+def _add_common(parser: argparse.ArgumentParser, ndim: int, config_class) -> None:
+    """The options both interactive protocols have; defaults are `config_class`'s."""
     what = "images" if ndim == 2 else "volumes (NIfTI, NRRD, MHA)"
+    unit = "pixels" if ndim == 2 else "voxels"
     parser.add_argument("--images", required=True, help=f"folder of {what}")
     parser.add_argument("--labels", required=True,
                         help="folder of label maps with the same file names (0 = background)")
-    parser.add_argument("--output", required=True, help="folder for the CSV, summaries and plots")
+    parser.add_argument("--out", required=True, help="folder for the CSV, summaries and plots")
     parser.add_argument("--dataset", help="dataset name in the tables (default: the data folder's name)")
     parser.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL",
                         help="registry name, checkpoint file or URL; repeat to compare models")
     parser.add_argument("--starts", nargs="+", choices=START_PROMPTS, default=list(START_PROMPTS),
                         help="start prompts to evaluate")
     parser.add_argument("--classes", nargs="+", type=int, help="class ids to evaluate (default: all)")
-    parser.add_argument("--window", default="auto", choices=PRESETS,
-                        help="intensity mapping per image / volume (default: auto)")
+    parser.add_argument("--min-size", type=int, default=config_class.min_size,
+                        help=f"smallest object in {unit} (default: {config_class.min_size})")
+    parser.add_argument("--window", default=config_class.window, choices=PRESETS,
+                        help=f"intensity mapping per image / volume (default: {config_class.window})")
     parser.add_argument("--max-images", type=int, help="use only the first N images (the paper: 200)")
-    parser.add_argument("--max-objects", type=int, help="stop after N newly finished objects (per start prompt, "
-                                                        "and per setting in 3D); run again to continue")
+    parser.add_argument("--max-objects", type=int,
+                        help="stop after N newly finished objects (an object with every start prompt, and in 3D "
+                             "every setting), counted over all models; run the same command again to continue")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--fast", action="store_true",
-                        help="the fast path (SDPA attention, bf16 where the device is fast at it); default: "
-                             "the official fp32 path, as the paper's numbers")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=config_class.fast,
+                        help="the fast path (SDPA attention, bf16 where the device is fast at it), or the official "
+                             "fp32 path behind the paper's numbers (default: "
+                             f"{'--fast' if config_class.fast else '--no-fast'})")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")
-    parser.add_argument("--overwrite", action="store_true", help="discard earlier results in --output")
+    parser.add_argument("--overwrite", action="store_true", help="discard earlier results in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_interactive_2d(commands) -> None:
     parser = commands.add_parser("interactive-2d", help="start prompt + correction clicks, Dice per iteration")
-    _add_common(parser, 2)
-    parser.add_argument("--corrections", type=int, default=7, help="correction iterations after the start")
-    parser.add_argument("--use-mask-prompt", action="store_true", help="feed the previous logits back as mask prompt")
-    parser.add_argument("--correction-mode", choices=("random", "center"), default="random",
-                        help="click a random error pixel (the paper) or the centre of the largest error")
-    parser.add_argument("--min-size", type=int, default=20, help="smallest object in pixels")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16, help="objects of an image decoded together")
+    _add_common(parser, 2, Interactive2DConfig)
+    defaults = Interactive2DConfig()
+    parser.add_argument("--corrections", type=int, default=defaults.n_corrections,
+                        help=f"correction iterations after the start (default: {defaults.n_corrections})")
+    parser.add_argument("--use-mask-prompt", action="store_true", default=defaults.use_mask_prompt,
+                        help="feed the previous logits back as mask prompt")
+    parser.add_argument("--correction-mode", choices=CORRECTION_MODES, default=defaults.correction_mode,
+                        help="click a random error pixel (the paper) or the centre of the largest error "
+                             f"(default: {defaults.correction_mode})")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help=f"seed of the correction clicks (default: {defaults.seed})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"objects of an image decoded together (default: {defaults.batch_size})")
     parser.set_defaults(func=needs_training_extra(_run_interactive_2d))
 
 
 def _add_interactive_3d(commands) -> None:
     parser = commands.add_parser("interactive-3d", help="central-slice prompt + propagation, Dice per object")
-    _add_common(parser, 3)
+    _add_common(parser, 3, Interactive3DConfig)
+    defaults = Interactive3DConfig()
     parser.add_argument("--val-images", help="validation volumes for the grid search of propagation settings")
     parser.add_argument("--val-labels", help="their label maps")
-    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="array axis to propagate along (KJI)")
+    parser.add_argument("--axis", type=int, default=defaults.axis, choices=(0, 1, 2),
+                        help=f"array axis to propagate along (KJI; default: {defaults.axis})")
     parser.add_argument("--modes", nargs="+", choices=PROPAGATION_MODES,
                         help="propagation modes to search (default: all; without validation data: single_point)")
     parser.add_argument("--iou-thresholds", nargs="+", type=float, help="stop IoU values to search "
                                                                         "(default: 0.5..0.9; without validation: 0.5)")
     parser.add_argument("--box-extensions", nargs="+", type=float,
                         help="box extensions to search (default: 0..0.25; without validation: 0.05)")
-    parser.add_argument("--min-size", type=int, default=20, help="smallest object in voxels")
-    parser.add_argument("--min-slice-size", type=int, default=10, help="smallest object area on its central slice")
-    parser.add_argument("--components", action="store_true",
+    parser.add_argument("--min-slice-size", type=int, default=defaults.min_slice_size,
+                        help=f"smallest object area on its central slice (default: {defaults.min_slice_size})")
+    parser.add_argument("--components", action="store_true", default=defaults.split_components,
                         help="one object per connected component (default: one per class)")
     parser.set_defaults(func=needs_training_extra(_run_interactive_3d))
 
@@ -111,13 +121,13 @@ def _add_semantic(commands) -> None:
     parser = commands.add_parser("semantic", help="Dice per class of predicted label maps (2D or 3D)",
                                  description="Score a folder of predicted label maps (--predictions), or run "
                                              "semantic models (--model, see `medicosam train-semantic`) on --images "
-                                             "first; predictions go to OUTPUT/predictions/<model>/.")
+                                             "first; predictions go to OUT/predictions/<model>/.")
     parser.add_argument("--predictions", help="folder of predicted label maps")
     parser.add_argument("--model", action="append", metavar="[LABEL=]CHECKPOINT",
                         help="semantic checkpoint to run on --images (repeat to compare models)")
     parser.add_argument("--images", help="folder of images or volumes for --model")
     parser.add_argument("--labels", required=True, help="folder of true label maps with the same file names")
-    parser.add_argument("--output", required=True, help="folder for semantic.csv and the summary")
+    parser.add_argument("--out", required=True, help="folder for semantic.csv and the summary")
     parser.add_argument("--dataset", help="dataset name in the tables (default: the data folder's name)")
     parser.add_argument("--classes", nargs="+", type=int, help="class ids to score (default: all present)")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slicing axis of --model (KJI)")
@@ -156,16 +166,6 @@ def _load_model(label: str, source: str, args, results: ResultsCSV):
     return loaded
 
 
-def _open_results(output: Path, name: str, config: dict, fields, key_fields, rows_per_key: int,
-                  overwrite: bool) -> ResultsCSV:
-    csv_path, config_path = output / f"{name}.csv", output / f"{name}.json"
-    if overwrite:
-        for path in (csv_path, config_path):
-            path.unlink(missing_ok=True)
-    check_run_config(config_path, config)
-    return ResultsCSV(csv_path, fields, key_fields, rows_per_key)
-
-
 def _report(paths: List[Path], complete: bool) -> int:
     for path in paths:
         print(f"wrote {path}")
@@ -184,17 +184,17 @@ def _run_interactive_2d(args) -> int:
                                  fast=args.fast)
     samples = LabeledFolder(args.images, args.labels, ndim=2, max_items=args.max_images)
     dataset = args.dataset or _get_dataset_name(args.images)
-    output = Path(args.output)
+    output = Path(args.out)
     protocol = {key: value for key, value in vars(config).items() if key != "batch_size"}
-    results = _open_results(output, "interactive_2d", protocol, FIELDS_2D, KEY_FIELDS_2D,
-                            config.n_corrections + 1, args.overwrite)
+    results = open_results(output, "interactive_2d", protocol, FIELDS_2D, KEY_FIELDS_2D,
+                           rows_per_key=config.n_corrections + 1, overwrite=args.overwrite)
     budget = args.max_objects
     complete = True
     for label, source in _get_model_specs(args.model):
         loaded = _load_model(label, source, args, results)
         run = evaluate_interactive_2d(loaded.sam, samples, config, starts=args.starts, model=label, dataset=dataset,
                                       results=results, max_objects=budget, show_progress=not args.quiet)
-        budget = None if budget is None else budget - len(run.traces)
+        budget = None if budget is None else budget - run.n_objects
         if not run.complete:
             complete = False
             break
@@ -213,16 +213,16 @@ def _get_settings(args, with_validation: bool):
                                                      else (PropagationConfig.box_extension,))))
     settings = grid.get_settings()
     if not with_validation and len(settings) > 1:
-        raise EvaluationError(f"{len(settings)} propagation settings but no validation data to choose among "
-                              "them: pass --val-images and --val-labels, or one value each for --modes, "
-                              "--iou-thresholds and --box-extensions")
+        raise InputError(f"{len(settings)} propagation settings but no validation data to choose among "
+                         "them: pass --val-images and --val-labels, or one value each for --modes, "
+                         "--iou-thresholds and --box-extensions")
     return settings
 
 
 def _run_interactive_3d(args) -> int:
     with_validation = bool(args.val_images or args.val_labels)
     if with_validation and not (args.val_images and args.val_labels):
-        raise EvaluationError("give both --val-images and --val-labels (or neither, with one fixed setting)")
+        raise InputError("give both --val-images and --val-labels (or neither, with one fixed setting)")
     config = Interactive3DConfig(axis=args.axis, min_size=args.min_size, min_slice_size=args.min_slice_size,
                                  split_components=args.components, classes=args.classes, window=args.window,
                                  fast=args.fast)
@@ -230,8 +230,9 @@ def _run_interactive_3d(args) -> int:
     test = LabeledFolder(args.images, args.labels, ndim=3, max_items=args.max_images)
     val = LabeledFolder(args.val_images, args.val_labels, ndim=3) if with_validation else None
     dataset = args.dataset or _get_dataset_name(args.images)
-    output = Path(args.output)
-    results = _open_results(output, "interactive_3d", vars(config), FIELDS_3D, KEY_FIELDS_3D, 1, args.overwrite)
+    output = Path(args.out)
+    results = open_results(output, "interactive_3d", vars(config), FIELDS_3D, KEY_FIELDS_3D, fill=FILL_3D,
+                           overwrite=args.overwrite)
     budget = args.max_objects
     complete = True
     for label, source in _get_model_specs(args.model):
@@ -241,7 +242,7 @@ def _run_interactive_3d(args) -> int:
         chosen = {start: settings for start in args.starts}
         if val is not None:
             run = evaluate_interactive_3d(loaded.sam, val, chosen, config, split="val", max_objects=budget, **kwargs)
-            budget = None if budget is None else budget - len(run.rows)
+            budget = None if budget is None else budget - run.n_objects
             if not run.complete:
                 complete = False
                 break
@@ -252,7 +253,7 @@ def _run_interactive_3d(args) -> int:
                       f"(validation Dice {setting.dice:.3f} over {setting.n} objects)")
             chosen = {start: [setting.config] for start, setting in best.items()}
         run = evaluate_interactive_3d(loaded.sam, test, chosen, config, split="test", max_objects=budget, **kwargs)
-        budget = None if budget is None else budget - len(run.rows)
+        budget = None if budget is None else budget - run.n_objects
         if run.skipped:
             print(f"{label}: skipped {len(run.skipped)} test objects smaller than {config.min_slice_size} px on "
                   "their central slice")
@@ -265,11 +266,11 @@ def _run_interactive_3d(args) -> int:
 def _get_semantic_predictions(args, output: Path) -> List[Tuple[str, Path]]:
     """(model label, predictions folder) pairs: the given folder, or each --model run on --images."""
     if bool(args.predictions) == bool(args.model):
-        raise EvaluationError("give either --predictions or --model (with --images)")
+        raise InputError("give either --predictions or --model (with --images)")
     if args.predictions:
         return [(Path(args.predictions).name, Path(args.predictions))]
     if not args.images:
-        raise EvaluationError("--model needs --images: the images (or volumes) to segment")
+        raise InputError("--model needs --images: the images (or volumes) to segment")
     from medicosam.device import get_device
 
     from ..semantic.infer import predict_folder
@@ -288,12 +289,12 @@ def _run_semantic(args) -> int:
 
     from medicosam.volume_io import read_volume
 
-    from ..data import check_same_shape, get_folder_records, get_label_array, get_stem
+    from ..records import check_same_shape, get_folder_records, get_label_array, get_stem
     from .metrics import get_semantic_dice
     from .reports import write_table_csv
 
     dataset = args.dataset or _get_dataset_name(args.labels)
-    output = Path(args.output)
+    output = Path(args.out)
     rows = []
     for model, predictions in _get_semantic_predictions(args, output):
         for record in get_folder_records(predictions, args.labels):

@@ -23,24 +23,20 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from medicosam.errors import MedicoSAMError
-from medicosam.normalization import PRESETS, get_intensity_window
+from medicosam.errors import InputError
+from medicosam.normalization import get_intensity_window
+from medicosam.overlap import get_dice
 from medicosam.predictor import VolumePredictor, get_speed_options
-from medicosam.prompts import CORRECTION_MODES, Prompts, get_box, get_center_point, sample_correction_points
+from medicosam.prompts import CORRECTION_MODES, Prompts, sample_correction_points
 
-from .data import LabeledImage, ObjectMask, get_objects, warn_if_blank, warn_if_no_objects
-from .metrics import get_dice
-from .reports import ResultsCSV, get_progress_bar
+from .data import LabeledImage
+from .loop import EvaluationRun, Pending, Protocol, run_protocol
+from .protocol import START_PROMPTS, ObjectMask, check_starts, check_window, get_objects, get_start_prompts
+from .results import ResultsCSV, Row
 
-#: How an object's annotation starts.
-START_PROMPTS = ("point", "box")
 #: Columns of the 2D results CSV (one row per object, start and iteration) and the key of a finished unit.
 FIELDS_2D = ("model", "dataset", "image", "class", "object", "start", "iteration", "n_points", "dice")
 KEY_FIELDS_2D = ("model", "dataset", "image", "object", "start")
-
-
-class EvaluationError(MedicoSAMError, ValueError):
-    """An evaluation setting that cannot work (unknown start, negative counts)."""
 
 
 @dataclasses.dataclass
@@ -59,10 +55,10 @@ class Interactive2DConfig:
 
     def __post_init__(self) -> None:
         if self.n_corrections < 0 or self.min_size < 1 or self.batch_size < 1:
-            raise EvaluationError(f"n_corrections must be >= 0, min_size and batch_size >= 1; got "
-                                  f"{self.n_corrections}, {self.min_size}, {self.batch_size}")
+            raise InputError(f"n_corrections must be >= 0, min_size and batch_size >= 1; got "
+                             f"{self.n_corrections}, {self.min_size}, {self.batch_size}")
         if self.correction_mode not in CORRECTION_MODES:
-            raise EvaluationError(f"unknown correction mode {self.correction_mode!r}: use one of {CORRECTION_MODES}")
+            raise InputError(f"unknown correction mode {self.correction_mode!r}: use one of {CORRECTION_MODES}")
         check_window(self.window)
         if self.classes is not None:
             self.classes = tuple(int(c) for c in self.classes)
@@ -85,46 +81,6 @@ class ObjectTrace:
     prompts: List[Prompts]
     dice: List[float]
     masks: Optional[List[np.ndarray]] = None
-
-
-@dataclasses.dataclass
-class EvaluationRun:
-    """What one evaluation call did: the rows it wrote, its traces, and whether everything is done.
-
-    `skipped` lists (image, object) pairs left out by the protocol (3D: too small on the central slice).
-    """
-
-    rows: List[dict] = dataclasses.field(default_factory=list)
-    traces: list = dataclasses.field(default_factory=list)
-    complete: bool = False
-    skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
-
-    def add_rows(self, rows: List[dict], results: Optional[ResultsCSV]) -> None:
-        """Keep finished rows, appending them to the results CSV first when there is one."""
-        if results is not None:
-            results.append(rows)
-        self.rows.extend(rows)
-
-
-def check_window(preset: str) -> None:
-    if preset not in PRESETS:
-        raise EvaluationError(f"unknown intensity preset {preset!r}: use one of {PRESETS}")
-
-
-def check_starts(starts: Sequence[str]) -> Tuple[str, ...]:
-    unknown = [s for s in starts if s not in START_PROMPTS]
-    if unknown or not starts:
-        raise EvaluationError(f"unknown or missing start prompts {list(starts)}: use some of {START_PROMPTS}")
-    return tuple(starts)
-
-
-def get_start_prompts(mask: np.ndarray, start: str) -> Prompts:
-    """The first prompt for an object: its distance-transform centre point or its exact box."""
-    if start == "point":
-        return Prompts(points=get_center_point(mask)[None], labels=np.ones(1, np.int64))
-    if start == "box":
-        return Prompts(box=get_box(mask))
-    raise EvaluationError(f"unknown start prompt {start!r}: use one of {START_PROMPTS}")
 
 
 def get_object_rng(seed: int, *key: str) -> np.random.Generator:
@@ -162,12 +118,41 @@ def _get_corrected_prompts(prompts: Prompts, target: np.ndarray, mask: np.ndarra
     return dataclasses.replace(corrected, logits=logits) if config.use_mask_prompt else corrected
 
 
-def get_rows_2d(trace: ObjectTrace, model: str, dataset: str) -> List[dict]:
-    """The CSV rows of one trace, one per iteration."""
-    return [{"model": model, "dataset": dataset, "image": trace.image_id, "class": trace.class_id,
-             "object": trace.object_id, "start": trace.start, "iteration": iteration,
-             "n_points": len(prompt.points), "dice": dice}
-            for iteration, (prompt, dice) in enumerate(zip(trace.prompts, trace.dice))]
+class _Protocol2D(Protocol):
+    """The 2D protocol for one model: units are (object, start); a group is one decoding chunk."""
+
+    def __init__(self, sam, config: Interactive2DConfig, starts: Sequence[str], model: str, dataset: str,
+                 record_masks: bool):
+        self.sam, self.config, self.starts = sam, config, check_starts(starts)
+        self.model, self.dataset, self.record_masks = model, dataset, record_masks
+        self.group_size = config.batch_size
+
+    def get_objects(self, sample: LabeledImage) -> Tuple[List[ObjectMask], List[ObjectMask]]:
+        return get_objects(sample.label, self.config.classes, self.config.min_size), []
+
+    def get_units(self, sample: LabeledImage, obj: ObjectMask) -> List[Row]:
+        return [{"model": self.model, "dataset": self.dataset, "image": sample.image_id, "class": obj.class_id,
+                 "object": obj.object_id, "start": start} for start in self.starts]
+
+    def get_predictor(self, sample: LabeledImage) -> VolumePredictor:
+        image = sample.image[None] if sample.image.ndim == 3 else sample.image  # colour: one slice
+        return VolumePredictor(self.sam, image, get_intensity_window(image, self.config.window),
+                               **get_speed_options(self.config.fast))
+
+    def evaluate(self, predictor, sample: LabeledImage, group: Sequence[ObjectMask], pending: Sequence[Pending],
+                 run: EvaluationRun) -> None:
+        """Decode the whole chunk once per start that some pending object lacks, then keep the pending
+        units object by object (the file's order does not depend on where a run stopped)."""
+        starts = {unit["start"] for _, units in pending for unit in units}
+        traces = {(trace.object_id, start): trace for start in self.starts if start in starts
+                  for trace in run_interactive_2d(predictor, group, start, self.config, sample.image_id,
+                                                  self.record_masks)}
+        for obj, units in pending:
+            for unit in units:
+                trace = traces[obj.object_id, unit["start"]]
+                run.add_rows([{**unit, "iteration": iteration, "n_points": len(prompt.points), "dice": dice}
+                              for iteration, (prompt, dice) in enumerate(zip(trace.prompts, trace.dice))])
+                run.traces.append(trace)
 
 
 def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Interactive2DConfig, *,
@@ -183,41 +168,11 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
         starts: which start prompts to run ("point", "box").
         model, dataset: names written into the rows.
         results: the CSV to append to and resume from (None: the new rows are only returned).
-        max_objects: stop after this many newly finished (object, start) units; the run is then
-            incomplete and a later call resumes it.
+        max_objects: stop after this many newly finished objects (each with every start); the run
+            is then incomplete and a later call resumes it.
         record_masks: keep every predicted mask in the traces (tests, figures).
         show_progress: a tqdm bar with a time estimate on stderr.
     """
-    starts = check_starts(starts)
-    run = EvaluationRun()
-    done = results.done if results is not None else set()
-    n_objects = 0
-    with get_progress_bar(len(samples), f"2D {model}", show_progress) as bar:
-        for sample in samples:
-            objects = get_objects(sample.label, config.classes, config.min_size)
-            n_objects += len(objects)
-            if objects:
-                warn_if_blank(sample)
-            units = [(start, objects[i: i + config.batch_size]) for start in starts
-                     for i in range(0, len(objects), config.batch_size)]
-            predictor = None
-            for start, chunk in units:
-                todo = [(model, dataset, sample.image_id, obj.object_id, start) not in done for obj in chunk]
-                if any(todo):
-                    if max_objects is not None and len(run.traces) >= max_objects:
-                        return run
-                    image = sample.image[None] if sample.image.ndim == 3 else sample.image  # colour: 1 slice
-                    predictor = predictor or VolumePredictor(
-                        sam, image, get_intensity_window(image, config.window), **get_speed_options(config.fast))
-                    traces = run_interactive_2d(predictor, chunk, start, config, sample.image_id, record_masks)
-                    for trace in (t for t, flag in zip(traces, todo) if flag):
-                        if max_objects is not None and len(run.traces) >= max_objects:
-                            return run
-                        run.add_rows(get_rows_2d(trace, model, dataset), results)
-                        run.traces.append(trace)
-                bar.update(1 / len(units))
-            if not units:
-                bar.update(1)
-    warn_if_no_objects(len(samples), n_objects, config.classes, config.min_size)
-    run.complete = True
-    return run
+    protocol = _Protocol2D(sam, config, starts, model, dataset, record_masks)
+    return run_protocol(protocol, samples, results=results, max_objects=max_objects, description=f"2D {model}",
+                        show_progress=show_progress)

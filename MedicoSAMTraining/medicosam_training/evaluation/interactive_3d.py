@@ -3,37 +3,49 @@
 Per object (a class of the label volume, or each connected component with `split_components`):
 the central slice along `axis` is the middle of the object's extent, floor((first + last) / 2),
 as in micro-sam; objects with fewer than `min_slice_size` pixels there are skipped (micro-sam's
-rule). The start prompt is the one of the 2D protocol (distance-transform centre point with the
-best of SAM's three masks, or the exact box); the predicted mask on that slice is the seed that
-`VolumePredictor.propagate` carries through the volume. Dice is measured on the whole volume.
+rule). The start prompt is the shared one (`protocol.get_start_prompts`: distance-transform centre
+point with the best of SAM's three masks, or the exact box); the predicted mask on that slice is
+the seed that `VolumePredictor.propagate` carries through the volume. Dice is measured on the
+whole volume.
 
 Propagation settings (mode x IoU threshold x box extension) are chosen by a grid search on a
 validation split, one best setting per model and start prompt (mean Dice over the validation
 objects), and only that setting is then run on the test split. The reference implementation
 instead reports the best setting per test volume, an oracle (docs/evaluation.md).
+
+A setting is a `PropagationConfig`; its columns and keys are that class's option fields, so a new
+propagation field becomes a column here (and older CSVs, without it, read as its default).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from medicosam.errors import DataError, InputError
 from medicosam.normalization import get_intensity_window
+from medicosam.options import get_option_fields
+from medicosam.overlap import get_dice
 from medicosam.predictor import VolumePredictor, get_speed_options
 from medicosam.prompts import PROPAGATION_MODES, Prompts
 from medicosam.propagation import PropagationConfig, get_volume_mask
 
-from .data import LabeledImage, ObjectMask, get_objects, warn_if_blank, warn_if_no_objects
-from .interactive_2d import EvaluationError, EvaluationRun, check_starts, check_window, get_start_prompts
-from .metrics import get_dice
-from .reports import ResultsCSV, get_progress_bar
+from .data import LabeledImage
+from .loop import EvaluationRun, Pending, Protocol, run_protocol
+from .protocol import ObjectMask, check_starts, check_window, get_objects, get_start_prompts
+from .results import ResultsCSV, Row, format_value
 
+#: The propagation setting's columns: every option field of `PropagationConfig`, in declaration order.
+SETTING_FIELDS = tuple(field.name for field in get_option_fields(PropagationConfig))
 #: Columns of the 3D results CSV (one row per object, start and propagation setting) and the unit key.
-FIELDS_3D = ("model", "dataset", "split", "image", "class", "object", "start", "slice", "mode", "iou_threshold",
-             "box_extension", "seed_dice", "dice")
-KEY_FIELDS_3D = ("model", "dataset", "split", "image", "object", "start", "mode", "iou_threshold", "box_extension")
+FIELDS_3D = ("model", "dataset", "split", "image", "class", "object", "start", "slice", *SETTING_FIELDS,
+             "seed_dice", "dice")
+KEY_FIELDS_3D = ("model", "dataset", "split", "image", "object", "start", *SETTING_FIELDS)
+#: What a results CSV from before a propagation field existed held for it: the field's default
+#: (a new field defaults to the earlier behaviour), so such files resume (`ResultsCSV`'s `fill`).
+FILL_3D = {field.name: field.default for field in get_option_fields(PropagationConfig)}
 
 
 @dataclasses.dataclass
@@ -50,7 +62,7 @@ class Interactive3DConfig:
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1, 2):
-            raise EvaluationError(f"axis must be 0, 1 or 2 (KJI array axes), got {self.axis}")
+            raise InputError(f"axis must be 0, 1 or 2 (KJI array axes), got {self.axis}")
         check_window(self.window)
         if self.classes is not None:
             self.classes = tuple(int(c) for c in self.classes)
@@ -86,7 +98,7 @@ class ObjectTrace3D:
     prompts: Prompts
     seed_mask: np.ndarray
     seed_dice: float
-    dice: Dict[Tuple[str, float, float], float]
+    dice: Dict[Tuple[str, ...], float]  # by get_setting_key
 
 
 @dataclasses.dataclass
@@ -98,8 +110,10 @@ class BestSetting:
     n: int
 
 
-def get_setting_key(config: PropagationConfig) -> Tuple[str, float, float]:
-    return (config.mode, float(config.iou_threshold), float(config.box_extension))
+def get_setting_key(setting: Union[PropagationConfig, Mapping[str, object]]) -> Tuple[str, ...]:
+    """A propagation setting (a config, or the setting columns of a row) as the results CSV writes it."""
+    values = vars(setting) if isinstance(setting, PropagationConfig) else setting
+    return tuple(format_value(values[name]) for name in SETTING_FIELDS)
 
 
 def get_central_slice(obj: ObjectMask, axis: int) -> int:
@@ -115,13 +129,59 @@ def get_propagated_mask(predictor: VolumePredictor, axis: int, index: int, seed_
     return get_volume_mask(result.masks, predictor.volume.shape, axis)
 
 
-def get_rows_3d(trace: ObjectTrace3D, model: str, dataset: str, split: str,
-                keys: Iterable[Tuple[str, float, float]]) -> List[dict]:
-    """The CSV rows of one trace for the given settings."""
-    return [{"model": model, "dataset": dataset, "split": split, "image": trace.image_id, "class": trace.class_id,
-             "object": trace.object_id, "start": trace.start, "slice": trace.slice_index, "mode": key[0],
-             "iou_threshold": key[1], "box_extension": key[2], "seed_dice": trace.seed_dice,
-             "dice": trace.dice[key]} for key in keys]
+
+class _Protocol3D(Protocol):
+    """The 3D protocol for one model and split: units are (object, start, setting); objects run one by one."""
+
+    def __init__(self, sam, settings: Mapping[str, Sequence[PropagationConfig]], config: Interactive3DConfig,
+                 model: str, model_id: str, dataset: str, split: str):
+        check_starts(list(settings))
+        self.sam, self.settings, self.config = sam, settings, config
+        self.model, self.model_id, self.dataset, self.split = model, model_id, dataset, split
+
+    def get_objects(self, sample: LabeledImage) -> Tuple[List[ObjectMask], List[ObjectMask]]:
+        """The objects of the volume, and those with fewer than `min_slice_size` pixels on their central slice."""
+        config = self.config
+        kept, skipped = [], []
+        for obj in get_objects(sample.label, config.classes, config.min_size, config.split_components):
+            index = get_central_slice(obj, config.axis) - obj.bbox[config.axis].start
+            area = np.count_nonzero(np.take(obj.crop, index, axis=config.axis))
+            (kept if area >= config.min_slice_size else skipped).append(obj)
+        return kept, skipped
+
+    def get_units(self, sample: LabeledImage, obj: ObjectMask) -> List[Row]:
+        base = {"model": self.model, "dataset": self.dataset, "split": self.split, "image": sample.image_id,
+                "class": obj.class_id, "object": obj.object_id}
+        return [{**base, "start": start, **{name: getattr(setting, name) for name in SETTING_FIELDS}}
+                for start, settings in self.settings.items() for setting in settings]
+
+    def get_predictor(self, sample: LabeledImage) -> VolumePredictor:
+        return VolumePredictor(self.sam, sample.image, get_intensity_window(sample.image, self.config.window),
+                               model_id=self.model_id, volume_id=f"{self.dataset}/{sample.image_id}",
+                               **get_speed_options(self.config.fast))
+
+    def evaluate(self, predictor, sample: LabeledImage, group: Sequence[ObjectMask], pending: Sequence[Pending],
+                 run: EvaluationRun) -> None:
+        """Per start: the seed on the central slice, then each pending setting's propagation (one row each)."""
+        (obj, units), = pending
+        axis = self.config.axis
+        index = get_central_slice(obj, axis)
+        target = obj.get_mask()
+        target_slice = np.take(target, index, axis=axis)
+        for start in self.settings:
+            todo = [unit for unit in units if unit["start"] == start]
+            if not todo:
+                continue
+            prompts = get_start_prompts(target_slice, start)
+            seed_mask = predictor.predict(axis, index, prompts).masks[0]
+            trace = ObjectTrace3D(sample.image_id, obj.class_id, obj.object_id, start, index, prompts, seed_mask,
+                                  get_dice(seed_mask, target_slice), {})
+            run.traces.append(trace)
+            for unit in todo:
+                setting = PropagationConfig(**{name: unit[name] for name in SETTING_FIELDS})
+                dice = get_dice(get_propagated_mask(predictor, axis, index, seed_mask, setting), target)
+                trace.dice[get_setting_key(setting)] = dice
+                run.add_rows([{**unit, "slice": index, "seed_dice": trace.seed_dice, "dice": dice}])
 
 
 def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapping[str, Sequence[PropagationConfig]],
@@ -138,73 +198,27 @@ def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapp
         config: objects and axis.
         model, dataset, split: names written into the rows.
         results: the CSV to append to and resume from.
-        max_objects: stop after this many newly finished (object, start, setting) units.
+        max_objects: stop after this many newly finished objects (each with every start and setting).
         show_progress: a tqdm bar with a time estimate.
 
     Returns:
         The run; `run.skipped` lists (image, object) pairs too small on their central slice.
     """
-    check_starts(list(settings))
-    run = EvaluationRun()
-    done = results.done if results is not None else set()
-    n_objects = 0
-    with get_progress_bar(len(samples), f"3D {split} {model}", show_progress) as bar:
-        for sample in samples:
-            objects = get_objects(sample.label, config.classes, config.min_size, config.split_components)
-            n_objects += len(objects)
-            if objects:
-                warn_if_blank(sample)
-            predictor = None
-            units = [(obj, start) for obj in objects for start in settings]
-            for obj, start in units:
-                index = get_central_slice(obj, config.axis)
-                target = obj.get_mask()
-                target_slice = np.take(target, index, axis=config.axis)
-                if np.count_nonzero(target_slice) < config.min_slice_size:
-                    if start == next(iter(settings)):
-                        run.skipped.append((sample.image_id, obj.object_id))
-                    bar.update(1 / len(units))
-                    continue
-                keys = [get_setting_key(s) for s in settings[start]]
-                todo = [s for s, key in zip(settings[start], keys)
-                        if (model, dataset, split, sample.image_id, obj.object_id, start, *map(str, key)) not in done]
-                if todo:
-                    if max_objects is not None and len(run.rows) >= max_objects:
-                        return run
-                    predictor = predictor or VolumePredictor(
-                        sam, sample.image, get_intensity_window(sample.image, config.window), model_id=model_id,
-                        volume_id=f"{dataset}/{sample.image_id}", **get_speed_options(config.fast))
-                    prompts = get_start_prompts(target_slice, start)
-                    seed_mask = predictor.predict(config.axis, index, prompts).masks[0]
-                    trace = ObjectTrace3D(sample.image_id, obj.class_id, obj.object_id, start, index, prompts,
-                                          seed_mask, get_dice(seed_mask, target_slice), {})
-                    run.traces.append(trace)
-                    for setting in todo:
-                        if max_objects is not None and len(run.rows) >= max_objects:
-                            return run
-                        key = get_setting_key(setting)
-                        volume_mask = get_propagated_mask(predictor, config.axis, index, seed_mask, setting)
-                        trace.dice[key] = get_dice(volume_mask, target)
-                        run.add_rows(get_rows_3d(trace, model, dataset, split, [key]), results)
-                bar.update(1 / len(units))
-            if not units:
-                bar.update(1)
-    warn_if_no_objects(len(samples), n_objects, config.classes, config.min_size)
-    run.complete = True
-    return run
+    protocol = _Protocol3D(sam, settings, config, model, model_id, dataset, split)
+    return run_protocol(protocol, samples, results=results, max_objects=max_objects,
+                        description=f"3D {split} {model}", show_progress=show_progress)
 
 
 def select_best_settings(rows: Iterable[Mapping[str, object]], settings: Mapping[str, Sequence[PropagationConfig]],
                          model: str, dataset: str, split: str = "val") -> Dict[str, BestSetting]:
     """Per start prompt, the setting with the best mean Dice over the objects of `split`.
 
-    Ties go to the first setting in grid order. Raises EvaluationError when a start has no result.
+    Ties go to the first setting in grid order. Raises DataError when a start has no result.
     """
-    values: Dict[Tuple[str, Tuple[str, float, float]], List[float]] = {}
+    values: Dict[Tuple[str, Tuple[str, ...]], List[float]] = {}
     for row in rows:
         if (str(row["model"]), str(row["dataset"]), str(row["split"])) == (model, dataset, split):
-            key = (str(row["mode"]), float(row["iou_threshold"]), float(row["box_extension"]))
-            values.setdefault((str(row["start"]), key), []).append(float(row["dice"]))
+            values.setdefault((str(row["start"]), get_setting_key(row)), []).append(float(row["dice"]))
     best: Dict[str, BestSetting] = {}
     for start, candidates in settings.items():
         for setting in candidates:
@@ -212,7 +226,7 @@ def select_best_settings(rows: Iterable[Mapping[str, object]], settings: Mapping
             if dice and (start not in best or np.mean(dice) > best[start].dice):
                 best[start] = BestSetting(setting, float(np.mean(dice)), len(dice))
         if start not in best:
-            raise EvaluationError(f"no {split} results for model {model!r}, dataset {dataset!r}, start {start!r}: "
-                                  "the validation data has no object usable for the grid search (check its "
-                                  "labels, --classes and --min-size)")
+            raise DataError(f"no {split} results for model {model!r}, dataset {dataset!r}, start {start!r}: "
+                            "the validation data has no object usable for the grid search (check its "
+                            "labels, --classes and --min-size)")
     return best

@@ -1,163 +1,23 @@
-"""Results on disk: a resumable CSV of every measurement, summary tables and the paper's plots.
+"""What an evaluation's results say: summary tables (CSV and markdown) and the paper's plots.
 
-`ResultsCSV` is what makes long evaluations interruptible: each finished unit (one object from one
-start, plus its propagation setting in 3D) appends all its rows in one write and flushes. Reopening
-the file drops incomplete units (a torn last write) and reports the finished keys, which the
-evaluation then skips. `check_run_config` keeps a resumed run from mixing results of another
-protocol configuration into the same file, and `bind_model` keeps a model label bound to one set of
-weights.
+The measurements themselves live in the results CSV (`results.py`); everything here is derived
+from its rows and can be rewritten at any time.
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 import math
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from medicosam.errors import MedicoSAMError
-
-PathLike = Union[str, Path]
-Row = Dict[str, object]
+from .interactive_3d import SETTING_FIELDS
+from .results import PathLike, Row
 
 #: Colours of the paper's figures: point starts green, box starts yellow / orange.
 START_COLORMAPS = {"point": "Greens", "box": "YlOrBr"}
-
-
-class ResultsError(MedicoSAMError, ValueError):
-    """An output folder holds results that do not fit this run (other columns or configuration)."""
-
-
-class ResultsCSV:
-    """An append-only CSV of measurements, keyed by the unit of work that produced them.
-
-    Args:
-        path: the CSV file (created with a header when missing).
-        fields: column names, in order.
-        key_fields: the columns that identify a unit of work (e.g. model, image, object, start).
-        rows_per_key: how many rows a finished unit has; units with fewer rows are dropped on open.
-    """
-
-    def __init__(self, path: PathLike, fields: Sequence[str], key_fields: Sequence[str], rows_per_key: int = 1):
-        self.path = Path(path)
-        self.fields = list(fields)
-        self.key_fields = list(key_fields)
-        self.rows_per_key = rows_per_key
-        self.rows: List[Dict[str, str]] = []
-        if self.path.exists():
-            self._load()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._rewrite()
-        self.done = {self.get_key(row) for row in self.rows}
-
-    def get_key(self, row: Mapping[str, object]) -> Tuple[str, ...]:
-        return tuple(str(row[field]) for field in self.key_fields)
-
-    def _load(self) -> None:
-        text = self.path.read_text()
-        complete_lines = text.splitlines(keepends=True)
-        torn = bool(complete_lines) and not complete_lines[-1].endswith("\n")  # interrupted mid-write
-        if torn:
-            complete_lines = complete_lines[:-1]
-        reader = csv.DictReader(complete_lines)
-        if reader.fieldnames != self.fields:
-            raise ResultsError(f"{self.path} has columns {reader.fieldnames}, this evaluation writes "
-                               f"{self.fields}: write to another output folder or pass --overwrite")
-        rows = list(reader)
-        counts: Dict[Tuple[str, ...], int] = {}
-        for row in rows:
-            counts[self.get_key(row)] = counts.get(self.get_key(row), 0) + 1
-        self.rows = [row for row in rows if counts[self.get_key(row)] == self.rows_per_key]
-        if torn or len(self.rows) != len(rows):
-            self._rewrite()
-
-    def _rewrite(self) -> None:
-        with open(self.path, "w", newline="") as file:
-            file.write(self._format(self.rows, header=True))
-
-    def _format(self, rows: Iterable[Mapping[str, object]], header: bool = False) -> str:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.fields, lineterminator="\n")
-        if header:
-            writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
-
-    def append(self, rows: Sequence[Mapping[str, object]]) -> None:
-        """Write the rows of one or more finished units at once and flush them to disk."""
-        rows = [{field: _format_value(row[field]) for field in self.fields} for row in rows]
-        with open(self.path, "a", newline="") as file:
-            file.write(self._format(rows))
-            file.flush()
-        self.rows.extend(rows)
-        self.done.update(self.get_key(row) for row in rows)
-
-
-def _format_value(value: object) -> str:
-    """The text a value has in the CSV (so rows read back equal rows just written); floats round-trip."""
-    if isinstance(value, (float, np.floating)):
-        return repr(float(value))
-    return str(value)
-
-
-#: Where a protocol file records which weights each model label stood for.
-MODELS_KEY = "models"
-
-
-def check_run_config(path: PathLike, config: Mapping[str, object]) -> None:
-    """Record the protocol settings of an output folder, or check that a resumed run uses the same.
-
-    Raises ResultsError naming the differing settings (the model records are checked by `bind_model`).
-    """
-    path = Path(path)
-    config = json.loads(json.dumps(config))
-    if path.exists():
-        previous = json.loads(path.read_text())
-        previous.pop(MODELS_KEY, None)
-        differing = sorted(key for key in set(previous) | set(config) if previous.get(key) != config.get(key))
-        if differing:
-            details = ", ".join(f"{key}: {previous.get(key)!r} -> {config.get(key)!r}" for key in differing)
-            raise ResultsError(f"{path.parent} holds results of another configuration ({details}): use the same "
-                               "settings to resume, another output folder, or --overwrite")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def bind_model(path: PathLike, label: str, model_id: str, source: str) -> None:
-    """Record in the protocol file `path` that `label` names the weights `model_id`, or refuse when the
-    label named other weights before.
-
-    Results are keyed by label, so without this a label pointed at another checkpoint would resume
-    with (and be reported as) the first checkpoint's rows. `model_id` is `LoadedSam.model_id`, a hash
-    of the file, so a moved or renamed file is still the same model.
-    """
-    path = Path(path)
-    record = json.loads(path.read_text())
-    models = record.setdefault(MODELS_KEY, {})
-    known = models.get(label)
-    if known is not None and known["id"] != model_id:
-        raise ResultsError(f"{path.parent} holds results of model {label!r} from {known['source']} (id "
-                           f"{known['id']}), but {label!r} now names {source} (id {model_id}): give it another "
-                           "label (LABEL=MODEL), use another output folder, or --overwrite")
-    models[label] = {"id": model_id, "source": source}
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def get_progress_bar(n_items: int, description: str, enabled: bool = True):
-    """A tqdm bar over images / volumes that advances by fractions as their objects finish.
-
-    Fractional steps keep the time estimate honest when one image holds many objects.
-    """
-    from tqdm.auto import tqdm
-
-    return tqdm(total=n_items, desc=description, disable=not enabled, unit="image",
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]")
 
 
 # ---------------------------------------------------------------- tables
@@ -358,10 +218,12 @@ def write_report_2d(rows: Sequence[Mapping[str, object]], output_dir: PathLike) 
 
 
 def write_report_3d(rows: Sequence[Mapping[str, object]], output_dir: PathLike) -> List[Path]:
-    """propagation_search.csv (validation grid), summary_3d.csv / .md (test, chosen setting) and the plot."""
+    """propagation_search.csv (validation grid), summary_3d.csv / .md (test, chosen setting) and the plot.
+
+    A setting is every propagation field (`interactive_3d.SETTING_FIELDS`), a column each.
+    """
     output_dir = Path(output_dir)
-    setting = ("mode", "iou_threshold", "box_extension")
-    fields = ("model", "dataset", "start", *setting)
+    fields = ("model", "dataset", "start", *SETTING_FIELDS)
     search = get_summary([r for r in rows if r["split"] == "val"], fields)
     val_dice = {tuple(str(e[f]) for f in fields): e["mean"] for e in search}
     summary = get_summary([r for r in rows if r["split"] == "test"], fields)
@@ -370,10 +232,9 @@ def write_report_3d(rows: Sequence[Mapping[str, object]], output_dir: PathLike) 
     paths = [write_table_csv(search, output_dir / "propagation_search.csv")] if search else []
     if not summary:
         return paths
-    body = [[e["model"], e["dataset"], e["start"], e["mode"], e["iou_threshold"], e["box_extension"],
-             e["val_dice"], e["mean"], e["std"], e["n"]] for e in summary]
-    markdown = get_markdown_table(["model", "dataset", "start", "mode", "IoU stop", "box ext.", "val Dice",
-                                   "test Dice", "std", "objects"], body)
+    columns = [*fields, "val_dice", "mean", "std", "n"]
+    markdown = get_markdown_table([*fields, "val Dice", "test Dice", "std", "objects"],
+                                  [[e[c] for c in columns] for e in summary])
     note = ("Dice per object of the propagated 3D mask, start prompt on the object's central slice. The "
             "propagation setting was chosen on the validation split (val Dice; empty: fixed setting) and "
             "applied unchanged to the test split. See docs/evaluation.md.\n\n")

@@ -16,17 +16,13 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import InputError
 
 from ..choices import ARCHITECTURES
 
 #: SwinUNETR halves every spatial dim five times (patch embedding + four merges).
 _SWIN_DIVISOR = 32
 _UNET_LEVELS = 4
-
-
-class BaselineError(MedicoSAMError, ValueError):
-    """A baseline setting the network cannot be built with."""
 
 
 @dataclasses.dataclass
@@ -69,7 +65,7 @@ class BaselineConfig:
             problems.append(f"the U-Net needs image_size to be a multiple of {2 ** _UNET_LEVELS}, "
                             f"got {self.image_size}")
         if problems:
-            raise BaselineError("invalid baseline: " + "; ".join(problems))
+            raise InputError("invalid baseline: " + "; ".join(problems))
 
     @property
     def kind(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..choices import ARCHITECTURES
+from ..configs import SemanticTrainConfig
 from ..extras import needs_training_extra
 
 
@@ -19,8 +20,10 @@ def register(subparsers) -> None:
 
 
 def _add_train(subparsers) -> None:
+    defaults = SemanticTrainConfig  # the dataclass's field defaults (a config is made only when the command runs)
     parser = subparsers.add_parser(
         "train-semantic", help="finetune a SAM encoder (or a MONAI baseline) for semantic segmentation",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a 2D or 3D semantic model on images/ + labels/ (or imagesTr/ + labelsTr/); the "
                     "best validation model goes to OUT/best.pt. See docs/semantic.md.")
     parser.add_argument("--data", required=True, help="dataset folder (label maps of class ids, 0 = background)")
@@ -42,19 +45,22 @@ def _add_train(subparsers) -> None:
                              "(default: random, as the paper)")
     parser.add_argument("--baseline-features", type=int, default=24, help="baseline width (SwinUNETR: multiple of 12)")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0, help="slicing axis of volumes (KJI)")
-    parser.add_argument("--iterations", type=int, default=5000, help="training steps (medico-sam: 50000)")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--val-every", type=int, default=500, help="validation interval in iterations")
+    parser.add_argument("--iterations", type=int, default=defaults.iterations,
+                        help="training steps (medico-sam: 50000)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="items per step")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
+    parser.add_argument("--val-every", type=int, default=defaults.val_every, help="validation interval in iterations")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share per modality")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--num-workers", type=int, help="data loading processes (default: 0 on the CPU, "
-                                                         "up to 8 on a GPU)")
-    parser.add_argument("--no-fast-attention", dest="fast_attention", action="store_false", default=None,
-                        help="official attention in the SAM encoder on a GPU instead of SDPA (same result, "
-                             "more memory); the CPU uses official attention anyway")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds the split and the data order")
+    parser.add_argument("--time-limit", type=float, default=defaults.time_limit_s,
+                        help="stop after this many seconds")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or mps")
+    parser.add_argument("--num-workers", type=int, default=defaults.num_workers,
+                        help="data loading processes (None: 0 on the CPU, up to 8 on a GPU)")
+    parser.add_argument("--fast", dest="fast_attention", action=argparse.BooleanOptionalAction,
+                        default=defaults.fast_attention,
+                        help="SDPA attention in the SAM encoder (the same result; on a GPU far less memory); "
+                             "unset (None): on CUDA only")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=needs_training_extra(_train))
@@ -65,7 +71,7 @@ def _add_predict(subparsers) -> None:
                                    description="Predict every image / volume of a folder at its own size.")
     parser.add_argument("--model", required=True, help="semantic checkpoint (OUT/best.pt of train-semantic)")
     parser.add_argument("--images", required=True, help="folder of images or volumes")
-    parser.add_argument("--output", required=True, help="folder for <stem>.png (2D) / <stem>.nii.gz (3D)")
+    parser.add_argument("--out", required=True, help="folder for <stem>.png (2D) / <stem>.nii.gz (3D)")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0, help="slicing axis (as in training)")
     parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (2D models)")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (3D models)")
@@ -77,7 +83,7 @@ def _add_export(subparsers) -> None:
     parser = subparsers.add_parser("export-nnunet", help="write the semantic split as an nnU-Net v2 raw dataset",
                                    description="Write Dataset<ID>_<Name> with our train / validation / test split.")
     parser.add_argument("--data", required=True, help="dataset folder, as for train-semantic")
-    parser.add_argument("--output", required=True, help="nnU-Net raw folder ($nnUNet_raw)")
+    parser.add_argument("--out", required=True, help="nnU-Net raw folder ($nnUNet_raw)")
     parser.add_argument("--dataset-id", type=int, required=True, help="three-digit nnU-Net dataset id")
     parser.add_argument("--name", required=True, help="dataset name (letters, digits, _ and -)")
     parser.add_argument("--classes", type=int, required=True, help="number of classes including background")
@@ -125,7 +131,7 @@ def _get_model(args: argparse.Namespace):
 
 def _train(args: argparse.Namespace) -> int:
     from .data import SemanticPatchDataset, SemanticSliceDataset, check_classes, get_split_records, read_case
-    from .train import SemanticTrainConfig, train_semantic
+    from .train import train_semantic
 
     model, description = _get_model(args)
     split = get_split_records(args.data, args.val_fraction, args.seed)
@@ -157,7 +163,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .models import load_semantic_model
 
     model = load_semantic_model(args.model, str(get_device(args.device)))
-    for path in predict_folder(model, args.images, args.output, args.axis, args.batch_size, args.overlap):
+    for path in predict_folder(model, args.images, args.out, args.axis, args.batch_size, args.overlap):
         print(f"wrote {path}")
     return 0
 
@@ -165,7 +171,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .nnunet_export import check_nnunet_dataset, export_nnunet_dataset
 
-    folder = export_nnunet_dataset(args.data, args.output, args.dataset_id, args.name, args.classes,
+    folder = export_nnunet_dataset(args.data, args.out, args.dataset_id, args.name, args.classes,
                                    args.class_names, args.val_fraction, args.seed, args.channel_name)
     check_nnunet_dataset(folder)
     print(f"wrote {folder} (copy splits_final.json to $nnUNet_preprocessed/{folder.name}/ after planning, then "

@@ -26,15 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data import (
-    DataError,
+from medicosam.errors import DataError
+from medicosam.normalization import replicate_grey
+from medicosam.preprocessing import get_resized_shape
+
+from ..dataset import get_resized_labels
+from ..records import (
     Record,
     check_same_shape,
     find_pair_folders,
     get_folder_records,
     get_label_array,
-    get_preprocess_shape,
-    get_resized_labels,
+    get_stem,
     read_array,
     split_by_modality,
 )
@@ -59,11 +62,6 @@ class SemanticCase:
     modality: str = "unknown"
 
 
-def get_rgb_slices(image: np.ndarray) -> np.ndarray:
-    """(n, h, w) grey or (n, h, w, 3) RGB uint8 -> (n, h, w, 3)."""
-    return image if image.ndim == 4 else np.repeat(image[..., None], 3, axis=-1)
-
-
 def get_windowed_volume(array: np.ndarray, window=None) -> np.ndarray:
     """8-bit version of a (D, H, W[, 3]) volume through one intensity window (default: the core's "auto")."""
     from medicosam.normalization import get_intensity_window
@@ -83,8 +81,6 @@ def get_case(image: np.ndarray, labels: np.ndarray, name: str, axis: int = 0, mo
 
 def read_case(record: Record, axis: int = 0) -> SemanticCase:
     """The case of one image file and its label file (`record.labels[0]`)."""
-    from ..data import get_stem
-
     image = read_array(record.image)
     label_path = record.labels[0]
     labels = get_label_array(read_array(label_path), label_path)
@@ -126,8 +122,9 @@ def check_classes(cases: Sequence[SemanticCase], n_classes: int) -> None:
 
 def get_model_input(image: np.ndarray, image_size: int) -> torch.Tensor:
     """(n, h, w[, 3]) uint8 slices -> (n, 3, S, S) float in [0, 255]: longest side to S, zero-padded like SAM."""
-    rgb = torch.from_numpy(np.ascontiguousarray(get_rgb_slices(image))).permute(0, 3, 1, 2).float()
-    height, width = get_preprocess_shape(rgb.shape[-2:], image_size)
+    rgb = image if image.ndim == 4 else replicate_grey(image)
+    rgb = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float()
+    height, width = get_resized_shape(rgb.shape[-2:], image_size)
     if (height, width) != tuple(rgb.shape[-2:]):
         rgb = F.interpolate(rgb, (height, width), mode="bilinear", align_corners=False, antialias=True)
     return F.pad(rgb.clamp(0, 255), (0, image_size - width, 0, image_size - height))

@@ -18,14 +18,10 @@ from typing import Any, Dict, Mapping, Tuple
 import torch
 import torch.nn.functional as F
 
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import InputError
 from medicosam.models.config import SamConfig, build_sam
 
 _ENCODER = "image_encoder."
-
-
-class EncoderSizeError(MedicoSAMError, ValueError):
-    """An input size the SAM encoder cannot be resized to."""
 
 
 def get_resized_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
@@ -59,7 +55,8 @@ def get_resized_sam_state(state: Mapping[str, Any], config: SamConfig,
         image_size: the new input side, a multiple of the patch size.
     """
     if image_size % config.patch_size:
-        raise EncoderSizeError(f"image_size {image_size} is not a multiple of the patch size {config.patch_size}")
+        raise InputError(f"image_size {image_size} is not a multiple of the patch size {config.patch_size}: "
+                         f"use a multiple of {config.patch_size}")
     new_config = dataclasses.replace(config, image_size=image_size)
     grid = new_config.embedding_size
     resized = dict(state)

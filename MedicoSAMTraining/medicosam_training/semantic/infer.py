@@ -27,9 +27,9 @@ PathLike = Union[str, Path]
 
 def _get_labels_at_size(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
     """(n, C, S, S) logits of padded slices -> (n, height, width) labels (crop, bilinear resize, argmax)."""
-    from ..data import get_preprocess_shape
+    from medicosam.preprocessing import get_resized_shape
 
-    h, w = get_preprocess_shape((height, width), logits.shape[-1])
+    h, w = get_resized_shape((height, width), logits.shape[-1])
     logits = logits[..., :h, :w].float()
     if (h, w) != (height, width):
         logits = F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)
@@ -99,7 +99,7 @@ def predict_folder(model: nn.Module, images_dir: PathLike, output_dir: PathLike,
 
     from medicosam.volume_io import read_volume, write_mask
 
-    from ..data import get_stem, list_images
+    from ..records import get_stem, list_images
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,9 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import InputError, ModelError
 from medicosam.models.config import SamConfig, build_sam
+from medicosam.preprocessing import get_normalised_pixels
 
 from ..unetr import (
     UNETRDecoder,
@@ -39,14 +40,8 @@ from ..unetr import (
 from .adapters import ImageEncoder3D
 from .encoder import get_sam_at_size
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 #: The checkpoint `kind` of the SAM-based models (baselines have their own, see `baselines.py`).
 SAM_KIND = "sam"
-
-
-class SemanticModelError(MedicoSAMError, ValueError):
-    """A semantic model setting, input or checkpoint that does not fit."""
 
 
 @dataclasses.dataclass
@@ -79,12 +74,12 @@ class SemanticConfig:
             sam["encoder_global_attn_indexes"] = tuple(sam["encoder_global_attn_indexes"])
             self.sam = SamConfig(**sam)
         if self.ndim not in (2, 3):
-            raise SemanticModelError(f"ndim={self.ndim}: semantic models are 2D or 3D")
+            raise InputError(f"ndim={self.ndim}: semantic models are 2D or 3D")
         if not 2 <= self.n_classes <= 256:
-            raise SemanticModelError(f"n_classes={self.n_classes}: use 2..256 classes, background included "
+            raise InputError(f"n_classes={self.n_classes}: use 2..256 classes, background included "
                                      "(label maps are written as 8-bit)")
         if self.patch_depth < 1:
-            raise SemanticModelError(f"patch_depth={self.patch_depth}: use 1 or more slices")
+            raise InputError(f"patch_depth={self.patch_depth}: use 1 or more slices")
         check_decoder_features(self.decoder_features)
 
     @property
@@ -98,11 +93,9 @@ class SemanticConfig:
 def get_normalised(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """(N, 3, S, S) in [0, 255] -> SAM-normalised; refuses other sizes, which would be silently misplaced."""
     if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (image_size, image_size):
-        raise SemanticModelError(f"expected RGB slices of {image_size} x {image_size} (N, 3, S, S), got "
+        raise InputError(f"expected RGB slices of {image_size} x {image_size} (N, 3, S, S), got "
                                  f"{tuple(images.shape)}: resize and pad with semantic.data.get_model_input")
-    mean = images.new_tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(PIXEL_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
+    return get_normalised_pixels(images)
 
 
 class SemanticSam2D(nn.Module):
@@ -136,7 +129,7 @@ class SemanticSam3D(nn.Module):
 
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
         if volumes.ndim != 5:
-            raise SemanticModelError(f"expected volumes (B, 3, D, S, S), got {tuple(volumes.shape)}")
+            raise InputError(f"expected volumes (B, 3, D, S, S), got {tuple(volumes.shape)}")
         b, c, d, h, w = volumes.shape
         slices = volumes.transpose(1, 2).reshape(b * d, c, h, w)
         features = self.decoder.forward_features(self.image_encoder(get_normalised(slices, self.config.image_size), d))
@@ -214,7 +207,7 @@ def load_semantic_model(path: Union[str, Path], device: str = "cpu") -> nn.Modul
 
     checkpoint = load_checkpoint_file(path)
     if not {"kind", "config", "model_state"} <= set(checkpoint):
-        raise SemanticModelError(f"{path} is not a semantic model checkpoint (keys: {', '.join(checkpoint)}); "
+        raise ModelError(f"{path} is not a semantic model checkpoint (keys: {', '.join(checkpoint)}); "
                                  "interactive SAM checkpoints are trained into one with `medicosam train-semantic`")
     if checkpoint["kind"] == SAM_KIND:
         model = build_semantic_model(SemanticConfig(**checkpoint["config"]))

@@ -27,9 +27,9 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import DataError, InputError
 
-from ..data import Record, get_label_array, get_stem, read_array
+from ..records import Record, get_label_array, get_stem, read_array
 from .data import get_split_records
 
 PathLike = Union[str, Path]
@@ -38,16 +38,12 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _RGB_CHANNELS = ("R", "G", "B")
 
 
-class NnUNetExportError(MedicoSAMError, ValueError):
-    """A dataset that cannot be written, or a written folder that breaks nnU-Net's format."""
-
-
 def get_dataset_folder_name(dataset_id: int, name: str) -> str:
     """`Dataset<ID>_<Name>` with the 3-digit id nnU-Net requires."""
     if not 1 <= dataset_id <= 999:
-        raise NnUNetExportError(f"dataset id {dataset_id}: nnU-Net ids have three digits (1..999)")
+        raise InputError(f"dataset id {dataset_id}: nnU-Net ids have three digits (1..999)")
     if not _NAME.match(name):
-        raise NnUNetExportError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
+        raise InputError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
     return f"Dataset{dataset_id:03d}_{name}"
 
 
@@ -70,11 +66,11 @@ def _write_case(record: Record, images_dir: Path, labels_dir: Optional[Path], ca
         label_path = record.labels[0]
         labels = get_label_array(read_array(label_path), label_path)
         if labels.shape != volume.shape_kji:
-            raise NnUNetExportError(f"{label_path}: shape {labels.shape} differs from {record.image} "
-                                    f"{volume.shape_kji}")
+            raise DataError(f"{label_path}: shape {labels.shape} differs from {record.image} "
+                            f"{volume.shape_kji}")
         if labels.max(initial=0) >= n_classes:
-            raise NnUNetExportError(f"{label_path}: label id {labels.max()} but {n_classes} classes "
-                                    f"(0..{n_classes - 1})")
+            raise DataError(f"{label_path}: label id {labels.max()} but {n_classes} classes "
+                            f"(0..{n_classes - 1}): pass the number of classes including background")
         write_mask(labels, volume, labels_dir / f"{case}{FILE_ENDING}")
     return len(channels)
 
@@ -96,7 +92,7 @@ def export_nnunet_dataset(data: PathLike, root: PathLike, dataset_id: int, name:
     """
     names = list(class_names or [f"class_{c}" for c in range(1, n_classes)])
     if len(names) != n_classes - 1 or len(set(names)) != len(names) or "background" in names:
-        raise NnUNetExportError(f"give {n_classes - 1} distinct class names besides background, got {names}")
+        raise InputError(f"give {n_classes - 1} distinct class names besides background, got {names}")
     split = get_split_records(data, val_fraction, seed)
     folder = Path(root) / get_dataset_folder_name(dataset_id, name)
     dirs = {part: folder / part for part in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
@@ -110,11 +106,11 @@ def export_nnunet_dataset(data: PathLike, root: PathLike, dataset_id: int, name:
         for record in records:
             case = get_stem(record.image).removesuffix("_0000")
             if any(case in ids for ids in cases.values()):
-                raise NnUNetExportError(f"two images are named {case}: nnU-Net case names must be unique")
+                raise DataError(f"two images are named {case}: nnU-Net case names must be unique")
             channel_counts.add(_write_case(record, images_dir, labels_dir, case, n_classes))
             cases[part].append(case)
     if len(channel_counts) != 1:
-        raise NnUNetExportError("the dataset mixes grey and RGB images; nnU-Net needs one channel layout")
+        raise DataError("the dataset mixes grey and RGB images; nnU-Net needs one channel layout")
     if channel_counts == {3}:
         channel_names = dict(enumerate(_RGB_CHANNELS))
     else:
@@ -130,7 +126,7 @@ def export_nnunet_dataset(data: PathLike, root: PathLike, dataset_id: int, name:
 
 
 def check_nnunet_dataset(folder: PathLike) -> None:
-    """Raise `NnUNetExportError` listing every way `folder` breaks nnU-Net v2's raw format."""
+    """Raise `DataError` listing every way `folder` breaks nnU-Net v2's raw format."""
     import SimpleITK as sitk
 
     folder = Path(folder)
@@ -138,10 +134,10 @@ def check_nnunet_dataset(folder: PathLike) -> None:
     try:
         meta = json.loads((folder / "dataset.json").read_text())
     except (OSError, ValueError) as error:
-        raise NnUNetExportError(f"{folder}: no readable dataset.json ({error})") from error
+        raise DataError(f"{folder}: no readable dataset.json ({error})") from error
     missing = [key for key in ("labels", "channel_names", "numTraining", "file_ending") if key not in meta]
     if missing:
-        raise NnUNetExportError(f"{folder}/dataset.json lacks {missing}")
+        raise DataError(f"{folder}/dataset.json lacks {missing}")
     ending, n_channels = meta["file_ending"], len(meta["channel_names"])
     if sorted(meta["channel_names"]) != [str(c) for c in range(n_channels)]:
         problems.append(f"channel_names keys must be '0'..'{n_channels - 1}'")
@@ -168,4 +164,4 @@ def check_nnunet_dataset(folder: PathLike) -> None:
             if channel.GetSize() != seg.GetSize() or not np.allclose(channel.GetSpacing(), seg.GetSpacing()):
                 problems.append(f"{path.name}: size / spacing differ from its label")
     if problems:
-        raise NnUNetExportError(f"{folder} is not a valid nnU-Net raw dataset:\n  - " + "\n  - ".join(problems))
+        raise DataError(f"{folder} is not a valid nnU-Net raw dataset:\n  - " + "\n  - ".join(problems))

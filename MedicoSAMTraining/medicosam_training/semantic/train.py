@@ -17,69 +17,19 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from medicosam.errors import MedicoSAMError
+from medicosam.errors import RunError
+
+from ..configs import SemanticTrainConfig
+from ..runtime import autocast, get_amp_dtype, get_loader_options, use_fast_attention
 
 BEST_NAME = "best.pt"
 HISTORY_NAME = "history.json"
-
-
-class SemanticTrainingError(MedicoSAMError, ValueError):
-    """A training setting that cannot work."""
-
-
-@dataclasses.dataclass
-class SemanticTrainConfig:
-    """Settings of `train_semantic`.
-
-    Attributes:
-        iterations: optimiser steps (medico-sam: 50000).
-        batch_size: items per step (medico-sam: 2D 6, 3D 2).
-        lr, weight_decay: AdamW's (medico-sam: 1e-4, torch's default decay 0.01).
-        dice_weight: share of the Dice term; the rest is cross entropy.
-        val_every: validate every this many iterations (and at the end).
-        lr_patience: validations without improvement before the lr is multiplied by 0.9.
-        seed: data order.
-        device: "auto", "cpu", "cuda", ...
-        amp: bf16 autocast on CUDA.
-        num_workers: DataLoader processes; None: `trainer.get_loader_options` decides.
-        fast_attention: SDPA attention in the SAM encoder (exact in fp32, far less GPU memory);
-            None: on CUDA only, as `TrainConfig.fast_attention`.
-        out_dir: where best.pt and history.json go; None writes nothing.
-        time_limit_s: stop (and validate) after this many seconds.
-        progress: show a tqdm bar.
-    """
-
-    iterations: int = 5000
-    batch_size: int = 2
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    dice_weight: float = 0.5
-    val_every: int = 500
-    lr_patience: int = 10
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    num_workers: Optional[int] = None
-    fast_attention: Optional[bool] = None
-    out_dir: Optional[Union[str, Path]] = None
-    time_limit_s: Optional[float] = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [(self.iterations >= 1, f"iterations={self.iterations}: use 1 or more"),
-                  (self.batch_size >= 1, f"batch_size={self.batch_size}: use 1 or more"),
-                  (self.lr > 0, f"lr={self.lr}: must be > 0"),
-                  (0.0 <= self.dice_weight <= 1.0, f"dice_weight={self.dice_weight}: use a share in [0, 1]"),
-                  (self.val_every >= 1, f"val_every={self.val_every}: use 1 or more")]
-        errors = [message for ok, message in checks if not ok]
-        if errors:
-            raise SemanticTrainingError("invalid semantic training configuration: " + "; ".join(errors))
 
 
 @dataclasses.dataclass
@@ -129,17 +79,12 @@ def evaluate_model(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, batch
 
 
 def _get_autocast(device: torch.device, amp: bool):
-    """The interactive trainer's precision rule (bf16 autocast on CUDA), shared."""
-    from medicosam_training.trainer import get_amp_dtype
-
-    dtype = get_amp_dtype("auto" if amp else "off", device)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    """The interactive trainer's precision: its "auto" with `amp`, else fp32."""
+    return autocast(device, get_amp_dtype("auto" if amp else "off", device))
 
 
 def _get_batches(dataset: Dataset, config: SemanticTrainConfig, device: torch.device):
     """Endless shuffled batches, a new seeded order every epoch."""
-    from medicosam_training.trainer import get_loader_options
-
     epoch = 0
     while True:
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
@@ -163,7 +108,6 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
 
     from medicosam.acceleration import fast_attention
     from medicosam.device import get_device
-    from medicosam_training.trainer import use_fast_attention
 
     from .models import save_semantic_model
 
@@ -191,7 +135,7 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
                 logits = model(images)
             loss = loss_fn(logits.float(), labels)
             if not torch.isfinite(loss):
-                raise SemanticTrainingError(f"the loss became {float(loss)} at iteration {iteration}: lower the lr")
+                raise RunError(f"the loss became {float(loss)} at iteration {iteration}: lower the lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

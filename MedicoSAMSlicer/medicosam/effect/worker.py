@@ -20,6 +20,8 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, Optional, Tuple
 
+from ..errors import RunError
+
 logger = logging.getLogger(__name__)
 
 _FOREGROUND, _BACKGROUND, _STOP = 0, 1, 2
@@ -76,7 +78,7 @@ class InferenceWorker:
         future: Future = Future()
         with self._lock:
             if self._stopped:
-                raise RuntimeError("the inference worker was shut down: create a new one")
+                raise RunError("the inference worker was shut down: create a new one")
             priority = _BACKGROUND if background else _FOREGROUND
             self._queue.put((priority, next(self._order), self._generation, future, fn, args, kwargs))
         return future

@@ -23,15 +23,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import MedicoSAMError
-from .geometry import get_slice_axis, get_slice_box, get_slice_point, ijk_to_ras, ras_to_array_index
-from .prompts import Prompts
+from ..errors import InputError
+from ..geometry import get_slice_axis, get_slice_box, get_slice_point, ras_to_array_index
+from ..prompts import Prompts
 
 SliceKey = Tuple[int, int]  # (array axis, slice index)
-
-
-class SessionError(MedicoSAMError, ValueError):
-    """A user action that cannot be done in the session's current state (the message says what to do)."""
 
 
 @dataclasses.dataclass
@@ -46,15 +42,6 @@ class SlicePreview:
     def get_block(self) -> WriteBlock:
         """The preview as a one-slice block (the effect draws it like it writes a slice)."""
         return WriteBlock(self.axis, self.index, self.index + 1, self.mask[None])
-
-
-@dataclasses.dataclass
-class PromptDisplay:
-    """Where to draw the current slice's prompts, in world RAS (points snapped to the voxel SAM gets)."""
-
-    positive_ras: np.ndarray  # (N, 3)
-    negative_ras: np.ndarray  # (M, 3)
-    box_corners_ras: Optional[np.ndarray]  # (4, 3) corners of the box outline, or None
 
 
 @dataclasses.dataclass
@@ -147,7 +134,7 @@ class WriteRequest:
     def apply_to(self, segment: np.ndarray) -> None:
         """Do to a (K, J, I) bool array what the effect does to the segment (before masking rules)."""
         if tuple(segment.shape) != tuple(self.shape):
-            raise SessionError(f"segment shape {segment.shape} differs from the volume shape {self.shape}")
+            raise InputError(f"segment shape {segment.shape} differs from the volume shape {self.shape}")
         for block in self.get_blocks():
             segment[block.get_region()] = block.get_array()
 
@@ -173,45 +160,12 @@ def _is_addition(before: _SlicePrompts, after: _SlicePrompts) -> bool:
             and after.labels[:n] == before.labels)
 
 
-def get_world_ijk_to_ras(image_to_local: np.ndarray, extent: Sequence[int],
-                         local_to_world: Optional[np.ndarray] = None) -> np.ndarray:
-    """4x4 matrix from array indices (i, j, k) of a `vtkOrientedImageData` to world RAS.
-
-    Array index 0 is the image's extent start, not IJK 0, and a segmentation under a (linear) parent
-    transform has its labelmaps in its own local frame: both are folded in here.
-    """
-    shift = np.eye(4)
-    shift[:3, 3] = [extent[0], extent[2], extent[4]]
-    to_world = np.eye(4) if local_to_world is None else np.asarray(local_to_world, float)
-    return to_world @ np.asarray(image_to_local, float) @ shift
-
-
-def get_array_on_extent(array: np.ndarray, extent: Sequence[int], target_extent: Sequence[int]) -> np.ndarray:
-    """`array` (K, J, I) of an image with VTK `extent`, on the grid of `target_extent` (same geometry):
-    clipped where it sticks out, zero where it does not reach (the editor's images may differ in extent).
-    """
-    target_shape = tuple(int(target_extent[2 * a + 1]) - int(target_extent[2 * a]) + 1 for a in (2, 1, 0))
-    if target_shape == array.shape and tuple(extent) == tuple(target_extent):
-        return array
-    out = np.zeros(target_shape, dtype=array.dtype)
-    source, target = [], []
-    for a in (2, 1, 0):  # VTK extent axis a (i, j, k) is array axis 2 - a
-        low = max(int(extent[2 * a]), int(target_extent[2 * a]))
-        high = min(int(extent[2 * a + 1]), int(target_extent[2 * a + 1]))
-        if high < low:
-            return out
-        source.append(slice(low - int(extent[2 * a]), high - int(extent[2 * a]) + 1))
-        target.append(slice(low - int(target_extent[2 * a]), high - int(target_extent[2 * a]) + 1))
-    out[tuple(target)] = array[tuple(source)]
-    return out
-
-
 class SegmentationSession:
     """Interactive SAM segmentation of one segment in one volume.
 
     Args:
         predictor: a `medicosam.predictor.VolumePredictor` on the (K, J, I) source array.
-        ijk_to_ras: 4x4 matrix from array indices (i, j, k) to world RAS (see `get_world_ijk_to_ras`).
+        ijk_to_ras: 4x4 matrix from array indices (i, j, k) to world RAS (see `extent.get_world_ijk_to_ras`).
         refine: feed the slice's previous prediction (or the mask last written there) to SAM with
             every new prompt, so corrections refine the mask instead of starting over.
     """
@@ -220,7 +174,7 @@ class SegmentationSession:
         self.predictor = predictor
         self.ijk_to_ras = np.asarray(ijk_to_ras, float)
         if self.ijk_to_ras.shape != (4, 4):
-            raise SessionError(f"ijk_to_ras must be a 4x4 matrix, got shape {self.ijk_to_ras.shape}")
+            raise InputError(f"ijk_to_ras must be a 4x4 matrix, got shape {self.ijk_to_ras.shape}")
         self.shape: Tuple[int, int, int] = tuple(int(n) for n in predictor.volume.shape)
         self.refine = refine
         self.current: Optional[SliceKey] = None
@@ -237,7 +191,7 @@ class SegmentationSession:
         """Add a +/- point clicked in a view with the given normal; returns the slice it landed on.
 
         Raises:
-            ObliqueViewError: the view is not aligned with the volume's slices.
+            InputError: the view is not aligned with the volume's slices.
             PointOutsideVolumeError: the point is outside the volume.
         """
         axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
@@ -263,7 +217,7 @@ class SegmentationSession:
         points were only added to keeps its previous prediction (a correction); any other change starts
         that slice afresh. The last changed slice becomes the current one. Returns the changed slices.
         """
-        from .markups import get_markup_prompts
+        from ..markups import get_markup_prompts
 
         axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
         wanted = {(axis, index): _SlicePrompts([tuple(int(v) for v in xy) for xy in prompts.points],
@@ -294,7 +248,7 @@ class SegmentationSession:
         """"Segment in ROI": the ROI's box on every slice it covers (plus the points placed on each of those
         slices), predicted slice by slice and written as one request (one undo point); None if cancelled.
         Every slice is accepted, so Propagate and corrections continue from the result."""
-        from .markups import get_markup_prompts
+        from ..markups import get_markup_prompts
 
         axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
         slice_prompts = get_markup_prompts(points, [roi], self.ijk_to_ras, self.shape, axis, every_roi_slice=True)
@@ -330,7 +284,7 @@ class SegmentationSession:
         key = key or self._get_current()
         stored = self._prompts.get(key)
         if stored is None or stored.empty:
-            raise SessionError("no prompt on this slice: click a point or drag a box on it first")
+            raise InputError("no prompt on this slice: click a point or drag a box on it first")
         prompts = Prompts(points=np.asarray(stored.points, np.float32).reshape(-1, 2),
                           labels=np.asarray(stored.labels, np.int64),
                           box=None if stored.box is None else np.asarray(stored.box, np.float32))
@@ -339,22 +293,6 @@ class SegmentationSession:
         elif self.refine and key in self._written and self._written[key].any():
             prompts.mask = self._written[key]
         return prompts
-
-    def get_prompt_display(self) -> PromptDisplay:
-        """World positions of the current slice's prompts, for markups in the views."""
-        empty = np.zeros((0, 3))
-        if self.current is None or self.current not in self._prompts:
-            return PromptDisplay(empty, empty, None)
-        axis, index = self.current
-        stored = self._prompts[self.current]
-        xy = np.asarray(stored.points, float).reshape(-1, 2)
-        labels = np.asarray(stored.labels)
-        ras = self._get_slice_ras(axis, index, xy)
-        corners = None
-        if stored.box is not None:
-            x0, y0, x1, y1 = (v - 0.5 for v in stored.box)  # outer pixel edges
-            corners = self._get_slice_ras(axis, index, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
-        return PromptDisplay(ras[labels == 1], ras[labels == 0], corners)
 
     # Prediction and writing ----------------------------------------------------------------------
 
@@ -370,7 +308,7 @@ class SegmentationSession:
         """Accept the current slice's prediction: the slice becomes a propagation seed."""
         preview = self._get_pending_preview()
         if preview is None:
-            raise SessionError("nothing to apply: click a point or drag a box on a slice first")
+            raise InputError("nothing to apply: click a point or drag a box on a slice first")
         self._accept(preview)
         return WriteRequest("apply", preview.axis, {preview.index: preview.mask}, self.shape)
 
@@ -394,7 +332,7 @@ class SegmentationSession:
         if preview is not None:
             seeds[preview.index] = preview.mask
         if not any(mask.any() for mask in seeds.values()):
-            raise SessionError("nothing to propagate: apply a non-empty mask on at least one slice first")
+            raise InputError("nothing to propagate: apply a non-empty mask on at least one slice first")
         result = self.predictor.propagate(axis, seeds, config, progress, should_cancel)
         if result.cancelled:
             return None
@@ -427,7 +365,7 @@ class SegmentationSession:
 
     def _get_current(self) -> SliceKey:
         if self.current is None:
-            raise SessionError("no slice selected yet: click a point or drag a box on a slice first")
+            raise InputError("no slice selected yet: click a point or drag a box on a slice first")
         return self.current
 
     def _get_slice_prompts(self, key: SliceKey) -> _SlicePrompts:
@@ -458,7 +396,7 @@ class SegmentationSession:
             return self.current[0]
         axes = [axis for axis, slices in self._accepted.items() if slices]
         if len(axes) != 1:
-            raise SessionError("nothing to propagate: apply a mask on a slice first, then propagate "
+            raise InputError("nothing to propagate: apply a mask on a slice first, then propagate "
                                "along that slice's view" if not axes else
                                "slices were applied in several view orientations: click in the view "
                                "whose slices you want to propagate, then propagate")
@@ -471,17 +409,10 @@ class SegmentationSession:
         if segment is None:
             return accepted
         if tuple(segment.shape) != self.shape:
-            raise SessionError(f"segment shape {segment.shape} differs from the volume shape {self.shape}")
+            raise InputError(f"segment shape {segment.shape} differs from the volume shape {self.shape}")
         seeds = {}
         for index, applied in accepted.items():
             now = np.take(segment, index, axis=axis).astype(bool)
             if now.any() or not applied.any():
                 seeds[index] = now
         return seeds
-
-    def _get_slice_ras(self, axis: int, index: int, xy: np.ndarray) -> np.ndarray:
-        """World RAS of (x, y) positions (continuous pixels) on slice `index` along `axis`."""
-        row_axis, col_axis = (a for a in (0, 1, 2) if a != axis)
-        kji = np.zeros((len(xy), 3))
-        kji[:, axis], kji[:, row_axis], kji[:, col_axis] = index, xy[:, 1], xy[:, 0]
-        return ijk_to_ras(kji[:, ::-1], self.ijk_to_ras)

@@ -3,16 +3,23 @@
 Segment Editor effects keep their parameters as strings on the segment editor node (saved with the
 scene). This module is the one place that knows those strings, so the effect only copies them
 between widgets and the node, and every parsing rule and error message is tested without Slicer.
+
+The propagation settings are a nested `PropagationConfig`, which checks its own values: each of its
+option fields is the parameter "Propagation" + CamelCase(field name), except `slice_range` (an ROI
+gives it), so a new propagation setting is stored and read without a change here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Iterable, List
+import functools
+from typing import Callable, Dict, Iterable, List, Tuple
 
-from .device import DEVICE_CHOICES
-from .errors import MedicoSAMError
-from .models.registry import MODELS
+from ..device import DEVICE_CHOICES
+from ..errors import InputError
+from ..models.registry import MODELS
+from ..options import get_option_fields, get_value_type
+from ..propagation import PropagationConfig
 
 CUSTOM_MODEL = "custom"  # the "Model" value that means "use the checkpoint file in CustomCheckpoint"
 TOOLS = ("positive", "negative", "box")
@@ -40,9 +47,11 @@ MARKUPS_TAGS = {"positive": "MedicoSAM.PositiveNodeID", "negative": "MedicoSAM.N
 #: negative when it is saved and read by `medicosam segment --markups` (`markups.is_negative_list`).
 MARKUPS_NAMES = {"positive": "MedicoSAM positive", "negative": "MedicoSAM negative", "roi": "MedicoSAM ROI"}
 
-
-class SettingsError(MedicoSAMError, ValueError):
-    """An effect parameter with a value the effect cannot use."""
+#: `PropagationConfig` fields that are no parameter: the effect takes the slice range from the ROI.
+NOT_PARAMETERS = ("slice_range",)
+#: Parameter -> its name in scenes saved before it was derived from `PropagationConfig`.
+RENAMED = {"PropagationIouThreshold": "IoUThreshold", "PropagationBoxExtension": "BoxExtension",
+           "PropagationMaxSlices": "PropagationSlices"}
 
 
 def _parameter(name: str, default):
@@ -58,44 +67,40 @@ class EffectSettings:
     device: str = _parameter("Device", "auto")
     tool: str = _parameter("Tool", "positive")
     refine: bool = _parameter("Refine", True)
-    direction: str = _parameter("PropagationDirection", "both")
-    max_slices: int = _parameter("PropagationSlices", 0)  # 0: until the object ends
-    mode: str = _parameter("PropagationMode", "single_point")
-    iou_threshold: float = _parameter("IoUThreshold", 0.5)
-    box_extension: float = _parameter("BoxExtension", 0.05)
     cache_mb: int = _parameter("EmbeddingCacheMB", 2048)
     fast: bool = _parameter("FastInference", True)  # VolumePredictor.from_loaded(fast=...)
+    propagation: PropagationConfig = dataclasses.field(default_factory=PropagationConfig)
 
     def __post_init__(self) -> None:
-        choices = {"model": [*MODELS, CUSTOM_MODEL], "device": DEVICE_CHOICES, "tool": TOOLS,
-                   "direction": list(DIRECTION_LABELS), "mode": list(MODE_LABELS)}
+        choices = {"model": [*MODELS, CUSTOM_MODEL], "device": DEVICE_CHOICES, "tool": TOOLS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise SettingsError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
-        if self.max_slices < 0:
-            raise SettingsError(f"PropagationSlices must be 0 (no limit) or more, got {self.max_slices}")
-        if not 0.0 <= self.iou_threshold <= 1.0:
-            raise SettingsError(f"IoUThreshold must be in 0..1, got {self.iou_threshold}")
-        if self.box_extension < 0:
-            raise SettingsError(f"BoxExtension must be 0 or more, got {self.box_extension}")
+                raise InputError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.cache_mb < 64:
-            raise SettingsError(f"EmbeddingCacheMB must be at least 64, got {self.cache_mb}")
+            raise InputError(f"EmbeddingCacheMB must be at least 64, got {self.cache_mb}")
 
     @classmethod
     def from_parameters(cls, get: Callable[[str], str]) -> EffectSettings:
         """Settings from `get(parameter_name) -> str` (the effect passes `scriptedEffect.parameter`);
-        an empty string means the default."""
-        values = {}
-        for field in dataclasses.fields(cls):
-            text = str(get(field.metadata["parameter"]) or "").strip()
+        an empty string means the default, a value saved under a parameter's old name still counts."""
+        values: Dict[bool, dict] = {False: {}, True: {}}
+        for parameter in _get_parameters():
+            text = _read(get, parameter.name)
             if text:
-                values[field.name] = _parse(field, text)
-        return cls(**values)
+                values[parameter.nested][parameter.field] = parameter.parse(text)
+        return cls(**values[False], propagation=PropagationConfig(**values[True]))
+
+    @classmethod
+    def get_parameter_defaults(cls, get: Callable[[str], str]) -> Dict[str, str]:
+        """What the effect sets with `setParameterDefault`: the defaults, except where the scene saved a
+        value under the parameter's old name (a default under the new name would hide it)."""
+        return {name: _read(get, name) or value for name, value in cls().to_parameters().items()}
 
     def to_parameters(self) -> Dict[str, str]:
         """Parameter name -> string, as stored on the segment editor node."""
-        return {field.metadata["parameter"]: _format(getattr(self, field.name))
-                for field in dataclasses.fields(self)}
+        return {parameter.name: parameter.format(getattr(self.propagation if parameter.nested else self,
+                                                         parameter.field))
+                for parameter in _get_parameters()}
 
     @property
     def checkpoint(self) -> str:
@@ -103,20 +108,58 @@ class EffectSettings:
         if self.model != CUSTOM_MODEL:
             return self.model
         if not self.custom_checkpoint:
-            raise SettingsError("'Custom checkpoint' is selected but no file is chosen: pick a .pth file")
+            raise InputError("'Custom checkpoint' is selected but no file is chosen: pick a .pth file")
         return self.custom_checkpoint
 
     @property
     def cache_bytes(self) -> int:
         return self.cache_mb * 1024 * 1024
 
-    def get_propagation_config(self):
-        """The `PropagationConfig` these settings ask for."""
-        from .propagation import PropagationConfig
 
-        return PropagationConfig(mode=self.mode, iou_threshold=self.iou_threshold,
-                                 box_extension=self.box_extension, direction=self.direction,
-                                 max_slices=self.max_slices or None)
+@dataclasses.dataclass(frozen=True)
+class _Parameter:
+    """One stored string: parameter `name` holds `field` of the settings, or of their `propagation`."""
+
+    name: str
+    field: str
+    kind: type
+    nested: bool
+    optional: bool = False  # None is a value (stored as 0)
+
+    def parse(self, text: str):
+        """The value of `text`; for an optional number, 0 is None ("no limit" in the effect's spin boxes)."""
+        try:
+            if self.kind is bool:
+                if text.lower() not in ("0", "1", "true", "false"):
+                    raise ValueError(text)
+                return text.lower() in ("1", "true")
+            value = self.kind(text)
+        except ValueError:
+            raise InputError(f"parameter {self.name} = {text!r} is not a valid {self.kind.__name__}: reset it "
+                             "in the effect's options") from None
+        return None if self.optional and value == 0 else value
+
+    def format(self, value) -> str:
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        return "0" if value is None else str(value)
+
+
+@functools.cache
+def _get_parameters() -> Tuple[_Parameter, ...]:
+    own = [_Parameter(field.metadata["parameter"], field.name, type(field.default), False)
+           for field in dataclasses.fields(EffectSettings) if "parameter" in field.metadata]
+    nested = [_Parameter("Propagation" + field.name.title().replace("_", ""), field.name,
+                         get_value_type(PropagationConfig, field)[0], True, field.default is None)
+              for field in get_option_fields(PropagationConfig) if field.name not in NOT_PARAMETERS]
+    return (*own, *nested)
+
+
+def _read(get: Callable[[str], str], name: str) -> str:
+    text = str(get(name) or "").strip()
+    if not text and name in RENAMED:
+        text = str(get(RENAMED[name]) or "").strip()
+    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,22 +184,3 @@ def get_model_choices(cached: Iterable) -> List[ModelChoice]:
         choices.append(ModelChoice(name, f"{name} ({state})", name in complete))
     choices.append(ModelChoice(CUSTOM_MODEL, "Custom checkpoint file...", True))
     return choices
-
-
-def _parse(field: dataclasses.Field, text: str):
-    kind = type(field.default)
-    try:
-        if kind is bool:
-            if text.lower() not in ("0", "1", "true", "false"):
-                raise ValueError(text)
-            return text.lower() in ("1", "true")
-        return kind(text)
-    except ValueError:
-        raise SettingsError(f"parameter {field.metadata['parameter']} = {text!r} is not a valid "
-                            f"{kind.__name__}: reset it in the effect's options") from None
-
-
-def _format(value) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return str(value)
