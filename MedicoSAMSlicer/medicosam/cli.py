@@ -120,8 +120,10 @@ def _segment(args) -> int:
     from .propagation import PropagationConfig
     from .segment import SegmentRequest, segment_volume
 
+    if not (args.checkpoint or args.model or args.server):
+        raise InputError("give --model NAME or --checkpoint PATH (or --server URL to use a `medicosam serve`)")
     request = get_options(
-        args, SegmentRequest, image=args.image, out=args.out, model=args.checkpoint or args.model,
+        args, SegmentRequest, image=args.image, out=args.out, model=args.checkpoint or args.model or "",
         points=_parse_triplets(args.point, "--point"), negative_points=_parse_triplets(args.neg_point, "--neg-point"),
         box=_parse_triplets(args.box, "--box"), markups=args.markups or [], rois=args.roi or [],
         series_uid=args.series, propagation=get_options(args, PropagationConfig),
@@ -140,6 +142,7 @@ def _add_core_commands(subparsers) -> None:
     from .options import add_options
     from .propagation import PropagationConfig
     from .segment import SegmentRequest
+    from .server.config import ServeConfig
 
     models = subparsers.add_parser("models", help="list, download, verify or remove SAM checkpoints")
     models.add_argument("action", choices=["list", "download", "verify", "remove", "path"])
@@ -162,14 +165,36 @@ def _add_core_commands(subparsers) -> None:
     seg.add_argument("--roi", action="append", metavar="FILE.mrk.json",
                      help="Slicer ROI: its box on the prompted slices (the one its centre is on, and those with "
                           "points); propagation stays within the slices it covers when it spans several")
-    model = seg.add_mutually_exclusive_group(required=True)
-    model.add_argument("--model", help="registry name (see `medicosam models list`) or URL")
-    model.add_argument("--checkpoint", help="local SAM-format checkpoint file")
+    _add_model_options(seg, "; not needed with --server")
     add_options(seg, SegmentRequest)
     add_options(seg.add_argument_group("propagation (with --propagate)"), PropagationConfig)
     seg.add_argument("--out", required=True, help="mask file to write (same grid as the image): .nii.gz, .nii, "
                      ".nrrd or .mha")
     seg.set_defaults(func=_segment)
+
+    serve = subparsers.add_parser("serve", help="serve one SAM model over HTTP to many annotators (docs/server.md)")
+    _add_model_options(serve, "", required=True)
+    add_options(serve, ServeConfig)
+    serve.set_defaults(func=_serve)
+
+
+def _add_model_options(parser, note: str, required: bool = False) -> None:
+    model = parser.add_mutually_exclusive_group(required=required)
+    model.add_argument("--model", help=f"registry name (see `medicosam models list`) or URL{note}")
+    model.add_argument("--checkpoint", help=f"local SAM-format checkpoint file{note}")
+
+
+def _serve(args) -> int:
+    from .options import get_options
+    from .server.config import ServeConfig
+    from .server.run import serve
+
+    bar = _byte_bar("weights")
+    try:
+        serve(get_options(args, ServeConfig, model=args.checkpoint or args.model), download_progress=bar)
+    finally:
+        bar.close()
+    return 0
 
 
 def get_parser() -> argparse.ArgumentParser:

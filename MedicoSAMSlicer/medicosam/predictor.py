@@ -88,6 +88,19 @@ def get_speed_options(fast: bool) -> dict:
     return {"acceleration": AccelerationConfig(), "cache_dtype": "bfloat16"}
 
 
+def get_volume_predictor(loaded, volume: np.ndarray, fast: bool = False, **kwargs):
+    """The predictor of a loaded model: SAM's `VolumePredictor`, or the SAM2 engine for a `LoadedSam2`.
+
+    Both answer the same calls (`predict`, `predict_mask`, `propagate`, `get_embedding(s)`), so
+    every tool chooses its model without knowing its family.
+    """
+    if getattr(loaded, "family", "sam") == "sam2":
+        from .sam2_predictor import Sam2VolumePredictor
+
+        return Sam2VolumePredictor.from_loaded(loaded, volume, fast=fast, **kwargs)
+    return VolumePredictor.from_loaded(loaded, volume, fast=fast, **kwargs)
+
+
 class VolumePredictor:
     """Interactive SAM on one volume (KJI array; a 2D image is a volume with one slice).
 

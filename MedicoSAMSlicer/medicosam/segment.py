@@ -12,6 +12,7 @@ from .errors import DataError, InputError
 from .normalization import PRESETS
 from .options import option
 from .propagation import PropagationConfig
+from .segmentation_files import parse_color
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,15 @@ class SegmentRequest:
     ijk: bool = option(False, "points and box are voxel indices (i,j,k), not RAS mm")
     view: str = option("axial", "slice orientation the prompts are drawn on", choices=tuple(VIEW_NORMALS))
     window: str = option("auto", "intensity preset", choices=PRESETS)
+    name: str = option("Segment_1", "segment name written to .seg.nrrd / DICOM SEG outputs")
+    color: str = option("", "segment colour R,G,B in 0..1 for .seg.nrrd / DICOM SEG (default: Slicer's first "
+                        "segment colour)", metavar="R,G,B")
     propagate: bool = option(False, "propagate the mask through the volume")
     propagation: PropagationConfig = dataclasses.field(default_factory=PropagationConfig)
     device: str = option("auto", "auto, cpu, cuda or mps")
+    server: Optional[str] = option(None, "run the model on this `medicosam serve` (e.g. http://gpu-host:8765) "
+                                   "instead of here", metavar="URL")
+    token: Optional[str] = option(None, "the server's access token (default: $MEDICOSAM_TOKEN)")
     offline: Optional[bool] = option(None, "never use the network (default: $MEDICOSAM_OFFLINE)")
     allow_custom: bool = option(False, "accept SAM checkpoints of non-official sizes (e.g. tiny models)")
     fast: bool = option(True, "the fast path (SDPA attention, bf16 where the device is fast at it; masks agree "
@@ -52,6 +59,7 @@ class SegmentRequest:
             raise InputError(f"unknown view {self.view!r}: use one of {', '.join(VIEW_NORMALS)}")
         if self.window not in PRESETS:
             raise InputError(f"unknown intensity preset {self.window!r}: use one of {', '.join(PRESETS)}")
+        parse_color(self.color)
 
 
 @dataclasses.dataclass
@@ -182,6 +190,18 @@ def _check_finite_values(volume) -> None:
                              "there is nothing to segment; check how the image was made")
 
 
+def _get_remote_predictor(request: SegmentRequest, array: np.ndarray):
+    """A `medicosam.client.RemotePredictor` on `request.server`; a local model name is not used then."""
+    import os
+
+    from .client import RemotePredictor, ServerClient
+
+    client = ServerClient(request.server, request.token or os.environ.get("MEDICOSAM_TOKEN"))
+    if request.model:
+        logger.warning("--server given: the server's model %s runs, not %s", client.get_model()["name"], request.model)
+    return RemotePredictor(client, array, window=request.window, fast=request.fast)
+
+
 def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, int], None]] = None,
                    download_progress=None) -> SegmentSummary:
     """Read the image, predict the prompted slices, optionally propagate, write the mask."""
@@ -190,13 +210,15 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     from .markups import get_propagation_range
     from .models.checkpoint import load_sam
     from .normalization import get_intensity_window
-    from .predictor import VolumePredictor
+    from .predictor import get_volume_predictor
     from .propagation import get_volume_mask
-    from .volume_io import check_mask_path, read_volume, write_mask
+    from .segmentation_files import Segment, check_source_for_output, write_segments
+    from .volume_io import check_mask_path, read_volume
 
     check_mask_path(request.out)  # before any file is read or model loaded
     config = request.propagation
     volume = read_volume(request.image, request.series_uid)
+    check_source_for_output(volume, request.out)  # DICOM SEG needs a DICOM series, before the model loads
     _check_finite_values(volume)
     axis = get_slice_axis(VIEW_NORMALS[request.view], volume.ijk_to_ras)
     markups = read_markups(request)
@@ -204,10 +226,13 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     roi_range = get_propagation_range(markups[1], volume.ijk_to_ras, volume.shape_kji, axis)
     if roi_range is not None:  # an ROI over several slices bounds propagation to them
         config = dataclasses.replace(config, slice_range=_intersect(roi_range, config.slice_range))
-    loaded = load_sam(request.model, device=get_device(request.device), allow_custom=request.allow_custom,
-                      offline=request.offline, progress=download_progress)
-    predictor = VolumePredictor.from_loaded(loaded, volume.array, fast=request.fast,
-                                            window=get_intensity_window(volume.array, request.window))
+    if request.server:  # the server's model: no torch, no weights here
+        predictor = _get_remote_predictor(request, volume.array)
+    else:
+        loaded = load_sam(request.model, device=get_device(request.device), allow_custom=request.allow_custom,
+                          offline=request.offline, progress=download_progress)
+        predictor = get_volume_predictor(loaded, volume.array, fast=request.fast,
+                                         window=get_intensity_window(volume.array, request.window))
     seeds = {index: predictor.predict_mask(axis, index, prompts) for index, prompts in slice_prompts.items()}
     stops = ""
     if request.propagate:
@@ -216,8 +241,8 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     else:
         masks = seeds
     mask = get_volume_mask(masks, volume.shape_kji, axis).astype(np.uint8)
-    write_mask(mask, volume, request.out)
+    out = write_segments([Segment(request.name, mask, parse_color(request.color))], volume, request.out)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    return SegmentSummary(str(request.out), axis, sorted(seeds),
+    return SegmentSummary(str(out), axis, sorted(seeds),
                           sorted(i for i, m in masks.items() if m.any()), int(mask.sum()),
                           float(mask.sum()) * voxel_ml, stops)

@@ -36,6 +36,8 @@ SUPPORTED_FORMATS = (
     "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), DICOM (file or folder)"
 )
 MASK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+#: Segmentation outputs (`medicosam.segmentation_files`): Slicer's segmentation and DICOM SEG (or a folder for it).
+SEGMENTATION_SUFFIXES = (".seg.nrrd", ".dcm")
 _POSITION_TAG = "0020|0032"
 _DESCRIPTION_TAG = "0008|103e"
 #: A NIfTI name whose stem still ends like a NIfTI / Analyze file (m.nii.gz.nii.gz, m.img.nii): the NIfTI
@@ -60,6 +62,8 @@ class Volume:
         origin_lps: world position (LPS, mm) of voxel (0, 0, 0).
         direction_lps: 3x3 direction cosines, row-major, as SimpleITK's GetDirection.
         path: the file or folder it was read from.
+        source_files: for a DICOM series, its files in slice order (array index k is file k): what a
+            DICOM SEG written on this volume references.
     """
 
     array: np.ndarray
@@ -67,6 +71,7 @@ class Volume:
     origin_lps: Tuple[float, float, float]
     direction_lps: Tuple[float, ...]
     path: Optional[Path] = None
+    source_files: Tuple[str, ...] = ()
 
     @property
     def ijk_to_ras(self) -> np.ndarray:
@@ -138,13 +143,14 @@ def _read_dicom_series(files: Tuple[str, ...], folder: Path):
 
 
 def _read_image(path: Path, series_uid: Optional[str]):
-    """The SimpleITK image at `path` (file or DICOM folder)."""
+    """(the SimpleITK image at `path` (file or DICOM folder), the DICOM series' files or ())."""
     if not path.exists():
         raise _read_failure(path, "no such file or folder")
     try:
         if path.is_dir():
-            return _read_dicom_series(_get_series_files(path, series_uid), path)
-        return sitk.ReadImage(str(path))
+            files = _get_series_files(path, series_uid)
+            return _read_dicom_series(files, path), tuple(files)
+        return sitk.ReadImage(str(path)), ()
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise _read_failure(path, f"SimpleITK could not read it ({reason})") from error
@@ -187,7 +193,8 @@ def read_volume(path: PathLike, series_uid: Optional[str] = None) -> Volume:
         DataError: a 4D, vector or unevenly spaced image.
     """
     path = Path(path)
-    image = _to_3d_scalar_or_rgb(_read_image(path, series_uid), path)
+    image, source_files = _read_image(path, series_uid)
+    image = _to_3d_scalar_or_rgb(image, path)
     array = sitk.GetArrayFromImage(image)
     if array.ndim == 4:
         array = np.ascontiguousarray(array[..., :3])
@@ -197,23 +204,38 @@ def read_volume(path: PathLike, series_uid: Optional[str] = None) -> Volume:
         origin_lps=tuple(image.GetOrigin()),
         direction_lps=tuple(image.GetDirection()),
         path=path,
+        source_files=source_files,
     )
 
 
-def check_mask_path(path: PathLike) -> Path:
-    """Refuse a mask destination SimpleITK would not write exactly, before any work is done.
+def get_output_kind(path: PathLike) -> str:
+    """What a destination asks for: "seg.nrrd" (Slicer segmentation), "dicom-seg" (a `.dcm` file, or an
+    existing folder to write one into, unless it is named like a mask file) or "mask" (a label image)."""
+    name = Path(path).name.lower()
+    if name.endswith(SEGMENTATION_SUFFIXES[0]):
+        return "seg.nrrd"
+    if name.endswith(SEGMENTATION_SUFFIXES[1]) or (Path(path).is_dir() and not name.endswith(MASK_SUFFIXES)):
+        return "dicom-seg"
+    return "mask"
 
-    The suffix must be one of MASK_SUFFIXES in lower case (ITK writes `.MHA` as a .mhd + .zraw pair and
-    refuses upper-case NIfTI), a NIfTI name must not end in a doubled suffix (the writer would write a
-    shorter name), and the folder must exist and take a new file.
+
+def check_mask_path(path: PathLike) -> Path:
+    """Refuse a destination its writer would not write exactly, before any work is done.
+
+    Label images: the suffix must be one of MASK_SUFFIXES in lower case (ITK writes `.MHA` as a .mhd + .zraw
+    pair and refuses upper-case NIfTI), a NIfTI name must not end in a doubled suffix (the writer would
+    write a shorter name). Segmentations: `.seg.nrrd`, `.dcm`, or an existing folder (DICOM SEG). The
+    folder must exist and take a new file.
     """
     path = Path(path)
+    if get_output_kind(path) != "mask":
+        return _check_writable(path if path.is_dir() else path.parent, path)
     name = path.name
     suffix = next((s for s in sorted(MASK_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
     if suffix is None or len(name) == len(suffix):
         raise InputError(
-            f"Cannot write a mask to {path}: use one of {', '.join(MASK_SUFFIXES)}, in lower case (single-file "
-            "formats, so the mask is written whole or not at all)."
+            f"Cannot write a mask to {path}: use one of {', '.join(MASK_SUFFIXES + SEGMENTATION_SUFFIXES)}, in "
+            "lower case, or an existing folder for DICOM SEG (single files, written whole or not at all)."
         )
     stem_suffix = _NIFTI_LIKE_STEM.search(name[: -len(suffix)])
     if suffix.startswith(".nii") and stem_suffix:
@@ -223,13 +245,17 @@ def check_mask_path(path: PathLike) -> Path:
         )
     if path.is_dir():
         raise InputError(f"Cannot write a mask to {path}: it is a folder; give a file name.")
-    if not path.parent.is_dir():
-        raise InputError(f"Cannot write {path}: the folder {path.parent} does not exist.")
+    return _check_writable(path.parent, path)
+
+
+def _check_writable(folder: Path, path: Path) -> Path:
+    if not folder.is_dir():
+        raise InputError(f"Cannot write {path}: the folder {folder} does not exist.")
     try:
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise InputError(f"Cannot write {path}: the folder {path.parent} is not writable ({error}).") from error
+        raise InputError(f"Cannot write {path}: the folder {folder} is not writable ({error}).") from error
     return path
 
 

@@ -31,7 +31,8 @@ def _add_train(subparsers) -> None:
                         help="training objective (medicosam = 8 corrections, p_box 0.5, p_mask 0.5, "
                              "segmentation decoder)")
     parser.add_argument("--data", required=True,
-                        help="SA-Med2D-20M folder, or a folder with images/ and labels/ (2D files or 3D volumes)")
+                        help="SA-Med2D-20M folder, a folder with images/ and labels/ (2D files or 3D volumes), or "
+                             "volumes next to Slicer .seg.nrrd files / DICOM series next to DICOM SEG files")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model", help="registry name or URL of the start model (default: sam_vit_b)")
     model.add_argument("--checkpoint", help="local SAM checkpoint file to start from")
@@ -63,6 +64,9 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share per modality")
     parser.add_argument("--label-mode", choices=LABEL_MODES, default=LABEL_MODES[0],
                         help="labels/ holds instance ids, or class ids split into connected components")
+    parser.add_argument("--classes", nargs="+", metavar="NAME",
+                        help="segment names of .seg.nrrd / DICOM SEG labels -> class ids 1, 2, ... (or one JSON "
+                             "file: a list, or {name: id}, 0 = leave out); other names are an error")
     parser.add_argument("--axis", type=int, default=0, help="slicing axis of 3D volumes (KJI array axis)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--save-every", type=int, default=defaults.save_every,
@@ -111,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     train_set, val_set = get_training_datasets(args.data, image_size=loaded.config.image_size, n_obj=args.n_obj,
                                                min_size=args.min_size, val_fraction=args.val_fraction,
                                                seed=args.seed, label_mode=args.label_mode, axis=args.axis,
-                                               index_dir=args.out)
+                                               index_dir=args.out, classes=args.classes)
     configure_threads(args.threads, load_aware=True)  # no user choice: leave the cores other work keeps busy
     result = train(loaded, train_set, val_set, config)
     if result.export is not None:  # rank 0 only

@@ -51,12 +51,17 @@ from .records import (
     derive_modality,
     find_pair_folders,
     find_samed2d_json,
+    get_class_components,
+    get_class_map,
+    get_class_masks,
     get_folder_records,
     get_instances_from_classes,
     get_label_array,
+    get_segmentation_records,
     is_volume_file,
     read_array,
     read_image_2d,
+    read_segment_objects,
     select_split,
 )
 
@@ -86,14 +91,15 @@ def collate_objects(batch: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def get_resized_labels(labels: np.ndarray, image_size: int) -> np.ndarray:
-    """Labels resized like the image (longest side = image_size), nearest neighbour, not padded.
+    """Labels (H, W) ids or (n, H, W) object masks resized like the image (longest side = image_size),
+    nearest neighbour, not padded.
 
     Pixel centres are mapped exactly (torch's "nearest-exact"), so ids are never mixed.
     """
-    out_h, out_w = get_resized_shape(labels.shape, image_size)
-    rows = _get_nearest_indices(labels.shape[0], out_h)
-    cols = _get_nearest_indices(labels.shape[1], out_w)
-    return labels[rows[:, None], cols[None, :]]
+    out_h, out_w = get_resized_shape(labels.shape[-2:], image_size)
+    rows = _get_nearest_indices(labels.shape[-2], out_h)
+    cols = _get_nearest_indices(labels.shape[-1], out_w)
+    return labels[..., rows[:, None], cols[None, :]]
 
 
 def _get_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
@@ -101,7 +107,9 @@ def _get_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
 
 
 def get_object_ids(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Ids (sorted) of the objects with at least `min_size` pixels."""
+    """Ids (sorted) of the objects with at least `min_size` pixels; for (n, H, W) masks, 1 + mask index."""
+    if labels.ndim == 3:  # a stack of object masks that may overlap (segments of a segmentation file)
+        return np.flatnonzero(labels.reshape(labels.shape[0], -1).sum(axis=1) >= min_size) + 1
     ids, counts = np.unique(labels, return_counts=True)
     return ids[(ids != 0) & (counts >= min_size)]
 
@@ -164,9 +172,9 @@ class ObjectDataset(Dataset):
                     modality: str) -> Dict[str, Any]:
         size = self.image_size
         padded = get_padded_image(rgb, size)
-        h, w = resized.shape
+        h, w = resized.shape[-2:]
         masks = np.zeros((ids.size, size, size), dtype=bool)
-        masks[:, :h, :w] = resized[None] == ids[:, None, None]
+        masks[:, :h, :w] = resized[ids - 1] if resized.ndim == 3 else resized[None] == ids[:, None, None]
         return {"image": torch.from_numpy(padded), "masks": torch.from_numpy(masks),
                 "modality": modality, "source": source}
 
@@ -295,12 +303,17 @@ class VolumeSliceDataset(ObjectDataset):
     as in the predictor. For data larger than memory, export slices to the 2D folder layout.
     `label_mode` works as in `FolderDataset2D` (components are taken per slice). Splits are per
     volume, so slices of one scan never end up on both sides.
+
+    Label files may be Slicer `.seg.nrrd` or DICOM SEG files (`medicosam.segmentation_files`): each
+    segment is one object ("instance"; overlapping segments stay separate objects), or each connected
+    component of a class ("semantic"). `classes` (`records.get_class_map`) names the classes; a segment
+    whose name is not among them is an error.
     """
 
     def __init__(self, image_paths: Sequence[PathLike], label_paths: Sequence[PathLike], axis: int = 0,
                  image_size: int = 1024, n_obj: int = 5, min_size: int = 25, label_mode: str = "instance",
                  split: Optional[str] = None, val_fraction: float = 0.1, seed: int = 0,
-                 modality: str = "unknown"):
+                 modality: str = "unknown", classes: Optional[Sequence[str]] = None):
         if len(image_paths) != len(label_paths):
             raise InputError(f"{len(image_paths)} image volumes but {len(label_paths)} label volumes: give one "
                              "label volume per image volume")
@@ -312,6 +325,7 @@ class VolumeSliceDataset(ObjectDataset):
         super().__init__(f"volumes [{names}]", image_size, n_obj, min_size, seed)
         self.axis = axis
         self.label_mode = label_mode
+        self.class_map = get_class_map(classes) if classes else None
         records = [Record(str(image), (str(label),), derive_modality(image, modality))
                    for image, label in zip(image_paths, label_paths)]
         self.volumes: List[_LoadedVolume] = []
@@ -329,13 +343,21 @@ class VolumeSliceDataset(ObjectDataset):
 
     def _add_volume(self, record: Record) -> None:
         from medicosam.normalization import get_intensity_window
+        from medicosam.segmentation_files import is_segmentation_file
+        from medicosam.volume_io import read_volume
 
-        array = read_array(record.image)
+        label_path = record.labels[0]
+        if is_segmentation_file(label_path):
+            image = read_volume(record.image)
+            array = image.array
+            masks, class_ids = read_segment_objects(label_path, image, self.class_map)
+            labels = get_class_masks(masks, class_ids) if self.label_mode == "semantic" else masks
+        else:
+            array = read_array(record.image)
+            labels = get_label_array(read_array(label_path), label_path)
+            check_same_shape(array, labels, record.image, label_path)
         if array.ndim != 3:
             raise DataError(f"{record.image}: an RGB volume; VolumeSliceDataset reads grey-level volumes.")
-        label_path = record.labels[0]
-        labels = get_label_array(read_array(label_path), label_path)
-        check_same_shape(array, labels, record.image, label_path)
         window = None if array.dtype == np.uint8 else get_intensity_window(array, preset="auto")
         volume = _LoadedVolume(record.image, array, labels, window, record.modality)
         usable = [k for k in range(array.shape[self.axis])
@@ -350,6 +372,14 @@ class VolumeSliceDataset(ObjectDataset):
         self.slices.extend((len(self.volumes) - 1, k) for k in usable)
 
     def _get_slice_labels(self, volume: _LoadedVolume, k: int) -> np.ndarray:
+        """(H, W) instance ids, or (n, H, W) object masks for the segments of a segmentation file."""
+        if volume.labels.ndim == 4:
+            masks = np.take(volume.labels, k, axis=self.axis + 1)
+            if self.label_mode != "semantic":
+                return masks
+            objects = [components == i for mask in masks
+                       for _, components, n in get_class_components(mask.astype(np.int32)) for i in range(1, n + 1)]
+            return np.stack(objects) if objects else np.zeros((0, *masks.shape[1:]), bool)
         labels = np.take(volume.labels, k, axis=self.axis)
         return get_instances_from_classes(labels) if self.label_mode == "semantic" else labels
 
@@ -389,8 +419,8 @@ def _holds_shards(path: Path) -> bool:
 
 def get_training_datasets(path: PathLike, image_size: int, n_obj: int = 5, min_size: int = 25,
                           val_fraction: float = 0.1, seed: int = 0, label_mode: str = "instance",
-                          axis: int = 0, index_dir: Optional[PathLike] = None
-                          ) -> Tuple[ObjectDataset, Optional[ObjectDataset]]:
+                          axis: int = 0, index_dir: Optional[PathLike] = None,
+                          classes: Optional[Sequence[str]] = None) -> Tuple[ObjectDataset, Optional[ObjectDataset]]:
     """(train, val) datasets for the data at `path`, whose layout is detected:
 
     1. SA-Med2D-20M v1: `SAMed2D_v1.json` in `path` or `path/annotations` -> `SAMed2DDataset` (its index
@@ -398,6 +428,9 @@ def get_training_datasets(path: PathLike, image_size: int, n_obj: int = 5, min_s
        a folder of v2 shards `<dataset>_NN.h5` -> `SAMed2DShardDataset`.
     2. `path/images/` + `path/labels/` (or nnU-Net's `imagesTr/` + `labelsTr/`) holding 2D files ->
        `FolderDataset2D`; holding 3D volumes -> `VolumeSliceDataset` along `axis`.
+    3. volumes next to Slicer segmentations (`case.nrrd` + `case.seg.nrrd`), or DICOM series folders
+       next to DICOM SEG files -> `VolumeSliceDataset` (docs/formats.md); `classes` names the segments'
+       classes (`records.get_class_map`), label files may also be `.seg.nrrd` in layout 2.
     Images and labels pair by file stem (`case.nii.gz` <-> `case.png` works; `case_0000` also
     pairs with `case`). Name files `<modality>--rest` or `<modality>_<sub>--rest` to stratify
     the split by modality. `label_mode` applies to layout 2. val is None when val_fraction is 0.
@@ -410,17 +443,23 @@ def get_training_datasets(path: PathLike, image_size: int, n_obj: int = 5, min_s
         kwargs["index_dir"] = index_dir
     elif _holds_shards(path):
         dataset_class, args = SAMed2DShardDataset, (path,)
+    elif (records := get_segmentation_records(path)) is not None:
+        kwargs.update(label_mode=label_mode, classes=classes)
+        dataset_class = VolumeSliceDataset
+        args = ([record.image for record in records], [record.labels[0] for record in records], axis)
     else:
         folders = find_pair_folders(path)
         if folders is None:
             raise DataError(f"{path}: no training data layout found. Expected {SAMED2D_JSON} (SA-Med2D-20M), "
                             "or images/ and labels/ folders (2D images or 3D volumes; imagesTr/ and "
-                            "labelsTr/ also work). See docs/training.md.")
+                            "labelsTr/ also work), or volumes next to Slicer .seg.nrrd / DICOM SEG files. See "
+                            "docs/training.md and docs/formats.md.")
         records = get_folder_records(*folders)
         if not records:
             raise DataError(f"{folders[0]}: no image files ({', '.join(IMAGE_SUFFIXES)}).")
         kwargs["label_mode"] = label_mode
         if is_volume_file(records[0].image):
+            kwargs["classes"] = classes
             dataset_class = VolumeSliceDataset
             args = ([record.image for record in records], [record.labels[0] for record in records], axis)
         else:

@@ -103,11 +103,11 @@ def write_training_data(root: Path, volumes: Dict[str, object], n_phantoms: int,
 def segment_from_one_point(loaded, volume: np.ndarray, target: np.ndarray, central: int, half_width: int):
     """One point at the target's centre on the central slice, then propagation limited to the slab:
     the path the Slicer effect takes for a click and "Propagate N slices"."""
-    from medicosam.predictor import VolumePredictor
+    from medicosam.predictor import get_volume_predictor
     from medicosam.prompts import get_center_prompt
     from medicosam.propagation import PropagationConfig, get_volume_mask
 
-    predictor = VolumePredictor.from_loaded(loaded, volume)
+    predictor = get_volume_predictor(loaded, volume)
     prompt = get_center_prompt(target[central])
     seed = predictor.predict_mask(0, central, prompt)
     config = PropagationConfig(mode="single_point", iou_threshold=0.5, max_slices=half_width)

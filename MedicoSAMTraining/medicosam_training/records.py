@@ -1,7 +1,8 @@
 """Medical image data as records, free of torch: every tool that reads images and label maps uses it.
 
 A `Record` names one image (or volume), its label file(s) and its modality before anything is read.
-Here live the folder layouts (SA-Med2D-20M's JSON, images/ + labels/, nnU-Net's imagesTr/ + labelsTr/),
+Here live the folder layouts (SA-Med2D-20M's JSON, images/ + labels/, nnU-Net's imagesTr/ + labelsTr/,
+volumes next to Slicer `.seg.nrrd` files, DICOM series next to DICOM SEG files),
 image / label pairing by file stem, the seeded modality-stratified split, the label checks (header
 shapes before a run starts, label ids when a file is read) and the readers of 2D images and volumes.
 Interactive training (`dataset.py`), semantic training and the evaluations build on it; it imports no
@@ -29,7 +30,7 @@ T = TypeVar("T")
 MAX_LABELS = 1000
 #: File types the readers accept (what SimpleITK reads without plugins).
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz", ".mha", ".mhd",
-                  ".nrrd", ".nhdr")
+                  ".nrrd", ".nhdr", ".seg.nrrd")  # .seg.nrrd: Slicer segmentations pair as `case.seg.nrrd`
 SAMED2D_JSON = "SAMed2D_v1.json"
 LABEL_MODES = ("instance", "semantic")
 SPLITS = (None, "train", "val")
@@ -312,3 +313,108 @@ def find_pair_folders(path: PathLike) -> Optional[Tuple[Path, Path]]:
     return None
 
 
+
+
+# ---------------------------------------------------------------- segmentation files (.seg.nrrd, DICOM SEG)
+
+
+def get_class_map(classes: Sequence[str]) -> Dict[str, int]:
+    """Segment name -> class id from `--classes liver kidney` (ids 1, 2, ...) or `--classes map.json`.
+
+    The JSON is a list of names (ids 1, 2, ...) or an object {"name": id}; several names may share an id,
+    and id 0 leaves a segment out on purpose. Names match case-insensitively.
+    """
+    if len(classes) == 1 and classes[0].lower().endswith(".json"):
+        try:
+            with open(classes[0], encoding="utf-8") as file:
+                loaded = json.load(file)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--classes {classes[0]}: cannot read this class map ({error})") from error
+        if isinstance(loaded, list):
+            classes = loaded
+        elif isinstance(loaded, dict) and all(isinstance(v, int) and v >= 0 for v in loaded.values()):
+            return {str(name).strip().lower(): int(i) for name, i in loaded.items()}
+        else:
+            raise InputError(f"--classes {classes[0]}: expected a list of names or an object of name -> id >= 0")
+    names = [str(name).strip().lower() for name in classes]
+    if len(set(names)) != len(names):
+        raise InputError(f"--classes {' '.join(classes)}: a name is given twice")
+    return {name: i for i, name in enumerate(names, start=1)}
+
+
+def get_segment_objects(segments: Sequence, class_map: Optional[Dict[str, int]],
+                        path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+    """(masks (n, K, J, I) bool, class ids (n,)) of a segmentation file's segments, overlaps kept.
+
+    With a class map, every segment name must be in it (unknown names are an error listing them: a
+    misspelt "Livre" must not vanish from training); segments mapped to 0 are left out. Without one,
+    each distinct name is a class, numbered in the file's order.
+    """
+    names = [segment.name.strip().lower() for segment in segments]
+    if class_map is None:
+        class_map = {name: i for i, name in enumerate(dict.fromkeys(names), start=1)}
+    unknown = sorted({segment.name for segment, name in zip(segments, names) if name not in class_map})
+    if unknown:
+        raise DataError(f"{path}: segment(s) {', '.join(repr(n) for n in unknown)} not in the class map "
+                        f"({', '.join(class_map)}); add them to --classes, or map them to 0 in a JSON class map "
+                        "to leave them out.")
+    kept = [(segment.mask, class_map[name]) for segment, name in zip(segments, names) if class_map[name]]
+    if not kept:
+        return np.zeros((0, *segments[0].mask.shape) if segments else (0, 0, 0, 0), bool), np.zeros(0, int)
+    return np.stack([mask for mask, _ in kept]), np.array([class_id for _, class_id in kept])
+
+
+def get_class_masks(masks: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+    """One mask per class present (union of its segments), in class id order: (n_classes, ...) bool."""
+    return np.stack([masks[class_ids == i].any(axis=0) for i in np.unique(class_ids)]) if len(masks) else masks
+
+
+def read_segment_objects(label_path: PathLike, image, class_map: Optional[Dict[str, int]] = None
+                         ) -> Tuple[np.ndarray, np.ndarray]:
+    """`get_segment_objects` of a `.seg.nrrd` / DICOM SEG file on the grid of `image` (a `Volume`)."""
+    from medicosam.segmentation_files import read_segments
+
+    return get_segment_objects(read_segments(label_path, image), class_map, label_path)
+
+
+def _get_series_folders(folder: Path) -> Dict[str, Path]:
+    """SeriesInstanceUID -> sub-folder of `folder` holding that DICOM series."""
+    import SimpleITK as sitk
+
+    return {uid: child for child in sorted(folder.iterdir()) if child.is_dir()
+            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(child))}
+
+
+def get_segmentation_records(folder: PathLike, modality: str = "unknown") -> Optional[List[Record]]:
+    """Records of a folder of volumes with Slicer segmentations or of DICOM series with DICOM SEG files,
+    or None when it holds neither:
+
+    - `case.nii.gz` (any volume format) next to `case.seg.nrrd` (Slicer's "Save" of the volume and its
+      segmentation, names matched by stem);
+    - DICOM series in sub-folders and DICOM SEG files (`*.dcm`) beside them: each SEG is paired with the
+      sub-folder holding the series it references (its ReferencedSeriesSequence).
+    """
+    from medicosam.segmentation_files import SEG_NRRD_SUFFIX, get_dicom_seg_series
+
+    folder = Path(folder)
+    files = list_images(folder) if folder.is_dir() else []
+    segmentations = [path for path in files if path.name.lower().endswith(SEG_NRRD_SUFFIX)]
+    dicom_segs = {path: get_dicom_seg_series(path) for path in sorted(folder.glob("*.dcm"))} if folder.is_dir() else {}
+    dicom_segs = {path: uid for path, uid in dicom_segs.items() if uid is not None}
+    if not segmentations and not dicom_segs:
+        return None
+    images = {get_stem(path): path for path in files if path not in segmentations}
+    records = []
+    for segmentation in segmentations:
+        image = images.get(get_stem(segmentation))
+        if image is None:
+            raise DataError(f"{segmentation}: no volume named {get_stem(segmentation)}.<suffix> beside it; save "
+                            "each segmentation next to its volume with the same name (case.nrrd + case.seg.nrrd).")
+        records.append(Record(str(image), (str(segmentation),), derive_modality(image, modality)))
+    series = _get_series_folders(folder) if dicom_segs else {}
+    for segmentation, uid in dicom_segs.items():
+        if uid not in series:
+            raise DataError(f"{segmentation}: the DICOM series it segments ({uid}) is in no sub-folder of "
+                            f"{folder}; put each series in its own folder beside its SEG files.")
+        records.append(Record(str(series[uid]), (str(segmentation),), derive_modality(series[uid], modality)))
+    return records

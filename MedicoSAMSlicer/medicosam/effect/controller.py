@@ -161,11 +161,11 @@ class EffectController:
             self.worker.clear_background()
 
     def _set_volume(self, volume_key: Hashable, volume: np.ndarray) -> None:
-        from ..predictor import VolumePredictor
+        from ..predictor import get_volume_predictor
 
         loaded, cache, fast = self.loaded, self.cache, self.fast
-        predictor = self.run(lambda: VolumePredictor.from_loaded(loaded, volume, fast=fast,
-                                                                 volume_id=repr(volume_key), cache=cache),
+        predictor = self.run(lambda: get_volume_predictor(loaded, volume, fast=fast,
+                                                          volume_id=repr(volume_key), cache=cache),
                              "Preparing the volume...", None)
         self.volume_key, self.predictor, self.sessions = volume_key, predictor, {}
 

@@ -31,6 +31,7 @@ from medicosam.atomic import writing_atomically
 from medicosam.errors import ModelError
 from medicosam.models.config import OFFICIAL_CONFIGS, SamConfig, build_sam, detect_config
 from medicosam.models.download import ProgressCallback, get_checked_file_id, resolve_checkpoint
+from medicosam.sam2_models import is_sam2_state
 
 _SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 #: Wrapper prefixes, outermost first: DDP, torch.compile, micro-sam's TrainableSAM.
@@ -64,6 +65,22 @@ class LoadedSam:
     source: str
     path: Path
     model_id: str
+    family = "sam"  # which engine runs it (`medicosam.predictor.get_volume_predictor`)
+
+
+@dataclasses.dataclass
+class LoadedSam2:
+    """A ready SAM2 / MedSAM2 model (`sam2`'s SAM2VideoPredictor, eval mode) and where it came from.
+
+    `load_sam` returns one for SAM2 files; `family` tells the two apart for the predictor factory.
+    """
+
+    sam2: Any
+    config: Any  # medicosam.sam2_models.Sam2Config
+    source: str
+    path: Path
+    model_id: str
+    family = "sam2"
 
 
 def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
@@ -164,12 +181,15 @@ def load_sam(
     allow_custom: bool = False,
     offline: Optional[bool] = None,
     progress: Optional[ProgressCallback] = None,
-) -> LoadedSam:
-    """Load a SAM model from a registry name, a local file or an http(s) URL."""
+) -> Union[LoadedSam, LoadedSam2]:
+    """Load a SAM model from a registry name, a local file or an http(s) URL (SAM2 files: a `LoadedSam2`)."""
     import torch
 
     path = resolve_checkpoint(checkpoint, offline=offline, progress=progress)
-    sam_state, decoder_state = get_sam_state_dict(load_checkpoint_file(path), source=str(path))
+    obj = load_checkpoint_file(path)
+    if is_sam2_state(obj):
+        return _load_sam2(obj, checkpoint, path, device, allow_custom)
+    sam_state, decoder_state = get_sam_state_dict(obj, source=str(path))
     config = check_sam_state(sam_state, allow_custom=allow_custom, source=str(path))
     _check_memory(sam_state, device, source=str(path))
     for state in (sam_state, decoder_state or {}):
@@ -179,6 +199,26 @@ def load_sam(
     sam.load_state_dict(sam_state)
     return LoadedSam(sam=sam.to(device).eval(), config=config, decoder_state=decoder_state,
                      source=str(checkpoint), path=path, model_id=get_checked_file_id(path)[:16])
+
+
+def _load_sam2(obj: Mapping[str, Any], checkpoint, path: Path, device: str, allow_custom: bool) -> LoadedSam2:
+    """The SAM2 model of a loaded file: sizes from the file's record or the registry entry, then the state."""
+    from medicosam.models.registry import find_model_spec
+    from medicosam.sam2_models import build_sam2_model, detect_sam2_config, get_sam2_state, get_sizes, load_sam2_state
+
+    state, record = get_sam2_state(obj, source=str(path))
+    spec = find_model_spec(str(checkpoint)) if isinstance(checkpoint, str) else None
+    sizes = get_sizes(record, str(path)) if record is not None else tuple(spec.sam2_sizes if spec else ())
+    config = detect_sam2_config(state, sizes, source=str(path))
+    if record is not None and not allow_custom:
+        raise ModelError(f"{path} is a reduced SAM2 ({config.name}), not an official size: pass allow_custom=True "
+                         "(CLI: --allow-custom) to build it")
+    _check_memory(state, device, source=str(path))
+    _check_tensors(state, source=str(path))
+    model = build_sam2_model(config, device)
+    load_sam2_state(model, state, source=str(path))
+    return LoadedSam2(sam2=model, config=config, source=str(checkpoint), path=path,
+                      model_id=get_checked_file_id(path)[:16])
 
 
 def load_decoder_state(

@@ -2,18 +2,21 @@
 
 Hashes are the strongest upstream publishes: sha256 for Meta's SAM files (with their exact sizes),
 xxh128 from micro-sam's registry for the MedicoSAM files. MedSAM's authors publish no checksum at
-all; that entry downloads with a warning (see docs/models.md for the policy).
+all; that entry downloads with a warning (see docs/models.md for the policy). Neither Meta (SAM2.1)
+nor MedSAM2's authors publish checksums or sizes for their SAM2 files: those entries download with
+the same warning, and need the `[sam2]` extra to load.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from ..errors import ModelError
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _GWDG_URL = "https://owncloud.gwdg.de/index.php/s/"
+_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,13 +26,17 @@ class ModelSpec:
     Attributes:
         name: registry name; also the cache file name (`<name>.pth`).
         url: where to download it.
-        arch: SAM architecture (`vit_b`, `vit_l`, `vit_h`) the weights belong to.
+        arch: architecture the weights belong to: SAM's `vit_b`, `vit_l`, `vit_h`; SAM2.1's
+            `hiera_t`, `hiera_s`, `hiera_b+`, `hiera_l`.
         hash_algo: `sha256`, `xxh128`, or None when upstream publishes no checksum.
         hash: hex digest for `hash_algo`.
         size: exact size in bytes, when known.
         description: one line for listings and the Slicer model menu.
         decoder: registry name of the companion segmentation decoder, if there is one.
-        format: `sam` (a SAM state dict) or `unetr_decoder` (a 2D UNETR decoder state dict).
+        format: `sam` (a SAM state dict), `sam2` (Meta's SAM2 layout `{"model": state}`) or
+            `unetr_decoder` (a 2D UNETR decoder state dict).
+        sam2_sizes: for `sam2` entries, what the state dict cannot tell (`medicosam.sam2_models.SIZE_KEYS`),
+            e.g. MedSAM2's 512 px input.
         microsam_name: micro-sam's name for the same file (`micro_sam.util.models()`): accepted as an
             alias, and where micro-sam's cache already holds the file it is reused.
     """
@@ -44,6 +51,7 @@ class ModelSpec:
     decoder: Optional[str] = None
     format: str = "sam"
     microsam_name: Optional[str] = None
+    sam2_sizes: Tuple[Tuple[str, int], ...] = ()
 
     @property
     def filename(self) -> str:
@@ -86,6 +94,19 @@ MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
         url="https://syncandshare.desy.de/index.php/s/yLfdFbpfEGSHJWY/download/medsam_20230423_vit_b_0.0.1.pth",
         arch="vit_b", hash_algo=None, hash=None, size=None,
         description="MedSAM ViT-B (Ma et al., 2023). Upstream publishes no checksum: not hash-verified.",
+    ),
+    *(ModelSpec(
+        name=f"sam2.1_hiera_{size}", url=f"{_SAM2_URL}sam2.1_hiera_{size}.pt", arch=f"hiera_{arch}",
+        hash_algo=None, hash=None, size=None, format="sam2",
+        description=f"SAM2.1 Hiera-{label} (Meta, images and videos; needs the [sam2] extra). "
+                    "Upstream publishes no checksum: not hash-verified.",
+    ) for size, arch, label in (("tiny", "t", "T"), ("small", "s", "S"), ("base_plus", "b+", "B+"),
+                                ("large", "l", "L"))),
+    ModelSpec(
+        name="medsam2", url="https://huggingface.co/wanglab/MedSAM2/resolve/main/MedSAM2_latest.pt",
+        arch="hiera_t", hash_algo=None, hash=None, size=None, format="sam2", sam2_sizes=(("image_size", 512),),
+        description="MedSAM2 Hiera-T at 512 px (Ma et al., 2025; needs the [sam2] extra). Upstream publishes "
+                    "no checksum: not hash-verified.",
     ),
 )}
 

@@ -27,6 +27,7 @@ from .interactive_3d import (
     Interactive3DConfig,
     PropagationGrid,
     evaluate_interactive_3d,
+    is_native,
     select_best_settings,
 )
 from .protocol import START_PROMPTS
@@ -192,7 +193,7 @@ def _run_interactive_2d(args) -> int:
     complete = True
     for label, source in _get_model_specs(args.model):
         loaded = _load_model(label, source, args, results)
-        run = evaluate_interactive_2d(loaded.sam, samples, config, starts=args.starts, model=label, dataset=dataset,
+        run = evaluate_interactive_2d(loaded, samples, config, starts=args.starts, model=label, dataset=dataset,
                                       results=results, max_objects=budget, show_progress=not args.quiet)
         budget = None if budget is None else budget - run.n_objects
         if not run.complete:
@@ -220,6 +221,8 @@ def _get_settings(args, with_validation: bool):
 
 
 def _run_interactive_3d(args) -> int:
+    from medicosam.propagation import PropagationConfig
+
     with_validation = bool(args.val_images or args.val_labels)
     if with_validation and not (args.val_images and args.val_labels):
         raise InputError("give both --val-images and --val-labels (or neither, with one fixed setting)")
@@ -240,8 +243,10 @@ def _run_interactive_3d(args) -> int:
         kwargs = dict(model=label, model_id=loaded.model_id, dataset=dataset, results=results,
                       show_progress=not args.quiet)
         chosen = {start: settings for start in args.starts}
-        if val is not None:
-            run = evaluate_interactive_3d(loaded.sam, val, chosen, config, split="val", max_objects=budget, **kwargs)
+        if is_native(loaded):  # SAM2: its own propagation, no grid search (the paper's protocol)
+            chosen = {start: [PropagationConfig()] for start in args.starts}
+        elif val is not None:
+            run = evaluate_interactive_3d(loaded, val, chosen, config, split="val", max_objects=budget, **kwargs)
             budget = None if budget is None else budget - run.n_objects
             if not run.complete:
                 complete = False
@@ -252,7 +257,7 @@ def _run_interactive_3d(args) -> int:
                       f"{setting.config.iou_threshold}, box extension {setting.config.box_extension} "
                       f"(validation Dice {setting.dice:.3f} over {setting.n} objects)")
             chosen = {start: [setting.config] for start, setting in best.items()}
-        run = evaluate_interactive_3d(loaded.sam, test, chosen, config, split="test", max_objects=budget, **kwargs)
+        run = evaluate_interactive_3d(loaded, test, chosen, config, split="test", max_objects=budget, **kwargs)
         budget = None if budget is None else budget - run.n_objects
         if run.skipped:
             print(f"{label}: skipped {len(run.skipped)} test objects smaller than {config.min_slice_size} px on "

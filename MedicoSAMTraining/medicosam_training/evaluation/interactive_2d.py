@@ -26,12 +26,20 @@ import numpy as np
 from medicosam.errors import InputError
 from medicosam.normalization import get_intensity_window
 from medicosam.overlap import get_dice
-from medicosam.predictor import VolumePredictor, get_speed_options
+from medicosam.predictor import VolumePredictor
 from medicosam.prompts import CORRECTION_MODES, Prompts, sample_correction_points
 
 from .data import LabeledImage
 from .loop import EvaluationRun, Pending, Protocol, run_protocol
-from .protocol import START_PROMPTS, ObjectMask, check_starts, check_window, get_objects, get_start_prompts
+from .protocol import (
+    START_PROMPTS,
+    ObjectMask,
+    check_starts,
+    check_window,
+    get_model_predictor,
+    get_objects,
+    get_start_prompts,
+)
 from .results import ResultsCSV, Row
 
 #: Columns of the 2D results CSV (one row per object, start and iteration) and the key of a finished unit.
@@ -136,8 +144,7 @@ class _Protocol2D(Protocol):
 
     def get_predictor(self, sample: LabeledImage) -> VolumePredictor:
         image = sample.image[None] if sample.image.ndim == 3 else sample.image  # colour: one slice
-        return VolumePredictor(self.sam, image, get_intensity_window(image, self.config.window),
-                               **get_speed_options(self.config.fast))
+        return get_model_predictor(self.sam, image, get_intensity_window(image, self.config.window), self.config.fast)
 
     def evaluate(self, predictor, sample: LabeledImage, group: Sequence[ObjectMask], pending: Sequence[Pending],
                  run: EvaluationRun) -> None:
@@ -162,7 +169,7 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
     """Run the 2D protocol for one model on labeled 2D images, skipping units `results` already holds.
 
     Args:
-        sam: a `segment_anything` Sam (on the device to use).
+        sam: a loaded model (`load_sam`: SAM or SAM2) or a `segment_anything` Sam, on the device to use.
         samples: labeled images (e.g. a `LabeledFolder`), read one at a time.
         config: the protocol settings.
         starts: which start prompts to run ("point", "box").

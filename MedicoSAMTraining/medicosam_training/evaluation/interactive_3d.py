@@ -13,6 +13,9 @@ validation split, one best setting per model and start prompt (mean Dice over th
 objects), and only that setting is then run on the test split. The reference implementation
 instead reports the best setting per test volume, an oracle (docs/evaluation.md).
 
+SAM2 models (`LoadedSam2`) propagate natively, slices as video frames with their memory bank, and
+run without a grid search, as in the paper: one default setting, their rows marked `NATIVE`.
+
 A setting is a `PropagationConfig`; its columns and keys are that class's option fields, so a new
 propagation field becomes a column here (and older CSVs, without it, read as its default).
 """
@@ -28,24 +31,32 @@ from medicosam.errors import DataError, InputError
 from medicosam.normalization import get_intensity_window
 from medicosam.options import get_option_fields
 from medicosam.overlap import get_dice
-from medicosam.predictor import VolumePredictor, get_speed_options
+from medicosam.predictor import VolumePredictor
 from medicosam.prompts import PROPAGATION_MODES, Prompts
 from medicosam.propagation import PropagationConfig, get_volume_mask
 
 from .data import LabeledImage
 from .loop import EvaluationRun, Pending, Protocol, run_protocol
-from .protocol import ObjectMask, check_starts, check_window, get_objects, get_start_prompts
+from .protocol import ObjectMask, check_starts, check_window, get_model_predictor, get_objects, get_start_prompts
 from .results import ResultsCSV, Row, format_value
 
 #: The propagation setting's columns: every option field of `PropagationConfig`, in declaration order.
 SETTING_FIELDS = tuple(field.name for field in get_option_fields(PropagationConfig))
 #: Columns of the 3D results CSV (one row per object, start and propagation setting) and the unit key.
 FIELDS_3D = ("model", "dataset", "split", "image", "class", "object", "start", "slice", *SETTING_FIELDS,
-             "seed_dice", "dice")
+             "propagation", "seed_dice", "dice")
+#: The `propagation` column: SAM's prompt propagation (setting from the grid search) or SAM2's engine.
+PROMPTED, NATIVE = "prompt propagation", "native propagation, no grid search"
 KEY_FIELDS_3D = ("model", "dataset", "split", "image", "object", "start", *SETTING_FIELDS)
 #: What a results CSV from before a propagation field existed held for it: the field's default
 #: (a new field defaults to the earlier behaviour), so such files resume (`ResultsCSV`'s `fill`).
-FILL_3D = {field.name: field.default for field in get_option_fields(PropagationConfig)}
+FILL_3D = {**{field.name: field.default for field in get_option_fields(PropagationConfig)}, "propagation": PROMPTED}
+
+
+def is_native(model) -> bool:
+    """True for models that propagate natively (SAM2): no grid search for them."""
+    return getattr(model, "family", "sam") == "sam2"
+
 
 
 @dataclasses.dataclass
@@ -156,9 +167,9 @@ class _Protocol3D(Protocol):
                 for start, settings in self.settings.items() for setting in settings]
 
     def get_predictor(self, sample: LabeledImage) -> VolumePredictor:
-        return VolumePredictor(self.sam, sample.image, get_intensity_window(sample.image, self.config.window),
-                               model_id=self.model_id, volume_id=f"{self.dataset}/{sample.image_id}",
-                               **get_speed_options(self.config.fast))
+        return get_model_predictor(self.sam, sample.image, get_intensity_window(sample.image, self.config.window),
+                                   self.config.fast, model_id=self.model_id,
+                                   volume_id=f"{self.dataset}/{sample.image_id}")
 
     def evaluate(self, predictor, sample: LabeledImage, group: Sequence[ObjectMask], pending: Sequence[Pending],
                  run: EvaluationRun) -> None:
@@ -181,7 +192,8 @@ class _Protocol3D(Protocol):
                 setting = PropagationConfig(**{name: unit[name] for name in SETTING_FIELDS})
                 dice = get_dice(get_propagated_mask(predictor, axis, index, seed_mask, setting), target)
                 trace.dice[get_setting_key(setting)] = dice
-                run.add_rows([{**unit, "slice": index, "seed_dice": trace.seed_dice, "dice": dice}])
+                run.add_rows([{**unit, "slice": index, "propagation": NATIVE if is_native(self.sam) else PROMPTED,
+                               "seed_dice": trace.seed_dice, "dice": dice}])
 
 
 def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapping[str, Sequence[PropagationConfig]],
@@ -191,7 +203,7 @@ def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapp
     """Run the 3D protocol for one model, skipping units `results` already holds.
 
     Args:
-        sam: a `segment_anything` Sam (on the device to use).
+        sam: a loaded model (`load_sam`: SAM or SAM2) or a `segment_anything` Sam, on the device to use.
         samples: labeled volumes (KJI).
         settings: start prompt ("point" / "box") -> propagation settings to run from it (the grid
             on validation data, the selected setting on test data).

@@ -102,3 +102,13 @@ def get_start_prompts(mask: np.ndarray, start: str) -> Prompts:
     if start == "box":
         return Prompts(box=get_box(mask))
     raise InputError(f"unknown start prompt {start!r}: use one of {START_PROMPTS}")
+
+
+def get_model_predictor(model, image: np.ndarray, window, fast: bool, **kwargs):
+    """The predictor of a loaded model (SAM or SAM2, `get_volume_predictor`) or of a bare SAM `Sam`."""
+    from medicosam.predictor import VolumePredictor, get_speed_options, get_volume_predictor
+
+    if hasattr(model, "family"):  # its model_id is the file's
+        kwargs.pop("model_id", None)
+        return get_volume_predictor(model, image, fast=fast, window=window, **kwargs)
+    return VolumePredictor(model, image, window, **kwargs, **get_speed_options(fast))

@@ -223,7 +223,7 @@ def write_report_3d(rows: Sequence[Mapping[str, object]], output_dir: PathLike) 
     A setting is every propagation field (`interactive_3d.SETTING_FIELDS`), a column each.
     """
     output_dir = Path(output_dir)
-    fields = ("model", "dataset", "start", *SETTING_FIELDS)
+    fields = ("model", "dataset", "propagation", "start", *SETTING_FIELDS)
     search = get_summary([r for r in rows if r["split"] == "val"], fields)
     val_dice = {tuple(str(e[f]) for f in fields): e["mean"] for e in search}
     summary = get_summary([r for r in rows if r["split"] == "test"], fields)
@@ -237,7 +237,8 @@ def write_report_3d(rows: Sequence[Mapping[str, object]], output_dir: PathLike) 
                                   [[e[c] for c in columns] for e in summary])
     note = ("Dice per object of the propagated 3D mask, start prompt on the object's central slice. The "
             "propagation setting was chosen on the validation split (val Dice; empty: fixed setting) and "
-            "applied unchanged to the test split. See docs/evaluation.md.\n\n")
+            "applied unchanged to the test split; SAM2 models propagate natively without a grid search (propagation: "
+            "native propagation, no grid search). See docs/evaluation.md.\n\n")
     return paths + [write_table_csv(summary, output_dir / "summary_3d.csv"),
                     write_markdown(output_dir / "summary_3d.md", [("Interactive 3D segmentation", note + markdown)]),
                     plot_interactive_3d(summary, output_dir / "interactive_3d.png")]
