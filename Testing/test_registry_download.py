@@ -73,7 +73,8 @@ def test_registry_entries_are_consistent():
     digest_lengths = {"sha256": 64, "xxh128": 32}
     for name, spec in MODELS.items():
         assert spec.name == name and spec.url.startswith("https://")
-        assert spec.arch in {"vit_b", "vit_l", "vit_h"}
+        assert spec.arch in ({"hiera_t", "hiera_s", "hiera_b+", "hiera_l"} if spec.format == "sam2"
+                             else {"vit_b", "vit_l", "vit_h"})
         if spec.hash_algo is None:
             assert spec.hash is None and "no checksum" in spec.description
         else:

@@ -6,7 +6,8 @@ counting, in every DataLoader worker. This index holds the same records as byte 
 offsets in numpy arrays. It is built once, streaming the JSON (`stream.iter_object_items`), and
 written next to the JSON (or in a fallback folder such as the run folder) as
 `SAMed2D_v1.json.medicosam-index`; later runs map that file while the JSON's size and mtime are
-unchanged, so ranks and workers share its pages through the page cache and nothing is copied.
+unchanged (the path bytes are read with `pread`, the offsets mapped), so ranks and workers share its
+pages through the page cache and nothing is copied.
 
 `index[i]` is exactly `get_samed2d_records(root)[i]` and `index.select_split(split, val_fraction,
 seed)` exactly today's stratified, seeded split, computed on a modality code per image.
@@ -59,6 +60,8 @@ _KEYS_PER_CHUNK = 100_000  # image paths kept as Python bytes at a time while so
 #: How an entry's mask paths are stored: JOINED = joined by _SEPARATOR with `get_mask_prefix(image)`
 #: replaced by _PREFIX_MARK (when neither character occurs in them: all of SA-Med2D's), else JSON.
 JOINED, JSON = 1, 0
+#: The path bytes: read per look-up (`FileBytes`), the small arrays are mapped.
+_READ_NOT_MAPPED = ("image_bytes", "mask_bytes")
 _SEPARATOR, _PREFIX_MARK = "\x00", "\x01"
 
 
@@ -122,8 +125,8 @@ class SAMed2DIndex(Splittable, Sequence):
         self.modalities = tuple(modalities)
         self.positions = arrays["order"] if positions is None else positions
         self.path = path  # the index file, None for an index held in memory
-        self._image_bytes = memoryview(arrays["image_bytes"])
-        self._mask_bytes = memoryview(arrays["mask_bytes"])
+        self._image_bytes = _get_bytes(arrays["image_bytes"])
+        self._mask_bytes = _get_bytes(arrays["mask_bytes"])
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -167,6 +170,38 @@ class SAMed2DIndex(Splittable, Sequence):
 
     def select(self, records: np.ndarray) -> SAMed2DIndex:
         return SAMed2DIndex(self.root, self.arrays, self.modalities, self.positions[records], self.path)
+
+
+class FileBytes:
+    """A byte range of the index file, read with `os.pread` per look-up instead of mapped.
+
+    The paths are most of the file; read this way their pages stay in the page cache, shared by every
+    process, without counting in each worker's RSS as touched mapped pages do (53 MB a worker after
+    10,000 random look-ups at 370,000 images, against the 50 MB budget). A forked worker reopens the
+    file once (the process id is checked), so no file offset is shared.
+    """
+
+    def __init__(self, path: Path, start: int, size: int):
+        self.path, self.start, self.size = path, start, size
+        self._fd: Optional[int] = None
+        self._pid: Optional[int] = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, item: slice) -> bytes:
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        begin, end, _ = item.indices(self.size)
+        return os.pread(self._fd, max(end - begin, 0), self.start + begin)
+
+    def __del__(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+
+def _get_bytes(values) -> Union[memoryview, FileBytes]:
+    return values if isinstance(values, FileBytes) else memoryview(values)
 
 
 # ---------------------------------------------------------------- building
@@ -309,8 +344,11 @@ def read_index_file(path: Path, root: PathLike) -> Tuple[Optional[dict], Optiona
         dtype = np.dtype(entry["dtype"])
         if start + entry["offset"] + entry["count"] * dtype.itemsize > size:
             return None, None  # truncated
-        arrays[name] = np.frombuffer(mapped, dtype, entry["count"], start + entry["offset"]) if entry["count"] \
-            else np.zeros(0, dtype)
+        if name in _READ_NOT_MAPPED:
+            arrays[name] = FileBytes(path, start + entry["offset"], entry["count"])
+        else:
+            arrays[name] = np.frombuffer(mapped, dtype, entry["count"], start + entry["offset"]) \
+                if entry["count"] else np.zeros(0, dtype)
     return header, SAMed2DIndex(root, arrays, tuple(header["modalities"]), path=path)
 
 
