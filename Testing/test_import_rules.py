@@ -68,3 +68,8 @@ def test_import_scanner_sees_relative_and_lazy_imports():
 def test_layers_import_only_what_they_may(layer, files, forbidden):
     assert files, layer
     assert _get_violations(files, forbidden) == [], layer
+
+
+def test_only_the_server_imports_its_web_framework():
+    outside = [p for p in CORE.rglob("*.py") if CORE / "server" not in p.parents]
+    assert _get_violations(outside, ("fastapi", "uvicorn", "starlette")) == []
