@@ -32,7 +32,6 @@ import json
 import logging
 import mmap
 import os
-import zlib
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +41,7 @@ import numpy as np
 
 from medicosam.atomic import writing_atomically
 from medicosam.errors import DataError, InputError
-from medicosam_training.records import SAMED2D_JSON, SPLITS, Record, derive_modality, find_samed2d_json
+from medicosam_training.records import SAMED2D_JSON, SPLITS, Record, derive_modality, find_samed2d_json, get_val_mask
 
 from .stream import iter_object_items
 
@@ -69,24 +68,6 @@ def get_mask_prefix(image: str) -> Optional[str]:
     """What SA-Med2D's mask paths of `image` start with (`images/x.png` -> `masks/x`), left out of the index."""
     dot = image.rfind(".")
     return "masks/" + image[len("images/"):dot] if image.startswith("images/") and dot > len("images/") else None
-
-
-def get_val_mask(codes: np.ndarray, modalities: Sequence, val_fraction: float, seed: int) -> np.ndarray:
-    """True for the items `split_by_modality` sends to validation, from one modality code per item.
-
-    The same rule and generators as `split_by_modality` (round(val_fraction * n) per modality, at
-    least one of two or more, never all; generator (seed, crc32 of the modality name)), on arrays.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise InputError(f"val_fraction={val_fraction}: use a share in [0, 1) (0 = no validation split)")
-    val = np.zeros(len(codes), dtype=bool)
-    for code in np.unique(codes):
-        indices = np.flatnonzero(codes == code)
-        n = int(indices.size)
-        n_val = 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, round(val_fraction * n)))
-        rng = np.random.default_rng((seed, zlib.crc32(modalities[code].encode())))
-        val[indices[rng.permutation(n)[:n_val]]] = True
-    return val
 
 
 class Splittable:
