@@ -245,10 +245,10 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
 
         from medicosam.effect.session import SegmentationSession
         from medicosam.models.checkpoint import load_sam
-        from medicosam.predictor import VolumePredictor
+        from medicosam.predictor import get_volume_predictor
 
         loaded = load_sam(checkpoint, device="cpu", allow_custom=True)
-        predictor = VolumePredictor.from_loaded(loaded, array, fast=settings.fast)
+        predictor = get_volume_predictor(loaded, array, fast=settings.fast)
         session = SegmentationSession(predictor, ijkToRas, refine=settings.refine)
         session.add_point(ras, True, normal)
         segment = np.zeros(array.shape, bool)
@@ -265,10 +265,10 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
 
         from medicosam.effect.session import SegmentationSession
         from medicosam.models.checkpoint import load_sam
-        from medicosam.predictor import VolumePredictor
+        from medicosam.predictor import get_volume_predictor
 
         loaded = load_sam(checkpoint, device="cpu", allow_custom=True)
-        predictor = VolumePredictor.from_loaded(loaded, array, fast=False)
+        predictor = get_volume_predictor(loaded, array, fast=False)
         segment = np.zeros(array.shape, bool)
         SegmentationSession(predictor, ijkToRas).segment_in_roi(roi, points, normal).apply_to(segment)
         return segment

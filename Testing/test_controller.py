@@ -1,19 +1,24 @@
 """The effect's controller with a real tiny SAM checkpoint on a real T1: which model, cache, predictor and
-sessions live, and when each is made or dropped (decisions the Slicer file used to take untested)."""
+sessions live, and when each is made or dropped (decisions the Slicer file used to take untested); the
+same over a real `medicosam serve` subprocess ("Run on: server"), and with a real reduced SAM2."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
+import requests
+from helpers_server import TOKEN, Server, get_free_port
 from helpers_session import get_rotated_ijk_to_ras, get_test_volume, get_view_normal, get_voxel_ras
 
-from medicosam.effect.controller import EffectController, get_propagation_config
-from medicosam.effect.settings import CUSTOM_MODEL, EffectSettings
-from medicosam.errors import InputError
+from medicosam.effect.controller import EffectController, RemoteModel, get_propagation_config
+from medicosam.effect.settings import CUSTOM_MODEL, EffectSettings, ServerSettings
+from medicosam.errors import InputError, RunError
 from medicosam.markups import MarkupsPoint, MarkupsROI
 from medicosam.propagation import PropagationConfig
+from medicosam.wire import PROTOCOL, PROTOCOL_HEADER
 
 MATRIX = get_rotated_ijk_to_ras()
 NORMAL = get_view_normal(MATRIX, 0)
@@ -62,7 +67,7 @@ def test_model_loads_once_and_survives_a_speed_change(effect, settings, volume):
     controller = effect.controller
     assert not controller.use_settings(settings)  # nothing loaded: the effect asks, then loads
     assert get_session(controller, SEGMENT_A, volume) is None
-    assert controller.load_model(settings) == "cpu"
+    assert controller.load_model(settings) == f"Model {CUSTOM_MODEL} ready on cpu."
     loaded, cache = controller.loaded, controller.cache
     assert controller.use_settings(settings) and effect.runs == [f"Loading {CUSTOM_MODEL}..."]
     session = get_session(controller, SEGMENT_A, volume)
@@ -174,3 +179,171 @@ def test_propagation_stays_inside_an_roi_over_several_slices(effect, settings, v
     assert config == dataclasses.replace(settings.propagation, slice_range=(16, 20))
     thin = MarkupsROI(centre, (20.0, 20.0, 0.5), tuple(map(tuple, axes)))  # a box on one slice: no bound
     assert get_propagation_config(session, settings, [thin], NORMAL).slice_range is None
+
+
+# Run on: server ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    running = Server(tiny_checkpoint).start()
+    yield running
+    running.kill()
+
+
+def get_remote_settings(settings, url, token=TOKEN):
+    return dataclasses.replace(settings, server=ServerSettings("server", url, token))
+
+
+def get_cache_bytes(server) -> int:
+    return requests.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {TOKEN}",
+                                                           PROTOCOL_HEADER: str(PROTOCOL)}).json()["cache_bytes"]
+
+
+def test_run_on_server_gives_the_local_previews_prefetch_and_propagation(effect, settings, volume, server):
+    from medicosam.client import RemotePredictor
+
+    local = Effect()
+    local.controller.load_model(settings)
+    controller = effect.controller
+    remote = get_remote_settings(settings, server.url)
+    assert not controller.use_settings(remote)
+    description = controller.load_model(remote)
+    assert description.startswith(f"Connected to {server.url}: ") and "on cpu" in description
+    assert isinstance(controller.loaded, RemoteModel) and controller.cache is None
+    assert controller.use_settings(remote) and not controller.use_settings(settings)  # local: load again
+    assert not controller.use_settings(get_remote_settings(settings, server.url, "another token"))
+    session = get_session(controller, SEGMENT_A, volume)
+    assert isinstance(session.predictor, RemotePredictor)
+    assert effect.runs == [f"Connecting to {server.url}...", "Uploading the volume to the server..."]
+    here = get_session(local.controller, SEGMENT_A, volume)
+
+    points = [MarkupsPoint(tuple(get_voxel_ras((18, 40, 35), MATRIX)), True)]
+    preview, neighbours = controller.submit_markups(session, points, [], NORMAL, refine=False).result(timeout=60)
+    expected, _ = local.controller.submit_markups(here, points, [], NORMAL, refine=False).result(timeout=60)
+    assert (preview.axis, preview.index) == (0, 18) and preview.mask.any()
+    np.testing.assert_array_equal(preview.mask, expected.mask)
+    before = get_cache_bytes(server)
+    controller.prefetch(session, neighbours)
+    controller.get_worker().submit(lambda: None, background=True).result(timeout=60)  # after the prefetches
+    assert get_cache_bytes(server) > before  # the server embedded the neighbours
+
+    config = PropagationConfig(iou_threshold=0.0, max_slices=3)
+    reports = []
+    request = controller.run(lambda: session.propagate(config, None, lambda d, t: reports.append(d)), "p", None)
+    reference = local.controller.run(lambda: here.propagate(config, None), "p", None)
+    assert sorted(request.masks) == sorted(reference.masks) and len(request.masks) > 1 and reports
+    for index, mask in reference.masks.items():
+        np.testing.assert_array_equal(request.masks[index], mask)
+    cancelled = controller.run(lambda: session.propagate(PropagationConfig(iou_threshold=0.0), None,
+                                                         should_cancel=lambda: True), "p", None)
+    assert cancelled is None  # nothing written; the slices applied before stay accepted
+    assert session.get_accepted_slices(0) == here.get_accepted_slices(0)
+    local.controller.release()
+
+
+def test_run_on_server_errors_say_what_is_wrong(effect, settings, server, monkeypatch):
+    import medicosam.client
+
+    controller = effect.controller
+    with pytest.raises(InputError, match="refused the token"):
+        controller.load_model(get_remote_settings(settings, server.url, "wrong token"))
+    with pytest.raises(RunError, match="cannot reach the MedicoSAM server"):
+        controller.load_model(get_remote_settings(settings, f"http://127.0.0.1:{get_free_port()}"))
+    with pytest.raises(InputError, match="no server URL"):
+        controller.load_model(get_remote_settings(settings, ""))
+    monkeypatch.setattr(medicosam.client, "PROTOCOL", PROTOCOL + 1)  # an older or newer client
+    with pytest.raises(InputError, match=f"speaks protocol {PROTOCOL}, this client {PROTOCOL + 1}"):
+        controller.load_model(get_remote_settings(settings, server.url))
+    assert controller.loaded is None
+
+
+NO_TORCH = """
+import importlib.abc, json, sys
+blocked = {"torch", "torchvision", "segment_anything", "sam2", "scipy", "skimage", "SimpleITK", "xxhash"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+sys.meta_path.insert(0, Blocker())
+import numpy as np
+from medicosam.effect.controller import EffectController
+from medicosam.effect.requirements import get_missing_requirements
+from medicosam.effect.settings import EffectSettings, ServerSettings
+from medicosam.markups import MarkupsPoint
+assert get_missing_requirements(remote=True) == []
+url, token, volume_file, point, normal = json.loads(sys.argv[1])
+controller = EffectController(lambda function, text, progress: controller.get_worker().submit(function).result())
+controller.load_model(EffectSettings(fast=False, server=ServerSettings("server", url, token)))
+volume = np.load(volume_file)
+session = controller.get_session("segment", "volume", np.eye(4), lambda: volume, refine=True)
+preview, _ = controller.submit_markups(session, [MarkupsPoint(tuple(point), True)], [], normal, True).result()
+np.save(volume_file + ".mask.npy", preview.mask)
+controller.release()
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in blocked)))
+"""
+
+
+def test_run_on_server_needs_no_torch_sam_or_weights(effect, settings, server, volume, tmp_path):
+    """The remote path in an interpreter where torch, SAM, SAM2 and scipy cannot be imported."""
+    import subprocess
+    import sys
+
+    volume_file = str(tmp_path / "volume.npy")
+    np.save(volume_file, volume)
+    point, normal = [35.0, 40.0, 18.0], [0.0, 0.0, 1.0]  # identity geometry: RAS = IJK
+    arguments = json.dumps([server.url, TOKEN, volume_file, point, normal])
+    run = subprocess.run([sys.executable, "-c", NO_TORCH, arguments], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+    effect.controller.load_model(settings)
+    session = effect.controller.get_session("segment", "volume", np.eye(4), lambda: volume, refine=True)
+    expected, _ = effect.controller.submit_markups(session, [MarkupsPoint(tuple(point), True)], [], normal,
+                                                   True).result(timeout=60)
+    assert expected.mask.any()
+    np.testing.assert_array_equal(np.load(volume_file + ".mask.npy"), expected.mask)
+
+
+# SAM2 ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam2_checkpoint(tmp_path_factory):
+    pytest.importorskip("sam2", reason="the [sam2] extra (.ci/setup installs it)")
+    import torch
+
+    from medicosam.sam2_models import build_sam2_model, export_sam2, get_reduced_config
+
+    torch.manual_seed(0)
+    config = get_reduced_config()
+    path = tmp_path_factory.mktemp("sam2") / "sam2_tiny.pt"
+    export_sam2(build_sam2_model(config), config, path)
+    return path
+
+
+def test_a_sam2_model_previews_prefetches_and_propagates(effect, settings, volume, sam2_checkpoint):
+    from medicosam.predictor import get_volume_predictor
+    from medicosam.prompts import Prompts
+    from medicosam.sam2_predictor import Sam2VolumePredictor
+
+    controller = effect.controller
+    sam2 = dataclasses.replace(settings, custom_checkpoint=str(sam2_checkpoint))
+    assert controller.load_model(sam2) == f"Model {CUSTOM_MODEL} ready on cpu."
+    assert controller.loaded.family == "sam2"
+    session = get_session(controller, SEGMENT_A, volume)
+    assert isinstance(session.predictor, Sam2VolumePredictor) and session.predictor.cache is controller.cache
+
+    points = [MarkupsPoint(tuple(get_voxel_ras((18, 40, 35), MATRIX)), True)]
+    preview, neighbours = controller.submit_markups(session, points, [], NORMAL, refine=False).result(timeout=60)
+    point = np.array([session.get_prompts((0, 18)).points[0]])
+    expected = get_volume_predictor(controller.loaded, volume).predict_mask(0, 18, Prompts(point, [1]))
+    np.testing.assert_array_equal(preview.mask, expected)
+    controller.prefetch(session, neighbours)
+    controller.get_worker().submit(lambda: None, background=True).result(timeout=60)
+    assert session.predictor.encoder_calls == 5
+
+    controller.run(session.apply, "apply", None)
+    reports = []
+    config = PropagationConfig(max_slices=2)
+    request = controller.run(lambda: session.propagate(config, None, lambda d, t: reports.append(d)), "p", None)
+    assert request is not None and set(request.masks) <= {16, 17, 19, 20} and reports  # the video engine

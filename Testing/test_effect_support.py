@@ -8,7 +8,13 @@ import time
 import pytest
 from helpers_session import get_rotated_ijk_to_ras, get_test_volume, get_view_normal, get_voxel_ras
 
-from medicosam.effect.requirements import PIP_REQUIREMENTS, get_missing_requirements, is_torch_installed
+from medicosam.effect.requirements import (
+    PIP_REQUIREMENTS,
+    SAM2_REQUIREMENTS,
+    check_family_supported,
+    get_missing_requirements,
+    is_torch_installed,
+)
 from medicosam.effect.session import SegmentationSession
 from medicosam.effect.settings import (
     CUSTOM_MODEL,
@@ -17,6 +23,7 @@ from medicosam.effect.settings import (
     NOT_PARAMETERS,
     RENAMED,
     EffectSettings,
+    ServerSettings,
     get_model_choices,
 )
 from medicosam.effect.worker import InferenceWorker, TaskProgress
@@ -214,16 +221,48 @@ def test_model_menu_marks_downloaded_models(tmp_path):
     (tmp_path / "medsam_vit_b.pth.part").write_bytes(b"half")  # interrupted download: not usable yet
     choices = get_model_choices(list_cached_models(tmp_path))
     names = [choice.name for choice in choices]
-    assert names == [name for name, spec in MODELS.items() if spec.format == "sam"] + [CUSTOM_MODEL]
+    assert names == [name for name, spec in MODELS.items() if spec.format in ("sam", "sam2")] + [CUSTOM_MODEL]
     state = {choice.name: choice.downloaded for choice in choices}
     assert state["sam_vit_b"] and not state["medsam_vit_b"] and not state["medicosam_vit_b"]
     labels = {choice.name: choice.label for choice in choices}
     assert labels["sam_vit_b"] == "sam_vit_b (downloaded)"
     assert labels["sam_vit_l"] == "sam_vit_l (not downloaded, 1250 MB)"
     assert labels["medicosam_vit_b"] == "medicosam_vit_b (not downloaded)"  # upstream publishes no size
+    assert labels["sam2.1_hiera_tiny"] == "sam2.1_hiera_tiny (SAM2, not downloaded)"
+    old = {choice.name: choice.label for choice in get_model_choices([], python=(3, 9))}  # Slicer 5.6 / 5.8
+    assert old["medsam2"] == "medsam2 (SAM2, needs Slicer 5.10 or later)" and old["sam_vit_b"].startswith("sam_vit_b (")
+    assert EffectSettings(model="medsam2").family == "sam2" and EffectSettings(model=CUSTOM_MODEL).family == "sam"
 
 
 def test_missing_packages_are_found_without_importing_them(monkeypatch):
     assert is_torch_installed() and get_missing_requirements() == []
     monkeypatch.setitem(PIP_REQUIREMENTS, "medicosam_absent_module", "medicosam-absent")
     assert get_missing_requirements() == ["medicosam-absent"]
+    assert get_missing_requirements(remote=True) == []  # the client: Slicer bundles requests
+    monkeypatch.setitem(SAM2_REQUIREMENTS, "medicosam_absent_sam2", "sam2-absent==1.0")
+    assert get_missing_requirements("sam2") == ["medicosam-absent", "sam2-absent==1.0"]
+    assert get_missing_requirements("sam2", remote=True) == []  # the server runs SAM2, not Slicer
+
+
+def test_sam2_is_refused_on_slicers_before_5_10(monkeypatch):
+    import sys
+
+    check_family_supported("sam")
+    monkeypatch.setattr(sys, "version_info", (3, 9, 10, "final", 0))
+    check_family_supported("sam")
+    with pytest.raises(InputError, match=r"Python 3\.10 or later \(Slicer 5\.10 or later\).*Run on: server"):
+        check_family_supported("sam2")
+
+
+def test_server_settings_come_from_the_application_settings_and_never_the_scene():
+    stored = {"MedicoSAM/RunOn": "server", "MedicoSAM/ServerURL": " http://gpu:8765 ", "MedicoSAM/ServerToken": "t"}
+    server = ServerSettings.from_application_settings(stored.get)
+    assert server == ServerSettings("server", "http://gpu:8765", "t") and server.remote
+    assert server.to_application_settings() == {**stored, "MedicoSAM/ServerURL": "http://gpu:8765"}
+    assert ServerSettings.from_application_settings({}.get) == ServerSettings()  # qt.QSettings gives None
+    assert ServerSettings.from_application_settings({"MedicoSAM/RunOn": "moon"}.get).run_on == "local"
+    parameters = EffectSettings(server=server).to_parameters()
+    assert not any("Server" in name or "Token" in name or "RunOn" in name for name in parameters)
+    assert "t" not in parameters.values()
+    with pytest.raises(InputError, match="no server URL"):
+        ServerSettings("server").get_url()

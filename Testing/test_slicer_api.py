@@ -60,14 +60,15 @@ PYTHON_BASES = {"AbstractScriptedSegmentEditorEffect": ["AbstractScriptedSegment
                 "ScriptedLoadableModule": ["ScriptedLoadableModule"],
                 "ScriptedLoadableModuleTest": ["ScriptedLoadableModuleTest"]}
 #: Methods the files call on Qt / CTK objects and on VTK objects, whose classes are not in Slicer's tree
-#: (QObject, QWidget and Qt widget methods; the VTK interactor, matrix, image and data-array methods).
+#: (QObject, QWidget and Qt widget methods, QSettings' `value` / `setValue`; the VTK interactor, matrix, image
+#: and data-array methods).
 #: A listed Slicer class may use the set of its library (PythonQt adds `className` to every QObject).
 QT_METHODS = {
     "addButton", "addItem", "addRow", "addWidget", "blockSignals", "className", "clear", "close", "connect",
     "deleteLater", "disconnect", "findData", "itemData", "processEvents", "setCancelButton", "setCurrentIndex",
     "setInterval", "setLabelText", "setMaximum", "setParent", "setRange", "setSingleStep", "setToolTip",
     "setValue", "setWindowModality", "setWindowTitle", "show", "singleShot", "start", "stop", "isActive",
-    "setSingleShot",
+    "setSingleShot", "value",
 }
 VTK_METHODS = {
     "AllocateScalars", "Fill", "GetAltKey", "GetControlKey", "GetDimensions", "GetElement", "GetEventPosition",

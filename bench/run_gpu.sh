@@ -35,6 +35,7 @@ step() {  # step NAME LIMIT_S SCRIPT ARGS...: run one bench, keep going if it fa
     if [ -f bench/train_step.py ]; then
         step train_step 90 bench/train_step.py --arch "$ARCH"
     fi
+    step sam2_propagation 90 bench/sam2_propagation.py --arch "$ARCH" --fast
     "$PYTHON" bench/summarize.py "$OUT" --json "$OUT/summary.json" || true
     echo "== done $(date +%T)"
 } 2>&1 | tee "$OUT/log.txt"

@@ -1,4 +1,4 @@
-"""Issue #7's acceptance table from the JSON files of one `bench/run_gpu.sh` run, as markdown.
+"""Issue #7's acceptance table (and #13's SAM2 comparison) from one `bench/run_gpu.sh` run, as markdown.
 
     python bench/summarize.py RESULTS_DIR [--json summary.json]
 
@@ -74,11 +74,31 @@ def get_train_row(folder: Path) -> dict:
             "met": met}
 
 
+def get_sam2_row(folder: Path) -> dict:
+    """Issue #13's comparison: no target, the ratio of the same run."""
+    report = read(folder, "sam2_propagation")
+    check = "SAM2 video engine vs SAM prompt propagation (#13), per slice and peak memory"
+    if report is None:
+        return {"check": check, "target": "measured", "measured": None}
+    sam, sam2 = report["paths"]["sam_prompt_propagation"], report["paths"]["sam2_video"]
+    ratios = report["sam2_vs_sam"]
+
+    def describe(row: dict) -> str:
+        return (f"{row['ms_per_slice']:.1f} ms/slice, peak {row['peak_memory_mib']:.0f} MiB "
+                f"(+{row['memory_growth_mib']:.0f})")
+
+    measured = (f"SAM2.1 {report['sam2_size']} {describe(sam2)} vs SAM {report['arch']} {describe(sam)} "
+                f"= {ratios['ms_per_slice']:.2f}x time, {ratios['peak_memory_mib']:.2f}x peak "
+                f"({sam2['slices_predicted']} / {sam['slices_predicted']} slices; {sam2['memory_kind']})")
+    return {"check": check, "target": "measured", "measured": measured}
+
+
 def _mib(value: Optional[float]) -> str:
     return "peak memory n/a (CPU)" if value is None else f"{value:.0f} MiB"
 
 
-ROWS: List[Callable[[Path], dict]] = [get_encoder_row, get_click_row, get_propagation_row, get_train_row]
+ROWS: List[Callable[[Path], dict]] = [get_encoder_row, get_click_row, get_propagation_row, get_train_row,
+                                      get_sam2_row]
 
 
 def main() -> None:
@@ -86,7 +106,8 @@ def main() -> None:
     parser.add_argument("results", type=Path, help="the $OUT folder of bench/run_gpu.sh")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    reports = [read(args.results, name) for name in ("encoder", "decoder", "propagation", "train_step")]
+    reports = [read(args.results, name) for name in ("encoder", "decoder", "propagation", "train_step",
+                                                        "sam2_propagation")]
     first = next((report for report in reports if report is not None), None)
     if first is None:
         raise SystemExit(f"{args.results}: no bench JSON files; run bench/run_gpu.sh with OUT={args.results}")

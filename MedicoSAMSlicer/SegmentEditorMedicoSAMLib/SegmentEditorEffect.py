@@ -9,7 +9,9 @@ The prompts are the user's own markups nodes, chosen per segment and remembered 
 effect's click tools, Slicer's place mode and any module that edits them change the same nodes, and their
 point events update the preview. Every decision (which model to keep, which slice a point lands on, what
 to propagate, what to write) is in `medicosam.effect` and tested without Slicer. Nothing heavy is imported
-at file scope: torch and SAM are imported on first use, after the user agreed to install them.
+at file scope: torch and SAM are imported on first use, after the user agreed to install them. With
+"Run on: server" (URL and token in Slicer's application settings, never in the scene) the model runs
+in `medicosam serve` and nothing beyond what Slicer bundles is installed.
 """
 
 import contextlib
@@ -118,14 +120,37 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
 
     def setupOptionsFrame(self):
         from medicosam.device import DEVICE_CHOICES
-        from medicosam.effect.settings import DIRECTION_LABELS, MODE_LABELS
+        from medicosam.effect.settings import DIRECTION_LABELS, MODE_LABELS, RUN_ON_LABELS
 
         modelSection = ctk.ctkCollapsibleButton()
         modelSection.text = "Model"
         modelForm = qt.QFormLayout(modelSection)
+        self.runOnSelector = qt.QComboBox()
+        for runOn, label in RUN_ON_LABELS.items():
+            self.runOnSelector.addItem(label, runOn)
+        self.runOnSelector.setToolTip("Where the model runs: here (needs PyTorch), or on a `medicosam serve` server "
+                                      "(needs nothing more here). Kept in Slicer's settings, not in the scene.")
+        modelForm.addRow("Run on:", self.runOnSelector)
+        self.serverUrlEdit = qt.QLineEdit()
+        self.serverUrlEdit.placeholderText = "http://gpu-host:8765"
+        self.serverUrlEdit.setToolTip("The URL `medicosam serve` prints at start (https:// behind a TLS proxy).")
+        self.serverUrlLabel = qt.QLabel("Server URL:")
+        modelForm.addRow(self.serverUrlLabel, self.serverUrlEdit)
+        self.serverTokenEdit = qt.QLineEdit()
+        self.serverTokenEdit.echoMode = qt.QLineEdit.Password
+        self.serverTokenEdit.setToolTip("The token the server was started with (--token or MEDICOSAM_TOKEN); none "
+                                        "for a server on this computer's loopback. Kept in Slicer's settings.")
+        self.serverTokenLabel = qt.QLabel("Token:")
+        modelForm.addRow(self.serverTokenLabel, self.serverTokenEdit)
+        self.testConnectionButton = qt.QPushButton("Test connection")
+        self.testConnectionButton.objectName = self.__class__.__name__ + "TestConnection"
+        self.testConnectionButton.setToolTip("Ask the server which model it runs (name, architecture, hash).")
+        modelForm.addRow(self.testConnectionButton)
         self.modelSelector = qt.QComboBox()
-        self.modelSelector.setToolTip("Downloaded models load at once; others download on first use, after you agree.")
-        modelForm.addRow("Model:", self.modelSelector)
+        self.modelSelector.setToolTip("Downloaded models load at once; others download on first use, after you agree. "
+                                      "SAM2 models install the sam2 package first (Slicer 5.10 or later).")
+        self.modelLabel = qt.QLabel("Model:")
+        modelForm.addRow(self.modelLabel, self.modelSelector)
         self.checkpointSelector = ctk.ctkPathLineEdit()
         self.checkpointSelector.filters = ctk.ctkPathLineEdit.Files
         self.checkpointSelector.nameFilters = ["SAM checkpoints (*.pth *.pt)"]
@@ -135,13 +160,15 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.deviceSelector = qt.QComboBox()
         for device in DEVICE_CHOICES:
             self.deviceSelector.addItem(device.upper() if device != "auto" else "Auto (GPU if available)", device)
-        modelForm.addRow("Device:", self.deviceSelector)
+        self.deviceLabel = qt.QLabel("Device:")
+        modelForm.addRow(self.deviceLabel, self.deviceSelector)
         self.cacheSpinBox = qt.QSpinBox()
         self.cacheSpinBox.setRange(64, 1024 * 1024)
         self.cacheSpinBox.setSingleStep(256)
         self.cacheSpinBox.suffix = " MB"
         self.cacheSpinBox.setToolTip("Memory for slice embeddings; the oldest are dropped beyond it.")
-        modelForm.addRow("Embedding memory:", self.cacheSpinBox)
+        self.cacheLabel = qt.QLabel("Embedding memory:")
+        modelForm.addRow(self.cacheLabel, self.cacheSpinBox)
         self.fastCheckBox = qt.QCheckBox("Fast inference")
         self.fastCheckBox.setToolTip("Fused attention, bf16 where the device runs it natively and embeddings kept in "
                                      "bf16 (twice as many slices fit in memory). Off: the official fp32 SAM path, "
@@ -262,6 +289,10 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
                                lambda node, role=role: self.onMarkupsNodeSelected(role, node))
         self.connectSignal(self.deleteModelsButton, "clicked()", self.onDeleteModels)
         self.connectSignal(self.loadModelButton, "clicked()", self.onLoadModel)
+        self.connectSignal(self.runOnSelector, "currentIndexChanged(int)", self.onServerSettingsChanged)
+        self.connectSignal(self.serverUrlEdit, "editingFinished()", self.onServerSettingsChanged)
+        self.connectSignal(self.serverTokenEdit, "editingFinished()", self.onServerSettingsChanged)
+        self.connectSignal(self.testConnectionButton, "clicked()", self.onTestConnection)
 
     def createMarkupsSelector(self, role, className):
         """A node selector (create, rename, delete) and Slicer's place button for one markups role."""
@@ -326,7 +357,13 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             widget.blockSignals(blocked)
         for tool, button in self.toolButtons.items():
             button.checked = tool == settings.tool
-        self.checkpointLabel.visible = self.checkpointSelector.visible = settings.model == CUSTOM_MODEL
+        remote = settings.server.remote
+        self.checkpointLabel.visible = self.checkpointSelector.visible = settings.model == CUSTOM_MODEL and not remote
+        self.updateServerWidgets(settings.server)
+        for widget in (self.modelLabel, self.modelSelector, self.deviceLabel, self.deviceSelector, self.cacheLabel,
+                       self.cacheSpinBox, self.deleteModelsButton):
+            widget.visible = not remote  # the server runs its own model, on its own device and cache
+        self.loadModelButton.text = "Connect" if remote else "Load model"
         if self.getSessionKey() != self.displayedSessionKey:
             self.clearDisplay()
             self.updateMarkupsSelectors()
@@ -353,6 +390,48 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             fast=self.fastCheckBox.checked,
             propagation=propagation,
         ))
+
+    def updateServerWidgets(self, server):
+        widgets = (self.runOnSelector, self.serverUrlEdit, self.serverTokenEdit)
+        wasBlocked = [widget.blockSignals(True) for widget in widgets]
+        self.runOnSelector.setCurrentIndex(self.runOnSelector.findData(server.run_on))
+        if self.serverUrlEdit.text != server.url:
+            self.serverUrlEdit.text = server.url
+        if self.serverTokenEdit.text != server.token:
+            self.serverTokenEdit.text = server.token
+        for widget, blocked in zip(widgets, wasBlocked):
+            widget.blockSignals(blocked)
+        for widget in (self.serverUrlLabel, self.serverUrlEdit, self.serverTokenLabel, self.serverTokenEdit,
+                       self.testConnectionButton):
+            widget.visible = server.remote
+
+    def getServerSettings(self):
+        """Where the model runs, from Slicer's application settings (never the scene: the token stays here)."""
+        from medicosam.effect.settings import ServerSettings
+
+        return ServerSettings.from_application_settings(qt.QSettings().value)
+
+    def onServerSettingsChanged(self):
+        from medicosam.effect.settings import ServerSettings
+
+        with self.reportingErrors():
+            server = ServerSettings(self.runOnSelector.itemData(self.runOnSelector.currentIndex) or "local",
+                                    self.serverUrlEdit.text.strip(), self.serverTokenEdit.text.strip())
+            applicationSettings = qt.QSettings()
+            for key, value in server.to_application_settings().items():
+                applicationSettings.setValue(key, value)
+        self.updateGUIFromMRML()
+
+    def onTestConnection(self):
+        """Reach the server and show what it runs; errors (network, token, version) say what is wrong."""
+        from medicosam.client import ServerClient
+
+        self.onServerSettingsChanged()
+        server = self.getServerSettings()
+        with self.reportingErrors():
+            url, token = server.get_url(), server.token or None
+            self.showStatus(self.runBlocking(lambda: ServerClient(url, token).describe(),
+                                             f"Connecting to {url}..."))
 
     def writeSettings(self, settings):
         with slicer.util.NodeModify(self.scriptedEffect.parameterSetNode()):
@@ -727,14 +806,17 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     # Sessions, model and dependencies -------------------------------------------------------------
 
     def getSettings(self):
+        import dataclasses
+
         from medicosam.effect.settings import EffectSettings
         from medicosam.errors import InputError
 
         try:
-            return EffectSettings.from_parameters(self.readParameter)
+            settings = EffectSettings.from_parameters(self.readParameter)
         except InputError as error:
             self.showStatus(str(error))
-            return EffectSettings()
+            settings = EffectSettings()
+        return dataclasses.replace(settings, server=self.getServerSettings())
 
     def getSessionKey(self):
         parameterSetNode = self.scriptedEffect.parameterSetNode()
@@ -790,20 +872,33 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         settings = self.getSettings()
         if self.controller.use_settings(settings):
             return True
-        if not self.ensureDependencies() or not self.confirmDownload(settings.model):
+        if not self.ensureDependencies(settings):
             return False
-        device = self.controller.load_model(settings)
+        if not settings.server.remote and not self.confirmDownload(settings.model):
+            return False
+        status = self.controller.load_model(settings)
         self.refreshModelChoices()
-        self.showStatus(f"Model {settings.model} ready on {device}.")
+        self.showStatus(status)
         return True
 
-    def ensureDependencies(self):
-        """torch via the PyTorch extension, the rest with pip: each only after the user agrees."""
+    def ensureDependencies(self, settings):
+        """torch via the PyTorch extension, the rest with pip: each only after the user agrees. On a server
+        only the client's packages (Slicer bundles them); SAM2 models add the SAM2 family's packages."""
         import importlib
 
-        from medicosam.effect.requirements import get_missing_requirements, is_torch_installed
+        from medicosam.effect.requirements import (
+            SAM2_BUILD_ENVIRONMENT,
+            SAM2_PIP_OPTIONS,
+            SAM2_REQUIREMENTS,
+            check_family_supported,
+            get_missing_requirements,
+            is_torch_installed,
+        )
 
-        if not is_torch_installed():
+        remote, family = settings.server.remote, settings.family
+        if not remote:
+            check_family_supported(family)
+        if not remote and not is_torch_installed():
             try:
                 import PyTorchUtils
             except ImportError:
@@ -819,15 +914,18 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             importlib.invalidate_caches()
             if not is_torch_installed():
                 return False
-        missing = get_missing_requirements()
+        missing = get_missing_requirements(family, remote)
         if missing:
             if not self.confirm(f"MedicoSAM needs these Python packages: {', '.join(missing)}. "
                                 "Install them now with pip?"):
                 return False
+            sam2 = bool(set(missing) & set(SAM2_REQUIREMENTS.values()))
             with self.installing(f"Installing {', '.join(missing)}...", "The Python packages could not be installed"):
-                slicer.util.pip_install(" ".join(missing))
+                if sam2:  # an sdist: built here without its CUDA kernel, against the installed torch
+                    os.environ.update(SAM2_BUILD_ENVIRONMENT)
+                slicer.util.pip_install([*missing, *([SAM2_PIP_OPTIONS] if sam2 else [])])
             importlib.invalidate_caches()
-        return not get_missing_requirements()
+        return not get_missing_requirements(family, remote)
 
     @contextlib.contextmanager
     def installing(self, text, failure):

@@ -101,6 +101,17 @@ def get_volume_predictor(loaded, volume: np.ndarray, fast: bool = False, **kwarg
     return VolumePredictor.from_loaded(loaded, volume, fast=fast, **kwargs)
 
 
+def get_checked_volume(volume) -> np.ndarray:
+    """A predictor's volume: (K, J, I), a colour volume (K, J, I, 3), or a 2D image as one slice."""
+    volume = np.asarray(volume)
+    if volume.ndim == 2:
+        volume = volume[None]
+    if not (volume.ndim == 3 or (volume.ndim == 4 and volume.shape[-1] == 3)):
+        raise InputError(f"expected a volume (K, J, I), a colour volume (K, J, I, 3) or a 2D image, "
+                         f"got shape {volume.shape}")
+    return volume
+
+
 class VolumePredictor:
     """Interactive SAM on one volume (KJI array; a 2D image is a volume with one slice).
 
@@ -130,12 +141,7 @@ class VolumePredictor:
         from .acceleration import get_dtype
         from .normalization import get_intensity_window
 
-        volume = np.asarray(volume)
-        if volume.ndim == 2:
-            volume = volume[None]
-        if not (volume.ndim == 3 or (volume.ndim == 4 and volume.shape[-1] == 3)):
-            raise InputError(f"expected a volume (K, J, I), a colour volume (K, J, I, 3) or a 2D image, "
-                             f"got shape {volume.shape}")
+        volume = get_checked_volume(volume)
         self.sam = sam if device is None else sam.to(device)
         self.device = next(self.sam.parameters()).device
         self.volume = volume

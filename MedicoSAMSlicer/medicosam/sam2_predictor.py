@@ -24,7 +24,7 @@ import numpy as np
 
 from .embedding_cache import EmbeddingCache
 from .errors import InputError
-from .predictor import Prediction, VolumePredictor
+from .predictor import Prediction, VolumePredictor, get_checked_volume
 from .prompts import Prompts
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,12 +60,7 @@ class Sam2VolumePredictor:
 
         from .normalization import get_intensity_window
 
-        volume = np.asarray(volume)
-        if volume.ndim == 2:
-            volume = volume[None]
-        if not (volume.ndim == 3 or (volume.ndim == 4 and volume.shape[-1] == 3)):
-            raise InputError(f"expected a volume (K, J, I), a colour volume (K, J, I, 3) or a 2D image, "
-                             f"got shape {volume.shape}")
+        volume = get_checked_volume(volume)
         self.model, self.volume = model, volume
         self.device = model.device
         self.window = window if window is not None else get_intensity_window(volume, "auto")
@@ -197,6 +192,36 @@ class _Frames:
         return (frame - mean) / std
 
 
+def get_memory_window(model) -> int:
+    """How many frames back SAM2 reads a non-conditioning frame's memory or object pointer (an upper bound)."""
+    return max(model.num_maskmem * model.memory_temporal_stride_for_eval, model.max_obj_ptrs_in_encoder) + 1
+
+
+def _forget_old_memory(state: dict, index: int, restart: int, window: int) -> None:
+    """Drop the memory of frames no later frame will read, so a pass holds O(window) frames, not the volume.
+
+    Kept: frames within `window` of the current one, and of `restart`, where the next pass (the other
+    direction) starts and reads the frames this pass tracked next to it. The masks are identical to
+    sam2's own predictor, which keeps every frame (Testing/test_sam2.py).
+    """
+    for output in state["output_dict_per_obj"].values():
+        frames = output["non_cond_frame_outputs"]
+        for old in [f for f in frames if abs(f - index) > window and abs(f - restart) > window]:
+            del frames[old]
+
+
+def _without_progress_bar(frames):
+    """`propagate_in_video` without its tqdm bar: sam2 draws one per pass and has no switch, which would
+    fill the Slicer console and interleave with `medicosam segment`'s own bar."""
+    import sam2.sam2_video_predictor as video
+
+    original, video.tqdm = video.tqdm, lambda iterable, *args, **kwargs: iterable
+    try:
+        yield from frames
+    finally:
+        video.tqdm = original
+
+
 def init_video_state(model, frames, height: int, width: int) -> dict:
     """`SAM2VideoPredictor.init_state`'s inference state, on frames from memory (sam2 1.1.0's layout)."""
     device = model.device
@@ -265,7 +290,9 @@ class _Propagation:
         if abs(end - start) > 0 and not self.cancelled:
             frames = model.propagate_in_video(state, start_frame_idx=start, max_frame_num_to_track=abs(end - start),
                                               reverse=reverse)
-            for index, _, logits in frames:
+            tracked = _without_progress_bar(frames)
+            for index, _, logits in tracked:
+                _forget_old_memory(state, index, start, get_memory_window(model))
                 if index in self.seeds:
                     reached = index
                     continue
@@ -282,7 +309,7 @@ class _Propagation:
                 if mask.any():
                     self.masks[index] = mask
                 reached = index
-            frames.close()
+            tracked.close()  # and `frames` with it
         if not self._wants(side):
             return seed, StopReason.NOT_REQUESTED
         if not self.seeds[seed].any():

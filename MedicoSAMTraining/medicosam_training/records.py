@@ -296,6 +296,8 @@ def get_folder_records(images_dir: PathLike, labels_dir: PathLike, modality: str
     labels = {get_stem(path): path for path in list_images(labels_dir)}
     records = []
     for image in list_images(images_dir):
+        if image.name.lower().endswith(".seg.nrrd"):  # a segmentation saved beside its volume is a label
+            continue
         stem = get_stem(image)
         label = labels.get(stem) or (labels.get(stem[:-5]) if stem.endswith("_0000") else None)
         if label is None:
@@ -423,3 +425,41 @@ def get_segmentation_records(folder: PathLike, modality: str = "unknown") -> Opt
                             f"{folder}; put each series in its own folder beside its SEG files.")
         records.append(Record(str(series[uid]), (str(segmentation),), derive_modality(series[uid], modality)))
     return records
+
+
+# ---------------------------------------------------------------- class names of segmentation files
+
+
+def parse_classes(values: Optional[Sequence[str]]) -> Tuple[Optional[Tuple[int, ...]], Optional[Dict[str, int]]]:
+    """`--classes` as (class ids, None) for integers (`1 3`), or (None, class map) for segment names or a
+    JSON class map (`liver kidney`, `classes.json`, see `records.get_class_map`); (None, None) when absent."""
+    if not values:
+        return None, None
+    if all(value.isdigit() for value in values):
+        return tuple(int(value) for value in values), None
+    return None, get_class_map(values)
+
+
+def get_segment_label_map(masks: np.ndarray, class_ids: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """The class-id map of a segmentation file's segments; where classes overlap the larger id wins
+    (name an inner structure after the one around it: `--classes liver tumour`)."""
+    labels = np.zeros(shape, np.int32)
+    for class_id in np.unique(class_ids):
+        labels[masks[class_ids == class_id].any(axis=0)] = class_id
+    return labels
+
+
+def is_segmentation_record(record: Record) -> bool:
+    """Whether the record's label is a Slicer segmentation or DICOM SEG file (named segments)."""
+    from medicosam.segmentation_files import is_segmentation_file
+
+    return is_segmentation_file(record.labels[0])
+
+
+def check_class_map(records: Sequence[Record], class_map: Optional[Dict[str, int]]) -> None:
+    """Refuse segmentation files without a class map: each file's own name order would give "liver" id 1
+    in one file and id 2 in the next, and tables and models would mix classes without a word."""
+    named = next((record.labels[0] for record in records if is_segmentation_record(record)), None)
+    if named is not None and class_map is None:
+        raise InputError(f"{named} names its segments: pass their class names, --classes liver kidney "
+                         "(ids 1, 2, ...) or --classes classes.json, so every file's segments get the same ids")

@@ -10,7 +10,10 @@ them with a real SAM:
   at the next embedding);
 - one source volume at a time: a new `volume_key` (other contents or grid) replaces the predictor and
   drops the sessions of the old volume;
-- one session per segment of that volume.
+- one session per segment of that volume;
+- "Run on: server" replaces the model by a `RemoteModel` (a connection to `medicosam serve`) and the
+  predictor by a `medicosam.client.RemotePredictor`, which answers the same calls: sessions,
+  prefetch and propagation do not know where the model runs, and nothing here imports torch.
 
 Threads: the controller is called from the GUI thread. Its slow steps (loading a model, the
 intensity window of a new volume) go through `run(function, text, progress)`, which the effect runs
@@ -45,8 +48,8 @@ class EffectController:
         self.run = run
         self.on_forget = on_forget
         self.worker: Optional[InferenceWorker] = None
-        self.loaded = None  # medicosam.models.checkpoint.LoadedSam
-        self.model_key: Optional[Tuple[str, str]] = None  # (checkpoint, device) of `loaded`
+        self.loaded = None  # medicosam.models.checkpoint.LoadedSam / LoadedSam2, or a RemoteModel
+        self.model_key: Optional[tuple] = None  # `get_model_key` of `loaded`
         self.fast = False  # the speed the predictor runs at
         self.cache = None  # medicosam.embedding_cache.EmbeddingCache of `loaded`
         self.volume_key: Optional[Hashable] = None
@@ -66,7 +69,7 @@ class EffectController:
         `load_model` must run (after the effect had the packages installed and the download agreed)."""
         if self.cache is not None:
             self.cache.max_bytes = settings.cache_bytes
-        if self.loaded is None or self.model_key != (settings.checkpoint, settings.device):
+        if self.loaded is None or self.model_key != get_model_key(settings):
             return False
         if settings.fast != self.fast:
             self.fast = settings.fast
@@ -74,16 +77,23 @@ class EffectController:
         return True
 
     def load_model(self, settings) -> str:
-        """Load the model `settings` ask for, with a new embedding cache; returns the device it is on.
-        Cancel in the progress dialog stops a download."""
+        """Load the model `settings` ask for, with a new embedding cache, or connect to the server they
+        name; returns the line the effect shows. Cancel in the progress dialog stops a download."""
+        if settings.server.remote:
+            server = settings.server
+            loaded = self.run(lambda: RemoteModel.connect(server.get_url(), server.token),
+                              f"Connecting to {server.url}...", None)
+            self.loaded, self.model_key, self.fast, self.cache = loaded, get_model_key(settings), settings.fast, None
+            self.forget()
+            return loaded.description
         from ..embedding_cache import EmbeddingCache
 
         progress = TaskProgress()
         loaded = self.run(lambda: _load_model(settings, progress), f"Loading {settings.model}...", progress)
-        self.loaded, self.model_key, self.fast = loaded, (settings.checkpoint, settings.device), settings.fast
+        self.loaded, self.model_key, self.fast = loaded, get_model_key(settings), settings.fast
         self.cache = EmbeddingCache(settings.cache_bytes)
         self.forget()
-        return str(next(loaded.sam.parameters()).device)
+        return f"Model {settings.model} ready on {get_model_device(loaded)}."
 
     # Volume and sessions -------------------------------------------------------------------------
 
@@ -161,16 +171,58 @@ class EffectController:
             self.worker.clear_background()
 
     def _set_volume(self, volume_key: Hashable, volume: np.ndarray) -> None:
-        from ..predictor import get_volume_predictor
-
         loaded, cache, fast = self.loaded, self.cache, self.fast
-        predictor = self.run(lambda: get_volume_predictor(loaded, volume, fast=fast,
-                                                          volume_id=repr(volume_key), cache=cache),
-                             "Preparing the volume...", None)
+        if isinstance(loaded, RemoteModel):
+            predictor = self.run(lambda: loaded.get_predictor(volume, fast), "Uploading the volume to the server...",
+                                 None)
+        else:
+            from ..predictor import get_volume_predictor
+
+            predictor = self.run(lambda: get_volume_predictor(loaded, volume, fast=fast,
+                                                              volume_id=repr(volume_key), cache=cache),
+                                 "Preparing the volume...", None)
         self.volume_key, self.predictor, self.sessions = volume_key, predictor, {}
 
     def _drop_volume(self) -> None:
         self.volume_key, self.predictor, self.sessions = None, None, {}
+
+
+@dataclasses.dataclass
+class RemoteModel:
+    """What `medicosam serve` runs, in place of a loaded model ("Run on: server")."""
+
+    client: object  # medicosam.client.ServerClient
+    description: str  # `ServerClient.describe()`: model name, architecture, hash, device
+    family = "remote"
+
+    @classmethod
+    def connect(cls, url: str, token: str) -> RemoteModel:
+        """Reach the server and check its protocol and the token (errors name what is wrong)."""
+        from ..client import ServerClient
+
+        client = ServerClient(url, token or None)
+        return cls(client, client.describe())
+
+    def get_predictor(self, volume: np.ndarray, fast: bool):
+        """A `RemotePredictor` on `volume`, uploaded now (once per content: the server may hold it)."""
+        from ..client import RemotePredictor
+
+        predictor = RemotePredictor(self.client, volume, fast=fast)
+        self.client.upload(predictor.volume, predictor.digest)
+        return predictor
+
+
+def get_model_key(settings) -> tuple:
+    """What identifies the loaded model: the server and token, or the checkpoint and device."""
+    if settings.server.remote:
+        return ("server", settings.server.url, settings.server.token)
+    return (settings.checkpoint, settings.device)
+
+
+def get_model_device(loaded) -> str:
+    """The device a loaded SAM or SAM2 model is on."""
+    model = loaded.sam2 if loaded.family == "sam2" else loaded.sam
+    return str(next(model.parameters()).device)
 
 
 def get_propagation_config(session, settings, rois: Sequence, view_normal_ras: Sequence[float]):
@@ -187,11 +239,13 @@ def get_propagation_config(session, settings, rois: Sequence, view_normal_ras: S
 
 
 def _load_model(settings, progress: TaskProgress):
-    """The `LoadedSam` of `settings` (runs on the worker)."""
+    """The `LoadedSam` / `LoadedSam2` of `settings` (runs on the worker)."""
     from ..device import configure_threads, get_device
     from ..models.checkpoint import load_sam
+    from .requirements import check_family_supported
     from .settings import CUSTOM_MODEL
 
+    check_family_supported(settings.family)
     configure_threads()  # Slicer in a container would otherwise run one torch thread per host core
     return load_sam(settings.checkpoint, device=str(get_device(settings.device)),
                     allow_custom=settings.model == CUSTOM_MODEL, progress=progress.report)

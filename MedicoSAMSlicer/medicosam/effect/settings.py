@@ -7,12 +7,17 @@ between widgets and the node, and every parsing rule and error message is tested
 The propagation settings are a nested `PropagationConfig`, which checks its own values: each of its
 option fields is the parameter "Propagation" + CamelCase(field name), except `slice_range` (an ROI
 gives it), so a new propagation setting is stored and read without a change here.
+
+Where the model runs (this computer or a `medicosam serve` server, its URL and token) is no scene
+parameter: it belongs to the workstation, and a token saved with a scene would travel with it. The
+effect keeps it in Slicer's application settings (`ServerSettings`, `qt.QSettings` keys).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Callable, Dict, Iterable, List, Tuple
 
 from ..device import DEVICE_CHOICES
@@ -20,6 +25,7 @@ from ..errors import InputError
 from ..models.registry import MODELS
 from ..options import get_option_fields, get_value_type
 from ..propagation import PropagationConfig
+from .requirements import SAM2_MIN_PYTHON
 
 CUSTOM_MODEL = "custom"  # the "Model" value that means "use the checkpoint file in CustomCheckpoint"
 TOOLS = ("positive", "negative", "box")
@@ -54,6 +60,46 @@ RENAMED = {"PropagationIouThreshold": "IoUThreshold", "PropagationBoxExtension":
            "PropagationMaxSlices": "PropagationSlices"}
 
 
+#: Where the model runs -> its label in the "Run on" menu.
+RUN_ON_LABELS = {"local": "This computer", "server": "Server (medicosam serve)"}
+#: `ServerSettings` field -> its key in Slicer's application settings (qt.QSettings).
+SERVER_SETTINGS_KEYS = {"run_on": "MedicoSAM/RunOn", "url": "MedicoSAM/ServerURL", "token": "MedicoSAM/ServerToken"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Where the model runs: "local", or "server" at `url` with `token` (Slicer's application settings)."""
+
+    run_on: str = "local"
+    url: str = ""
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        if self.run_on not in RUN_ON_LABELS:
+            raise InputError(f"unknown run_on {self.run_on!r}: use one of {', '.join(RUN_ON_LABELS)}")
+
+    @property
+    def remote(self) -> bool:
+        return self.run_on == "server"
+
+    @classmethod
+    def from_application_settings(cls, get: Callable[[str], object]) -> ServerSettings:
+        """From `get(key)` (the effect passes `qt.QSettings().value`); None or "" means the default; an
+        unknown "run on" value falls back to this computer."""
+        values = {name: str(get(key) or "").strip() for name, key in SERVER_SETTINGS_KEYS.items()}
+        values["run_on"] = values["run_on"] if values["run_on"] in RUN_ON_LABELS else "local"
+        return cls(**values)
+
+    def to_application_settings(self) -> Dict[str, str]:
+        return {key: getattr(self, name) for name, key in SERVER_SETTINGS_KEYS.items()}
+
+    def get_url(self) -> str:
+        if not self.url:
+            raise InputError("'Run on: server' is selected but no server URL is set: enter it, e.g. "
+                             "http://gpu-host:8765")
+        return self.url
+
+
 def _parameter(name: str, default):
     return dataclasses.field(default=default, metadata={"parameter": name})
 
@@ -70,6 +116,7 @@ class EffectSettings:
     cache_mb: int = _parameter("EmbeddingCacheMB", 2048)
     fast: bool = _parameter("FastInference", True)  # VolumePredictor.from_loaded(fast=...)
     propagation: PropagationConfig = dataclasses.field(default_factory=PropagationConfig)
+    server: ServerSettings = dataclasses.field(default_factory=ServerSettings)  # not in the scene
 
     def __post_init__(self) -> None:
         choices = {"model": [*MODELS, CUSTOM_MODEL], "device": DEVICE_CHOICES, "tool": TOOLS}
@@ -110,6 +157,12 @@ class EffectSettings:
         if not self.custom_checkpoint:
             raise InputError("'Custom checkpoint' is selected but no file is chosen: pick a .pth file")
         return self.custom_checkpoint
+
+    @property
+    def family(self) -> str:
+        """The model family of a registry model ("sam" or "sam2"); a custom file counts as "sam" until it
+        is read (a SAM2 file without the sam2 package then says what to install)."""
+        return MODELS[self.model].format if self.model in MODELS else "sam"
 
     @property
     def cache_bytes(self) -> int:
@@ -171,16 +224,23 @@ class ModelChoice:
     downloaded: bool
 
 
-def get_model_choices(cached: Iterable) -> List[ModelChoice]:
-    """SAM models of the registry (decoders are not promptable), each marked downloaded or not,
-    then the custom-checkpoint entry. `cached` is `models.download.list_cached_models()`."""
+#: Registry formats the effect can prompt (decoders cannot), with the label prefix of their entries.
+PROMPTABLE_FORMATS = {"sam": "", "sam2": "SAM2, "}
+
+
+def get_model_choices(cached: Iterable, python: Tuple[int, int] = tuple(sys.version_info[:2])) -> List[ModelChoice]:
+    """SAM and SAM2 models of the registry (decoders are not promptable), each marked downloaded or
+    not (SAM2 ones on a Python older than 3.10 marked as needing Slicer 5.10), then the
+    custom-checkpoint entry. `cached` is `models.download.list_cached_models()`."""
     complete = {entry.name for entry in cached if entry.complete}
     choices = []
     for name, spec in MODELS.items():
-        if spec.format != "sam":
+        if spec.format not in PROMPTABLE_FORMATS:
             continue
         size = f", {spec.size / 1e6:.0f} MB" if spec.size else ""
         state = "downloaded" if name in complete else f"not downloaded{size}"
-        choices.append(ModelChoice(name, f"{name} ({state})", name in complete))
+        if spec.format == "sam2" and python < SAM2_MIN_PYTHON:
+            state = "needs Slicer 5.10 or later"
+        choices.append(ModelChoice(name, f"{name} ({PROMPTABLE_FORMATS[spec.format]}{state})", name in complete))
     choices.append(ModelChoice(CUSTOM_MODEL, "Custom checkpoint file...", True))
     return choices

@@ -18,6 +18,7 @@ from medicosam.normalization import PRESETS
 from medicosam.prompts import CORRECTION_MODES, PROPAGATION_MODES
 
 from ..extras import needs_training_extra
+from ..records import parse_classes
 from .data import LabeledFolder
 from .interactive_2d import FIELDS_2D, KEY_FIELDS_2D, Interactive2DConfig, evaluate_interactive_2d
 from .interactive_3d import (
@@ -52,15 +53,19 @@ def _add_common(parser: argparse.ArgumentParser, ndim: int, config_class) -> Non
     what = "images" if ndim == 2 else "volumes (NIfTI, NRRD, MHA)"
     unit = "pixels" if ndim == 2 else "voxels"
     parser.add_argument("--images", required=True, help=f"folder of {what}")
-    parser.add_argument("--labels", required=True,
-                        help="folder of label maps with the same file names (0 = background)")
+    parser.add_argument("--labels", help="folder of label maps (or .seg.nrrd files) with the same file names "
+                                          "(0 = background); default: --images, holding volumes beside their "
+                                          ".seg.nrrd files or DICOM series folders beside DICOM SEG files")
     parser.add_argument("--out", required=True, help="folder for the CSV, summaries and plots")
     parser.add_argument("--dataset", help="dataset name in the tables (default: the data folder's name)")
     parser.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL",
                         help="registry name, checkpoint file or URL; repeat to compare models")
     parser.add_argument("--starts", nargs="+", choices=START_PROMPTS, default=list(START_PROMPTS),
                         help="start prompts to evaluate")
-    parser.add_argument("--classes", nargs="+", type=int, help="class ids to evaluate (default: all)")
+    parser.add_argument("--classes", nargs="+", metavar="ID|NAME",
+                        help="class ids to evaluate (default: all); for .seg.nrrd / DICOM SEG labels the segment "
+                             "names -> class ids 1, 2, ... (or one JSON file: a list, or {name: id}, 0 = leave "
+                             "out), needed so every file's segments get the same ids; other names are an error")
     parser.add_argument("--min-size", type=int, default=config_class.min_size,
                         help=f"smallest object in {unit} (default: {config_class.min_size})")
     parser.add_argument("--window", default=config_class.window, choices=PRESETS,
@@ -102,7 +107,7 @@ def _add_interactive_3d(commands) -> None:
     _add_common(parser, 3, Interactive3DConfig)
     defaults = Interactive3DConfig()
     parser.add_argument("--val-images", help="validation volumes for the grid search of propagation settings")
-    parser.add_argument("--val-labels", help="their label maps")
+    parser.add_argument("--val-labels", help="their label maps (default: --val-images, as for --labels)")
     parser.add_argument("--axis", type=int, default=defaults.axis, choices=(0, 1, 2),
                         help=f"array axis to propagate along (KJI; default: {defaults.axis})")
     parser.add_argument("--modes", nargs="+", choices=PROPAGATION_MODES,
@@ -179,11 +184,12 @@ def _report(paths: List[Path], complete: bool) -> int:
 
 
 def _run_interactive_2d(args) -> int:
+    classes, class_map = parse_classes(args.classes)
     config = Interactive2DConfig(n_corrections=args.corrections, use_mask_prompt=args.use_mask_prompt,
                                  correction_mode=args.correction_mode, min_size=args.min_size,
-                                 classes=args.classes, seed=args.seed, batch_size=args.batch_size, window=args.window,
+                                 classes=classes, seed=args.seed, batch_size=args.batch_size, window=args.window,
                                  fast=args.fast)
-    samples = LabeledFolder(args.images, args.labels, ndim=2, max_items=args.max_images)
+    samples = LabeledFolder(args.images, args.labels, ndim=2, max_items=args.max_images, class_map=class_map)
     dataset = args.dataset or _get_dataset_name(args.images)
     output = Path(args.out)
     protocol = {key: value for key, value in vars(config).items() if key != "batch_size"}
@@ -223,15 +229,16 @@ def _get_settings(args, with_validation: bool):
 def _run_interactive_3d(args) -> int:
     from medicosam.propagation import PropagationConfig
 
-    with_validation = bool(args.val_images or args.val_labels)
-    if with_validation and not (args.val_images and args.val_labels):
-        raise InputError("give both --val-images and --val-labels (or neither, with one fixed setting)")
+    with_validation = bool(args.val_images)
+    if args.val_labels and not args.val_images:
+        raise InputError("--val-labels needs --val-images (or give neither, with one fixed setting)")
+    classes, class_map = parse_classes(args.classes)
     config = Interactive3DConfig(axis=args.axis, min_size=args.min_size, min_slice_size=args.min_slice_size,
-                                 split_components=args.components, classes=args.classes, window=args.window,
+                                 split_components=args.components, classes=classes, window=args.window,
                                  fast=args.fast)
     settings = _get_settings(args, with_validation)
-    test = LabeledFolder(args.images, args.labels, ndim=3, max_items=args.max_images)
-    val = LabeledFolder(args.val_images, args.val_labels, ndim=3) if with_validation else None
+    test = LabeledFolder(args.images, args.labels, ndim=3, max_items=args.max_images, class_map=class_map)
+    val = LabeledFolder(args.val_images, args.val_labels, ndim=3, class_map=class_map) if with_validation else None
     dataset = args.dataset or _get_dataset_name(args.images)
     output = Path(args.out)
     results = open_results(output, "interactive_3d", vars(config), FIELDS_3D, KEY_FIELDS_3D, fill=FILL_3D,

@@ -37,7 +37,7 @@ from .protocol import (
     check_starts,
     check_window,
     get_model_predictor,
-    get_objects,
+    get_sample_objects,
     get_start_prompts,
 )
 from .results import ResultsCSV, Row
@@ -136,7 +136,7 @@ class _Protocol2D(Protocol):
         self.group_size = config.batch_size
 
     def get_objects(self, sample: LabeledImage) -> Tuple[List[ObjectMask], List[ObjectMask]]:
-        return get_objects(sample.label, self.config.classes, self.config.min_size), []
+        return get_sample_objects(sample, self.config.classes, self.config.min_size), []
 
     def get_units(self, sample: LabeledImage, obj: ObjectMask) -> List[Row]:
         return [{"model": self.model, "dataset": self.dataset, "image": sample.image_id, "class": obj.class_id,

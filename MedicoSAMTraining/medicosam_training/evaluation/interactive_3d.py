@@ -37,7 +37,14 @@ from medicosam.propagation import PropagationConfig, get_volume_mask
 
 from .data import LabeledImage
 from .loop import EvaluationRun, Pending, Protocol, run_protocol
-from .protocol import ObjectMask, check_starts, check_window, get_model_predictor, get_objects, get_start_prompts
+from .protocol import (
+    ObjectMask,
+    check_starts,
+    check_window,
+    get_model_predictor,
+    get_sample_objects,
+    get_start_prompts,
+)
 from .results import ResultsCSV, Row, format_value
 
 #: The propagation setting's columns: every option field of `PropagationConfig`, in declaration order.
@@ -154,7 +161,7 @@ class _Protocol3D(Protocol):
         """The objects of the volume, and those with fewer than `min_slice_size` pixels on their central slice."""
         config = self.config
         kept, skipped = [], []
-        for obj in get_objects(sample.label, config.classes, config.min_size, config.split_components):
+        for obj in get_sample_objects(sample, config.classes, config.min_size, config.split_components):
             index = get_central_slice(obj, config.axis) - obj.bbox[config.axis].start
             area = np.count_nonzero(np.take(obj.crop, index, axis=config.axis))
             (kept if area >= config.min_slice_size else skipped).append(obj)

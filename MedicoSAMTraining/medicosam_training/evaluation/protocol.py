@@ -83,6 +83,30 @@ def get_objects(label: np.ndarray, classes: Optional[Iterable[int]] = None, min_
     return objects
 
 
+def get_sample_objects(sample, classes: Optional[Iterable[int]] = None, min_size: int = 20,
+                       split_components: bool = True) -> List[ObjectMask]:
+    """The objects of a `LabeledImage`: those of its label map, or, for a segmentation file, each
+    segment's own (the whole segment, or its components), so overlapping segments stay whole.
+
+    A class with one segment keeps the label map's ids; several segments of a class are numbered
+    `"<class>.<n>"` in file order.
+    """
+    if sample.segments is None:
+        return get_objects(sample.label, classes, min_size, split_components)
+    wanted = None if classes is None else {int(c) for c in classes}
+    objects: List[ObjectMask] = []
+    for class_id in sorted({int(c) for c in sample.segment_classes}):
+        if wanted is not None and class_id not in wanted:
+            continue
+        segments = sample.segments[sample.segment_classes == class_id]
+        found = [obj for mask in segments
+                 for obj in get_objects(mask.astype(np.int32) * class_id, None, min_size, split_components)]
+        for n, obj in enumerate(found, start=1):
+            obj.object_id = obj.object_id if len(segments) == 1 else f"{class_id}.{n}"
+        objects += found
+    return objects
+
+
 def check_window(preset: str) -> None:
     if preset not in PRESETS:
         raise InputError(f"unknown intensity preset {preset!r}: use one of {PRESETS}")

@@ -6,6 +6,9 @@ Scoring is `medicosam evaluate semantic` (evaluation/cli.py), which also runs th
 from __future__ import annotations
 
 import argparse
+from typing import Dict, Optional, Tuple
+
+from medicosam.errors import InputError
 
 from ..choices import ARCHITECTURES
 from ..configs import SemanticTrainConfig
@@ -24,10 +27,14 @@ def _add_train(subparsers) -> None:
     parser = subparsers.add_parser(
         "train-semantic", help="finetune a SAM encoder (or a MONAI baseline) for semantic segmentation",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train a 2D or 3D semantic model on images/ + labels/ (or imagesTr/ + labelsTr/); the "
+        description="Train a 2D or 3D semantic model on images/ + labels/ (or imagesTr/ + labelsTr/, or volumes "
+                    "beside .seg.nrrd / DICOM SEG files, with --classes NAME ...); the "
                     "best validation model goes to OUT/best.pt. See docs/semantic.md.")
     parser.add_argument("--data", required=True, help="dataset folder (label maps of class ids, 0 = background)")
-    parser.add_argument("--classes", type=int, required=True, help="number of classes including background")
+    parser.add_argument("--classes", nargs="+", required=True, metavar="N|NAME",
+                        help="number of classes including background; or, for .seg.nrrd / DICOM SEG labels, the "
+                             "segment names -> class ids 1, 2, ... (or one JSON file: a list, or {name: id}, "
+                             "0 = leave out; classes = largest id + 1); other names are an error")
     parser.add_argument("--out", default="medicosam-semantic", help="output folder (best.pt, history.json)")
     parser.add_argument("--architecture", choices=("sam", *ARCHITECTURES), default="sam",
                         help="sam (the paper's model) or a baseline: unet, swin_unetr")
@@ -111,19 +118,31 @@ def _get_decoder_state(choice: str, loaded, source: str, offline):
     return None, "a new decoder (the model has none)"
 
 
-def _get_model(args: argparse.Namespace):
+def _get_classes(values) -> Tuple[int, Optional[Dict[str, int]]]:
+    """(number of classes including background, segment name -> class id map or None) of `--classes`."""
+    from ..records import parse_classes
+
+    ids, class_map = parse_classes(values)
+    if class_map is not None:
+        return max(class_map.values(), default=0) + 1, class_map
+    if len(ids) != 1:
+        raise InputError(f"--classes {' '.join(values)}: give the number of classes (one integer) or the class names")
+    return ids[0], None
+
+
+def _get_model(args: argparse.Namespace, n_classes: int):
     from medicosam.models.checkpoint import load_sam
 
     from .baselines import BaselineConfig, build_baseline_model
     from .models import get_semantic_model
 
     if args.architecture != "sam":
-        config = BaselineConfig(args.architecture, args.ndim, args.classes, args.image_size or 256,
+        config = BaselineConfig(args.architecture, args.ndim, n_classes, args.image_size or 256,
                                 args.patch_depth or 32, args.baseline_features)
         return build_baseline_model(config), f"{args.architecture} baseline"
     loaded = load_sam(args.model, allow_custom=True, offline=args.offline)
     decoder_state, decoder = _get_decoder_state(args.decoder, loaded, args.model, args.offline)
-    model = get_semantic_model(loaded.sam, loaded.config, args.classes, args.ndim, image_size=args.image_size,
+    model = get_semantic_model(loaded.sam, loaded.config, n_classes, args.ndim, image_size=args.image_size,
                                decoder_state=decoder_state, decoder_features=args.decoder_features,
                                patch_depth=args.patch_depth or 8, zero_init_adapters=args.zero_init_adapters)
     return model, f"{args.model} encoder with {decoder}"
@@ -133,10 +152,11 @@ def _train(args: argparse.Namespace) -> int:
     from .data import SemanticPatchDataset, SemanticSliceDataset, check_classes, get_split_records, read_case
     from .train import train_semantic
 
-    model, description = _get_model(args)
+    n_classes, class_map = _get_classes(args.classes)
     split = get_split_records(args.data, args.val_fraction, args.seed)
-    cases = {part: [read_case(record, args.axis) for record in split[part]] for part in ("train", "val")}
-    check_classes(cases["train"] + cases["val"], args.classes)
+    cases = {part: [read_case(record, args.axis, class_map) for record in split[part]] for part in ("train", "val")}
+    check_classes(cases["train"] + cases["val"], n_classes)
+    model, description = _get_model(args, n_classes)
     size = model.config.image_size
     if args.ndim == 2:
         datasets = {part: SemanticSliceDataset(c, size) if c else None for part, c in cases.items()}

@@ -2,7 +2,9 @@
 
 Layout (`get_semantic_records`): `images/` + `labels/`, or nnU-Net's `imagesTr/` + `labelsTr/` with
 optional `imagesTs/` + `labelsTs/` as the test split; 2D files or 3D volumes, paired by file stem
-(`case_0000` pairs with `case`). Train / validation come from the `Tr` pool through the same seeded,
+(`case_0000` pairs with `case`); or volumes beside their Slicer `.seg.nrrd` files and DICOM series
+folders beside DICOM SEG files (docs/formats.md), whose segment names a class map (`records.get_class_map`)
+turns into class ids. Train / validation come from the `Tr` pool through the same seeded,
 modality-stratified `split_by_modality` the interactive training uses; the nnU-Net export and the
 baselines take the very same split.
 
@@ -33,12 +35,16 @@ from medicosam.preprocessing import get_resized_shape
 from ..dataset import get_resized_labels
 from ..records import (
     Record,
+    check_class_map,
     check_same_shape,
     find_pair_folders,
     get_folder_records,
     get_label_array,
+    get_segment_label_map,
+    get_segmentation_records,
     get_stem,
     read_array,
+    read_segment_objects,
     split_by_modality,
 )
 
@@ -79,12 +85,22 @@ def get_case(image: np.ndarray, labels: np.ndarray, name: str, axis: int = 0, mo
     return SemanticCase(name, image, np.moveaxis(np.asarray(labels), axis, 0), modality)
 
 
-def read_case(record: Record, axis: int = 0) -> SemanticCase:
-    """The case of one image file and its label file (`record.labels[0]`)."""
-    image = read_array(record.image)
+def read_case(record: Record, axis: int = 0, class_map: Optional[Dict[str, int]] = None) -> SemanticCase:
+    """The case of one image file and its label file (`record.labels[0]`): a label map, or a segmentation
+    file whose segment names `class_map` maps to class ids (the larger id wins where classes overlap)."""
+    from medicosam.segmentation_files import is_segmentation_file
+    from medicosam.volume_io import read_volume
+
     label_path = record.labels[0]
-    labels = get_label_array(read_array(label_path), label_path)
-    check_same_shape(image, labels, record.image, label_path)
+    if is_segmentation_file(label_path):
+        check_class_map([record], class_map)
+        volume = read_volume(record.image)
+        image = np.asarray(volume.array)
+        labels = get_segment_label_map(*read_segment_objects(label_path, volume, class_map), volume.shape_kji)
+    else:
+        image = read_array(record.image)
+        labels = get_label_array(read_array(label_path), label_path)
+        check_same_shape(image, labels, record.image, label_path)
     return get_case(image, labels, get_stem(record.image), axis if image.shape[0] > 1 else 0, record.modality)
 
 
@@ -93,8 +109,12 @@ def get_semantic_records(path: PathLike) -> Tuple[List[Record], List[Record]]:
     path = Path(path)
     folders = find_pair_folders(path)
     if folders is None:
+        segmentations = get_segmentation_records(path)
+        if segmentations is not None:
+            return segmentations, []
         raise DataError(f"{path}: expected images/ + labels/ or imagesTr/ + labelsTr/ (optionally imagesTs/ + "
-                        "labelsTs/ for testing); see docs/semantic.md")
+                        "labelsTs/ for testing), or volumes beside .seg.nrrd / DICOM SEG files; see "
+                        "docs/semantic.md")
     pool = get_folder_records(*folders)
     if not pool:
         raise DataError(f"{folders[0]}: no image files")
