@@ -102,7 +102,12 @@ def write_training_data(root: Path, volumes: Dict[str, object], n_phantoms: int,
 
 def segment_from_one_point(loaded, volume: np.ndarray, target: np.ndarray, central: int, half_width: int):
     """One point at the target's centre on the central slice, then propagation limited to the slab:
-    the path the Slicer effect takes for a click and "Propagate N slices"."""
+    the path the Slicer effect takes for a click and "Propagate N slices".
+
+    Each next slice is prompted with the previous mask's box and the mask itself (micro-sam's "mask"
+    mode), and the slab's extent is the only stop: a tiny model's masks change more from slice to slice
+    than the default IoU stop (0.5) allows, which ended the trained model's propagation after one slice.
+    Both models get the same settings."""
     from medicosam.predictor import get_volume_predictor
     from medicosam.prompts import get_center_prompt
     from medicosam.propagation import PropagationConfig, get_volume_mask
@@ -110,7 +115,7 @@ def segment_from_one_point(loaded, volume: np.ndarray, target: np.ndarray, centr
     predictor = get_volume_predictor(loaded, volume)
     prompt = get_center_prompt(target[central])
     seed = predictor.predict_mask(0, central, prompt)
-    config = PropagationConfig(mode="single_point", iou_threshold=0.5, max_slices=half_width)
+    config = PropagationConfig(mode="box_mask", iou_threshold=0.0, max_slices=half_width)
     mask = get_volume_mask(predictor.propagate(0, {central: seed}, config).masks, target.shape, 0)
     mask[central + half_width:] = False  # propagation reaches one slice past the slab's top
     return mask, prompt.points[0], predictor.encoder_calls
@@ -199,8 +204,8 @@ def run_demo(config: DemoConfig) -> dict:
     for name, path in (("untrained", untrained), ("trained", checkpoint)):
         loaded = load_sam(path, allow_custom=True)
         mask, point, encoder_calls = segment_from_one_point(loaded, volumes["t1"], target, central, half_width)
-        scores[name] = {"dice": get_dice(mask, target), "slices": int(mask.any(axis=(1, 2)).sum()),
-                        "encoder_calls": encoder_calls}
+        scores[name] = {"dice": get_dice(mask, target), "clicked_slice_dice": get_dice(mask[central], target[central]),
+                        "slices": int(mask.any(axis=(1, 2)).sum()), "encoder_calls": encoder_calls}
         if name == "trained":
             write_mask(mask.astype(np.uint8), volume, out / "white_matter_mask.nii.gz")
             write_overlay(out / "white_matter_overlay.png", volumes["t1"], target, mask, central, point,
