@@ -53,6 +53,13 @@ def get_ijk_to_ras_from_sitk(image) -> np.ndarray:
     return get_ijk_to_ras(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
 
 
+def get_ijk_to_lps(ijk_to_ras: np.ndarray) -> np.ndarray:
+    """4x4 IJK -> LPS matrix (what NRRD and DICOM files store) of a 4x4 IJK -> RAS matrix."""
+    flip = np.eye(4)
+    flip[:3, :3] = LPS_TO_RAS  # its own inverse
+    return flip @ np.asarray(ijk_to_ras, float)
+
+
 def ijk_to_ras(points_ijk: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
     """RAS (mm) of continuous IJK indices; `points_ijk` is (3,) or (N, 3), the result has the same shape."""
     points = np.asarray(points_ijk, float)

@@ -24,6 +24,7 @@ import numpy as np
 
 from .atomic import writing_atomically
 from .errors import DataError, InputError
+from .geometry import get_ijk_to_lps
 
 if TYPE_CHECKING:  # volume_io imports SimpleITK; `segment`'s options import this module without it
     from .volume_io import Volume
@@ -73,10 +74,6 @@ def _import(module: str):
         raise InputError(f"reading and writing segmentation files needs {module}: {_FORMATS_EXTRA}") from error
 
 
-def _get_ijk_to_lps(volume: Volume) -> np.ndarray:
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.ijk_to_ras
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -112,7 +109,7 @@ def write_segments(segments: Sequence[Segment], reference: Volume, path: PathLik
 
 def _write_seg_nrrd(segments: Sequence[Segment], reference: Volume, path: Path) -> Path:
     slicerio = _import("slicerio")
-    segmentation = slicerio.create_segmentation(reference.shape_kji[::-1], _get_ijk_to_lps(reference))
+    segmentation = slicerio.create_segmentation(reference.shape_kji[::-1], get_ijk_to_lps(reference.ijk_to_ras))
     segmentation["masterRepresentation"] = "Binary labelmap"
     segmentation["containedRepresentationNames"] = ["Binary labelmap"]
     for index, segment in enumerate(segments, start=1):
@@ -230,7 +227,7 @@ def _read_seg_nrrd(path: Path, image: Volume) -> List[Segment]:
 def _get_grid_offset(ijk_to_lps: np.ndarray, shape_ijk: Sequence[int], image: Volume, path: Path) -> Tuple[int, ...]:
     """Voxel (i, j, k) of the image where the segmentation's voxel (0, 0, 0) lies; raise unless the
     segmentation's grid is the image's grid, or a crop of it (Slicer's "crop to minimum extent")."""
-    image_ijk_to_lps = _get_ijk_to_lps(image)
+    image_ijk_to_lps = get_ijk_to_lps(image.ijk_to_ras)
     offset = np.linalg.solve(image_ijk_to_lps[:3, :3], np.asarray(ijk_to_lps)[:3, 3] - image_ijk_to_lps[:3, 3])
     rounded = np.round(offset).astype(int)
     image_shape = np.asarray(image.shape_kji[::-1])
