@@ -180,3 +180,10 @@ def test_evaluate_interactive_3d_with_sam_and_sam2(sam2_checkpoint, tiny_checkpo
     assert "| sam2 |" in summary and "| sam |" in summary
     assert "native propagation, no grid search" in summary and "prompt propagation" in summary
 
+
+
+def test_the_server_refuses_a_sam2_model_in_one_line(sam2_checkpoint, capsys):
+    from medicosam.cli import main
+
+    assert main(["serve", "--checkpoint", str(sam2_checkpoint[0]), "--allow-custom", "--device", "cpu"]) == 2
+    assert "runs SAM-family models" in capsys.readouterr().err
