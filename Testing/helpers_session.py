@@ -2,7 +2,8 @@
 
 Slicer cannot run here, so `SegmentRecord` plays the Segment Editor's part for write requests: it
 applies them to a numpy segment exactly as `WriteRequest.apply_to` documents (the effect does the same
-with `modifySelectedSegmentByLabelmap`), keeps one undo snapshot per request and can undo.
+with `modifySelectedSegmentByLabelmap`), keeps one undo snapshot per request that changes the segment
+and can undo.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class SegmentRecord:
         self.requests: list = []
 
     def write(self, request) -> None:
-        if request is None:
+        """As the effect writes: no undo point and no write for a request that changes nothing."""
+        if request is None or not request.changes(self.segment):
             return
         self.undo_stack.append(self.segment.copy())  # saveStateForUndo, once per request
         self.requests.append(request)

@@ -258,16 +258,18 @@ def test_write_request_blocks_extents_and_segment_update():
     shape = (6, 5, 4)
     masks = {i: np.full((6, 5), i % 2 == 0) for i in (1, 2, 0)}
     masks[3] = np.eye(6, 5, dtype=bool)
-    request = WriteRequest("propagate", 2, {i: masks[i] for i in (3, 0, 1)}, shape)
+    whole = np.ones((6, 5), bool)
+    request = WriteRequest("propagate", 2, {i: masks[i] for i in (3, 0, 1)}, shape, covered={0: whole, 1: whole})
     blocks = request.get_blocks()
     assert [(b.start, b.stop) for b in blocks] == [(0, 2), (3, 4)]
     assert blocks[1].get_extent(shape, origin_ijk=(10, 20, 30)) == [13, 13, 20, 24, 30, 35]
-    assert blocks[0].get_region() == (slice(None), slice(None), slice(0, 2))
+    assert blocks[0].get_index() == (slice(None), slice(None), slice(0, 2))
     segment = np.ones(shape, bool)
     request.apply_to(segment)
-    for i in (0, 1, 3):
+    for i in (0, 1):
         np.testing.assert_array_equal(segment[:, :, i], masks[i])
     assert segment[:, :, 2].all()  # not listed: untouched
+    assert segment[:, :, 3].all()  # covered by its mask alone: nothing to drop
     assert request.describe() == "Wrote 3 slices between 0 and 3."
     assert WriteRequest("propagate", 2, {}, shape).describe().startswith("Nothing was written")
 
@@ -358,9 +360,16 @@ def test_segment_in_roi_writes_exactly_the_roi_slices_as_one_request(session, re
     assert len(record.requests) == 1 and request.slices == sorted(boxes)
     assert calls[-1] == (len(boxes), len(boxes))
     k = request.slices[0]
-    np.testing.assert_array_equal(request.masks[k], reference.predict_mask(0, k, Prompts(box=boxes[k])))
-    np.testing.assert_array_equal(request.masks[18], reference.predict_mask(
-        0, 18, Prompts(points=[[35, 40]], labels=[1], box=boxes[18])))
+
+    def in_box(mask, box):  # the ROI bounds the write
+        inside = np.zeros_like(mask)
+        inside[box[1]:box[3], box[0]:box[2]] = True
+        return mask & inside
+
+    np.testing.assert_array_equal(request.masks[k], in_box(reference.predict_mask(0, k, Prompts(box=boxes[k])),
+                                                           boxes[k]))
+    np.testing.assert_array_equal(request.masks[18], in_box(reference.predict_mask(
+        0, 18, Prompts(points=[[35, 40]], labels=[1], box=boxes[18])), boxes[18]))
     outside = [i for i in range(session.shape[0]) if i not in boxes]
     assert not record.segment[outside].any()
     assert session.get_accepted_slices(0) == sorted(boxes)

@@ -988,7 +988,8 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         return get_array_on_extent(getImageArray(labelmap) > 0, labelmap.GetExtent(), extent)
 
     def writeRequest(self, request):
-        """One undo point, then per block: erase the slices, add the masks (editor rules apply to both)."""
+        """One undo point when the request changes the segment, then per block: remove what it drops inside
+        the region it covers, add the masks (editor rules apply to both); the rest of the segment stays."""
         if request is None:
             return
         modifier = self.scriptedEffect.defaultModifierLabelmap()
@@ -997,20 +998,23 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         origin = modifier.GetExtent()[::2]
         modes = slicer.qSlicerSegmentEditorAbstractEffect
         segment = self.getSelectedSegmentArray()
+        self.clearPreview()
+        if not request.changes(segment):
+            self.showStatus("The segment already holds this result: nothing was written.")
+            return
         self.scriptedEffect.saveStateForUndo()
         with slicer.util.RenderBlocker():
             for block in request.get_blocks():
                 extent = block.get_extent(request.shape, origin)
-                region = block.get_region()
+                index = block.get_index()
                 for mode, values in ((modes.ModificationModeRemove, block.get_removed(segment)),
                                      (modes.ModificationModeAdd, block.get_array())):
                     if values.any():
-                        array[region] = values
+                        array[index] = values
                         modifier.Modified()
                         self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, mode, extent)
-                        array[region] = 0
+                        array[index] = 0
         modifier.Modified()
-        self.clearPreview()
         self.showStatus(request.describe())
 
     # Display -------------------------------------------------------------------------------------

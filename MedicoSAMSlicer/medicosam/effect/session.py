@@ -41,33 +41,39 @@ class SlicePreview:
 
     def get_block(self) -> WriteBlock:
         """The preview as a one-slice block (the effect draws it like it writes a slice)."""
-        return WriteBlock(self.axis, self.index, self.index + 1, self.mask[None])
+        return WriteBlock(self.axis, self.index, self.index + 1, self.mask[None], self.mask[None])
 
 
 @dataclasses.dataclass
 class WriteBlock:
-    """Consecutive slices `start..stop-1` along `axis` to replace with `masks`."""
+    """Consecutive slices `start..stop-1` along `axis`: inside `covered`, the segment becomes `masks`;
+    outside it the segment keeps what it holds (the other kidney of a "kidneys" segment)."""
 
     axis: int
     start: int
     stop: int
     masks: np.ndarray  # (stop - start, H, W) bool, slice by slice
+    covered: np.ndarray  # (stop - start, H, W) bool, holds `masks`: where this write may change the segment
 
-    def get_region(self) -> Tuple[slice, slice, slice]:
+    def get_index(self) -> Tuple[slice, slice, slice]:
         """Index of the block in the (K, J, I) volume array."""
-        region = [slice(None)] * 3
-        region[self.axis] = slice(self.start, self.stop)
-        return tuple(region)
+        index = [slice(None)] * 3
+        index[self.axis] = slice(self.start, self.stop)
+        return tuple(index)
 
     def get_array(self) -> np.ndarray:
-        """The masks laid out like `volume[self.get_region()]`."""
+        """The masks laid out like `volume[self.get_index()]`."""
         return np.moveaxis(self.masks, 0, self.axis)
 
     def get_removed(self, segment: np.ndarray) -> np.ndarray:
-        """Voxels of the (K, J, I) `segment` in the block that the new masks drop, laid out like
-        `get_array()`: the only ones to erase, because with the editable area "inside a single segment"
-        Slicer gives erased voxels to the masking segment."""
-        return segment[self.get_region()].astype(bool) & ~self.get_array()
+        """Voxels of the (K, J, I) `segment` in the block that this write drops, laid out like `get_array()`:
+        inside the covered region and not in the new masks. Only these are erased, because with the
+        editable area "inside a single segment" Slicer gives erased voxels to the masking segment."""
+        return segment[self.get_index()].astype(bool) & np.moveaxis(self.covered, 0, self.axis) & ~self.get_array()
+
+    def get_added(self, segment: np.ndarray) -> np.ndarray:
+        """Voxels the new masks add to the (K, J, I) `segment`, laid out like `get_array()`."""
+        return self.get_array() & ~segment[self.get_index()].astype(bool)
 
     def get_extent(self, shape_kji: Sequence[int], origin_ijk: Sequence[int] = (0, 0, 0)) -> List[int]:
         """VTK extent `[i0, i1, j0, j1, k0, k1]` (inclusive) of the block; `origin_ijk` is the image's
@@ -83,18 +89,22 @@ class WriteBlock:
 
 @dataclasses.dataclass
 class WriteRequest:
-    """One user action's change to the selected segment: replace each listed slice with its mask.
+    """One user action's change to the selected segment: on each listed slice, inside the region the
+    action covers, the segment becomes the slice's mask; everything else is left as it is.
 
-    One request is one undo point: the effect calls `saveStateForUndo()` once, then, per block,
-    erases the block's slices and adds the masks, both through `modifySelectedSegmentByLabelmap`.
-    Slices not listed are left untouched.
+    The covered region of a slice is its new mask, the mask this session wrote there before (so a
+    correction removes what the earlier result leaked into) and the slice's box prompt (an ROI's box
+    per slice in "Segment in ROI"). One request is one undo point: when it changes the segment
+    (`changes`), the effect calls `saveStateForUndo()` once, then, per block, removes `get_removed`
+    and adds the masks, both through `modifySelectedSegmentByLabelmap`.
 
     Attributes:
-        action: "apply" or "propagate".
+        action: "apply", "segment_roi" or "propagate".
         axis: array axis the slices are taken along.
         masks: slice index -> (H, W) bool mask.
         shape: (K, J, I) shape of the volume.
         result: the propagation result (where and why each side stopped), for "propagate".
+        covered: slice index -> (H, W) bool region the action covers (the mask is added to it).
     """
 
     action: str
@@ -102,6 +112,11 @@ class WriteRequest:
     masks: Dict[int, np.ndarray]
     shape: Tuple[int, int, int]
     result: Optional[object] = None  # propagation.PropagationResult
+    covered: Dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.covered = {index: mask | self.covered[index] if index in self.covered else mask.copy()
+                        for index, mask in self.masks.items()}
 
     @property
     def slices(self) -> List[int]:
@@ -120,6 +135,11 @@ class WriteRequest:
             blocks.append(self._get_block(run))
         return blocks
 
+    def changes(self, segment: np.ndarray) -> bool:
+        """Whether writing the request changes the (K, J, I) `segment`: no undo point, no write otherwise."""
+        self._check_shape(segment)
+        return any(block.get_removed(segment).any() or block.get_added(segment).any() for block in self.get_blocks())
+
     def describe(self) -> str:
         """One line for the effect's status: what was written and, after propagation, why it stopped."""
         if not self.masks:
@@ -133,13 +153,18 @@ class WriteRequest:
 
     def apply_to(self, segment: np.ndarray) -> None:
         """Do to a (K, J, I) bool array what the effect does to the segment (before masking rules)."""
+        self._check_shape(segment)
+        for block in self.get_blocks():
+            removed = block.get_removed(segment)
+            segment[block.get_index()] = (segment[block.get_index()] & ~removed) | block.get_array()
+
+    def _check_shape(self, segment: np.ndarray) -> None:
         if tuple(segment.shape) != tuple(self.shape):
             raise InputError(f"segment shape {segment.shape} differs from the volume shape {self.shape}")
-        for block in self.get_blocks():
-            segment[block.get_region()] = block.get_array()
 
     def _get_block(self, run: List[int]) -> WriteBlock:
-        return WriteBlock(self.axis, run[0], run[-1] + 1, np.stack([self.masks[i] for i in run]))
+        return WriteBlock(self.axis, run[0], run[-1] + 1, np.stack([self.masks[i] for i in run]),
+                          np.stack([self.covered[i] for i in run]))
 
 
 @dataclasses.dataclass
@@ -247,24 +272,29 @@ class SegmentationSession:
                        should_cancel: Optional[Callable[[], bool]] = None) -> Optional[WriteRequest]:
         """"Segment in ROI": the ROI's box on every slice it covers (plus the points placed on each of those
         slices), predicted slice by slice and written as one request (one undo point); None if cancelled.
-        Every slice is accepted, so Propagate and corrections continue from the result."""
+        The ROI bounds the write: each slice's mask is kept inside the ROI's box there, and the segment
+        outside the boxes is left as it is. Every slice is accepted, so Propagate and corrections
+        continue from the result."""
         from ..markups import get_markup_prompts
 
         axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
         slice_prompts = get_markup_prompts(points, [roi], self.ijk_to_ras, self.shape, axis, every_roi_slice=True)
         slice_prompts = {index: prompts for index, prompts in slice_prompts.items() if prompts.box is not None}
         masks: Dict[int, np.ndarray] = {}
+        covered: Dict[int, np.ndarray] = {}
         for done, (index, prompts) in enumerate(sorted(slice_prompts.items())):
             if should_cancel is not None and should_cancel():
                 return None
-            masks[index] = self.predictor.predict_mask(axis, index, prompts)
+            mask = self.predictor.predict_mask(axis, index, prompts)
+            covered[index] = _get_box_mask(prompts.box, mask.shape)
+            masks[index] = mask & covered[index]
             if progress is not None:
                 progress(done + 1, len(slice_prompts))
         for index, mask in masks.items():
             self._accepted.setdefault(axis, {})[index] = mask
             self._written[(axis, index)] = mask
         self.preview, self._pending = None, False
-        return WriteRequest("segment_roi", axis, masks, self.shape)
+        return WriteRequest("segment_roi", axis, masks, self.shape, covered=covered)
 
     def clear_prompts(self) -> None:
         """Forget the current slice's prompts, preview and previous prediction (applied masks stay)."""
@@ -309,8 +339,11 @@ class SegmentationSession:
         preview = self._get_pending_preview()
         if preview is None:
             raise InputError("nothing to apply: click a point or drag a box on a slice first")
+        key = (preview.axis, preview.index)
+        covered = self._get_covered(key, preview.mask, self._get_box(key))
         self._accept(preview)
-        return WriteRequest("apply", preview.axis, {preview.index: preview.mask}, self.shape)
+        return WriteRequest("apply", preview.axis, {preview.index: preview.mask}, self.shape,
+                            covered={preview.index: covered})
 
     def propagate(self, config=None, segment: Optional[np.ndarray] = None,
                   progress: Optional[Callable[[int, int], None]] = None,
@@ -320,15 +353,17 @@ class SegmentationSession:
         Args:
             config: a `medicosam.propagation.PropagationConfig` (direction, range, mode, IoU stop).
             segment: the selected segment now, as a (K, J, I) bool array on the volume grid. Seeds are
-                read from it, so Undo and edits made with other effects count; an accepted slice that
-                is now empty (undone or erased) is no longer a seed. None: use the masks as applied.
+                read from it (`get_seeds`), so Undo and edits made with other effects count; an accepted
+                slice that is now empty (undone or erased) is no longer a seed. None: the masks as applied.
             progress: `progress(done, total)` after each slice.
             should_cancel: checked before each slice.
         """
         preview = self._get_pending_preview()
         axis = preview.axis if preview is not None else self._get_propagation_axis()
         accepted = dict(self._accepted.get(axis, {}))
-        seeds = self._get_seeds(axis, accepted, segment)
+        if segment is not None and tuple(segment.shape) != self.shape:
+            raise InputError(f"segment shape {segment.shape} differs from the volume shape {self.shape}")
+        seeds = get_seeds(axis, accepted, segment)
         if preview is not None:
             seeds[preview.index] = preview.mask
         if not any(mask.any() for mask in seeds.values()):
@@ -342,12 +377,15 @@ class SegmentationSession:
             self._accept(preview)
         masks = {index: mask for index, mask in result.masks.items()
                  if index not in seeds or (preview is not None and index == preview.index)}
+        covered = {index: self._get_covered((axis, index), mask, self._get_box((axis, index))
+                                            if preview is not None and index == preview.index else None)
+                   for index, mask in masks.items()}
         for index, mask in masks.items():
             self._written[(axis, index)] = mask
             if preview is None or index != preview.index:  # prompts placed there before are stale now
                 self._prompts.pop((axis, index), None)
                 self._logits.pop((axis, index), None)
-        return WriteRequest("propagate", axis, masks, self.shape, result)
+        return WriteRequest("propagate", axis, masks, self.shape, result, covered)
 
     def get_accepted_slices(self, axis: int) -> List[int]:
         return sorted(self._accepted.get(axis, {}))
@@ -402,17 +440,48 @@ class SegmentationSession:
                                "whose slices you want to propagate, then propagate")
         return axes[0]
 
-    def _get_seeds(self, axis: int, accepted: Dict[int, np.ndarray],
-                   segment: Optional[np.ndarray]) -> Dict[int, np.ndarray]:
-        """Seed masks: the segment's content on accepted slices (an empty applied mask stays a stop
-        annotation; an applied non-empty mask that is gone now was undone or erased: dropped)."""
-        if segment is None:
-            return accepted
-        if tuple(segment.shape) != self.shape:
-            raise InputError(f"segment shape {segment.shape} differs from the volume shape {self.shape}")
-        seeds = {}
-        for index, applied in accepted.items():
-            now = np.take(segment, index, axis=axis).astype(bool)
-            if now.any() or not applied.any():
-                seeds[index] = now
-        return seeds
+    def _get_box(self, key: SliceKey):
+        """The box prompt of slice `key`, if it has one."""
+        return self._prompts[key].box if key in self._prompts else None
+
+    def _get_covered(self, key: SliceKey, mask: np.ndarray, box=None) -> np.ndarray:
+        """The region a write of `mask` on slice `key` covers: the mask, what this session wrote there
+        before, and the box prompt it was predicted from (`box`, `(x0, y0, x1, y1)`)."""
+        covered = mask.copy()
+        if key in self._written:
+            covered |= self._written[key]
+        if box is not None:
+            covered |= _get_box_mask(box, mask.shape)
+        return covered
+
+def _get_box_mask(box, shape: Sequence[int]) -> np.ndarray:
+    """(H, W) bool of the pixels inside box `(x0, y0, x1, y1)` (exclusive max)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    mask = np.zeros(tuple(shape), bool)
+    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    return mask
+
+
+def _get_touching_parts(mask: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The connected parts (8-connected) of `mask` that overlap `reference`."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    touching = np.unique(labels[reference & mask])
+    return np.isin(labels, touching[touching > 0])
+
+
+def get_seeds(axis: int, accepted: Dict[int, np.ndarray], segment: Optional[np.ndarray]) -> Dict[int, np.ndarray]:
+    """Propagation seeds: on each accepted slice (index -> the mask applied there), the parts of the
+    (K, J, I) `segment` there that touch what was applied (edits of the object count, other objects
+    of the segment on that slice do not). An empty applied mask stays an empty seed (a stop
+    annotation); an applied non-empty mask that is gone now was undone or erased: no seed. Without a
+    `segment`, the masks as applied."""
+    if segment is None:
+        return dict(accepted)
+    seeds = {}
+    for index, applied in accepted.items():
+        now = _get_touching_parts(np.take(segment, index, axis=axis).astype(bool), applied)
+        if now.any() or not applied.any():
+            seeds[index] = now
+    return seeds
