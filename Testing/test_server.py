@@ -8,27 +8,34 @@ kept) and restarted (the client re-uploads by itself). The client also runs wher
 
 from __future__ import annotations
 
+import io
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from helpers_server import CACHE_MB, ROOT, TOKEN, Server
+from helpers_server import CACHE_MB, OTHER_TOKEN, ROOT, TOKEN, Server
 
 from medicosam.client import RemotePredictor, ServerClient
 from medicosam.errors import InputError, RunError
 from medicosam.prompts import Prompts
 from medicosam.propagation import PropagationConfig
-from medicosam.wire import PROTOCOL_HEADER, encode_array, get_digest
+from medicosam.wire import PROTOCOL_HEADER, encode_array, get_digest, to_text
+
+MAX_REQUEST_MB = 1  # the module's server: 90 mask prompts of a (117, 99) slice pass it
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
-    running = Server(tiny_checkpoint).start()
+    running = Server(tiny_checkpoint, None, "--max-request-mb", str(MAX_REQUEST_MB)).start()
     yield running
     running.kill()
 
@@ -262,3 +269,152 @@ def test_serve_refuses_other_addresses_without_a_token(tiny_checkpoint, monkeypa
     assert config.get_owner("Bearer another-token") == "token1" and config.get_owner("Bearer a-long") is None
     monkeypatch.setenv("MEDICOSAM_TOKEN", "from-the-environment")
     assert ServeConfig("m", host="10.0.0.1").tokens == ["from-the-environment"]
+
+
+def _auth(token=TOKEN) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _open_session(server, volume) -> str:
+    remote = RemotePredictor(ServerClient(server.url, TOKEN), volume, fast=False)
+    remote.get_embedding(0, 0)  # uploads the volume and opens the session
+    return remote.session
+
+
+def _held(server, volume) -> bool:
+    return requests.head(f"{server.url}/v1/volumes/{get_digest(volume)}", headers=_auth(), timeout=10).ok
+
+
+def _counts(server) -> tuple:
+    """(sessions, uploads) the server holds; asking does not expire anything."""
+    model = requests.get(server.url + "/v1/models", headers=_auth(), timeout=10).json()
+    return model["sessions"], model["volumes"]
+
+
+def _peak_mb(process) -> float:
+    """The peak resident memory of a process so far (Linux's VmHWM)."""
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def _deflated_zeros(shape, dtype="|b1") -> str:
+    """Base64 of `encode_array` bytes for a zero array of `shape`, made without holding the array:
+    a few hundred kB that inflate to gigabytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    deflate, zeros = zlib.compressobj(9), bytes(2**24)
+    parts = [deflate.compress(header.getvalue())]
+    parts += [deflate.compress(zeros) for _ in range(int(np.prod(shape)) * np.dtype(dtype).itemsize // len(zeros))]
+    import base64
+
+    return base64.b64encode(b"".join(parts) + deflate.flush()).decode()
+
+
+def test_mask_fields_are_checked_before_they_inflate_and_a_request_has_a_total_cap(server, mr):
+    session = _open_session(server, mr)
+    url = f"{server.url}/v1/sessions/{session}/predict"
+    index, point = _centre(mr)
+    huge = _deflated_zeros((16384, 32768))  # 512 MB of mask from 0.7 MB of request
+    before = _peak_mb(server.process)
+    response = requests.post(url, headers=_auth(), timeout=60, json={
+        "axis": 0, "index": index, "objects": [{"points": point.tolist(), "labels": [1], "mask": huge}]})
+    assert response.status_code == 400
+    assert _peak_mb(server.process) - before < 64  # the old server inflated it first: +1 GB
+    assert "mask prompt of shape (16384, 32768): it must be (117, 99)" in response.json()["detail"]
+    slice_mask = to_text(np.zeros(mr.shape[1:], bool))  # 11.6 kB each inflated: 100 of them pass 1 MB
+    objects = [{"points": point.tolist(), "labels": [1], "mask": slice_mask}] * 100
+    response = requests.post(url, headers=_auth(), timeout=60, json={"axis": 0, "index": index, "objects": objects})
+    assert response.status_code == 400 and "--max-request-mb" in response.json()["detail"]
+    for seed, shape in ((huge, (16384, 32768)), (to_text(np.zeros((5, 5), bool)), (5, 5))):
+        response = requests.post(f"{server.url}/v1/sessions/{session}/propagate", headers=_auth(), timeout=60,
+                                 json={"axis": 0, "seeds": {str(index): seed}, "config": {}})
+        assert response.status_code == 400  # refused before a slice is computed, not an error in the stream
+        assert f"seed 20 of shape {shape}: it must be (117, 99)" in response.json()["detail"]
+    assert _peak_mb(server.process) - before < 64
+
+
+def test_point_labels_are_0_or_1(server, mr):
+    session = _open_session(server, mr)
+    index, point = _centre(mr)
+    for label in (7, 2, 3, -1, -5):  # 7 was a 500; SAM's own box-corner and padding labels gave masks
+        response = requests.post(f"{server.url}/v1/sessions/{session}/predict", headers=_auth(), timeout=30,
+                                 json={"axis": 0, "index": index, "objects": [{"points": point.tolist(),
+                                                                               "labels": [label]}]})
+        assert response.status_code == 400, label
+        assert response.json()["detail"] == (f"point labels [{label}]: a point's label is 1 (positive) or 0 "
+                                             "(negative)")
+    with pytest.raises(InputError, match="point labels"):
+        Prompts(point, [2])
+
+
+def test_another_tokens_session_cannot_be_closed(server, mr):
+    session = _open_session(server, mr)
+    url = f"{server.url}/v1/sessions/{session}"
+    response = requests.delete(url, headers=_auth(OTHER_TOKEN), timeout=10)
+    assert response.status_code == 404 and response.json()["code"] == "unknown_session"
+    index, point = _centre(mr)
+    body = {"axis": 0, "index": index, "objects": [{"points": point.tolist(), "labels": [1]}]}
+    assert requests.post(url + "/predict", headers=_auth(), json=body, timeout=30).status_code == 200  # still open
+    assert requests.delete(url, headers=_auth(), timeout=10).json() == {"closed": session}
+    assert requests.delete(url, headers=_auth(), timeout=10).status_code == 404
+
+
+def test_upload_caps_idle_expiry_on_a_timer_and_a_client_gone_mid_upload(tiny_checkpoint, mr, tmp_path):
+    log = tmp_path / "server.log"
+    server = Server(tiny_checkpoint, None, "--max-volumes", "2", "--volumes-mb", "1", "--session-minutes", "0.05",
+                    log=log).start()
+    try:
+        client = ServerClient(server.url, TOKEN)
+        volumes = [np.ascontiguousarray(mr[:34] + n) for n in range(3)]  # 0.38 MB each
+        _open_session(server, volumes[0])  # an open session holds it
+        for volume in volumes[1:]:
+            client.upload(volume)
+        assert not _held(server, volumes[1])  # two at most: the idle one made room
+        assert _held(server, volumes[2]) and _held(server, volumes[0])
+        big = np.ascontiguousarray(np.tile(mr[:1], (70, 1, 1)))  # 0.78 MB: with the pinned one past 1 MB
+        with pytest.raises(RunError, match="--volumes-mb 1"):
+            client.upload(big)
+        assert _held(server, volumes[2])  # nothing was dropped for an upload that cannot fit
+        assert _counts(server) == (1, 2)
+
+        # A client that goes away mid-upload: no traceback in the server's log, and it keeps serving.
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(f"PUT /v1/volumes/{'0' * 64} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                         "Content-Length: 1000000\r\n\r\n".encode() + bytes(1000))
+        assert client.get_health()["status"] == "ok"
+
+        # Nobody calls the server: the timer expires the session and the uploads (3 s idle time).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _counts(server) != (0, 0):
+            time.sleep(0.5)
+        assert _counts(server) == (0, 0)
+    finally:
+        server.kill()
+    text = log.read_text()
+    assert "Traceback" not in text and "ClientDisconnect" not in text, text
+
+
+def test_the_start_line_is_news_not_a_warning(tiny_checkpoint, tmp_path):
+    """`serve`'s normal start printed `medicosam: WARNING: serving ...`; it is a plain line on stdout."""
+    import time
+
+    from helpers_server import get_free_port
+
+    port = get_free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "MedicoSAMSlicer"), str(ROOT / "MedicoSAMTraining")])}
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        process = subprocess.Popen([sys.executable, "-m", "medicosam.cli", "serve", "--checkpoint",
+                                    str(tiny_checkpoint), "--device", "cpu", "--port", str(port), "--token", TOKEN],
+                                   stdout=out, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "out").read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "err").read_text()
+            time.sleep(0.2)
+    finally:
+        process.kill()
+        process.wait()
+    assert (tmp_path / "out").read_text() == (f"serving {tiny_checkpoint} (custom) on http://127.0.0.1:{port}, token "
+                                              "required; Ctrl+C stops it\n")
+    assert "WARNING" not in (tmp_path / "err").read_text()

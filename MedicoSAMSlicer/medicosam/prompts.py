@@ -54,6 +54,9 @@ class Prompts:
         if len(self.points) != len(self.labels):
             raise InputError(f"{len(self.points)} points but {len(self.labels)} labels: "
                               "give one label per point")
+        if not np.isin(self.labels, (0, 1)).all():  # SAM's own -1 (padding) and 2, 3 (box corners) are not points
+            raise InputError(f"point labels {sorted(set(self.labels.tolist()) - {0, 1})}: a point's label is 1 "
+                             "(positive) or 0 (negative)")
         if self.box is not None:
             self.box = np.asarray(self.box, dtype=np.float32).reshape(4)
         if self.mask is not None:

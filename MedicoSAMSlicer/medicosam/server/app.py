@@ -12,6 +12,7 @@ Bad requests get 4xx with `{"detail": message}`; a lost session 404 with `"code"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import MedicoSAMError
@@ -30,13 +32,14 @@ from ..wire import (
     PROTOCOL,
     PROTOCOL_HEADER,
     VOLUME_DTYPES,
+    Budget,
     decode_array,
     from_text,
     get_digest,
     prompts_from_json,
     to_text,
 )
-from .state import ServerState, SessionNotFound
+from .state import ServerFull, ServerState, SessionNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,14 @@ def create_app(state: ServerState) -> FastAPI:
     config = state.config
     max_body = config.max_upload_mb * 2**20
     max_volume = config.max_volume_mb * 2**20
-    app = FastAPI(title="MedicoSAM server", version=__version__,
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        stop = state.expire_regularly()
+        yield
+        stop.set()
+
+    app = FastAPI(title="MedicoSAM server", version=__version__, lifespan=lifespan,
                   description="SAM for medical volumes, one model for many annotators (docs/server.md)")
 
     @app.middleware("http")
@@ -83,6 +93,10 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(SessionNotFound)
     async def lost(_, error: SessionNotFound):
         return _error(404, str(error), "unknown_session")
+
+    @app.exception_handler(ServerFull)
+    async def full(_, error: ServerFull):
+        return _error(503, str(error), "server_full")
 
     @app.exception_handler(MedicoSAMError)
     async def invalid(_, error: MedicoSAMError):
@@ -140,8 +154,9 @@ def create_app(state: ServerState) -> FastAPI:
         objects = body.get("objects")
         if not isinstance(objects, list) or not objects:
             raise _Refused(400, "'objects' must be a non-empty list of prompts", "invalid")
-        prompts = [prompts_from_json(value, max_volume) for value in objects]
-        _check_prompt_arrays(prompts, session.predictor, axis)
+        budget, low = Budget(config.max_request_mb * 2**20), session.predictor.low_res_size
+        prompts = [prompts_from_json(value, budget, _get_slice_shape(session.predictor.volume, axis), (low, low))
+                   for value in objects]
         multimask = body.get("multimask")
         prediction = await run_in_threadpool(session.predictor.predict, axis, index, prompts,
                                              None if multimask is None else bool(multimask))
@@ -179,8 +194,11 @@ def create_app(state: ServerState) -> FastAPI:
         seeds_json, options = body.get("seeds"), body.get("config") or {}
         if not isinstance(seeds_json, dict) or not seeds_json or not isinstance(options, dict):
             raise _Refused(400, "propagate needs {'axis', 'seeds': {slice: mask}, 'config': {...}}", "invalid")
+        budget, shape = Budget(config.max_request_mb * 2**20), _get_slice_shape(session.predictor.volume, axis)
         try:
-            seeds = {int(k): from_text(v, max_volume, ("bool",), f"seed {k}") for k, v in seeds_json.items()}
+            seeds = {_get_slice({"axis": axis, "index": int(k)}, session.predictor.volume)[1]:
+                     from_text(v, budget.max_bytes, ("bool",), f"seed {k}", shape, budget)
+                     for k, v in seeds_json.items()}
             if options.get("slice_range") is not None:
                 options["slice_range"] = tuple(options["slice_range"])
             propagation = PropagationConfig(**options)
@@ -239,12 +257,15 @@ def _error(status: int, detail: str, code: str = "") -> JSONResponse:
 async def _read_body(request: Request, limit: int, limit_mb: int) -> bytes:
     """The body, refused (413) as soon as it passes `limit` bytes (chunked uploads have no length)."""
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _Refused(413, f"request body is over the server's limit of {limit_mb} MB "
-                                "(medicosam serve --max-upload-mb)", "too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _Refused(413, f"request body is over the server's limit of {limit_mb} MB "
+                                    "(medicosam serve --max-upload-mb)", "too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to answer; the server goes on
+        raise _Refused(400, "the client went away before the request's end", "disconnected") from None
     return b"".join(chunks)
 
 
@@ -269,12 +290,6 @@ def _get_slice(body: dict, volume: np.ndarray):
     return axis, index
 
 
-def _check_prompt_arrays(prompts, predictor, axis: int) -> None:
-    """Mask and logits prompts must have the slice's and the model's low-res sizes."""
-    shape = tuple(np.delete(np.array(predictor.volume.shape[:3]), axis))
-    low = (predictor.low_res_size, predictor.low_res_size)
-    for prompt in prompts:
-        if prompt.mask is not None and prompt.mask.shape != shape:
-            raise _Refused(400, f"mask prompt of shape {prompt.mask.shape}: the slice is {shape}", "invalid")
-        if prompt.logits is not None and prompt.logits.shape != low:
-            raise _Refused(400, f"logits of shape {prompt.logits.shape}: this model's are {low}", "invalid")
+def _get_slice_shape(volume: np.ndarray, axis: int) -> tuple:
+    """(rows, columns) of a slice along `axis`: the shape every mask prompt and seed must have."""
+    return tuple(int(n) for n in np.delete(np.array(volume.shape[:3]), axis))

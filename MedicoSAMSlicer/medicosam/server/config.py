@@ -38,6 +38,12 @@ class ServeConfig:
     cache_mb: int = option(8192, "one embedding cache shared by all sessions, in MB")
     max_upload_mb: int = option(1024, "largest request body (a compressed volume), in MB")
     max_volume_mb: int = option(4096, "largest volume once decompressed, in MB")
+    max_request_mb: int = option(256, "most a request's masks, logits and propagation seeds may take in all "
+                                 "once decompressed, in MB")
+    max_volumes: int = option(64, "most uploaded volumes held at once, all tokens together (the least recently "
+                              "used one no session holds makes room)")
+    volumes_mb: int = option(16384, "most memory the uploaded volumes may take together, in MB (the least "
+                             "recently used one no session holds makes room)")
     session_minutes: float = option(60.0, "a session (and an upload no session uses) expires after this idle time")
     fast: bool = option(True, "offer the fast path (clients choose per session; --no-fast: official fp32 only)")
     allow_custom: bool = option(False, "accept SAM checkpoints of non-official sizes (e.g. tiny models)")
@@ -51,7 +57,7 @@ class ServeConfig:
             self.token = os.environ.get(TOKEN_ENVIRONMENT) or None
         if not 0 < self.port < 65536:
             raise InputError(f"--port {self.port} is not a TCP port: use 1..65535")
-        for name in ("cache_mb", "max_upload_mb", "max_volume_mb"):
+        for name in ("cache_mb", "max_upload_mb", "max_volume_mb", "max_request_mb", "max_volumes", "volumes_mb"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: use 1 or more")
         if self.session_minutes <= 0:

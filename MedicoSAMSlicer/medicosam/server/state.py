@@ -25,6 +25,10 @@ class SessionNotFound(LookupError):
     """The session id is unknown (expired, another owner's, or the server restarted)."""
 
 
+class ServerFull(RuntimeError):
+    """An upload does not fit under the volume caps, and every volume held belongs to an open session."""
+
+
 class _LockedPredictor(VolumePredictor):
     """A `VolumePredictor` whose model calls hold the server's model lock (one call at a time)."""
 
@@ -78,7 +82,25 @@ class ServerState:
             return entry is not None
 
     def add_volume(self, owner: str, digest: str, array: np.ndarray) -> None:
+        """Keep an upload, first dropping the least recently used uploads no session holds while the
+        count or the memory would pass `--max-volumes` / `--volumes-mb`; ServerFull when that is not enough."""
+        self.expire()
+        max_bytes, max_count = self.config.volumes_mb * 2**20, self.config.max_volumes
         with self._lock:
+            if (owner, digest) in self._volumes:  # the same content again
+                self._volumes[(owner, digest)][1] = time.monotonic()
+                return
+            used = {(s.owner, s.digest) for s in self._sessions.values()}
+            pinned = [volume.nbytes for key, (volume, _) in self._volumes.items() if key in used]
+            if len(pinned) >= max_count or sum(pinned) + array.nbytes > max_bytes:  # refused: nothing dropped
+                raise ServerFull(f"the server holds {len(pinned)} volumes ({sum(pinned) / 2**20:.1f} MB) that open "
+                                 f"sessions use, and this one ({array.nbytes / 2**20:.1f} MB) would pass its limits "
+                                 f"(--max-volumes {max_count}, --volumes-mb {self.config.volumes_mb}): close "
+                                 "sessions or try again when they expire")
+            idle = sorted((last, key) for key, (_, last) in self._volumes.items() if key not in used)
+            total = sum(volume.nbytes for volume, _ in self._volumes.values())
+            while len(self._volumes) >= max_count or total + array.nbytes > max_bytes:
+                total -= self._volumes.pop(idle.pop(0)[1])[0].nbytes
             self._volumes[(owner, digest)] = [array, time.monotonic()]
 
     def open_session(self, owner: str, digest: str, window: str, fast: bool) -> str:
@@ -112,10 +134,12 @@ class ServerState:
             return session
 
     def close_session(self, owner: str, session_id: str) -> None:
+        """Close this owner's session; SessionNotFound for an unknown one or another token's."""
         with self._lock:
             session = self._sessions.get(session_id)
-            if session is not None and session.owner == owner:
-                del self._sessions[session_id]
+            if session is None or session.owner != owner:
+                raise SessionNotFound("unknown session: it expired, was closed, or belongs to another token")
+            del self._sessions[session_id]
 
     def expire(self, now: Optional[float] = None) -> None:
         """Drop idle sessions, then idle uploads no session uses, and the embeddings of volumes gone."""
@@ -128,6 +152,18 @@ class ServerState:
                 del self._volumes[key]
             kept = {digest for _, digest in self._volumes}
         self.cache.clear(lambda key: key[0] not in kept)
+
+    def expire_regularly(self) -> threading.Event:
+        """Run `expire` on a timer (every half session time, at most a minute), not only when someone
+        uploads or opens a session; set the returned event to stop it."""
+        stop = threading.Event()
+
+        def run():
+            while not stop.wait(min(self.ttl / 2, 60.0)):
+                self.expire()
+
+        threading.Thread(target=run, daemon=True, name="medicosam-expire").start()
+        return stop
 
     def get_counts(self) -> dict:
         with self._lock:
