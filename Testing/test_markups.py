@@ -177,3 +177,30 @@ def test_not_json_and_bad_roi_fields(tmp_path):
     roi.write_text(json.dumps(document))
     with pytest.raises(DataError, match="orientation is not a rotation"):
         read_markups_file(roi)
+
+
+def test_an_roi_empty_across_the_slices_is_refused():
+    # A flat ROI covers the slice it lies in (as a --box does); seen edge-on, or as a point, it is an
+    # empty box: refused as an empty --box is (test_segment_markups: as a prompt and as --in-roi bounds).
+    matrix = np.eye(4)  # i = R, j = A, k = S
+    flat = MarkupsROI((18.0, 20.0, 12.0), (10.0, 8.0, 0.0))  # no extent along S = k: an axial rectangle
+    assert get_roi_slice_range([flat], matrix, SHAPE, 0) == (12, 12)
+    for roi, axis in ((flat, 1), (flat, 2), (MarkupsROI((18.0, 20.0, 12.0), (0.0, 0.0, 0.0)), 0)):
+        with pytest.raises(DataError, match=f"is empty across the slices along array axis {axis}"):
+            get_roi_slice_range([roi], matrix, SHAPE, axis)
+
+
+def test_too_many_points_and_deep_nesting_are_one_clear_error(tmp_path):
+    from medicosam.markups import MAX_CONTROL_POINTS
+
+    positions = [(float(n % 30), float(n // 30 % 30), 5.0) for n in range(MAX_CONTROL_POINTS + 1)]
+    many = write_point_list(tmp_path / "many.mrk.json", positions)
+    with pytest.raises(DataError, match=f"{MAX_CONTROL_POINTS + 1} control points, more than the "
+                                        f"{MAX_CONTROL_POINTS}") as error:
+        read_markups_file(many)
+    assert str(many) in str(error.value)
+    read_markups_file(write_point_list(tmp_path / "most.mrk.json", positions[1:]))  # the most a file may hold
+    nested = tmp_path / "nested.mrk.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="cannot read it as a Slicer markups file"):
+        read_markups_file(nested)

@@ -101,6 +101,10 @@ def test_segment_in_roi_writes_only_the_slices_the_roi_covers(image_path, tiny_c
     ("outside", "does not overlap the volume"),
     ("undefined", "no defined control point"),
     ("points_as_roi", "--roi needs a file holding ROIs only"),
+    ("empty_roi", "is empty across the slices"),  # as a prompt and as --in-roi bounds alike, as an empty --box
+    ("empty_roi_in_roi", "is empty across the slices"),
+    ("too_many_points", "control points, more than the 1000"),
+    ("nested", "cannot read it as a Slicer markups file"),
 ])
 def test_bad_markups_files_are_one_line_errors(image_path, tiny_checkpoint, matrix, axis, tmp_path, capsys, case,
                                               message):
@@ -116,6 +120,15 @@ def test_bad_markups_files_are_one_line_errors(image_path, tiny_checkpoint, matr
     elif case == "undefined":
         args = ["--markups", str(write_point_list(files / "p.mrk.json", [point, point], statuses=["undefined",
                                                                                                   "preview"]))]
+    elif case.startswith("empty_roi"):
+        args = ["--roi", str(write_roi(files / "r.mrk.json", point, (0.0, 0.0, 0.0)))]
+        args += ["--in-roi"] if case.endswith("in_roi") else ["--markups", str(write_point_list(files / "p.mrk.json",
+                                                                                                 [point]))]
+    elif case == "too_many_points":
+        args = ["--markups", str(write_point_list(files / "p.mrk.json", [point] * 200_000))]
+    elif case == "nested":
+        (files / "p.mrk.json").write_text("[" * 100_000 + "]" * 100_000)
+        args = ["--markups", str(files / "p.mrk.json")]
     else:
         args = ["--roi", str(write_point_list(files / "p.mrk.json", [point]))]
     out = tmp_path / "out"

@@ -38,6 +38,9 @@ from .prompts import Prompts
 #: The schema Slicer 5.x writes and accepts (`vtkMRMLMarkupsJsonStorageNode`: markups-schema-v1.x.y).
 _SCHEMA = re.compile(r".*markups-schema-v1\.[0-9]+\.[0-9]+\.json#*$")
 _LPS_FLIP = np.array([-1.0, -1.0, 1.0])
+#: The most control points one file may hold: prompts take a few per slice, and far more (200,000 points
+#: ran for minutes to 2 GB) is a wrong file, not a prompt.
+MAX_CONTROL_POINTS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +146,7 @@ def read_markups_file(path: Union[str, Path]) -> Tuple[List[MarkupsPoint], List[
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # deep nesting: recursion
         raise DataError(f"{path}: cannot read it as a Slicer markups file ({error}); save the point "
                                "list or ROI from Slicer as .mrk.json") from None
     if not isinstance(document, dict) or not _SCHEMA.match(str(document.get("@schema", ""))):
@@ -152,6 +155,11 @@ def read_markups_file(path: Union[str, Path]) -> Tuple[List[MarkupsPoint], List[
     markups = document.get("markups")
     if not isinstance(markups, list) or not markups:
         raise DataError(f"{path}: field 'markups' holds no markups list")
+    count = sum(len(markup["controlPoints"]) for markup in markups
+                if isinstance(markup, dict) and isinstance(markup.get("controlPoints"), list))
+    if count > MAX_CONTROL_POINTS:
+        raise DataError(f"{path}: {count} control points, more than the {MAX_CONTROL_POINTS} a prompt file may hold "
+                        "(SAM takes a few points per slice): keep the points that prompt, or split the file")
     points: List[MarkupsPoint] = []
     rois: List[MarkupsROI] = []
     for n, markup in enumerate(markups):
@@ -185,7 +193,7 @@ def get_markup_prompts(points: Sequence[MarkupsPoint], rois: Sequence[MarkupsROI
         index, x, y = get_slice_point(ras_to_array_index(point.position_ras, ijk_to_ras, shape_kji), axis)
         prompts[index] = prompts.get(index, Prompts()).with_points(np.array([[x, y]]), np.array([int(point.positive)]))
     for roi in rois:
-        boxes = get_roi_slice_boxes(roi.get_corners_ras(), ijk_to_ras, shape_kji, axis)
+        boxes = _get_roi_boxes(roi, ijk_to_ras, shape_kji, axis)
         if not boxes:
             raise DataError(f"the ROI centred at RAS {tuple(round(v, 1) for v in roi.center_ras)} mm does "
                                    "not overlap the volume; move it onto the image")
@@ -203,8 +211,7 @@ def get_markup_prompts(points: Sequence[MarkupsPoint], rois: Sequence[MarkupsROI
 def get_roi_slice_range(rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray, shape_kji: Sequence[int],
                         axis: int) -> Optional[Tuple[int, int]]:
     """(first, last) slice along `axis` that the ROIs cover, to bound propagation; None without ROIs."""
-    covered = [index for roi in rois for index in get_roi_slice_boxes(roi.get_corners_ras(), ijk_to_ras,
-                                                                       shape_kji, axis)]
+    covered = [index for roi in rois for index in _get_roi_boxes(roi, ijk_to_ras, shape_kji, axis)]
     return (min(covered), max(covered)) if covered else None
 
 
@@ -230,6 +237,23 @@ def get_propagation_range(rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray, sh
     bound: a box drawn on one slice is a prompt there, not a limit)."""
     covered = get_roi_slice_range(rois, ijk_to_ras, shape_kji, axis)
     return covered if covered is not None and covered[0] < covered[1] else None
+
+
+def _get_roi_boxes(roi: MarkupsROI, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], axis: int) -> Dict[int, tuple]:
+    """`geometry.get_roi_slice_boxes` of an ROI that spans the slices' rows and columns; an ROI that does
+    not (a point, or a line or flat box seen edge-on) is refused as an empty `--box` is, not a one-pixel box.
+
+    Raises:
+        DataError: the ROI has no extent across the slices along `axis`.
+    """
+    corners = roi.get_corners_ras()
+    in_plane = ras_to_ijk(corners, ijk_to_ras)[:, ::-1][:, [a for a in (0, 1, 2) if a != axis]]
+    if np.ptp(in_plane, axis=0).min() < 1e-6:  # voxels
+        raise DataError(f"the ROI centred at RAS {tuple(round(v, 1) for v in roi.center_ras)} mm, size "
+                        f"{tuple(round(v, 3) for v in roi.size)} mm, is empty across the slices along array axis "
+                        f"{axis}: an ROI prompt needs a size above 0 mm along the slice's rows and columns, as a "
+                        "--box needs a drag; resize the ROI in Slicer")
+    return get_roi_slice_boxes(corners, ijk_to_ras, shape_kji, axis)
 
 
 def _get_field(markup, name: str, kind, where: str):
