@@ -146,7 +146,7 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
             position = [0.0, 0.0, 0.0]
             negativeNode.GetNthControlPointPositionWorld(0, position)
             points = [MarkupsPoint(tuple(position), False)]  # negative by its list's name
-            self.assertEqual(logic.readMarkups()[0], points)
+            self.assertEqual(logic.readMarkups().points, tuple(points))
             expected = self.computeRoiWithCore(checkpoint, array, ijkToRas, roi, points, normal)
             self.assertGreaterEqual(getDice(written, expected), 0.99)
             axis = get_slice_axis(normal, ijkToRas)
@@ -264,13 +264,14 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         from medicosam.effect.session import SegmentationSession
+        from medicosam.markups import Markups
         from medicosam.models.checkpoint import load_sam
         from medicosam.predictor import get_volume_predictor
 
         loaded = load_sam(checkpoint, device="cpu", allow_custom=True)
         predictor = get_volume_predictor(loaded, array, fast=False)
         segment = np.zeros(array.shape, bool)
-        SegmentationSession(predictor, ijkToRas).segment_in_roi(roi, points, normal).apply_to(segment)
+        SegmentationSession(predictor, ijkToRas).segment_in_roi(roi, Markups(points), normal).apply_to(segment)
         return segment
 
 

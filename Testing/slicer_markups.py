@@ -71,3 +71,20 @@ def write_roi(path: Path, center_ras: Sequence[float], size: Sequence[float], ax
               "display": _display()}
     path.write_text(json.dumps({"@schema": SCHEMA, "markups": [markup]}, indent=4))
     return path
+
+
+def write_curve(path: Path, points_ras: Sequence[Sequence[float]], closed: bool, system: str = "LPS") -> Path:
+    """A curve (`type` Curve, a scribble) or closed curve (ClosedCurve, a lasso) file: the point list's
+    fields, and the measurements Slicer lists for curves (disabled by default)."""
+    n = len(points_ras)
+    measurements = [{"name": "length", "enabled": False, "units": "mm", "printFormat": "%-#4.4g%s"}]
+    if closed:
+        measurements.append({"name": "area", "enabled": False, "units": "cm2", "printFormat": "%-#4.4g%s"})
+    markup = {"type": "ClosedCurve" if closed else "Curve", "coordinateSystem": system, "coordinateUnits": "mm",
+              "locked": False, "fixedNumberOfControlPoints": False, "labelFormat": "%N-%d",
+              "lastUsedControlPointNumber": n,
+              "controlPoints": [_control_point(i, p, system, f"CC-{i + 1}" if closed else f"OC-{i + 1}")
+                                for i, p in enumerate(points_ras)],
+              "measurements": measurements, "display": _display()}
+    path.write_text(json.dumps({"@schema": SCHEMA, "markups": [markup]}, indent=4))
+    return path

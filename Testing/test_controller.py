@@ -16,7 +16,7 @@ from helpers_session import get_rotated_ijk_to_ras, get_test_volume, get_view_no
 from medicosam.effect.controller import EffectController, RemoteModel, get_propagation_config
 from medicosam.effect.settings import CUSTOM_MODEL, EffectSettings, ServerSettings
 from medicosam.errors import InputError, RunError
-from medicosam.markups import MarkupsPoint, MarkupsROI
+from medicosam.markups import Markups, MarkupsPoint, MarkupsROI
 from medicosam.propagation import PropagationConfig
 from medicosam.wire import PROTOCOL, PROTOCOL_HEADER
 
@@ -150,16 +150,16 @@ def test_markups_update_the_preview_then_prefetch_the_neighbours(effect, setting
     controller.load_model(settings)
     session = get_session(controller, SEGMENT_A, volume)
     points = [MarkupsPoint(tuple(get_voxel_ras((18, 40, 35), MATRIX)), True)]
-    preview, neighbours = controller.submit_markups(session, points, [], NORMAL, refine=False).result(timeout=60)
+    preview, neighbours = controller.submit_markups(session, Markups(points), NORMAL, refine=False).result(timeout=60)
     assert (preview.axis, preview.index) == (0, 18) and session.refine is False
     assert neighbours == [(0, 19), (0, 17), (0, 20), (0, 16)]
-    assert controller.submit_markups(session, points, [], NORMAL, True).result(timeout=60) is None  # unchanged
+    assert controller.submit_markups(session, Markups(points), NORMAL, True).result(timeout=60) is None  # unchanged
     predictor = session.predictor
     assert predictor.encoder_calls == 1
     controller.prefetch(session, neighbours)
     controller.get_worker().submit(lambda: None, background=True).result(timeout=60)  # after the prefetches
     assert predictor.encoder_calls == 5
-    empty = controller.submit_markups(session, [], [], NORMAL, True).result(timeout=60)
+    empty = controller.submit_markups(session, Markups(), NORMAL, True).result(timeout=60)
     assert empty == (None, [(0, 19), (0, 17), (0, 20), (0, 16)])  # the slice has no prompt left
 
     controller.release()
@@ -219,8 +219,8 @@ def test_run_on_server_gives_the_local_previews_prefetch_and_propagation(effect,
     here = get_session(local.controller, SEGMENT_A, volume)
 
     points = [MarkupsPoint(tuple(get_voxel_ras((18, 40, 35), MATRIX)), True)]
-    preview, neighbours = controller.submit_markups(session, points, [], NORMAL, refine=False).result(timeout=60)
-    expected, _ = local.controller.submit_markups(here, points, [], NORMAL, refine=False).result(timeout=60)
+    preview, neighbours = controller.submit_markups(session, Markups(points), NORMAL, refine=False).result(timeout=60)
+    expected, _ = local.controller.submit_markups(here, Markups(points), NORMAL, refine=False).result(timeout=60)
     assert (preview.axis, preview.index) == (0, 18) and preview.mask.any()
     np.testing.assert_array_equal(preview.mask, expected.mask)
     before = get_cache_bytes(server)
@@ -270,14 +270,14 @@ import numpy as np
 from medicosam.effect.controller import EffectController
 from medicosam.effect.requirements import get_missing_requirements
 from medicosam.effect.settings import EffectSettings, ServerSettings
-from medicosam.markups import MarkupsPoint
+from medicosam.markups import Markups, MarkupsPoint
 assert get_missing_requirements(remote=True) == []
 url, token, volume_file, point, normal = json.loads(sys.argv[1])
 controller = EffectController(lambda function, text, progress: controller.get_worker().submit(function).result())
 controller.load_model(EffectSettings(fast=False, server=ServerSettings("server", url, token)))
 volume = np.load(volume_file)
 session = controller.get_session("segment", "volume", np.eye(4), lambda: volume, refine=True)
-preview, _ = controller.submit_markups(session, [MarkupsPoint(tuple(point), True)], [], normal, True).result()
+preview, _ = controller.submit_markups(session, Markups([MarkupsPoint(tuple(point), True)]), normal, True).result()
 np.save(volume_file + ".mask.npy", preview.mask)
 controller.release()
 print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in blocked)))
@@ -298,7 +298,7 @@ def test_run_on_server_needs_no_torch_sam_or_weights(effect, settings, server, v
     assert run.stdout.strip().splitlines()[-1] == "[]"
     effect.controller.load_model(settings)
     session = effect.controller.get_session("segment", "volume", np.eye(4), lambda: volume, refine=True)
-    expected, _ = effect.controller.submit_markups(session, [MarkupsPoint(tuple(point), True)], [], normal,
+    expected, _ = effect.controller.submit_markups(session, Markups([MarkupsPoint(tuple(point), True)]), normal,
                                                    True).result(timeout=60)
     assert expected.mask.any()
     np.testing.assert_array_equal(np.load(volume_file + ".mask.npy"), expected.mask)
@@ -334,7 +334,7 @@ def test_a_sam2_model_previews_prefetches_and_propagates(effect, settings, volum
     assert isinstance(session.predictor, Sam2VolumePredictor) and session.predictor.cache is controller.cache
 
     points = [MarkupsPoint(tuple(get_voxel_ras((18, 40, 35), MATRIX)), True)]
-    preview, neighbours = controller.submit_markups(session, points, [], NORMAL, refine=False).result(timeout=60)
+    preview, neighbours = controller.submit_markups(session, Markups(points), NORMAL, refine=False).result(timeout=60)
     point = np.array([session.get_prompts((0, 18)).points[0]])
     expected = get_volume_predictor(controller.loaded, volume).predict_mask(0, 18, Prompts(point, [1]))
     np.testing.assert_array_equal(preview.mask, expected)

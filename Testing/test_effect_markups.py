@@ -14,6 +14,7 @@ from medicosam.effect.settings import MARKUPS_NAMES, MARKUPS_TAGS
 from medicosam.errors import DataError, InputError
 from medicosam.geometry import get_slice_box
 from medicosam.markups import (
+    Markups,
     MarkupsPoint,
     MarkupsROI,
     get_markup_prompts,
@@ -70,7 +71,7 @@ def test_box_drag_roi_prompts_the_box_of_the_drag_on_its_slice_only(axis):
     roi = get_roi_from_drag(a, b, get_view_axes(axis), MATRIX, SHAPE)
 
     index, box = get_slice_box(a, b, MATRIX, SHAPE, axis)
-    prompts = get_markup_prompts([], [roi], MATRIX, SHAPE, axis, every_roi_slice=True)
+    prompts = get_markup_prompts(Markups(rois=[roi]), MATRIX, SHAPE, axis, every_roi_slice=True)
     assert list(prompts) == [index] and tuple(prompts[index].box) == box
     assert np.isclose(np.linalg.det(np.asarray(roi.axes_ras)), 1.0)
     assert get_roi_slice_range([roi], MATRIX, SHAPE, axis) == (index, index)
@@ -115,16 +116,16 @@ def test_clear_deletes_the_points_of_the_slice_and_an_roi_on_it_alone():
     other_slice = get_roi_from_drag(get_voxel_ras((19, 30, 20), MATRIX), get_voxel_ras((19, 50, 45), MATRIX),
                                     axes, MATRIX, SHAPE)
     thick = MarkupsROI(drawn.center_ras, (drawn.size[0], drawn.size[1], 10.0), drawn.axes_ras)
-    assert get_markups_on_slice(points, [drawn, other_slice, thick], MATRIX, SHAPE, 0, 18) == ([0, 2], [0])
+    assert get_markups_on_slice(Markups(points, [drawn, other_slice, thick]), MATRIX, SHAPE, 0, 18) == ([0, 2], [0], [])
 
 
 def test_a_slice_whose_markups_were_all_deleted_has_no_prompts(shape_only_predictor):
     session = SegmentationSession(shape_only_predictor, MATRIX)
     normal = MATRIX[:3, 2] / np.linalg.norm(MATRIX[:3, 2])
     assert not session.has_prompts()
-    session.set_markups([MarkupsPoint(tuple(get_voxel_ras((18, 40, 35), MATRIX)), True)], [], normal)
+    session.set_markups(Markups([MarkupsPoint(tuple(get_voxel_ras((18, 40, 35), MATRIX)), True)]), normal)
     assert session.has_prompts() and session.has_prompts((0, 18)) and not session.has_prompts((0, 17))
-    assert session.set_markups([], [], normal) == [(0, 18)] and not session.has_prompts()
+    assert session.set_markups(Markups(), normal) == [(0, 18)] and not session.has_prompts()
 
 
 @pytest.fixture

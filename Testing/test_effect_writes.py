@@ -14,7 +14,7 @@ from helpers_session import SegmentRecord, get_rotated_ijk_to_ras, get_test_volu
 
 from medicosam.effect.session import SegmentationSession, WriteBlock, WriteRequest, get_seeds
 from medicosam.geometry import get_roi_slice_boxes, ijk_to_ras
-from medicosam.markups import MarkupsPoint, MarkupsROI
+from medicosam.markups import Markups, MarkupsPoint, MarkupsROI
 from medicosam.predictor import VolumePredictor
 from medicosam.propagation import PropagationConfig
 
@@ -95,7 +95,7 @@ def test_segment_in_roi_keeps_the_segment_outside_the_roi_and_undoes(session):
     boxes = get_roi_slice_boxes(roi.get_corners_ras(), MATRIX, session.shape, 0)
     record = get_kidneys(session.shape)
     before = record.segment.copy()
-    request = session.segment_in_roi(roi, [], NORMAL)
+    request = session.segment_in_roi(roi, Markups(), NORMAL)
     in_box = np.zeros(session.shape, bool)
     for k, (x0, y0, x1, y1) in boxes.items():
         in_box[k, y0:y1, x0:x1] = True
@@ -113,7 +113,7 @@ def test_apply_and_propagate_keep_the_segment_outside_what_they_produce_and_undo
     record = get_kidneys(session.shape)
     other = get_other_kidney(session.shape)
     original = record.segment.copy()
-    session.set_markups([MarkupsPoint(tuple(get_voxel_ras((18, 40, 35), MATRIX)), True)], [], NORMAL)
+    session.set_markups(Markups([MarkupsPoint(tuple(get_voxel_ras((18, 40, 35), MATRIX)), True)]), NORMAL)
     applied = session.update_preview().mask
     assert (other[18] & ~applied).any()  # the old rule erased these voxels of slice 18
     record.write(session.apply())

@@ -12,6 +12,7 @@ from slicer_markups import write_point_list, write_roi
 from medicosam.geometry import PointOutsideVolumeError, get_roi_slice_boxes, ijk_to_ras
 from medicosam.markups import (
     DataError,
+    Markups,
     MarkupsPoint,
     MarkupsROI,
     get_markup_prompts,
@@ -31,11 +32,12 @@ def test_points_land_on_their_voxels_of_rotated_flipped_anisotropic_grids(tmp_pa
     voxels = [(5, 10, 12), (5, 30, 20), (17, 3, 33)]
     world = [get_voxel_ras(v, matrix, offset_ijk=(0.3, -0.4, 0.2)) for v in voxels]
     path = write_point_list(tmp_path / "points.mrk.json", world, system, labels=["F-1", "-F-2", "F-3"])
-    points, rois = read_markups_file(path)
-    assert rois == [] and [p.positive for p in points] == [True, False, True]
+    markups = read_markups_file(path)
+    points = markups.points
+    assert markups.rois == () and [p.positive for p in points] == [True, False, True]
     np.testing.assert_allclose([p.position_ras for p in points], world, atol=1e-9)
     for axis in range(3):
-        prompts = get_markup_prompts(points, [], matrix, SHAPE, axis)
+        prompts = get_markup_prompts(Markups(points), matrix, SHAPE, axis)
         for (k, j, i), positive in zip(voxels, (1, 0, 1)):
             index = (k, j, i)[axis]
             xy = [(k, j, i)[a] for a in (0, 1, 2) if a != axis][::-1]
@@ -47,16 +49,16 @@ def test_negative_rules_list_name_description_and_undefined_points(tmp_path):
     matrix = get_rotated_ijk_to_ras()
     world = [get_voxel_ras(v, matrix) for v in [(3, 4, 5), (6, 7, 8), (9, 10, 11)]]
     negative = write_point_list(tmp_path / "Liver-negative.mrk.json", world)
-    assert [p.positive for p in read_markups_file(negative)[0]] == [False] * 3
+    assert [p.positive for p in read_markups_file(negative).points] == [False] * 3
     mixed = write_point_list(tmp_path / "mixed.mrk.json", world, descriptions=["", "- background", "+"],
                              statuses=["defined", "defined", "preview"])
-    assert [p.positive for p in read_markups_file(mixed)[0]] == [True, False]
+    assert [p.positive for p in read_markups_file(mixed).points] == [True, False]
 
 
 def test_roi_written_in_lps_and_ras_reads_the_same(tmp_path):
     axes = get_rotation((0.0, 0.0, 20.0))
-    a = read_markups_file(write_roi(tmp_path / "a.mrk.json", (10.0, -20.0, 5.0), (30, 20, 12), axes, "LPS"))[1]
-    b = read_markups_file(write_roi(tmp_path / "b.mrk.json", (10.0, -20.0, 5.0), (30, 20, 12), axes, "RAS"))[1]
+    a = read_markups_file(write_roi(tmp_path / "a.mrk.json", (10.0, -20.0, 5.0), (30, 20, 12), axes, "LPS")).rois
+    b = read_markups_file(write_roi(tmp_path / "b.mrk.json", (10.0, -20.0, 5.0), (30, 20, 12), axes, "RAS")).rois
     np.testing.assert_allclose(a[0].center_ras, (10.0, -20.0, 5.0))
     np.testing.assert_allclose(a[0].axes_ras, axes, atol=1e-12)
     np.testing.assert_allclose(a[0].get_corners_ras(), b[0].get_corners_ras(), atol=1e-9)
@@ -132,20 +134,20 @@ def test_roi_prompts_centre_slice_point_slices_or_every_slice():
     matrix = np.eye(4)
     roi = MarkupsROI((18.0, 20.0, 12.0), (10.0, 8.0, 6.0))
     point = MarkupsPoint((18.0, 20.0, 10.0), True)
-    centre_only = get_markup_prompts([], [roi], matrix, SHAPE, 0)
+    centre_only = get_markup_prompts(Markups(rois=[roi]), matrix, SHAPE, 0)
     assert list(centre_only) == [12] and centre_only[12].box.tolist() == [13, 16, 24, 25]
-    with_point = get_markup_prompts([point], [roi], matrix, SHAPE, 0)
+    with_point = get_markup_prompts(Markups([point], [roi]), matrix, SHAPE, 0)
     assert sorted(with_point) == [10, 12] and with_point[10].box is not None and len(with_point[10].points) == 1
-    every = get_markup_prompts([point], [roi], matrix, SHAPE, 0, every_roi_slice=True)
+    every = get_markup_prompts(Markups([point], [roi]), matrix, SHAPE, 0, every_roi_slice=True)
     assert sorted(every) == list(range(9, 16)) and len(every[10].points) == 1 and len(every[11].points) == 0
 
 
 def test_roi_outside_the_volume_and_point_outside_are_clear_errors():
     matrix = np.eye(4)
     with pytest.raises(DataError, match="does not overlap the volume"):
-        get_markup_prompts([], [MarkupsROI((500.0, 0.0, 0.0), (5.0, 5.0, 5.0))], matrix, SHAPE, 0)
+        get_markup_prompts(Markups(rois=[MarkupsROI((500.0, 0.0, 0.0), (5.0, 5.0, 5.0))]), matrix, SHAPE, 0)
     with pytest.raises(PointOutsideVolumeError):
-        get_markup_prompts([MarkupsPoint((-50.0, 0.0, 0.0), True)], [], matrix, SHAPE, 0)
+        get_markup_prompts(Markups([MarkupsPoint((-50.0, 0.0, 0.0), True)]), matrix, SHAPE, 0)
 
 
 @pytest.mark.parametrize("mutate, message", [

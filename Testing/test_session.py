@@ -27,7 +27,7 @@ from medicosam.geometry import (
     ijk_to_ras,
     ras_to_array_index,
 )
-from medicosam.markups import MarkupsPoint, MarkupsROI
+from medicosam.markups import Markups, MarkupsPoint, MarkupsROI, get_roi_from_corners
 from medicosam.predictor import VolumePredictor
 from medicosam.prompts import Prompts
 from medicosam.propagation import PropagationConfig
@@ -90,7 +90,9 @@ def test_ras_clicks_land_on_their_voxels_in_a_rotated_anisotropic_grid(session, 
 def test_box_from_two_world_corners(session, reference):
     axis, corner_a = 2, SEED
     corner_b = move_in_plane(SEED, axis, (-9, 14))  # (k, j) decrease / increase: corners in any order
-    session.add_box(get_voxel_ras(corner_a, MATRIX), get_voxel_ras(corner_b, MATRIX), get_view_normal(MATRIX, axis))
+    roi = get_roi_from_corners(get_voxel_ras(corner_a, MATRIX), get_voxel_ras(corner_b, MATRIX), MATRIX, session.shape,
+                               axis)
+    session.set_markups(Markups(rois=[roi]), get_view_normal(MATRIX, axis))
     (xa, ya), (xb, yb) = get_plane_xy(corner_a, axis), get_plane_xy(corner_b, axis)
     box = [min(xa, xb), min(ya, yb), max(xa, xb) + 1, max(ya, yb) + 1]
     np.testing.assert_array_equal(session.get_prompts().box, box)
@@ -182,7 +184,7 @@ def test_propagate_accepts_the_pending_preview_in_the_same_action(session, refer
     assert session.get_accepted_slices(axis) == [SEED[axis]]
 
 
-def test_propagation_replaces_stale_prompts_on_the_slices_it_writes(session, reference, volume):
+def test_propagation_makes_what_it_wrote_the_refinement_input_of_its_slices(session, reference, volume):
     record = SegmentRecord(volume.shape)
     click(session, (21, SEED[1], SEED[2]))
     session.update_preview()  # looked at slice 21, then moved on without applying
@@ -193,9 +195,10 @@ def test_propagation_replaces_stale_prompts_on_the_slices_it_writes(session, ref
     negative = move_in_plane((21, SEED[1], SEED[2]), 0)
     click(session, negative, positive=False)
     prompts = session.get_prompts()
-    np.testing.assert_array_equal(prompts.points, [get_plane_xy(negative, 0)])  # the old click is gone
+    np.testing.assert_array_equal(prompts.points, [get_plane_xy((21, SEED[1], SEED[2]), 0), get_plane_xy(negative, 0)])
+    assert prompts.logits is None  # the prediction made there before propagation is stale
     np.testing.assert_array_equal(prompts.mask, record.segment[21])  # refinement starts from what is shown
-    expected = reference.predict(0, 21, Prompts(points=prompts.points, labels=[0], mask=record.segment[21]))
+    expected = reference.predict(0, 21, Prompts(points=prompts.points, labels=[1, 0], mask=record.segment[21]))
     np.testing.assert_array_equal(session.update_preview().mask, expected.masks[0])
 
 
@@ -309,7 +312,7 @@ def roi_around(center_kji, size_mm, tilt=None):
 
 
 def test_markups_points_predict_like_the_predictor_with_the_same_voxels(session, reference):
-    changed = session.set_markups([point((18, 40, 35)), point((18, 30, 50), positive=False)], [], NORMAL)
+    changed = session.set_markups(Markups([point((18, 40, 35)), point((18, 30, 50), positive=False)]), NORMAL)
     assert changed == [(0, 18)] and session.current == (0, 18)
     preview = session.update_preview()
     expected = reference.predict_mask(0, 18, Prompts(points=[[35, 40], [50, 30]], labels=[1, 0]))
@@ -318,31 +321,31 @@ def test_markups_points_predict_like_the_predictor_with_the_same_voxels(session,
 
 def test_moving_a_control_point_changes_the_prompt_of_its_slice_only(session):
     points = [point((10, 40, 35)), point((18, 40, 35)), point((25, 40, 35))]
-    assert session.set_markups(points, [], NORMAL) == [(0, 10), (0, 18), (0, 25)]
+    assert session.set_markups(Markups(points), NORMAL) == [(0, 10), (0, 18), (0, 25)]
     session.update_preview()
     before = {k: session.get_prompts((0, k)).points.tolist() for k in (10, 25)}
     moved = [points[0], point((18, 44, 30)), points[2]]
-    assert session.set_markups(moved, [], NORMAL) == [(0, 18)]
+    assert session.set_markups(Markups(moved), NORMAL) == [(0, 18)]
     assert session.get_prompts((0, 18)).points.tolist() == [[30, 44]]
     assert {k: session.get_prompts((0, k)).points.tolist() for k in (10, 25)} == before
     assert session.preview is None  # the moved slice's preview is stale; the others had none
-    assert session.set_markups(moved[:2], [], NORMAL) == [(0, 25)]  # deleting a point
+    assert session.set_markups(Markups(moved[:2]), NORMAL) == [(0, 25)]  # deleting a point
 
 
 def test_adding_a_point_keeps_the_previous_prediction_but_moving_one_drops_it(session):
     first = point((18, 40, 35))
-    session.set_markups([first], [], NORMAL)
+    session.set_markups(Markups([first]), NORMAL)
     session.update_preview()
-    session.set_markups([first, point((18, 30, 50), positive=False)], [], NORMAL)
+    session.set_markups(Markups([first, point((18, 30, 50), positive=False)]), NORMAL)
     assert session.get_prompts().logits is not None  # a correction refines the mask
     session.update_preview()
-    session.set_markups([point((18, 41, 36))], [], NORMAL)
+    session.set_markups(Markups([point((18, 41, 36))]), NORMAL)
     assert session.get_prompts().logits is None
 
 
 def test_roi_gives_its_section_box_on_the_prompted_slice(session, reference):
     roi = roi_around((18, 40, 35), (20.0, 24.0, 12.0))
-    session.set_markups([point((18, 40, 35))], [roi], NORMAL)
+    session.set_markups(Markups([point((18, 40, 35))], [roi]), NORMAL)
     prompts = session.get_prompts()
     expected = get_roi_slice_boxes(roi.get_corners_ras(), MATRIX, session.shape, 0)[18]
     assert prompts.box.tolist() == list(expected) and prompts.points.tolist() == [[35, 40]]
@@ -355,7 +358,8 @@ def test_segment_in_roi_writes_exactly_the_roi_slices_as_one_request(session, re
     boxes = get_roi_slice_boxes(roi.get_corners_ras(), MATRIX, session.shape, 0)
     record = SegmentRecord(session.shape)
     calls = []
-    request = session.segment_in_roi(roi, [point((18, 40, 35))], NORMAL, progress=lambda d, t: calls.append((d, t)))
+    request = session.segment_in_roi(roi, Markups([point((18, 40, 35))]), NORMAL,
+                                     progress=lambda d, t: calls.append((d, t)))
     record.write(request)
     assert len(record.requests) == 1 and request.slices == sorted(boxes)
     assert calls[-1] == (len(boxes), len(boxes))
@@ -379,5 +383,5 @@ def test_segment_in_roi_writes_exactly_the_roi_slices_as_one_request(session, re
 
 def test_segment_in_roi_cancelled_writes_nothing(session):
     roi = roi_around((18, 40, 35), (20.0, 24.0, 14.0))
-    assert session.segment_in_roi(roi, [], NORMAL, should_cancel=lambda: True) is None
+    assert session.segment_in_roi(roi, None, NORMAL, should_cancel=lambda: True) is None
     assert session.get_accepted_slices(0) == []

@@ -626,8 +626,8 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         return found
 
     def readMarkups(self):
-        """(points, ROIs) of the selected segment, in world RAS."""
-        from medicosam.markups import get_roi_from_matrix
+        """The selected segment's `markups.Markups`, in world RAS."""
+        from medicosam.markups import Markups, get_roi_from_matrix
 
         points, rois = [entry[2] for entry in self.readControlPoints()], []
         roiNode = self.getMarkupsNode("roi")
@@ -635,7 +635,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             roi = get_roi_from_matrix(slicer.util.arrayFromVTKMatrix(roiNode.GetObjectToWorldMatrix()),
                                       roiNode.GetSize())
             rois += [roi] if roi is not None else []
-        return points, rois
+        return Markups(points, rois)
 
     def getPromptViewNormal(self):
         """Normal of the slice view last clicked in (Red before any click): the slices prompts belong to."""
@@ -648,14 +648,14 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         if self.markupsFuture is not None and not self.markupsFuture.done():
             self.markupsTimer.start()  # the previous update is still running: try again shortly
             return
-        points, rois = self.readMarkups()
+        markups = self.readMarkups()
         session = None
         with self.reportingErrors():
-            session = self.getSession(create=bool(points or rois))
+            session = self.getSession(create=bool(markups.points or markups.rois))
         if session is None:
             return
         sessionKey = self.getSessionKey()
-        self.markupsFuture = self.controller.submit_markups(session, points, rois, self.getPromptViewNormal(),
+        self.markupsFuture = self.controller.submit_markups(session, markups, self.getPromptViewNormal(),
                                                             self.getSettings().refine)
         self.pending.append((self.markupsFuture, lambda result: self.onPreview(session, sessionKey, result)))
 
@@ -699,9 +699,8 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             session = self.getSyncedSession()
             if session is not None and session.current is not None:
                 entries = self.readControlPoints()
-                _, rois = self.readMarkups()
-                points, roisOnSlice = get_markups_on_slice([entry[2] for entry in entries], rois, session.ijk_to_ras,
-                                                           session.shape, *session.current)
+                points, roisOnSlice, _ = get_markups_on_slice(self.readMarkups(), session.ijk_to_ras, session.shape,
+                                                              *session.current)
                 for number in sorted(points, key=lambda number: -entries[number][1]):  # last index first
                     entries[number][0].RemoveNthControlPoint(entries[number][1])
                 if roisOnSlice:
@@ -716,8 +715,8 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             session = self.getSyncedSession()
             if session is None:
                 return
-            _, rois = self.readMarkups()
-            config = get_propagation_config(session, self.getSettings(), rois, self.getPromptViewNormal())
+            config = get_propagation_config(session, self.getSettings(), self.readMarkups().rois,
+                                            self.getPromptViewNormal())
             segment = self.getSelectedSegmentArray()
             self.runCancellableWrite(
                 lambda progress: session.propagate(config, segment, progress.report, progress.is_cancelled),
@@ -726,8 +725,8 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     def onSegmentInRoi(self):
         """The ROI's box on every slice it covers, with the points of each slice: one write, one Undo step."""
         with self.reportingErrors():
-            points, rois = self.readMarkups()
-            if not rois:
+            markups = self.readMarkups()
+            if not markups.rois:
                 self.showStatus("Select the segment's ROI or draw one (Box tool or Place ROI) first.")
                 return
             session = self.getSyncedSession(create=True)
@@ -735,7 +734,7 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
                 return
             normal = self.getPromptViewNormal()
             self.runCancellableWrite(
-                lambda progress: session.segment_in_roi(rois[0], points, normal, progress.report,
+                lambda progress: session.segment_in_roi(markups.rois[0], markups, normal, progress.report,
                                                         progress.is_cancelled),
                 "Segmenting in the ROI...", "Segment in ROI cancelled")
 

@@ -160,8 +160,9 @@ def _add_core_commands(subparsers) -> None:
     seg.add_argument("--box", action="append", metavar="R,A,S",
                      help="two opposite box corners (give twice), on one slice")
     seg.add_argument("--markups", action="append", metavar="FILE.mrk.json",
-                     help="Slicer point list (repeatable): negative if its file name contains 'negative' or a "
-                          "point's label/description starts with '-'; undefined points are skipped")
+                     help="Slicer point list, closed curve (lasso: a box and mask prompt) or curve (scribble: points "
+                          "along it) (repeatable): negative if its file name contains 'negative' or a point's "
+                          "label/description starts with '-'; undefined points are skipped")
     seg.add_argument("--roi", action="append", metavar="FILE.mrk.json",
                      help="Slicer ROI: its box on the prompted slices (the one its centre is on, and those with "
                           "points); propagation stays within the slices it covers when it spans several")

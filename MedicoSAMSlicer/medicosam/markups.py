@@ -1,8 +1,11 @@
-"""Slicer markups as SAM prompts: point lists (+/-) and ROI boxes, from MRML nodes or `.mrk.json` files.
+"""Slicer markups as SAM prompts: point lists (+/-), ROI boxes and curves (lasso, scribble), from MRML
+nodes or `.mrk.json` files.
 
-One translation for every caller: the effect passes the world (RAS) positions it reads from its markups
-nodes, `medicosam segment --markups/--roi` passes what `read_markups_file` reads from Slicer's files, and
-both get the same per-slice `Prompts` from `get_markup_prompts`.
+The one prompt type of the core: every world prompt is a markup, gathered in `Markups`, and
+`get_markup_prompts` is the one placement rule that turns them into per-slice `Prompts`. The effect
+passes the world (RAS) positions it reads from its markups nodes, `medicosam segment` builds markups
+from its `--point` / `--box` options and reads Slicer's files (`read_markups_file`), and both get the
+same per-slice prompts.
 
 Which points are negative (a Slicer point list has no sign): every point of a list whose name contains
 "negative" (a file has no name field since Slicer 5.0, so its file name counts), and any point whose
@@ -12,6 +15,12 @@ placed, or skipped) are ignored.
 An ROI is a box with its own axes, which may be rotated against the volume. On each slice the box prompt
 is the bounding rectangle, in the slice's pixels, of the ROI's cross-section with that slice
 (`geometry.get_roi_slice_boxes`); the slices an ROI covers are those its voxel extent reaches.
+
+A curve is a stroke drawn on one slice (the slice its mean position falls in; its points are projected
+onto it). A closed curve (lasso) encloses the object: its slice gets the pixels inside it as a mask
+prompt and their bounding box as the box prompt (an ROI's box on that slice wins). An open curve
+(scribble) gives points along the stroke (`prompts.get_stroke_points`), negative when its list is
+("negative" in its name). A lasso is positive only.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from .geometry import (
     ras_to_array_index,
     ras_to_ijk,
 )
-from .prompts import Prompts
+from .prompts import Prompts, get_box, get_polygon_mask, get_stroke_points
 
 #: The schema Slicer 5.x writes and accepts (`vtkMRMLMarkupsJsonStorageNode`: markups-schema-v1.x.y).
 _SCHEMA = re.compile(r".*markups-schema-v1\.[0-9]+\.[0-9]+\.json#*$")
@@ -41,6 +50,7 @@ _LPS_FLIP = np.array([-1.0, -1.0, 1.0])
 #: The most control points one file may hold: prompts take a few per slice, and far more (200,000 points
 #: ran for minutes to 2 GB) is a wrong file, not a prompt.
 MAX_CONTROL_POINTS = 1000
+_CURVE_TYPES = ("Curve", "ClosedCurve")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +81,32 @@ class MarkupsROI:
         matrix = np.eye(4)
         matrix[:3, :3], matrix[:3, 3] = self.axes_ras, self.center_ras
         return matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkupsCurve:
+    """A stroke in world RAS (mm): `closed` for a lasso (a closed curve around the object), else a
+    scribble (an open curve) whose points are positive or negative."""
+
+    points_ras: Tuple[Tuple[float, float, float], ...]
+    closed: bool
+    positive: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Markups:
+    """Every world prompt of one object: control points, ROIs and curves."""
+
+    points: Tuple[MarkupsPoint, ...] = ()
+    rois: Tuple[MarkupsROI, ...] = ()
+    curves: Tuple[MarkupsCurve, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("points", "rois", "curves"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def __add__(self, other: Markups) -> Markups:
+        return Markups(self.points + other.points, self.rois + other.rois, self.curves + other.curves)
 
 
 def get_roi_from_matrix(object_to_world: np.ndarray, size: Sequence[float]) -> Optional[MarkupsROI]:
@@ -121,6 +157,20 @@ def get_roi_from_drag(corner_a_ras: Sequence[float], corner_b_ras: Sequence[floa
     return MarkupsROI(tuple(centre.tolist()), size, tuple(map(tuple, axes.tolist())))
 
 
+def get_roi_from_corners(corner_a_ras: Sequence[float], corner_b_ras: Sequence[float], ijk_to_ras: np.ndarray,
+                         shape_kji: Sequence[int], axis: int) -> MarkupsROI:
+    """The ROI of a box given by two opposite corners on a slice along `axis` (`segment --box`): a box drag
+    in a view with the volume's own in-plane axes (`get_roi_from_drag`), so it prompts the slice its centre
+    falls in with the pixels between the corners' pixels."""
+    matrix = np.asarray(ijk_to_ras, float)
+    row_axis, col_axis = (a for a in (0, 1, 2) if a != axis)
+    x = matrix[:3, 2 - col_axis] / np.linalg.norm(matrix[:3, 2 - col_axis])
+    y = matrix[:3, 2 - row_axis] - (matrix[:3, 2 - row_axis] @ x) * x  # orthogonal to x even on a sheared grid
+    y /= np.linalg.norm(y)
+    return get_roi_from_drag(corner_a_ras, corner_b_ras, np.column_stack([x, y, np.cross(x, y)]), ijk_to_ras,
+                             shape_kji)
+
+
 def is_negative_label(text: Optional[str]) -> bool:
     """The rule for one control point: its label or description starts with "-"."""
     return bool(text) and text.strip().startswith("-")
@@ -136,12 +186,13 @@ def is_negative_point(list_name: Optional[str], label: Optional[str], descriptio
     return is_negative_list(list_name) or is_negative_label(label) or is_negative_label(description)
 
 
-def read_markups_file(path: Union[str, Path]) -> Tuple[List[MarkupsPoint], List[MarkupsROI]]:
-    """Points and ROIs of a Slicer Markups JSON file (`.mrk.json`), converted to RAS.
+def read_markups_file(path: Union[str, Path]) -> Markups:
+    """Points, ROIs and curves of a Slicer Markups JSON file (`.mrk.json`), converted to RAS.
 
     Raises:
         DataError: not JSON, not Slicer's markups schema, an unsupported markups type, a missing or
-            malformed field, or a point list without any defined point.
+            malformed field, a point list without any defined point, a curve with too few points or
+            a negative lasso.
     """
     path = Path(path)
     try:
@@ -162,37 +213,57 @@ def read_markups_file(path: Union[str, Path]) -> Tuple[List[MarkupsPoint], List[
                         "(SAM takes a few points per slice): keep the points that prompt, or split the file")
     points: List[MarkupsPoint] = []
     rois: List[MarkupsROI] = []
+    curves: List[MarkupsCurve] = []
     for n, markup in enumerate(markups):
         where = f"{path}: markups[{n}]"
         kind = _get_field(markup, "type", str, where)
         flip = _get_flip(markup, where)
+        name = str(markup.get("name") or path.name)
         if kind == "Fiducial":
-            points += _read_points(markup, flip, str(markup.get("name") or path.name), where)
+            points += _read_points(markup, flip, name, where)
         elif kind == "ROI":
             rois.append(_read_roi(markup, flip, where))
+        elif kind in _CURVE_TYPES:
+            curves.append(_read_curve(markup, flip, name, kind == "ClosedCurve", where))
         else:
-            raise DataError(f"{where}: type {kind!r} is not a prompt; use a point list (Fiducial) "
-                                   "or an ROI")
-    return points, rois
+            raise DataError(f"{where}: type {kind!r} is not a prompt; use a point list (Fiducial), an ROI, a "
+                            "closed curve (lasso) or a curve (scribble)")
+    return Markups(points, rois, curves)
 
 
-def get_markup_prompts(points: Sequence[MarkupsPoint], rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray,
-                       shape_kji: Sequence[int], axis: int, every_roi_slice: bool = False) -> Dict[int, Prompts]:
-    """Prompts per slice index along `axis` from world points and ROIs.
+def get_markup_prompts(markups: Markups, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], axis: int,
+                       every_roi_slice: bool = False) -> Dict[int, Prompts]:
+    """Prompts per slice index along `axis` from world markups: the one placement rule.
 
-    Each point goes to the slice it falls on. An ROI gives its box on the slice its centre falls in and
-    on every slice that holds points; with `every_roi_slice` ("Segment in ROI") on every slice it covers.
-    Two ROIs on one slice: the later one wins.
+    Each point goes to the slice it falls on, each curve to the slice its mean position falls on (a
+    lasso: a box and a mask prompt; a scribble: points along it). An ROI gives its box on the slice its
+    centre falls in and on every slice that holds points or curves; with `every_roi_slice` ("Segment in
+    ROI") on every slice it covers.
 
     Raises:
-        PointOutsideVolumeError: a point or an ROI centre outside the volume.
+        PointOutsideVolumeError: a point, a curve's mean position or an ROI centre outside the volume.
         DataError: an ROI that does not reach the volume.
+        InputError: two ROIs give a box on the same slice, or a lasso encloses no pixel.
     """
     prompts: Dict[int, Prompts] = {}
-    for point in points:
+    for point in markups.points:
         index, x, y = get_slice_point(ras_to_array_index(point.position_ras, ijk_to_ras, shape_kji), axis)
         prompts[index] = prompts.get(index, Prompts()).with_points(np.array([[x, y]]), np.array([int(point.positive)]))
-    for roi in rois:
+    for curve in markups.curves:
+        index, xy = _get_curve_on_slice(curve, ijk_to_ras, shape_kji, axis)
+        plane = tuple(int(n) for a, n in enumerate(shape_kji[:3]) if a != axis)
+        before = prompts.get(index, Prompts())
+        if curve.closed:
+            mask = get_polygon_mask(xy, plane) | (before.mask if before.mask is not None else False)
+            if not mask.any():
+                raise InputError(f"the lasso on slice {index} along array axis {axis} encloses no pixel centre: "
+                                 "draw it around the object")
+            prompts[index] = dataclasses.replace(before, mask=mask, box=get_box(mask))
+        else:
+            stroke = get_stroke_points(xy, plane)
+            prompts[index] = before.with_points(stroke, np.full(len(stroke), int(curve.positive)))
+    boxed: Dict[int, int] = {}  # slice -> the ROI that gave its box
+    for number, roi in enumerate(markups.rois):
         boxes = _get_roi_boxes(roi, ijk_to_ras, shape_kji, axis)
         if not boxes:
             raise DataError(f"the ROI centred at RAS {tuple(round(v, 1) for v in roi.center_ras)} mm does "
@@ -203,6 +274,10 @@ def get_markup_prompts(points: Sequence[MarkupsPoint], rois: Sequence[MarkupsROI
             centre = ras_to_array_index(roi.center_ras, ijk_to_ras, shape_kji)[axis]
             chosen = [index for index in {centre, *prompts} if index in boxes]
         for index in chosen:
+            if index in boxed:
+                raise InputError(f"two boxes (ROIs) prompt slice {index} along array axis {axis}: SAM takes one "
+                                 "box per slice; give one of them")
+            boxed[index] = number
             prompts[index] = dataclasses.replace(prompts.get(index, Prompts()),
                                                  box=np.asarray(boxes[index], np.float32))
     return prompts
@@ -215,20 +290,27 @@ def get_roi_slice_range(rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray, shap
     return (min(covered), max(covered)) if covered else None
 
 
-def get_markups_on_slice(points: Sequence[MarkupsPoint], rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray,
-                         shape_kji: Sequence[int], axis: int, index: int) -> Tuple[List[int], List[int]]:
-    """(indices of the points, of the ROIs) that prompt slice `index` alone: the points on it and the ROIs
-    that cover no other slice. "Clear prompts" deletes these from the user's markups."""
-    on_slice = []
-    for number, point in enumerate(points):
+def get_markups_on_slice(markups: Markups, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], axis: int,
+                         index: int) -> Tuple[List[int], List[int], List[int]]:
+    """(indices of the points, of the ROIs, of the curves) that prompt slice `index` alone: the points and
+    curves on it and the ROIs that cover no other slice. "Clear prompts" deletes these from the user's
+    markups."""
+    on_slice, curves = [], []
+    for number, point in enumerate(markups.points):
         try:
             if ras_to_array_index(point.position_ras, ijk_to_ras, shape_kji)[axis] == index:
                 on_slice.append(number)
         except PointOutsideVolumeError:
             continue
-    only_here = [number for number, roi in enumerate(rois)
+    for number, curve in enumerate(markups.curves):
+        try:
+            if _get_curve_on_slice(curve, ijk_to_ras, shape_kji, axis)[0] == index:
+                curves.append(number)
+        except PointOutsideVolumeError:
+            continue
+    only_here = [number for number, roi in enumerate(markups.rois)
                  if get_roi_slice_range([roi], ijk_to_ras, shape_kji, axis) == (index, index)]
-    return on_slice, only_here
+    return on_slice, only_here, curves
 
 
 def get_propagation_range(rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray, shape_kji: Sequence[int],
@@ -237,6 +319,17 @@ def get_propagation_range(rois: Sequence[MarkupsROI], ijk_to_ras: np.ndarray, sh
     bound: a box drawn on one slice is a prompt there, not a limit)."""
     covered = get_roi_slice_range(rois, ijk_to_ras, shape_kji, axis)
     return covered if covered is not None and covered[0] < covered[1] else None
+
+
+def _get_curve_on_slice(curve: MarkupsCurve, ijk_to_ras: np.ndarray, shape_kji: Sequence[int],
+                        axis: int) -> Tuple[int, np.ndarray]:
+    """(slice index, (N, 2) float `(x, y)` pixel positions) of a curve: the slice its mean position falls
+    on, every point projected onto it."""
+    positions = np.asarray(curve.points_ras, float).reshape(-1, 3)
+    index = ras_to_array_index(positions.mean(axis=0), ijk_to_ras, shape_kji)[axis]
+    row_axis, col_axis = (a for a in (0, 1, 2) if a != axis)
+    kji = ras_to_ijk(positions, ijk_to_ras).reshape(-1, 3)[:, ::-1]
+    return int(index), kji[:, [col_axis, row_axis]]
 
 
 def _get_roi_boxes(roi: MarkupsROI, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], axis: int) -> Dict[int, tuple]:
@@ -298,6 +391,25 @@ def _read_points(markup, flip: np.ndarray, list_name: str, where: str) -> List[M
         raise DataError(f"{where}: the point list has no defined control point; place points in "
                                "Slicer (or set positionStatus to 'defined')")
     return points
+
+
+def _read_curve(markup, flip: np.ndarray, list_name: str, closed: bool, where: str) -> MarkupsCurve:
+    positions = []
+    for n, point in enumerate(_get_field(markup, "controlPoints", list, where)):
+        if not isinstance(point, dict):
+            raise DataError(f"{where}.controlPoints[{n}] is not an object")
+        if point.get("positionStatus", "defined") == "defined":
+            position = _get_vector(point.get("position"), 3, f"{where}.controlPoints[{n}].position") * flip
+            positions.append(tuple(float(v) for v in position))
+    needed = 3 if closed else 1
+    if len(positions) < needed:
+        raise DataError(f"{where}: the {'closed curve (lasso)' if closed else 'curve (scribble)'} has "
+                        f"{len(positions)} defined control points; draw one with at least {needed}")
+    negative = is_negative_list(list_name)
+    if closed and negative:
+        raise DataError(f"{where}: a closed curve (lasso) is a positive prompt, but its name says negative; "
+                        "draw the background as a curve (scribble) instead")
+    return MarkupsCurve(tuple(positions), closed, not negative)
 
 
 def _read_roi(markup, flip: np.ndarray, where: str) -> MarkupsROI:

@@ -289,3 +289,57 @@ def derive_prompts_from_mask(mask: np.ndarray, mode: str, box_extension: float =
         points, labels = _get_point_prompts(mask, box_extension)
         return Prompts(points=points, labels=labels, mask=mask if mode == "points_mask" else None)
     return Prompts(box=get_extended_box(mask, box_extension), mask=mask if mode == "box_mask" else None)
+
+
+#: A scribble prompts a point every this many pixels along its stroke (`get_stroke_points`), at most
+#: `STROKE_MAX_POINTS` of them: a longer stroke spaces them farther apart.
+STROKE_SPACING_PX = 10.0
+STROKE_MAX_POINTS = 12
+
+
+def get_polygon_mask(xy: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the pixels whose centres lie inside the closed polygon `xy` ((N, 2) `(x, y)` in pixels,
+    the last vertex joined to the first), by the even-odd rule: a lasso's mask prompt."""
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    if len(xy) < 3:
+        raise InputError(f"a lasso needs at least 3 points, got {len(xy)}: draw a closed contour around the object")
+    height, width = shape
+    mask = np.zeros((height, width), bool)
+    x0, y0 = max(int(np.ceil(xy[:, 0].min())), 0), max(int(np.ceil(xy[:, 1].min())), 0)
+    x1, y1 = min(int(np.floor(xy[:, 0].max())), width - 1), min(int(np.floor(xy[:, 1].max())), height - 1)
+    if x0 > x1 or y0 > y1:
+        return mask
+    ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1].astype(float)
+    inside = np.zeros(ys.shape, bool)
+    for (xa, ya), (xb, yb) in zip(xy, np.roll(xy, -1, axis=0)):
+        if ya == yb:
+            continue  # a horizontal edge never crosses a pixel row
+        crosses = ((ya > ys) != (yb > ys)) & (xs < xa + (xb - xa) * (ys - ya) / (yb - ya))
+        inside ^= crosses
+    mask[y0:y1 + 1, x0:x1 + 1] = inside
+    return mask
+
+
+def get_stroke_points(xy: np.ndarray, shape: Tuple[int, int], spacing: float = STROKE_SPACING_PX,
+                      max_points: int = STROKE_MAX_POINTS) -> np.ndarray:
+    """Points along a stroke (a scribble), (M, 2) float32 `(x, y)`: its start, its end and points spaced
+    evenly between, about `spacing` pixels apart and at most `max_points`; each at the pixel it falls
+    in, inside the (H, W) slice, without repeats.
+
+    Raises:
+        InputError: the stroke lies outside the slice.
+    """
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(xy, axis=0).T))])
+    count = 1 if arc[-1] == 0 else min(max(int(arc[-1] // spacing) + 1, 2), max_points)
+    at = np.linspace(0.0, arc[-1], count)
+    sampled = np.stack([np.interp(at, arc, xy[:, 0]), np.interp(at, arc, xy[:, 1])], axis=1)
+    pixels = np.floor(sampled + 0.5).astype(int)  # halves go up, as for every click (geometry)
+    height, width = shape
+    kept = []
+    for x, y in pixels:
+        if 0 <= x < width and 0 <= y < height and (x, y) not in kept:
+            kept.append((int(x), int(y)))
+    if not kept:
+        raise InputError("the scribble lies outside the image: draw it on the object")
+    return np.asarray(kept, np.float32)

@@ -33,7 +33,7 @@ class SegmentRequest:
     points: List[Sequence[float]] = dataclasses.field(default_factory=list)
     negative_points: List[Sequence[float]] = dataclasses.field(default_factory=list)
     box: List[Sequence[float]] = dataclasses.field(default_factory=list)
-    markups: List[str] = dataclasses.field(default_factory=list)  # Slicer .mrk.json point lists (and ROIs)
+    markups: List[str] = dataclasses.field(default_factory=list)  # Slicer .mrk.json point lists, curves (and ROIs)
     rois: List[str] = dataclasses.field(default_factory=list)  # Slicer .mrk.json ROI files
     series_uid: Optional[str] = None  # which DICOM series of a folder holding several
     in_roi: bool = option(False, "Segment in ROI: the ROI's box on every slice it covers (MedSAM-style 3D box)")
@@ -94,37 +94,19 @@ def get_prompt_index(point: Sequence[float], volume, ijk: bool) -> tuple:
     return index
 
 
-def get_slice_prompts(request: SegmentRequest, volume, axis: int, markups=((), ())) -> Dict[int, object]:
-    """Prompts per slice index: points go to the slice they fall on, the box to its centre's slice.
+def get_slice_prompts(request: SegmentRequest, volume, axis: int, markups=None) -> Dict[int, object]:
+    """Prompts per slice index, by the one placement rule (`markups.get_markup_prompts`) on the request's
+    own prompts (`get_request_markups`) and `markups`, the Slicer markups files (`read_markups`).
 
-    Box corners on different slices are moved to the centre's slice, with a warning naming the slices.
     A slice holding only negative points is refused: SAM has no object to find there (its mask would
-    be empty or arbitrary), so the point was almost surely meant for another slice. `markups` is
-    `read_markups(request)`: (points, ROIs) of the Slicer markups files, merged in.
+    be empty or arbitrary), so the point was almost surely meant for another slice.
     """
-    from .geometry import get_slice_box, get_slice_point, ras_to_ijk
-    from .prompts import Prompts
+    from .markups import Markups, get_markup_prompts
 
-    prompts: Dict[int, Prompts] = {}
-    for points, label in ((request.points, 1), (request.negative_points, 0)):
-        for point in points:
-            index, x, y = get_slice_point(get_prompt_index(point, volume, request.ijk), axis)
-            prompts[index] = prompts.get(index, Prompts()).with_points(np.array([[x, y]]), np.array([label]))
-    if request.box:
-        if len(request.box) != 2:
-            raise InputError(f"--box needs exactly two corners (give it twice), got {len(request.box)}")
-        corners = request.box
-        if request.ijk:
-            corners = [volume.ijk_to_ras[:3] @ np.append(np.asarray(c, float), 1.0) for c in corners]
-        index, box = get_slice_box(corners[0], corners[1], volume.ijk_to_ras, volume.shape_kji, axis)
-        corner_slices = sorted({int(np.floor(ras_to_ijk(c, volume.ijk_to_ras)[2 - axis] + 0.5)) for c in corners})
-        if len(corner_slices) > 1:
-            logger.warning("the box corners fall on slices %s along array axis %d; the box is drawn on slice %d, "
-                           "the one its centre falls on", corner_slices, axis, index)
-        prompts[index] = dataclasses.replace(prompts.get(index, Prompts()), box=np.asarray(box, np.float32))
-    _add_markups(prompts, markups, request.in_roi, volume, axis)
-    if not prompts:
+    found = get_request_markups(request, volume, axis) + (markups or Markups())
+    if not (found.points or found.rois or found.curves):
         raise InputError("no prompt given: add --point R,A,S (and/or --neg-point, --box twice, --markups, --roi)")
+    prompts = get_markup_prompts(found, volume.ijk_to_ras, volume.shape_kji, axis, every_roi_slice=request.in_roi)
     negative_only = sorted(i for i, p in prompts.items() if p.box is None and not p.labels.any())
     if negative_only:
         raise InputError(
@@ -136,40 +118,21 @@ def get_slice_prompts(request: SegmentRequest, volume, axis: int, markups=((), (
 
 
 def read_markups(request: SegmentRequest):
-    """(points, ROIs) of the request's Slicer markups files; an ROI file holds only ROIs."""
-    from .markups import DataError, read_markups_file
+    """The `markups.Markups` of the request's Slicer markups files; an `--roi` file holds only ROIs."""
+    from .markups import DataError, Markups, read_markups_file
 
-    points, rois = [], []
+    markups = Markups()
     for path in request.markups:
-        found = read_markups_file(path)
-        points, rois = points + found[0], rois + found[1]
+        markups += read_markups_file(path)
     for path in request.rois:
         found = read_markups_file(path)
-        if found[0] or not found[1]:
-            raise DataError(f"{path}: --roi needs a file holding ROIs only; give point lists with --markups")
-        rois += found[1]
-    if request.in_roi and not rois:
+        if found.points or found.curves or not found.rois:
+            raise DataError(f"{path}: --roi needs a file holding ROIs only; give point lists and curves with "
+                            "--markups")
+        markups += found
+    if request.in_roi and not markups.rois:
         raise InputError("--in-roi needs an ROI: add --roi box.mrk.json")
-    return points, rois
-
-
-def _add_markups(prompts: Dict[int, object], markups, every_roi_slice: bool, volume, axis: int) -> None:
-    """Merge the markups files' prompts (`markups.get_markup_prompts`) into `prompts`, in place."""
-    from .markups import get_markup_prompts
-
-    points, rois = markups
-    for index, found in get_markup_prompts(points, rois, volume.ijk_to_ras, volume.shape_kji, axis,
-                                           every_roi_slice=every_roi_slice).items():
-        before = prompts.get(index)
-        if before is None:
-            prompts[index] = found
-            continue
-        if before.box is not None and found.box is not None:
-            raise InputError(f"both --box and an ROI give a box on slice {index}: give one of them")
-        merged = before.with_points(found.points, found.labels)
-        prompts[index] = dataclasses.replace(merged, box=before.box if found.box is None else found.box)
-
-
+    return markups
 
 
 def _intersect(roi_range, slice_range):
@@ -223,7 +186,7 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     axis = get_slice_axis(VIEW_NORMALS[request.view], volume.ijk_to_ras)
     markups = read_markups(request)
     slice_prompts = get_slice_prompts(request, volume, axis, markups)
-    roi_range = get_propagation_range(markups[1], volume.ijk_to_ras, volume.shape_kji, axis)
+    roi_range = get_propagation_range(markups.rois, volume.ijk_to_ras, volume.shape_kji, axis)
     if roi_range is not None:  # an ROI over several slices bounds propagation to them
         config = dataclasses.replace(config, slice_range=_intersect(roi_range, config.slice_range))
     if request.server:  # the server's model: no torch, no weights here

@@ -143,15 +143,14 @@ class EffectController:
 
     # Work on the worker --------------------------------------------------------------------------
 
-    def submit_markups(self, session, points: Sequence, rois: Sequence, view_normal_ras: Sequence[float],
-                       refine: bool) -> Future:
-        """Hand a segment's markups (`markups.MarkupsPoint`, `markups.MarkupsROI`) to its session on the
-        worker. The future's result is None when the current slice did not change (its preview holds),
-        else (its new preview, or None when no prompt is left on it; the slices to `prefetch`)."""
+    def submit_markups(self, session, markups, view_normal_ras: Sequence[float], refine: bool) -> Future:
+        """Hand a segment's markups (`markups.Markups`) to its session on the worker. The future's result
+        is None when the current slice did not change (its preview holds), else (its new preview, or
+        None when no prompt is left on it; the slices to `prefetch`)."""
 
         def job():
             session.refine = refine
-            changed = session.set_markups(points, rois, view_normal_ras)
+            changed = session.set_markups(markups, view_normal_ras)
             if session.current not in changed:
                 return None
             preview = session.update_preview() if session.has_prompts() else None

@@ -24,7 +24,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import get_slice_axis, get_slice_box, get_slice_point, ras_to_array_index
+from ..geometry import get_roi_slice_boxes, get_slice_axis
+from ..markups import Markups, MarkupsPoint, get_markup_prompts
 from ..prompts import Prompts
 
 SliceKey = Tuple[int, int]  # (array axis, slice index)
@@ -167,22 +168,23 @@ class WriteRequest:
                           np.stack([self.covered[i] for i in run]))
 
 
-@dataclasses.dataclass
-class _SlicePrompts:
-    points: List[Tuple[int, int]] = dataclasses.field(default_factory=list)  # (x, y) pixels
-    labels: List[int] = dataclasses.field(default_factory=list)
-    box: Optional[Tuple[int, int, int, int]] = None  # (x0, y0, x1, y1), exclusive max
-
-    @property
-    def empty(self) -> bool:
-        return not self.points and self.box is None
+def _same(a: Optional[Prompts], b: Optional[Prompts]) -> bool:
+    """Whether two slices' stored prompts are equal (None: no prompt)."""
+    if a is None or b is None:
+        return a is b
+    return (np.array_equal(a.points, b.points) and np.array_equal(a.labels, b.labels)
+            and _same_array(a.box, b.box) and _same_array(a.mask, b.mask))
 
 
-def _is_addition(before: _SlicePrompts, after: _SlicePrompts) -> bool:
-    """True when `after` only adds points to `before` (same box, earlier points unchanged)."""
+def _same_array(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def _is_addition(before: Prompts, after: Prompts) -> bool:
+    """True when `after` only adds points to `before` (same box and mask, earlier points unchanged)."""
     n = len(before.points)
-    return (before.box == after.box and len(after.points) > n and after.points[:n] == before.points
-            and after.labels[:n] == before.labels)
+    return (_same_array(before.box, after.box) and _same_array(before.mask, after.mask) and len(after.points) > n
+            and np.array_equal(after.points[:n], before.points) and np.array_equal(after.labels[:n], before.labels))
 
 
 class SegmentationSession:
@@ -204,7 +206,8 @@ class SegmentationSession:
         self.refine = refine
         self.current: Optional[SliceKey] = None
         self.preview: Optional[SlicePreview] = None
-        self._prompts: Dict[SliceKey, _SlicePrompts] = {}
+        self.markups = Markups()  # the markups last given (`set_markups`)
+        self._prompts: Dict[SliceKey, Prompts] = {}  # placed by `markups.get_markup_prompts`
         self._logits: Dict[SliceKey, np.ndarray] = {}  # last low-res prediction per slice
         self._written: Dict[SliceKey, np.ndarray] = {}  # last mask this session wrote per slice
         self._accepted: Dict[int, Dict[int, np.ndarray]] = {}  # axis -> slice -> mask the user applied
@@ -213,44 +216,32 @@ class SegmentationSession:
     # Prompts -------------------------------------------------------------------------------------
 
     def add_point(self, point_ras: Sequence[float], positive: bool, view_normal_ras: Sequence[float]) -> SliceKey:
-        """Add a +/- point clicked in a view with the given normal; returns the slice it landed on.
+        """Add a +/- point clicked in a view with the given normal to the session's markups; returns the
+        slice it landed on.
 
         Raises:
             InputError: the view is not aligned with the volume's slices.
             PointOutsideVolumeError: the point is outside the volume.
         """
-        axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
-        index, x, y = get_slice_point(ras_to_array_index(point_ras, self.ijk_to_ras, self.shape), axis)
-        prompts = self._get_slice_prompts((axis, index))
-        prompts.points.append((x, y))
-        prompts.labels.append(1 if positive else 0)
+        point = MarkupsPoint(tuple(float(v) for v in point_ras), positive)
+        self.set_markups(self.markups + Markups(points=(point,)), view_normal_ras)
         return self.current
 
-    def add_box(self, corner_a_ras: Sequence[float], corner_b_ras: Sequence[float],
-                view_normal_ras: Sequence[float]) -> SliceKey:
-        """Set the box of the slice the box lies on (one box per slice; a new one replaces it)."""
-        axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
-        index, box = get_slice_box(corner_a_ras, corner_b_ras, self.ijk_to_ras, self.shape, axis)
-        self._get_slice_prompts((axis, index)).box = box
-        return self.current
-
-    def set_markups(self, points: Sequence, rois: Sequence, view_normal_ras: Sequence[float]) -> List[SliceKey]:
-        """Make markups the prompts of the view's slices: the effect calls this whenever a point list or
-        ROI changes (by any module), with world positions (`markups.MarkupsPoint`, `markups.MarkupsROI`).
+    def set_markups(self, markups: Markups, view_normal_ras: Sequence[float]) -> List[SliceKey]:
+        """Make markups the prompts of the view's slices: the effect calls this whenever a point list, ROI
+        or curve changes (by any module), with world positions (`markups.Markups`).
 
         Slices whose prompts did not change keep their preview and previous prediction; a slice whose
         points were only added to keeps its previous prediction (a correction); any other change starts
         that slice afresh. The last changed slice becomes the current one. Returns the changed slices.
+        Markups that cannot be placed (a point outside the volume...) raise and change nothing.
         """
-        from ..markups import get_markup_prompts
-
         axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
-        wanted = {(axis, index): _SlicePrompts([tuple(int(v) for v in xy) for xy in prompts.points],
-                                               [int(v) for v in prompts.labels],
-                                               None if prompts.box is None else tuple(int(v) for v in prompts.box))
-                  for index, prompts in get_markup_prompts(points, rois, self.ijk_to_ras, self.shape, axis).items()}
+        wanted = {(axis, index): prompts
+                  for index, prompts in get_markup_prompts(markups, self.ijk_to_ras, self.shape, axis).items()}
+        self.markups = markups
         old = {key: value for key, value in self._prompts.items() if key[0] == axis}
-        changed = sorted(key for key in set(old) | set(wanted) if old.get(key) != wanted.get(key))
+        changed = sorted(key for key in set(old) | set(wanted) if not _same(old.get(key), wanted.get(key)))
         for key in changed:
             before, after = old.get(key), wanted.get(key)
             if after is None:
@@ -267,19 +258,21 @@ class SegmentationSession:
             self.current, self.preview, self._pending = added[-1], None, True
         return changed
 
-    def segment_in_roi(self, roi, points: Sequence = (), view_normal_ras: Sequence[float] = (0.0, 0.0, 1.0),
+    def segment_in_roi(self, roi, markups: Optional[Markups] = None, view_normal_ras: Sequence[float] = (0.0, 0.0, 1.0),
                        progress: Optional[Callable[[int, int], None]] = None,
                        should_cancel: Optional[Callable[[], bool]] = None) -> Optional[WriteRequest]:
-        """"Segment in ROI": the ROI's box on every slice it covers (plus the points placed on each of those
-        slices), predicted slice by slice and written as one request (one undo point); None if cancelled.
+        """"Segment in ROI": the ROI's box on every slice it covers (plus the points and curves of `markups`
+        on each of those slices), predicted slice by slice and written as one request (one undo point);
+        None if cancelled.
         The ROI bounds the write: each slice's mask is kept inside the ROI's box there, and the segment
         outside the boxes is left as it is. Every slice is accepted, so Propagate and corrections
         continue from the result."""
-        from ..markups import get_markup_prompts
-
+        markups = markups or Markups()
         axis = get_slice_axis(view_normal_ras, self.ijk_to_ras)
-        slice_prompts = get_markup_prompts(points, [roi], self.ijk_to_ras, self.shape, axis, every_roi_slice=True)
-        slice_prompts = {index: prompts for index, prompts in slice_prompts.items() if prompts.box is not None}
+        inside = get_roi_slice_boxes(roi.get_corners_ras(), self.ijk_to_ras, self.shape, axis)
+        slice_prompts = get_markup_prompts(Markups(markups.points, (roi,), markups.curves), self.ijk_to_ras,
+                                           self.shape, axis, every_roi_slice=True)
+        slice_prompts = {index: prompts for index, prompts in slice_prompts.items() if index in inside}
         masks: Dict[int, np.ndarray] = {}
         covered: Dict[int, np.ndarray] = {}
         for done, (index, prompts) in enumerate(sorted(slice_prompts.items())):
@@ -307,21 +300,21 @@ class SegmentationSession:
     def has_prompts(self, key: Optional[SliceKey] = None) -> bool:
         """Whether a slice (the current one by default) has prompts: markups may have left it none."""
         key = key or self.current
-        return key is not None and key in self._prompts and not self._prompts[key].empty
+        return key is not None and key in self._prompts
 
     def get_prompts(self, key: Optional[SliceKey] = None) -> Prompts:
-        """SAM prompts of a slice (the current one by default), with the refinement input if enabled."""
+        """SAM prompts of a slice (the current one by default), with the refinement input if enabled
+        (a lasso's mask is the user's own mask prompt: it is never replaced)."""
         key = key or self._get_current()
-        stored = self._prompts.get(key)
-        if stored is None or stored.empty:
+        if key not in self._prompts:
             raise InputError("no prompt on this slice: click a point or drag a box on it first")
-        prompts = Prompts(points=np.asarray(stored.points, np.float32).reshape(-1, 2),
-                          labels=np.asarray(stored.labels, np.int64),
-                          box=None if stored.box is None else np.asarray(stored.box, np.float32))
-        if self.refine and key in self._logits:
-            prompts.logits = self._logits[key]
-        elif self.refine and key in self._written and self._written[key].any():
-            prompts.mask = self._written[key]
+        prompts = self._prompts[key]
+        if not self.refine or prompts.mask is not None:
+            return prompts
+        if key in self._logits:
+            return dataclasses.replace(prompts, logits=self._logits[key])
+        if key in self._written and self._written[key].any():
+            return dataclasses.replace(prompts, mask=self._written[key])
         return prompts
 
     # Prediction and writing ----------------------------------------------------------------------
@@ -382,9 +375,8 @@ class SegmentationSession:
                    for index, mask in masks.items()}
         for index, mask in masks.items():
             self._written[(axis, index)] = mask
-            if preview is None or index != preview.index:  # prompts placed there before are stale now
-                self._prompts.pop((axis, index), None)
-                self._logits.pop((axis, index), None)
+            if preview is None or index != preview.index:  # a prediction made there before is stale now:
+                self._logits.pop((axis, index), None)  # the next prompt there refines the written mask
         return WriteRequest("propagate", axis, masks, self.shape, result, covered)
 
     def get_accepted_slices(self, axis: int) -> List[int]:
@@ -405,14 +397,6 @@ class SegmentationSession:
         if self.current is None:
             raise InputError("no slice selected yet: click a point or drag a box on a slice first")
         return self.current
-
-    def _get_slice_prompts(self, key: SliceKey) -> _SlicePrompts:
-        """The prompts of `key`, which becomes the current slice (the preview belongs to it)."""
-        if key != self.current:
-            self.current = key
-            self.preview = None
-        self._pending = True
-        return self._prompts.setdefault(key, _SlicePrompts())
 
     def _get_pending_preview(self) -> Optional[SlicePreview]:
         """The current slice's preview if its prompts are not applied yet (predicted now if stale)."""
@@ -463,12 +447,19 @@ def _get_box_mask(box, shape: Sequence[int]) -> np.ndarray:
 
 
 def _get_touching_parts(mask: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """The connected parts (8-connected) of `mask` that overlap `reference`."""
-    from scipy import ndimage
-
-    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    touching = np.unique(labels[reference & mask])
-    return np.isin(labels, touching[touching > 0])
+    """The connected parts (8-connected) of `mask` that overlap `reference`: grown from the overlap one
+    ring at a time (numpy only: with "Run on: server" the effect has no scipy to rely on)."""
+    grown = mask & reference
+    while True:
+        ring = grown.copy()
+        ring[1:] |= grown[:-1]
+        ring[:-1] |= grown[1:]
+        ring[:, 1:] |= ring[:, :-1].copy()
+        ring[:, :-1] |= ring[:, 1:].copy()
+        ring &= mask
+        if np.array_equal(ring, grown):
+            return grown
+        grown = ring
 
 
 def get_seeds(axis: int, accepted: Dict[int, np.ndarray], segment: Optional[np.ndarray]) -> Dict[int, np.ndarray]:
