@@ -7,6 +7,7 @@ slicerio and highdicom and read back by them, and a tiny real SAM checkpoint.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -208,3 +209,38 @@ def test_train_on_a_folder_of_volumes_and_seg_nrrd(mr_case, tiny_checkpoint, tmp
     assert "'White matter' not in the class map" in capsys.readouterr().err
     assert main([*common, "--out", str(out), "--classes", "gray matter", "white matter"]) == 0
     assert "trained iterations 0 -> 2" in capsys.readouterr().out and (out / "model.pt").is_file()
+
+
+def test_seg_nrrd_headers_that_do_not_match_the_data_are_one_line_errors_naming_the_header(mr_case, tmp_path,
+                                                                                          tiny_checkpoint, capsys):
+    image_path, gm, wm = mr_case
+    volume = read_volume(image_path)
+    good = write_segments([Segment("brain", gm | wm), Segment("white matter", wm), Segment("empty", wm & False)],
+                          volume, tmp_path / "good.seg.nrrd")  # two layers; an empty segment is fine
+    assert [segment.mask.sum() > 0 for segment in read_segments(good, volume)] == [True, True, False]
+    header_end = good.read_bytes().index(b"\n\n")
+
+    def with_header(name: str, old: bytes, new: bytes) -> Path:
+        data = good.read_bytes()
+        assert old in data[:header_end]
+        path = tmp_path / name / "mr--case0.seg.nrrd"
+        path.parent.mkdir()
+        path.write_bytes(data[:header_end].replace(old, new) + data[header_end:])
+        return path
+
+    cases = {with_header("layer", b"Segment1_Layer:=1", b"Segment1_Layer:=5"):
+             "Segment1_Layer=5, but the file holds 2 layer(s)",
+             with_header("label", b"Segment0_LabelValue:=1", b"Segment0_LabelValue:=7"):
+             "Segment0_LabelValue=7 does not occur in layer 0, though Segment0_Extent="}
+    plain = tmp_path / "plain" / "mr--case0.seg.nrrd"  # a label image under a segmentation's name
+    plain.parent.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(image_path)), str(plain))
+    cases[plain] = "has no segment header (Segment0_ID"
+    for path, message in cases.items():
+        with pytest.raises(DataError, match=re.escape(message)):
+            read_segments(path, volume)
+        shutil.copy(image_path, path.parent / "mr--case0.nrrd")  # the training reader, through `train`
+        assert main(["train", "--preset", "medsam", "--data", str(path.parent), "--checkpoint", str(tiny_checkpoint),
+                     "--val-fraction", "0", "--iterations", "1", "--quiet", "--out", str(path.parent / "out")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(path) in err and len(err.strip().splitlines()) == 1

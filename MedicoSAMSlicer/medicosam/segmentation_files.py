@@ -212,9 +212,14 @@ def _read_seg_nrrd(path: Path, image: Volume) -> List[Segment]:
         segmentation = slicerio.read_segmentation(str(path))
     except (OSError, ValueError, KeyError) as error:
         raise DataError(f"{path}: cannot read this Slicer segmentation ({error})") from error
+    if not segmentation.get("segments"):
+        raise DataError(f"{path} has no segment header (Segment0_ID, Segment0_LabelValue, ...): it is a plain NRRD "
+                        "image, not a Slicer segmentation; name a label image .nrrd, or save the segmentation from "
+                        "Slicer (Segmentations module: export to file)")
+    _check_segment_headers(segmentation, path)
     offset = _get_grid_offset(segmentation["ijkToLPS"], segmentation["voxels"].shape[-3:], image, path)
     segments = []
-    for segment in segmentation.get("segments", []):
+    for segment in segmentation["segments"]:
         mask = np.zeros(image.shape_kji, bool)
         cropped = slicerio.segment_mask(segmentation, segment).transpose(2, 1, 0)
         k, j, i = offset[::-1]
@@ -222,6 +227,30 @@ def _read_seg_nrrd(path: Path, image: Volume) -> List[Segment]:
         segments.append(Segment(segment.get("name", segment["id"]), mask,
                                 tuple(segment.get("color", DEFAULT_COLOR)), segment.get("terminology")))
     return segments
+
+
+def _check_segment_headers(segmentation: dict, path: Path) -> None:
+    """Each segment's header must point at data the file holds: a layer that exists, and a label value found
+    in that layer whenever the segment's extent says it has voxels (Slicer writes "0 -1 0 -1 0 -1" for an
+    empty segment). Otherwise the segment would read as empty, or fail, without naming the header."""
+    voxels = segmentation["voxels"]
+    layers = voxels.shape[0] if voxels.ndim == 4 else 1
+    for number, segment in enumerate(segmentation["segments"]):
+        field = f"Segment{number}_"
+        layer, value = segment.get("layer", 0), segment.get("labelValue", 1)  # slicerio's defaults
+        if not 0 <= layer < layers:
+            raise DataError(f"{path}: {field}Layer={layer}, but the file holds {layers} layer(s) (segment "
+                            f"{segment.get('name', segment.get('id'))!r}): its header does not match its data; "
+                            "save the segmentation again from Slicer")
+        extent = segment.get("extent")
+        if extent is None or any(extent[2 * i] > extent[2 * i + 1] for i in range(3)):
+            continue  # an empty segment, or one whose extent the header does not give
+        data = voxels[layer] if voxels.ndim == 4 else voxels
+        if not np.any(data == value):
+            raise DataError(f"{path}: {field}LabelValue={value} does not occur in layer {layer}, though "
+                            f"{field}Extent={' '.join(map(str, extent))} says segment "
+                            f"{segment.get('name', segment.get('id'))!r} has voxels: its header does not match "
+                            "its data; save the segmentation again from Slicer")
 
 
 def _get_grid_offset(ijk_to_lps: np.ndarray, shape_ijk: Sequence[int], image: Volume, path: Path) -> Tuple[int, ...]:
