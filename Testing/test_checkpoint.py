@@ -111,12 +111,23 @@ def test_sam_med2d_adapters_are_named(tiny_sam, tmp_path):
     assert "non-official" not in message  # allow_custom: the size is fine, the adapters are not
 
 
-def test_256_px_checkpoint_needs_allow_custom(tiny_sam, tmp_path):
-    path = export_sam(tiny_sam, tmp_path / "tiny.pth")
-    expected = r"image_size 256 \(vit_b: 1024\).*sam_model_registry cannot load it; pass allow_custom=True"
+def test_256_px_checkpoint_needs_allow_custom_unless_medicosam_wrote_it(tiny_sam, tmp_path):
+    foreign = tmp_path / "foreign.pth"
+    torch.save(tiny_sam.state_dict(), foreign)  # a plain state dict from any other tool
+    expected = (r"image_size 256 \(vit_b: 1024\).*in a file MedicoSAM did not write: segment_anything."
+                r"sam_model_registry cannot load it; if you trust it, pass --allow-custom")
     with pytest.raises(ModelError, match=expected):
-        load_sam(path)
-    assert load_sam(path, allow_custom=True).config.image_size == 256
+        load_sam(foreign)
+    assert load_sam(foreign, allow_custom=True).config.image_size == 256
+    # MedicoSAM's own files: the export (the demo's and the trainer's model.pt), the joint export.
+    plain = export_sam(tiny_sam, tmp_path / "tiny.pth")
+    joint = export_sam_with_decoder(tiny_sam, get_unetr_decoder_state(), tmp_path / "joint.pth")
+    for path in (plain, joint):
+        assert load_sam(path).config == get_tiny_config()
+    fresh = get_tiny_sam(seed=1)  # the mark lives in `_metadata`: strict loading still takes the plain file
+    fresh.load_state_dict(torch.load(plain, weights_only=True), strict=True)
+    assert_same_state(fresh.state_dict(), tiny_sam.state_dict())
+    assert set(torch.load(plain, weights_only=True)) == set(tiny_sam.state_dict())
 
 
 def test_missing_keys_are_named(tiny_sam, tmp_path):

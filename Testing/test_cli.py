@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,8 @@ def t1_path():
 
 
 def _segment(t1_path, tiny_checkpoint, out, *extra):
-    return main(["segment", t1_path, "--checkpoint", str(tiny_checkpoint), "--allow-custom", "--out", str(out),
-                 *extra])
+    """`tiny_checkpoint` is MedicoSAM's own export: no --allow-custom (test_one_allow_custom_rule...)."""
+    return main(["segment", t1_path, "--checkpoint", str(tiny_checkpoint), "--out", str(out), *extra])
 
 
 def test_segment_writes_mask_on_the_input_grid(t1_path, tiny_checkpoint, tmp_path, capsys):
@@ -133,13 +134,19 @@ def test_arguments_and_destination_are_checked_before_the_model(t1_path, tmp_pat
         with pytest.raises(SystemExit) as exit_:
             segment(tmp_path / "m.nii.gz", *extra)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
-    # Ranges are checked once, by the config dataclasses: the same one-line error for the command and Python.
-    for extra, message in ((["--iou-threshold", "1.5"], "iou_threshold 1.5 is outside [0, 1]"),
-                           (["--max-slices", "-1"], "max_slices -1 is negative"),
-                           (["--box-extension", "-0.1"], "box_extension -0.1 is negative"),
-                           (["--slice-range", "9", "3"], "slice_range (9, 3) must be (first, last)")):
+    # Ranges are checked once, by the config dataclasses: the command's error names the flag the user typed,
+    # Python's the field.
+    for extra, message in ((["--iou-threshold", "1.5"], "--iou-threshold 1.5 is outside [0, 1]"),
+                           (["--max-slices", "-1"], "--max-slices -1 is negative: use 0 or more, or leave it unset"),
+                           (["--box-extension", "-0.1"], "--box-extension -0.1 is negative"),
+                           (["--slice-range", "9", "3"], "--slice-range (9, 3) must be (first, last)")):
         assert segment(tmp_path / "m.nii.gz", *extra) == 2
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"medicosam: error: {message}")
+        assert not re.search(r"\b(iou_threshold|max_slices|box_extension|slice_range)\b|None", err)
+    with pytest.raises(InputError, match="max_slices -1 is negative"):
+        PropagationConfig(max_slices=-1)
     with pytest.raises(InputError, match="unknown propagation mode 'foo'"):
         PropagationConfig(mode="foo")
     with pytest.raises(InputError, match="unknown view 'oblique'"):
@@ -168,7 +175,8 @@ def test_dicom_folder_with_two_series_needs_series(tiny_checkpoint, tmp_path, ca
     assert _segment(str(folder), tiny_checkpoint, out, "--ijk", "--point", "8,8,2") == 2
     err = capsys.readouterr().err
     assert f'{uids["CT5N"]} "SmartScore - Gated 0.5 sec" (5 files)' in err
-    assert f'{uids["CT2N"]} "Scout" (2 files)' in err and "--series UID" in err
+    assert f'{uids["CT2N"]} "Scout" (2 files)' in err and "with --series UID." in err
+    assert "Python" not in err and "series_uid" not in err and "Supported formats" not in err  # the user's words
     assert _segment(str(folder), tiny_checkpoint, out, "--ijk", "--point", "8,8,2", "--series", uids["CT5N"]) == 0
     assert sitk.ReadImage(str(out)).GetSize() == (16, 16, 5)
 
@@ -230,12 +238,114 @@ def test_segment_bad_files_and_models(t1_path, tiny_checkpoint, tmp_path, capsys
 
 
 def test_models_list_path_and_remove(tmp_path, monkeypatch, capsys):
+    from medicosam.models.registry import MODELS
+
     monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path))
+    (tmp_path / "url").mkdir()
+    (tmp_path / "url" / "0123456789abcdef-weights.pth.part").write_bytes(b"x")  # an interrupted URL download
     assert main(["models", "list"]) == 0
-    listing = capsys.readouterr().out
-    assert "medicosam_vit_b" in listing and "not downloaded" in listing
+    cache_line, header, *rows = capsys.readouterr().out.splitlines()
+    assert cache_line == f"cache: {tmp_path} (MEDICOSAM_CACHE_DIR moves it)"
+    assert header.split() == ["NAME", "ARCH", "STATE", "DESCRIPTION"]
+    assert [row.split()[0] for row in rows] == [*MODELS, "url/0123456789abcdef-weights.pth"]
+    assert rows[-1].split()[1:3] == ["?", "partial"]
+    for column in ("ARCH", "STATE", "DESCRIPTION"):  # every row, SAM2's `hiera_b+` included, starts each column here
+        start = header.index(column)
+        assert all(row[start - 2:start] == "  " and row[start] != " " for row in rows), column
     assert main(["models", "path", "sam_vit_b"]) == 0
     path = capsys.readouterr().out.strip()
     assert path.startswith(str(tmp_path))
     assert main(["models", "remove", "sam_vit_b"]) == 0
     assert "not cached" in capsys.readouterr().out
+
+
+def test_models_alone_names_the_actions(capsys):
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["medicosam: error: `medicosam models` needs an action: `list` (no name), or "
+                                        "`download`, `verify`, `remove` or `path` followed by model names, e.g. "
+                                        "`medicosam models list`"]
+    with pytest.raises(SystemExit):
+        main(["models", "path"])  # the actions that take names need one
+    assert "NAME" in capsys.readouterr().err
+
+
+def test_one_allow_custom_rule_for_every_command(t1_path, tiny_checkpoint, tmp_path, capsys):
+    """MedicoSAM's own exports load in every command without --allow-custom; a tiny SAM saved by anything
+    else needs it in every command (`segment` and `serve` refused the demo's model, `train` and `evaluate`
+    took any file)."""
+    import torch
+
+    from medicosam.models.config import build_sam, get_tiny_config
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save(build_sam(get_tiny_config()).state_dict(), foreign)  # what another tool would write
+    data = tmp_path / "data"
+    for folder in ("images", "labels"):
+        (data / folder).mkdir(parents=True)
+        image = sitk.GetImageFromArray(np.tile(np.arange(64, dtype=np.uint8), (4, 64, 1)))
+        sitk.WriteImage(image if folder == "images" else image > 40, str(data / folder / "v.nii.gz"))
+    out = tmp_path / "m.nii.gz"
+    assert _segment(t1_path, tiny_checkpoint, out, "--ijk", "--point", "90,100,90") == 0
+    commands = {
+        "segment": ["segment", t1_path, "--ijk", "--point", "90,100,90", "--out", str(out), "--checkpoint"],
+        "serve": ["serve", "--device", "cpu", "--checkpoint"],
+        "train": ["train", "--data", str(tmp_path / "no_data"), "--out", str(tmp_path / "run"), "--checkpoint"],
+        "evaluate": ["evaluate", "interactive-3d", "--images", str(data / "images"), "--labels", str(data / "labels"),
+                     "--out", str(tmp_path / "eval"), "--quiet", "--model"],
+        "train-semantic": ["train-semantic", "--data", str(data), "--classes", "2", "--out", str(tmp_path / "sem"),
+                           "--quiet", "--checkpoint"],
+    }
+    for name, command in commands.items():
+        assert main([*command, str(foreign)]) == 2, name
+        err = capsys.readouterr().err
+        assert "in a file MedicoSAM did not write" in err and "pass --allow-custom" in err, name
+    assert main([*commands["segment"], str(foreign), "--allow-custom"]) == 0
+    assert main([*commands["train"], str(foreign), "--allow-custom"]) == 2  # past the model: the data is missing
+    assert "no_data" in capsys.readouterr().err
+
+
+def test_summary_and_propagation_bar(t1_path, tiny_checkpoint, tmp_path, capsys):
+    """"1 slice", named by the view (the axial view chose array axis 0); the bar's total does not jump when
+    propagation stops early (it ended as 2/2 after 0/94)."""
+    out = tmp_path / "m.nii.gz"
+    assert _segment(t1_path, tiny_checkpoint, out, "--ijk", "--box", "60,80,90", "--box", "120,150,90") == 0
+    summary = capsys.readouterr().out
+    assert " on 1 axial slice (array axis 0, slice 90), prompted on [90]" in summary
+    assert _segment(t1_path, tiny_checkpoint, out, "--ijk", "--point", "90,100,90", "--view", "coronal") == 0
+    assert "coronal slice (array axis 1, slice 100)" in capsys.readouterr().out
+    assert _segment(t1_path, tiny_checkpoint, out, "--ijk", "--box", "60,80,90", "--box", "120,150,90",
+                    "--propagate") == 0
+    captured = capsys.readouterr()
+    n_slices = len(np.flatnonzero(sitk.GetArrayFromImage(sitk.ReadImage(str(out))).any(axis=(1, 2))))
+    assert f" on {n_slices} axial slice{'' if n_slices == 1 else 's'} (array axis 0, slice" in captured.out
+    counts = [tuple(map(int, m)) for m in re.findall(r"(\d+)/(\d+) \[", captured.err)]
+    assert counts and counts[-1][0] < counts[-1][1], counts  # the tiny model's propagation stops early...
+    assert {total for _, total in counts} == {counts[0][1]}  # ...and the bar keeps its total
+
+
+def test_help_lists_every_output_and_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("--out FILE|FOLDER what to write, on the image's grid: a label image (.nii.gz, .nii, .nrrd, .mha), a "
+            "Slicer segmentation (.seg.nrrd) or, from a DICOM series, DICOM SEG (.dcm, or an existing folder to "
+            "write it in)") in text
+    assert "(default: Slicer's first segment colour) --" in text and "(default: )" not in text
+
+
+def test_spaced_coordinates_get_the_fix_and_threads_go_anywhere(t1_path, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.nii.gz"
+    for point in (["28", "-10", "30"], ["28,", "-10,", "30"]):
+        with pytest.raises(SystemExit) as exit_:
+            _segment(t1_path, tiny_checkpoint, out, "--point", *point)
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"medicosam: error: unrecognized arguments: {' '.join(point[1:])} (coordinates are comma-separated: "
+            "--point 28,-10,30)")
+    assert main(["models", "list", "--threads", "1"]) == 0  # read as `medicosam --threads 1 models list`
+    capsys.readouterr()
+    for threads in (["--threads", "0"], ["--threads=0"]):  # checked like the option before the command
+        assert _segment(t1_path, tiny_checkpoint, out, "--ijk", "--point", "90,100,90", *threads) == 2
+        assert capsys.readouterr().err.strip() == "medicosam: error: --threads 0: use 1 or more"
+    assert not out.exists()

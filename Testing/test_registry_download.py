@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from medicosam.models.download import (
     resolve_checkpoint,
     verify_cached_model,
 )
-from medicosam.models.registry import MODELS, ModelSpec, find_model_spec, get_model_spec
+from medicosam.models.registry import MICROSAM_ALIASES, MODELS, ModelSpec, find_model_spec, get_model_spec
 
 PAYLOAD = random.Random(0).randbytes(2_500_000)  # > 2 chunks of download.CHUNK_SIZE
 PATH = "/weights/model.pth"
@@ -484,3 +485,62 @@ def test_a_corrupt_cached_file_is_replaced_from_micro_sams_cache(server, tmp_pat
     ours.write_bytes(bytes(len(PAYLOAD)))  # ours went bad; theirs is good
     assert download_model(spec, cache_dir=tmp_path / "cache").read_bytes() == PAYLOAD
     assert server.requests == []
+
+
+@pytest.mark.parametrize("name", [*MODELS, *MICROSAM_ALIASES])
+def test_every_registry_name_is_a_name_in_every_command(name, tmp_path, monkeypatch, capsys):
+    """`sam2.1_hiera_tiny` has a suffix (`.1_hiera_tiny`): taken for a path, it was "Checkpoint file ... does
+    not exist" in `segment` and `serve`. Offline with an empty cache, each name must reach the registry."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medicosam.cli import main
+
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MICROSAM_CACHEDIR", str(tmp_path / "micro_sam"))
+    monkeypatch.chdir(tmp_path)  # no file of that name here either
+    spec = get_model_spec(name)
+    assert main(["models", "path", name]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cache" / spec.filename)
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)), "v.nrrd")
+    for command in (["segment", "v.nrrd", "--ijk", "--point", "4,4,2", "--out", "m.nii.gz"], ["serve"]):
+        assert main([*command, "--model", name, "--offline"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"medicosam: error: Offline mode is on (--offline or MEDICOSAM_OFFLINE) and {spec.name} is not cached. "
+            f"Without network: download {spec.url} on a machine that has it and save it as "
+            f"{tmp_path / 'cache' / spec.filename} (`medicosam models path {spec.name}` prints it), or set "
+            "MEDICOSAM_CACHE_DIR to a folder holding it, or pass a local file with --checkpoint FILE."]
+
+
+def _get_closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_no_network_is_one_line_with_the_offline_route(tmp_path, monkeypatch, capsys):
+    """What urllib3 says (NameResolutionError, "Max retries exceeded with url") becomes "no network" and
+    the way to work without it, for a registry name and for a URL."""
+    from medicosam.cli import main
+
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MICROSAM_CACHEDIR", str(tmp_path / "micro_sam"))
+    for variable in [v for v in os.environ if v.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")]:
+        monkeypatch.delenv(variable)
+    url = f"http://127.0.0.1:{_get_closed_port()}/weights/sam.pth"
+    with pytest.raises(DownloadError) as error:
+        resolve_checkpoint(url)
+    assert str(error.value).startswith(f"Cannot reach {url.split('/')[2]} (connection refused): no network, or the "
+                                       f"server is down. Without network: download {url} on a machine that has it")
+    assert str(error.value).endswith("or pass a local file with --checkpoint FILE.")
+    # Every request of `models download` goes through a proxy that is not there: no network at all.
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_get_closed_port()}")
+    assert main(["models", "download", "sam_vit_b"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "medicosam: error: Cannot reach dl.fbaipublicfiles.com (the proxy does not answer): no network, or the server "
+        f"is down. Without network: download {MODELS['sam_vit_b'].url} on a machine that has it and save it as "
+        f"{tmp_path / 'cache' / 'sam_vit_b.pth'} (`medicosam models path sam_vit_b` prints it), or set "
+        "MEDICOSAM_CACHE_DIR to a folder holding it, or pass a local file with --checkpoint FILE."]
+    assert not (tmp_path / "cache" / "sam_vit_b.pth.part").exists()

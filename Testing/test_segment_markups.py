@@ -4,6 +4,7 @@ anisotropic grid: the same masks as the equivalent `--point`/`--box` call, and c
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from slicer_markups import write_point_list, write_roi
 
 from medicosam.cli import main
 from medicosam.geometry import get_ijk_to_ras_from_sitk, get_slice_axis, get_voxel_index, ijk_to_ras
-from medicosam_training.sample_data import get_itk_examples_dir
+from medicosam.markups import Markups, MarkupsPoint, MarkupsROI, read_markups_file
+from medicosam_training.sample_data import get_itk_examples_dir, get_nilearn_icbm152
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +139,33 @@ def test_bad_markups_files_are_one_line_errors(image_path, tiny_checkpoint, matr
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert list(out.iterdir()) == []
+
+
+DOCS_EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+
+
+def test_the_docs_example_files_prompt_as_the_docs_say(tiny_checkpoint, tmp_path, capsys):
+    """docs/examples: a point list, a negative list and an ROI in Slicer 5.6's layout (the fields the
+    test writer above puts, in its order), on the MNI T1 the demo uses (1 mm, axial slice k = S + 72)."""
+    files = [DOCS_EXAMPLES / f"white-matter{suffix}.mrk.json" for suffix in ("", "-negative", "-roi")]
+    written = {kind: json.loads(path.read_text())["markups"][0] for kind, path in
+               (("Fiducial", write_point_list(tmp_path / "F.mrk.json", [(0.0, 0.0, 0.0)])),
+                ("ROI", write_roi(tmp_path / "R.mrk.json", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))))}
+    for path in files:
+        markup = json.loads(path.read_text())["markups"][0]
+        reference = written[markup["type"]]
+        assert list(markup) == list(reference) and list(markup["display"]) == list(reference["display"])
+        assert [list(point) for point in markup["controlPoints"]] == \
+            [list(reference["controlPoints"][0])] * len(markup["controlPoints"])
+    assert read_markups_file(files[0]) == Markups([MarkupsPoint((28.0, -10.0, 30.0), True),
+                                                   MarkupsPoint((24.0, -20.0, 30.0), True)])
+    assert read_markups_file(files[1]) == Markups([MarkupsPoint((45.0, -10.0, 30.0), False)])
+    assert read_markups_file(files[2]) == Markups(rois=[MarkupsROI((28.0, -10.0, 30.0), (30.0, 40.0, 6.0))])
+
+    common = ["segment", str(get_nilearn_icbm152("t1")), "--checkpoint", str(tiny_checkpoint), "--markups",
+              str(files[0]), "--markups", str(files[1]), "--roi", str(files[2])]
+    assert main([*common, "--in-roi", "--out", str(tmp_path / "in_roi.nii.gz")]) == 0
+    assert "prompted on [99, 100, 101, 102, 103, 104, 105]" in capsys.readouterr().out  # S = 27..33
+    assert main([*common, "--propagate", "--out", str(tmp_path / "propagated.nii.gz")]) == 0
+    assert "prompted on [102]" in capsys.readouterr().out  # the points' slice, S = 30
+    assert slices_of(read_mask(tmp_path / "propagated.nii.gz"), 0) <= set(range(99, 106))  # within the ROI

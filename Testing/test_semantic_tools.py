@@ -58,7 +58,7 @@ def _read_csv(path):
 
 def test_cli_train_predict_evaluate_2d(brain_dataset, tiny_checkpoints, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train-semantic", "--data", str(brain_dataset), "--classes", "4", "--model",
+    assert main(["train-semantic", "--data", str(brain_dataset), "--classes", "4", "--checkpoint",
                  str(tiny_checkpoints["plain"]), "--decoder", "none", "--decoder-features", "4", "--iterations", "3",
                  "--val-every", "3", "--val-fraction", "0.34", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     assert "a new decoder" in capsys.readouterr().out

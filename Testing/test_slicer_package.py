@@ -269,3 +269,14 @@ def test_effect_help_links_the_user_guide_in_the_project_repository():
                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DOCS_URL")
     repository = get_s4ext()["homepage"].split("#")[0]
     assert url == f"{repository}/blob/main/docs/slicer.md" and (ROOT / "docs" / "slicer.md").is_file()
+
+
+def test_ci_setup_states_its_facts_itself():
+    """`.ci/setup` sent readers to the README for where pip takes torch from, which the README does not say;
+    what the README does say about the setup (the pinned versions) must match it."""
+    setup = (ROOT / ".ci" / "setup").read_text()
+    comments = " ".join(line.lstrip("# ") for line in setup.splitlines() if line.startswith("#"))
+    assert "README" not in comments and "find-links" in comments and "PyPI" in comments
+    pins = re.findall(r'"(torch|torchvision)==([0-9.]+)"', setup)
+    readme = (ROOT / "README.md").read_text()
+    assert len(pins) == 2 and all(f"{name} {version}" in readme for name, version in pins)

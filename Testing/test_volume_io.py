@@ -126,6 +126,7 @@ def test_folder_with_two_series_lists_them_and_reads_the_chosen_one(tmp_path):
         header = headers[source]
         assert f'{header.SeriesInstanceUID} "{header.SeriesDescription}" ({n_files} files)' in str(error.value)
     assert "--series UID" in str(error.value) and "\n" not in str(error.value)
+    assert "Python" not in str(error.value) and "Supported formats" not in str(error.value)  # no unrelated list
 
     volume = read_volume(tmp_path, series_uid=headers[CT_SERIES].SeriesInstanceUID)
     assert volume.array.shape == (5, 16, 16)
@@ -133,6 +134,23 @@ def test_folder_with_two_series_lists_them_and_reads_the_chosen_one(tmp_path):
         read_volume(tmp_path, series_uid=headers[UNEVEN_CT_SERIES].SeriesInstanceUID)
     with pytest.raises(DataError, match="series 1.2.3 is not in the folder: pick one of"):
         read_volume(tmp_path, series_uid="1.2.3")
+
+
+def test_series_in_sub_folders_are_named_and_itk_stays_quiet(tmp_path, capfd):
+    """A study folder whose series sit in sub-folders: GDCM reads no series there and ITK printed two
+    "WARNING: ... No Series were found" lines before the error, which named no sub-folder."""
+    shutil.copytree(CT_SERIES, tmp_path / "study" / "ct")
+    shutil.copytree(UNEVEN_CT_SERIES, tmp_path / "study" / "scout" / "1")
+    (tmp_path / "study" / "notes").mkdir()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    capfd.readouterr()
+    with pytest.raises(DataError) as error:
+        read_volume(tmp_path / "study")
+    assert str(error.value) == (f"Cannot read {tmp_path / 'study'}: the folder holds no DICOM series itself, but its "
+                                "sub-folders do: ct (1 series), scout/1 (1 series); give one of them.")
+    assert capfd.readouterr().err == ""  # ITK's warnings go straight to file descriptor 2
+    assert sitk.ProcessObject.GetGlobalWarningDisplay() == shown
+    assert read_volume(tmp_path / "study" / "ct").array.shape == (5, 16, 16)
 
 
 def test_one_slice_of_a_series_reads_alone():

@@ -21,6 +21,10 @@ from .errors import InputError, MedicoSAMError
 #: Options whose value is a coordinate triplet that may start with a minus sign.
 _COORDINATE_OPTIONS = ("--point", "--neg-point", "--box")
 _NEGATIVE_NUMBER = re.compile(r"^-\.?\d")
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?,?$")
+#: One help text for `--allow-custom`, in every command that loads a SAM model (`add_allow_custom`).
+ALLOW_CUSTOM_HELP = ("also build SAM checkpoints of non-official sizes from files MedicoSAM did not write "
+                     "(its own exports and training files never need it)")
 
 
 def _load_plugins(subparsers) -> None:
@@ -31,7 +35,11 @@ def _load_plugins(subparsers) -> None:
 
 
 class _ProgressBar:
-    """A tqdm bar behind MedicoSAM's `progress(done, total)` callbacks, opened on the first report."""
+    """A tqdm bar behind MedicoSAM's `progress(done, total)` callbacks, opened on the first report.
+
+    Its total only grows: a propagation that stops early reports its end as done == total (for the
+    effect's 100 %), which would redraw 2/94 as 2/2; the bar stays at 2/94 and the summary says why.
+    """
 
     def __init__(self, description: str, **tqdm_kwargs):
         self.description, self.kwargs, self.bar = description, tqdm_kwargs, None
@@ -40,8 +48,9 @@ class _ProgressBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(desc=self.description, **self.kwargs)
-        self.bar.total = total
+            self.bar = tqdm(desc=self.description, total=total, **self.kwargs)
+        if total is not None and (self.bar.total is None or total > self.bar.total):
+            self.bar.total = total
         self.bar.n = done
         self.bar.refresh()
         return True
@@ -57,19 +66,13 @@ def _byte_bar(description: str) -> _ProgressBar:
 
 def _models(args) -> int:
     from .models import download
-    from .models.registry import MODELS
 
+    if args.action is None:
+        raise InputError("`medicosam models` needs an action: `list` (no name), or `download`, `verify`, `remove` or "
+                         "`path` followed by model names, e.g. `medicosam models list`")
     if args.action == "list":
-        cached = {entry.name: entry for entry in download.list_cached_models()}
-        for name, spec in MODELS.items():
-            state = "cached" if name in cached and cached[name].complete else "not downloaded"
-            print(f"{name:28s} {spec.arch:6s} {state:15s} {spec.description}")
-        for name, entry in cached.items():
-            if name not in MODELS:
-                print(f"{name:28s} {'?':6s} {'cached' if entry.complete else 'partial':15s} {entry.path}")
+        _print_model_list(download)
         return 0
-    if not args.names:
-        raise InputError(f"`medicosam models {args.action}` needs at least one model name")
     status = 0
     for name in args.names:
         if args.action == "download":
@@ -91,6 +94,24 @@ def _models(args) -> int:
     return status
 
 
+def _print_model_list(download) -> None:
+    """The registry and the cache's URL downloads as aligned columns, under a header naming the cache."""
+    from .models.registry import MODELS
+
+    cached = {entry.name: entry for entry in download.list_cached_models()}
+    rows = [(name, spec.arch, "cached" if name in cached and cached[name].complete else "not downloaded",
+             spec.description) for name, spec in MODELS.items()]
+    rows += [(name, "?", "cached" if entry.complete else "partial", str(entry.path))
+             for name, entry in cached.items() if name not in MODELS]
+    print(f"cache: {download.get_cache_dir()} (MEDICOSAM_CACHE_DIR moves it)")
+    widths = [max(len(row[column]) for row in [_MODEL_COLUMNS, *rows]) for column in range(3)]
+    for row in [_MODEL_COLUMNS, *rows]:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)) + "  " + row[3])
+
+
+_MODEL_COLUMNS = ("NAME", "ARCH", "STATE", "DESCRIPTION")
+
+
 def _parse_triplets(values: Optional[List[str]], what: str) -> List[List[float]]:
     triplets = []
     for value in values or []:
@@ -102,6 +123,33 @@ def _parse_triplets(values: Optional[List[str]], what: str) -> List[List[float]]
             raise InputError(f"{what} {value!r} must be three finite comma-separated numbers, e.g. 10.5,-20,33")
         triplets.append(triplet)
     return triplets
+
+
+def _take_threads_first(argv: List[str]) -> List[str]:
+    """`segment ... --threads 2` -> `--threads 2 segment ...`: the main parser's option, accepted anywhere."""
+    front: List[str] = []
+    rest: List[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--threads":
+            front += [token, *[value for value in [next(tokens, None)] if value is not None]]
+        elif token.startswith("--threads="):
+            front.append(token)
+        else:
+            rest.append(token)
+    return front + rest
+
+
+def _explain_unrecognized(argv: List[str], unknown: List[str]) -> str:
+    """argparse's complaint, with the fix when a coordinate's numbers were separated by spaces."""
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    for i, token in enumerate(argv):
+        values = argv[i + 1:i + 4]
+        if token in _COORDINATE_OPTIONS and len(values) == 3 and all(map(_NUMBER.match, values)) \
+                and any(value in unknown for value in values[1:]):
+            joined = ",".join(value.rstrip(",") for value in values)
+            return f"{message} (coordinates are comma-separated: {token} {joined})"
+    return message
 
 
 def _attach_negative_coordinates(argv: List[str]) -> List[str]:
@@ -124,9 +172,10 @@ def _segment(args) -> int:
         raise InputError("give --model NAME or --checkpoint PATH (or --server URL to use a `medicosam serve`)")
     request = get_options(
         args, SegmentRequest, image=args.image, out=args.out, model=args.checkpoint or args.model or "",
-        points=_parse_triplets(args.point, "--point"), negative_points=_parse_triplets(args.neg_point, "--neg-point"),
-        box=_parse_triplets(args.box, "--box"), markups=args.markups or [], rois=args.roi or [],
-        series_uid=args.series, propagation=get_options(args, PropagationConfig),
+        allow_custom=args.allow_custom, points=_parse_triplets(args.point, "--point"),
+        negative_points=_parse_triplets(args.neg_point, "--neg-point"), box=_parse_triplets(args.box, "--box"),
+        markups=args.markups or [], rois=args.roi or [], series_uid=args.series,
+        propagation=get_options(args, PropagationConfig),
     )
     bars = _ProgressBar("propagating", unit="slice"), _byte_bar("weights")
     try:
@@ -145,9 +194,16 @@ def _add_core_commands(subparsers) -> None:
     from .server.config import ServeConfig
 
     models = subparsers.add_parser("models", help="list, download, verify or remove SAM checkpoints")
-    models.add_argument("action", choices=["list", "download", "verify", "remove", "path"])
-    models.add_argument("names", nargs="*", help="registry names (see `medicosam models list`)")
-    models.add_argument("--offline", action="store_true", default=None, help="never use the network")
+    actions = models.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("list", help="the registry, what is cached and where (takes no name)")
+    for action, help_text in (("download", "download into the cache (resumable, hash-verified)"),
+                              ("verify", "rehash cached models (a corrupt one is removed)"),
+                              ("remove", "delete cached models"),
+                              ("path", "where a model's file goes in the cache (to place a copy by hand)")):
+        names = actions.add_parser(action, help=help_text)
+        names.add_argument("names", nargs="+", metavar="NAME", help="registry names (see `medicosam models list`)")
+        if action == "download":
+            names.add_argument("--offline", action="store_true", default=None, help="never use the network")
     models.set_defaults(func=_models, needs_torch=False)
 
     seg = subparsers.add_parser("segment", help="segment a structure in a volume from point / box prompts")
@@ -169,8 +225,10 @@ def _add_core_commands(subparsers) -> None:
     _add_model_options(seg, "; not needed with --server")
     add_options(seg, SegmentRequest)
     add_options(seg.add_argument_group("propagation (with --propagate)"), PropagationConfig)
-    seg.add_argument("--out", required=True, help="mask file to write (same grid as the image): .nii.gz, .nii, "
-                     ".nrrd or .mha")
+    seg.add_argument("--out", required=True, metavar="FILE|FOLDER",
+                     help="what to write, on the image's grid: a label image (.nii.gz, .nii, .nrrd, .mha), a Slicer "
+                          "segmentation (.seg.nrrd) or, from a DICOM series, DICOM SEG (.dcm, or an existing folder "
+                          "to write it in)")
     seg.set_defaults(func=_segment)
 
     serve = subparsers.add_parser("serve", help="serve one SAM model over HTTP to many annotators (docs/server.md)")
@@ -183,6 +241,12 @@ def _add_model_options(parser, note: str, required: bool = False) -> None:
     model = parser.add_mutually_exclusive_group(required=required)
     model.add_argument("--model", help=f"registry name (see `medicosam models list`) or URL{note}")
     model.add_argument("--checkpoint", help=f"local SAM-format checkpoint file{note}")
+    add_allow_custom(parser)
+
+
+def add_allow_custom(parser) -> None:
+    """`--allow-custom` (`args.allow_custom`), the same in every command that loads a SAM model."""
+    parser.add_argument("--allow-custom", action="store_true", help=ALLOW_CUSTOM_HELP)
 
 
 def _serve(args) -> int:
@@ -192,7 +256,8 @@ def _serve(args) -> int:
 
     bar = _byte_bar("weights")
     try:
-        serve(get_options(args, ServeConfig, model=args.checkpoint or args.model), download_progress=bar)
+        serve(get_options(args, ServeConfig, model=args.checkpoint or args.model, allow_custom=args.allow_custom),
+              download_progress=bar)
     finally:
         bar.close()
     return 0
@@ -202,7 +267,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medicosam", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: one per core this process may use; "
-                             "also $MEDICOSAM_NUM_THREADS)")
+                             "also $MEDICOSAM_NUM_THREADS); also accepted after the command")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_core_commands(subparsers)
     _load_plugins(subparsers)
@@ -213,7 +278,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .device import configure_threads
 
     logging.basicConfig(format="medicosam: %(levelname)s: %(message)s", level=logging.WARNING)
-    args = get_parser().parse_args(_attach_negative_coordinates(sys.argv[1:] if argv is None else argv))
+    parser = get_parser()
+    argv = _attach_negative_coordinates(_take_threads_first(sys.argv[1:] if argv is None else argv))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(_explain_unrecognized(argv, unknown))
     try:
         if args.threads is not None and args.threads < 1:
             raise InputError(f"--threads {args.threads}: use 1 or more")

@@ -3,15 +3,19 @@
 A config marks its user-facing fields with `option(default, help)`; `add_options` derives argparse
 options from them (flag `--iou-threshold` from field `iou_threshold`, type and default from the
 field), and `get_options` reads them back. Checking stays in the dataclass's `__post_init__`, so a
-command and a Python caller get the same error for the same bad value.
+command and a Python caller get the same error for the same bad value; a message names the field
+(`max_slices`), and `get_options` shows it as the flag the user typed (`--max-slices`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .errors import InputError
 
 
 def option(default: Any, help: str, *, choices: Optional[Sequence[str]] = None, metavar: Optional[str] = None):
@@ -49,7 +53,8 @@ def add_options(parser: argparse.ArgumentParser, config_class, *, prefix: str = 
         if field.name in excluded:
             continue
         value_type, count = get_value_type(config_class, field)
-        shown = field.default is not None and value_type is not bool  # argparse shows a flag's own default
+        # argparse shows a flag's own default; an empty default, or one the help names, is not repeated
+        shown = field.default not in (None, "") and value_type is not bool and "(default:" not in field.metadata["help"]
         help_text = field.metadata["help"] + (f" (default: {field.default})" if shown else "")
         kwargs: Dict[str, Any] = {"dest": prefix.replace("-", "_") + field.name, "default": field.default,
                                   "help": help_text}
@@ -68,4 +73,16 @@ def get_options(args: argparse.Namespace, config_class, *, prefix: str = "", **o
         value = getattr(args, prefix.replace("-", "_") + field.name, field.default)
         values[field.name] = tuple(value) if isinstance(value, list) else value
     values.update(overrides)
-    return config_class(**values)
+    try:
+        return config_class(**values)
+    except InputError as error:
+        raise InputError(_name_flags(str(error), config_class, prefix)) from None
+
+
+def _name_flags(message: str, config_class, prefix: str) -> str:
+    """The message with each option field's Python name (those with an underscore: plain words such as
+    `mode` stay words) written as its flag, `max_slices -1` -> `--max-slices -1`."""
+    for field in get_option_fields(config_class):
+        if "_" in field.name:
+            message = re.sub(rf"(?<![\w-]){field.name}(?!\w)", get_flag(field, prefix), message)
+    return message

@@ -86,7 +86,8 @@ class PropagationConfig:
         if self.box_extension < 0:
             raise InputError(f"box_extension {self.box_extension} is negative: use 0 or more")
         if self.max_slices is not None and self.max_slices < 0:
-            raise InputError(f"max_slices {self.max_slices} is negative: use None for no limit")
+            raise InputError(f"max_slices {self.max_slices} is negative: use 0 or more, or leave it unset for no "
+                             "limit")
         if self.slice_range is not None and not (len(self.slice_range) == 2 and 0 <= self.slice_range[0]
                                                  <= self.slice_range[1]):
             raise InputError(f"slice_range {self.slice_range} must be (first, last) with 0 <= first <= last")

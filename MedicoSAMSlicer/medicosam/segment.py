@@ -50,7 +50,7 @@ class SegmentRequest:
                                    "instead of here", metavar="URL")
     token: Optional[str] = option(None, "the server's access token (default: $MEDICOSAM_TOKEN)")
     offline: Optional[bool] = option(None, "never use the network (default: $MEDICOSAM_OFFLINE)")
-    allow_custom: bool = option(False, "accept SAM checkpoints of non-official sizes (e.g. tiny models)")
+    allow_custom: bool = False  # `--allow-custom` (`medicosam.cli.add_allow_custom`): see `load_sam`
     fast: bool = option(True, "the fast path (SDPA attention, bf16 where the device is fast at it; masks agree "
                         "to IoU ~0.998); --no-fast runs the official fp32 SAM path, slower, for exact parity")
 
@@ -71,11 +71,15 @@ class SegmentSummary:
     voxels: int
     volume_ml: float
     stops: str = ""  # after propagation: why each side stopped (PropagationResult.describe_stops)
+    view: str = ""  # the slices' anatomical name (`axial`...): the view whose normal chose `axis`
 
     def __str__(self) -> str:
-        extent = f"slices {self.slices[0]}..{self.slices[-1]}" if self.slices else "no slice"
-        text = (f"wrote {self.out}: {self.voxels} voxels ({self.volume_ml:.2f} mL) on {len(self.slices)} "
-                f"slices along array axis {self.axis} ({extent}), prompted on {self.seed_slices}")
+        n = len(self.slices)
+        extent = "" if not n else f", slice {self.slices[0]}" if n == 1 else \
+            f", slices {self.slices[0]}..{self.slices[-1]}"
+        kind = (f"{self.view} slice" if self.view else "slice") + ("" if n == 1 else "s")
+        text = (f"wrote {self.out}: {self.voxels} voxels ({self.volume_ml:.2f} mL) on {n} {kind} "
+                f"(array axis {self.axis}{extent}), prompted on {self.seed_slices}")
         return f"{text}; propagation stopped {self.stops}" if self.stops else text
 
 
@@ -208,4 +212,4 @@ def segment_volume(request: SegmentRequest, progress: Optional[Callable[[int, in
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     return SegmentSummary(str(out), axis, sorted(seeds),
                           sorted(i for i, m in masks.items() if m.any()), int(mask.sum()),
-                          float(mask.sum()) * voxel_ml, stops)
+                          float(mask.sum()) * voxel_ml, stops, request.view)

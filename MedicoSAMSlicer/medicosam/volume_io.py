@@ -6,7 +6,9 @@ Reading rules:
   Guessing the series from one file means scanning its whole folder, and goes wrong in folders that
   hold copies or echoes sharing a series UID.
 - A folder with several DICOM series is refused unless `series_uid` names one (`medicosam segment
-  --series UID`); the error lists every series (UID, description, number of files). Guessing (e.g. the
+  --series UID`); the error lists every series (UID, description, number of files). A folder whose series
+  sit in sub-folders is refused naming those sub-folders (GDCM does not look into them, and ITK's own
+  "No Series were found" warnings are kept off the console). Guessing (e.g. the
   largest) picks a localizer or the wrong phase too easily. Series with uneven or repeated slice
   positions (gaps, a localizer, several echoes) are refused: SimpleITK would silently give them a
   wrong geometry.
@@ -22,7 +24,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -84,8 +86,14 @@ class Volume:
         return tuple(self.array.shape[:3])
 
 
-def _read_failure(path: Path, reason: str) -> DataError:
-    return DataError(f"Cannot read {path}: {reason}. Supported formats: {SUPPORTED_FORMATS}.")
+#: How many sub-folders holding DICOM series a "no series here" error names.
+_LISTED_SUBFOLDERS = 5
+
+
+def _read_failure(path: Path, reason: str, formats: bool = True) -> DataError:
+    """`formats`: add the list of readable formats, where the format may be the problem."""
+    listing = f" Supported formats: {SUPPORTED_FORMATS}." if formats else ""
+    return DataError(f"Cannot read {path}: {reason}.{listing}")
 
 
 def _describe_series(uid: str, files: Tuple[str, ...]) -> str:
@@ -100,11 +108,40 @@ def _describe_series(uid: str, files: Tuple[str, ...]) -> str:
     return f'{uid} "{description}" ({len(files)} files)'
 
 
+def _get_series_ids(folder: Path) -> Tuple[str, ...]:
+    """The DICOM series UIDs of the files directly in `folder`, without ITK's console warnings (GDCM
+    warns "No Series were found" for every folder without one)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _find_series_folders(folder: Path) -> List[str]:
+    """Sub-folders of `folder` (any depth, in name order) that hold DICOM series, as `name (N series)`;
+    the search stops after one more than `_LISTED_SUBFOLDERS`."""
+    found: List[str] = []
+    for root, folders, _ in os.walk(folder):
+        folders.sort()
+        if Path(root) != folder and (uids := _get_series_ids(Path(root))):
+            found.append(f"{Path(root).relative_to(folder)} ({len(uids)} series)")
+            if len(found) > _LISTED_SUBFOLDERS:
+                break
+    return found
+
+
 def _get_series_files(folder: Path, series_uid: Optional[str]) -> Tuple[str, ...]:
     """Files of one DICOM series in `folder`, in slice order (GDCM sorts them by position)."""
-    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    uids = _get_series_ids(folder)
     if not uids:
-        raise _read_failure(folder, "the folder holds no DICOM series")
+        inside = _find_series_folders(folder)
+        if not inside:
+            raise _read_failure(folder, "the folder holds no DICOM series")
+        more = ", ..." if len(inside) > _LISTED_SUBFOLDERS else ""
+        raise _read_failure(folder, f"the folder holds no DICOM series itself, but its sub-folders do: "
+                                    f"{', '.join(inside[:_LISTED_SUBFOLDERS])}{more}; give one of them", formats=False)
     files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in sorted(uids)}
     if series_uid is None and len(files) == 1:
         return next(iter(files.values()))
@@ -112,7 +149,7 @@ def _get_series_files(folder: Path, series_uid: Optional[str]) -> Tuple[str, ...
         return files[series_uid]
     listing = "; ".join(_describe_series(uid, uid_files) for uid, uid_files in files.items())
     problem = f"series {series_uid} is not in the folder" if series_uid else "the folder holds several series"
-    raise _read_failure(folder, f"{problem}: pick one of {listing} with `--series UID` (Python: series_uid=)")
+    raise _read_failure(folder, f"{problem}: pick one of {listing} with --series UID", formats=False)
 
 
 def _check_even_slice_spacing(reader, folder: Path) -> None:

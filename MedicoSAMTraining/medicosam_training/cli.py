@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from medicosam.cli import add_allow_custom
+
 from .choices import PRESETS
 from .configs import AMP_CHOICES, DEFAULT_PRESET, TrainConfig
 from .extras import needs_training_extra
@@ -36,6 +38,7 @@ def _add_train(subparsers) -> None:
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model", help="registry name or URL of the start model (default: sam_vit_b)")
     model.add_argument("--checkpoint", help="local SAM checkpoint file to start from")
+    add_allow_custom(parser)
     parser.add_argument("--out", default=str(defaults.out_dir), help="output folder (checkpoints, logs, model.pt)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="stop after this many epochs")
     parser.add_argument("--iterations", type=int, default=defaults.iterations,
@@ -111,7 +114,8 @@ def _train(args: argparse.Namespace) -> int:
                          save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
                          device=args.device, resume=args.resume, decoder_features=args.decoder_features,
                          progress=not args.quiet)
-    loaded = load_sam(args.checkpoint or args.model or "sam_vit_b", allow_custom=True, offline=args.offline)
+    loaded = load_sam(args.checkpoint or args.model or "sam_vit_b", allow_custom=args.allow_custom,
+                      offline=args.offline)
     train_set, val_set = get_training_datasets(args.data, image_size=loaded.config.image_size, n_obj=args.n_obj,
                                                min_size=args.min_size, val_fraction=args.val_fraction,
                                                seed=args.seed, label_mode=args.label_mode, axis=args.axis,

@@ -218,9 +218,12 @@ class _Run:
     # ------------------------------------------------------------------ checkpoints
 
     def get_state(self) -> Dict[str, Any]:
+        from medicosam.models.checkpoint import WRITER_KEY, get_writer_record
+
         decoder = self.module.semantic_decoder
         return {
             "format": _FORMAT,
+            WRITER_KEY: get_writer_record(),  # MedicoSAM's own file: any command loads it without --allow-custom
             "model_state": self.module.sam.state_dict(),
             "decoder_state": None if decoder is None else decoder.state_dict(),
             "optimizer": self.optimizer.state_dict(),

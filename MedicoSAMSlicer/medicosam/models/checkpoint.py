@@ -18,6 +18,7 @@ also use the segmentation decoder (segment_anything cannot load that file).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -42,6 +43,11 @@ _UNETR_PARTS = ("base.", "decoder.", "deconv1.", "deconv_out.", "decoder_head.",
 _WEIGHT_KEYS = ("model_state", "decoder_state", "state_dict")
 #: torch's legacy (non-zip) files start with their pickled magic number.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+#: Every checkpoint MedicoSAM writes is marked with this key: a top-level entry (joint exports, SAM2
+#: exports' size record, training checkpoints), or, in a plain state dict, which segment_anything must
+#: load with its strict `load_state_dict`, an entry of the dict's `_metadata` (torch's own per-module
+#: record, which `load_state_dict` and `weights_only` loading keep).
+WRITER_KEY = "medicosam"
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +108,22 @@ def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
         raise _get_unreadable_error(path, e) from e
     if not isinstance(obj, Mapping):
         raise ModelError(f"{path} holds a {type(obj).__name__}, not a state dict.")
-    return dict(obj)
+    return obj if isinstance(obj, dict) else dict(obj)  # an OrderedDict keeps its `_metadata`
+
+
+def is_medicosam_checkpoint(obj: Mapping[str, Any]) -> bool:
+    """Whether MedicoSAM wrote this checkpoint (`WRITER_KEY`): then its architecture, tiny or not, is
+    one MedicoSAM trained or built, so no command asks for allow_custom (`--allow-custom`) to load it.
+    The mark says where a file comes from, it proves nothing: size limits and the memory check guard
+    every file alike."""
+    return isinstance(obj.get(WRITER_KEY), Mapping) or WRITER_KEY in (getattr(obj, "_metadata", None) or {})
+
+
+def get_writer_record() -> Dict[str, str]:
+    """What a file MedicoSAM writes records under `WRITER_KEY` (see `is_medicosam_checkpoint`)."""
+    from medicosam import __version__
+
+    return {"writer": f"medicosam {__version__}"}
 
 
 def get_sam_state_dict(
@@ -136,7 +157,8 @@ def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
 
     Keys are compared with a model built on the `meta` device, which costs no memory even for
     ViT-H. With `allow_custom=False` only the official ViT-b/l/h architectures pass, because
-    those are the ones `segment_anything.sam_model_registry` (and other SAM tools) can load.
+    those are the ones `segment_anything.sam_model_registry` (and other SAM tools) can load;
+    `load_sam` sets it for the files MedicoSAM wrote (`is_medicosam_checkpoint`).
     """
     try:
         config = detect_config(state)
@@ -165,9 +187,9 @@ def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
         problems.append(f"{len(mismatched)} tensors of unexpected shape: {', '.join(mismatched[:4])}")
     if not allow_custom and config.arch == "custom":
         problems.append(
-            f"a non-official architecture ({_describe_config_difference(config)}): "
-            "segment_anything.sam_model_registry cannot load it; pass allow_custom=True (CLI: --allow-custom) "
-            "to build it with MedicoSAM's builder"
+            f"a non-official architecture ({_describe_config_difference(config)}) in a file MedicoSAM did not "
+            "write: segment_anything.sam_model_registry cannot load it; if you trust it, pass --allow-custom "
+            "(allow_custom=True) to build it with MedicoSAM's builder"
         )
     if problems:
         raise ModelError(f"{source} cannot be loaded as a SAM model:\n  - " + "\n  - ".join(problems))
@@ -182,13 +204,18 @@ def load_sam(
     offline: Optional[bool] = None,
     progress: Optional[ProgressCallback] = None,
 ) -> Union[LoadedSam, LoadedSam2]:
-    """Load a SAM model from a registry name, a local file or an http(s) URL (SAM2 files: a `LoadedSam2`)."""
+    """Load a SAM model from a registry name, a local file or an http(s) URL (SAM2 files: a `LoadedSam2`).
+
+    `allow_custom` admits non-official SAM sizes in files MedicoSAM did not write; its own files
+    (`is_medicosam_checkpoint`) load without it, in every command alike.
+    """
     import torch
 
     path = resolve_checkpoint(checkpoint, offline=offline, progress=progress)
     obj = load_checkpoint_file(path)
+    allow_custom = allow_custom or is_medicosam_checkpoint(obj)
     if is_sam2_state(obj):
-        return _load_sam2(obj, checkpoint, path, device, allow_custom)
+        return _load_sam2(obj, checkpoint, path, device)
     sam_state, decoder_state = get_sam_state_dict(obj, source=str(path))
     config = check_sam_state(sam_state, allow_custom=allow_custom, source=str(path))
     _check_memory(sam_state, device, source=str(path))
@@ -201,8 +228,11 @@ def load_sam(
                      source=str(checkpoint), path=path, model_id=get_checked_file_id(path)[:16])
 
 
-def _load_sam2(obj: Mapping[str, Any], checkpoint, path: Path, device: str, allow_custom: bool) -> LoadedSam2:
-    """The SAM2 model of a loaded file: sizes from the file's record or the registry entry, then the state."""
+def _load_sam2(obj: Mapping[str, Any], checkpoint, path: Path, device: str) -> LoadedSam2:
+    """The SAM2 model of a loaded file: sizes from the file's record or the registry entry, then the state.
+
+    Sizes beyond an official config come only from a registry entry or from the record `export_sam2`
+    writes (`WRITER_KEY`): MedicoSAM's own either way, so a SAM2 file needs no allow_custom."""
     from medicosam.models.registry import find_model_spec
     from medicosam.sam2_models import build_sam2_model, detect_sam2_config, get_sam2_state, get_sizes, load_sam2_state
 
@@ -210,9 +240,6 @@ def _load_sam2(obj: Mapping[str, Any], checkpoint, path: Path, device: str, allo
     spec = find_model_spec(str(checkpoint)) if isinstance(checkpoint, str) else None
     sizes = get_sizes(record, str(path)) if record is not None else tuple(spec.sam2_sizes if spec else ())
     config = detect_sam2_config(state, sizes, source=str(path))
-    if record is not None and not allow_custom:
-        raise ModelError(f"{path} is a reduced SAM2 ({config.name}), not an official size: pass allow_custom=True "
-                         "(CLI: --allow-custom) to build it")
     _check_memory(state, device, source=str(path))
     _check_tensors(state, source=str(path))
     model = build_sam2_model(config, device)
@@ -246,9 +273,12 @@ def export_sam(model_or_state: Any, path: Union[str, Path]) -> Path:
     """Write a plain SAM state dict that `sam_model_registry[arch](checkpoint=path)` loads unchanged.
 
     Accepts a `Sam` module, a wrapper module (DDP, micro-sam's TrainableSAM) or any state-dict
-    layout `get_sam_state_dict` reads. The file is replaced atomically.
+    layout `get_sam_state_dict` reads. The file is replaced atomically. Its `_metadata` marks it as
+    MedicoSAM's (`WRITER_KEY`), which strict loading ignores.
     """
-    return save_atomically(_get_exportable_state(model_or_state), path)
+    state = collections.OrderedDict(_get_exportable_state(model_or_state))
+    state._metadata = {WRITER_KEY: get_writer_record()}
+    return save_atomically(state, path)
 
 
 def export_sam_with_decoder(model_or_state: Any, decoder_state: Mapping[str, Any],
@@ -256,13 +286,14 @@ def export_sam_with_decoder(model_or_state: Any, decoder_state: Mapping[str, Any
     """Write micro-sam's joint layout `{"model_state": sam, "decoder_state": decoder, "medicosam": info}`.
 
     For micro-sam-style tools that also run the segmentation decoder; `segment_anything`
-    cannot load this file (use `export_sam` for that). `info` says which micro-sam call loads the
-    decoder; micro-sam reads only the two weight entries, so it does not disturb micro-sam.
+    cannot load this file (use `export_sam` for that). `info` (`WRITER_KEY`) marks the file as
+    MedicoSAM's and says which micro-sam call loads the decoder; micro-sam reads only the two weight
+    entries, so it does not disturb micro-sam.
     """
     decoder = {key: _get_compact_tensor(value)
                for key, value in _strip_wrapper_prefixes(decoder_state).items()}
     return save_atomically({"model_state": _get_exportable_state(model_or_state), "decoder_state": decoder,
-                            "medicosam": _get_decoder_info(decoder)}, path)
+                            WRITER_KEY: {**get_writer_record(), **_get_decoder_info(decoder)}}, path)
 
 
 def _get_decoder_info(decoder: Mapping[str, Any]) -> Dict[str, Any]:

@@ -15,7 +15,8 @@ Links are never written through: a symlinked `.part`, marker or lock in the cach
 A registry model already in micro-sam's cache is taken from there (hashed first) instead of being
 downloaded again.
 
-Offline mode (`offline=True` or `MEDICOSAM_OFFLINE=1`) never touches the network.
+Offline mode (`offline=True`, `--offline` or `MEDICOSAM_OFFLINE=1`) never touches the network; without
+network, or offline, a missing file gets one error that says where to put a copy of it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urlparse
@@ -36,7 +38,7 @@ from urllib.parse import urlparse
 from medicosam import __version__
 from medicosam.atomic import get_temporary_path, writing_atomically
 from medicosam.errors import Cancelled, DownloadError, InputError, MedicoSAMError, ModelError
-from medicosam.models.registry import MODELS, ModelSpec, get_model_spec
+from medicosam.models.registry import MODELS, ModelSpec, find_model_spec, get_model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -214,8 +216,15 @@ def resolve_checkpoint(
     progress: Optional[ProgressCallback] = None,
     cache_dir: Optional[Path] = None,
 ) -> Path:
-    """Local path of a checkpoint given as a registry name, a local file or an http(s) URL."""
+    """Local path of a checkpoint given as a registry name, a local file or an http(s) URL.
+
+    A registry name (or micro-sam's alias) wins over a file of that name: `sam2.1_hiera_tiny` has a
+    suffix, so looking for a file first would take it for a missing path.
+    """
     text = str(model)
+    spec = None if isinstance(model, Path) else find_model_spec(text)
+    if spec is not None:
+        return download_model(spec, cache_dir=cache_dir, progress=progress, offline=offline)
     if not isinstance(model, Path) and text.startswith(("http://", "https://")):
         return _get_cached_or_download(
             text, get_url_cache_path(text, cache_dir), text, None, None, None,
@@ -340,11 +349,9 @@ def _get_cached_or_download(
             f"Cached {label} at {path} fails verification (size, hash, or it does not load as a checkpoint). "
             f"Replace it with a good copy of {url}, or turn offline mode off to download it again."
         )
-    offline_error = DownloadError(
-        f"Offline mode is on (offline=True or MEDICOSAM_OFFLINE) and {label} is not cached. "
-        f"On a machine with internet access download {url} and save it as {path} "
-        "(or set MEDICOSAM_CACHE_DIR to a folder holding it), or pass a local checkpoint path."
-    )
+    offline_route = _get_offline_route(url, path, label)
+    offline_error = DownloadError(f"Offline mode is on (--offline or MEDICOSAM_OFFLINE) and {label} is not cached. "
+                                  f"{offline_route}")
     if offline and not (microsam_copy is not None and microsam_copy.is_file()):
         raise offline_error
     _make_cache_dir(path.parent)
@@ -362,8 +369,18 @@ def _get_cached_or_download(
         if expected_hash is None:
             logger.warning("Upstream publishes no checksum for %s: only its size and loadability are "
                            "checked; its sha256 is recorded to detect later corruption.", label)
-        return download_url(url, path, hash_algo=hash_algo, expected_hash=expected_hash,
-                            expected_size=expected_size, progress=progress, timeout=timeout)
+        try:
+            return download_url(url, path, hash_algo=hash_algo, expected_hash=expected_hash,
+                                expected_size=expected_size, progress=progress, timeout=timeout)
+        except _Unreachable as e:
+            raise DownloadError(f"{e}. {offline_route}") from None
+
+
+def _get_offline_route(url: str, path: Path, label: str) -> str:
+    """How to get the file without network, in the words of the commands."""
+    where = f" (`medicosam models path {label}` prints it)" if find_model_spec(label) else ""
+    return (f"Without network: download {url} on a machine that has it and save it as {path}{where}, or set "
+            "MEDICOSAM_CACHE_DIR to a folder holding it, or pass a local file with --checkpoint FILE.")
 
 
 @contextlib.contextmanager
@@ -417,8 +434,15 @@ def _fetch_into(
         headers["Range"] = f"bytes={offset}-"
     try:
         response = requests.get(url, headers=headers, stream=True, timeout=timeout)
+    except requests.exceptions.SSLError as e:
+        raise DownloadError(f"Cannot download {url}: its TLS certificate does not verify "
+                            f"({_get_first_cause(e)}). Check the proxy or the system's certificates.") from None
+    except requests.ConnectionError as e:
+        raise _Unreachable(f"Cannot reach {urlparse(url).netloc} ({_describe_unreachable(e, timeout)}): "
+                           "no network, or the server is down") from None
     except requests.RequestException as e:
-        raise DownloadError(f"Cannot reach {url}: {e}. Check the network connection or proxy.") from e
+        raise DownloadError(f"Cannot download {url} ({_get_first_cause(e)}). Check the network connection "
+                            "or proxy.") from None
     with response:
         bad_range = response.status_code == 206 and not response.headers.get("Content-Range", "").startswith(
             f"bytes {offset}-")
@@ -462,6 +486,40 @@ def _fetch_into(
                     "is kept: run the same command again to resume."
                 ) from e
     return hasher.hexdigest(), done, announced
+
+
+class _Unreachable(DownloadError):
+    """No connection to the server at all (no network, a name that does not resolve, a refused or
+    unanswered connection): the caller adds how to work without network."""
+
+
+def _describe_unreachable(error: Exception, timeout: Tuple[float, float]) -> str:
+    """Why a connection failed, in a few words, from the socket error under requests' and urllib3's."""
+    import requests
+
+    if isinstance(error, requests.exceptions.ProxyError):
+        return "the proxy does not answer"
+    if isinstance(error, requests.ConnectTimeout):
+        return f"no answer within {timeout[0]:g} s"
+    causes, seen = [error], set()
+    while causes:
+        cause = causes.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return "its name does not resolve"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        causes += [getattr(cause, "reason", None), cause.__cause__, cause.__context__,
+                   *(arg for arg in cause.args if isinstance(arg, BaseException))]
+    return "no connection"
+
+
+def _get_first_cause(error: Exception) -> str:
+    """The reason urllib3 wraps (`MaxRetryError(reason=...)`), else the error itself, in one line."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return (str(reason or error).splitlines() or [type(error).__name__])[0]
 
 
 def _write_chunk(out, chunk: bytes, part: Path) -> None:

@@ -46,7 +46,7 @@ class ServeConfig:
                              "recently used one no session holds makes room)")
     session_minutes: float = option(60.0, "a session (and an upload no session uses) expires after this idle time")
     fast: bool = option(True, "offer the fast path (clients choose per session; --no-fast: official fp32 only)")
-    allow_custom: bool = option(False, "accept SAM checkpoints of non-official sizes (e.g. tiny models)")
+    allow_custom: bool = False  # `--allow-custom` (`medicosam.cli.add_allow_custom`): see `load_sam`
     offline: Optional[bool] = option(None, "never use the network (default: $MEDICOSAM_OFFLINE)")
     ssl_certfile: Optional[str] = option(None, "serve HTTPS with this certificate (PEM); or put a TLS reverse "
                                          "proxy in front", metavar="PEM")

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 from ..errors import InputError, ModelError
 from .config import ServeConfig
-
-logger = logging.getLogger(__name__)
 
 
 def serve(config: ServeConfig, download_progress=None) -> None:
@@ -32,7 +28,8 @@ def serve(config: ServeConfig, download_progress=None) -> None:
                          "models (SAM, MedicoSAM, MedSAM): run SAM2 models locally (`medicosam segment --model ...`)")
     app = create_app(ServerState(loaded, config))
     scheme = "https" if config.ssl_certfile else "http"
-    logger.warning("serving %s (%s) on %s://%s:%d, %s", loaded.source, loaded.config.arch, scheme, config.host,
-                   config.port, "token required" if config.tokens else "no token (loopback only)")
+    # the normal start, on stdout: not a warning (the log shows only warnings, uvicorn's included)
+    print(f"serving {loaded.source} ({loaded.config.arch}) on {scheme}://{config.host}:{config.port}, "
+          f"{'token required' if config.tokens else 'no token (loopback only)'}; Ctrl+C stops it", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
                 ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile)

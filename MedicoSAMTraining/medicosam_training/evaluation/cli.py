@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import List, Tuple
 
+from medicosam.cli import add_allow_custom
 from medicosam.errors import InputError
 from medicosam.normalization import PRESETS
 from medicosam.prompts import CORRECTION_MODES, PROPAGATION_MODES
@@ -80,6 +81,7 @@ def _add_common(parser: argparse.ArgumentParser, ndim: int, config_class) -> Non
                              "fp32 path behind the paper's numbers (default: "
                              f"{'--fast' if config_class.fast else '--no-fast'})")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")
+    add_allow_custom(parser)
     parser.add_argument("--overwrite", action="store_true", help="discard earlier results in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -167,7 +169,8 @@ def _load_model(label: str, source: str, args, results: ResultsCSV):
     from medicosam.device import get_device
     from medicosam.models.checkpoint import load_sam
 
-    loaded = load_sam(source, device=str(get_device(args.device)), allow_custom=True, offline=args.offline)
+    loaded = load_sam(source, device=str(get_device(args.device)), allow_custom=args.allow_custom,
+                      offline=args.offline)
     bind_model(results.path.with_suffix(".json"), label, loaded.model_id, source)
     return loaded
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Dict, Optional, Tuple
 
+from medicosam.cli import add_allow_custom
 from medicosam.errors import InputError
 
 from ..choices import ARCHITECTURES
@@ -39,7 +40,10 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--architecture", choices=("sam", *ARCHITECTURES), default="sam",
                         help="sam (the paper's model) or a baseline: unet, swin_unetr")
     parser.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2D slice model or 3D model")
-    parser.add_argument("--model", default="medicosam_vit_b", help="SAM start model: registry name, file or URL")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", default="medicosam_vit_b", help="SAM start model: registry name or URL")
+    model.add_argument("--checkpoint", help="SAM start model: a local checkpoint file")
+    add_allow_custom(parser)
     parser.add_argument("--decoder", default="auto",
                         help="decoder start: auto (the model's own or its registry companion, else new), none "
                              "(new decoder), or a decoder registry name / file / URL")
@@ -140,12 +144,13 @@ def _get_model(args: argparse.Namespace, n_classes: int):
         config = BaselineConfig(args.architecture, args.ndim, n_classes, args.image_size or 256,
                                 args.patch_depth or 32, args.baseline_features)
         return build_baseline_model(config), f"{args.architecture} baseline"
-    loaded = load_sam(args.model, allow_custom=True, offline=args.offline)
-    decoder_state, decoder = _get_decoder_state(args.decoder, loaded, args.model, args.offline)
+    source = args.checkpoint or args.model
+    loaded = load_sam(source, allow_custom=args.allow_custom, offline=args.offline)
+    decoder_state, decoder = _get_decoder_state(args.decoder, loaded, source, args.offline)
     model = get_semantic_model(loaded.sam, loaded.config, n_classes, args.ndim, image_size=args.image_size,
                                decoder_state=decoder_state, decoder_features=args.decoder_features,
                                patch_depth=args.patch_depth or 8, zero_init_adapters=args.zero_init_adapters)
-    return model, f"{args.model} encoder with {decoder}"
+    return model, f"{source} encoder with {decoder}"
 
 
 def _train(args: argparse.Namespace) -> int:
