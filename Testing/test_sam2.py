@@ -186,3 +186,37 @@ def test_the_server_refuses_a_sam2_model_in_one_line(sam2_checkpoint, capsys):
 
     assert main(["serve", "--checkpoint", str(sam2_checkpoint[0]), "--allow-custom", "--device", "cpu"]) == 2
     assert "runs SAM-family models" in capsys.readouterr().err
+
+
+def test_a_size_record_larger_than_its_weights_is_refused_before_anything_is_built(sam2_checkpoint, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from medicosam.models.checkpoint import load_sam
+
+    path, _ = sam2_checkpoint
+    obj = torch.load(path, weights_only=True)
+    record = {"image_encoder.trunk.embed_dim": 512, "image_encoder.trunk.stages": [2, 4, 8, 2],
+              "image_encoder.neck.backbone_channel_list": [4096, 2048, 1024, 512]}  # 860 M parameters, 3.4 GB
+    torch.save({**obj, "medicosam": {**obj["medicosam"], **record}}, tmp_path / "big.pt")
+    script = ("import resource, sys\n"
+              "from medicosam.errors import ModelError\n"
+              "from medicosam.models.checkpoint import load_sam\n"
+              "try:\n"
+              "    load_sam(sys.argv[1], allow_custom=True)\n"
+              "except ModelError as error:\n"
+              "    print(error)\n"
+              "print('peak MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "big.pt")], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cannot be loaded as a SAM2 model" in done.stdout and "tensors of unexpected shape" in done.stdout
+    assert int(done.stdout.split("peak MB")[1]) < 1500  # the old loader built all 3.4 GB, then refused it
+    for bad in ({"image_encoder.trunk.stages": [1] * 5000}, {"image_encoder.trunk.embed_dim": [32, 32]},
+                {"memory_attention.num_layers": [1]}):
+        torch.save({**obj, "medicosam": {**obj["medicosam"], **bad}}, tmp_path / "bad.pt")
+        with pytest.raises(ModelError, match="is not allowed"):
+            load_sam(tmp_path / "bad.pt", allow_custom=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from .errors import ModelError
 
@@ -44,6 +44,9 @@ SIZE_KEYS = {
     "image_encoder.neck.backbone_channel_list": 16384,
     "memory_attention.num_layers": 64, "memory_attention.layer.dim_feedforward": 16384,
 }
+#: The sizes that are lists, with their most entries (Hiera has four stages; every other size is one number).
+SIZE_LISTS = {"image_encoder.trunk.stages": 4, "image_encoder.trunk.global_att_blocks": 64,
+              "image_encoder.neck.backbone_channel_list": 4}
 #: Keys only SAM2 files have (SAM has `mask_decoder.`, `image_encoder.blocks.`).
 SAM2_MARKERS = ("image_encoder.trunk.", "sam_mask_decoder.", "memory_attention.")
 #: The key of the build record `export_sam2` writes beside `model`.
@@ -94,12 +97,14 @@ def get_sizes(record: Any, source: str) -> Tuple[Tuple[str, Any], ...]:
         raise ModelError(f"{source}: its {RECORD_KEY!r} entry is a {type(record).__name__}, not a dict of sizes")
     checked = []
     for key, value in record.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
+        is_list = isinstance(value, (list, tuple))
+        values = value if is_list else [value]
         limit = SIZE_KEYS.get(key)
-        if limit is None or not values or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= limit
-                                                  for v in values):
+        if limit is None or is_list != (key in SIZE_LISTS) or not 0 < len(values) <= SIZE_LISTS.get(key, 1) or \
+                not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= limit for v in values):
             raise ModelError(f"{source}: SAM2 size {key}={value!r} is not allowed (known sizes: "
-                             f"{', '.join(SIZE_KEYS)}; whole numbers up to their limit)")
+                             f"{', '.join(SIZE_KEYS)}; whole numbers up to their limit, lists only for "
+                             f"{', '.join(f'{k} (at most {n})' for k, n in SIZE_LISTS.items())})")
         checked.append((key, list(values) if isinstance(value, (list, tuple)) else value))
     return tuple(sorted(checked))
 
@@ -132,23 +137,61 @@ def detect_sam2_config(state: Mapping[str, Any], sizes: Tuple[Tuple[str, Any], .
     return Sam2Config(config_file, get_sizes(given, source))
 
 
-def build_sam2_model(config: Sam2Config, device: str = "cpu"):
-    """A `sam2` SAM2VideoPredictor of `config`, random weights, in eval mode on `device`."""
+def build_sam2_model(config: Sam2Config, device: str = "cpu", state: Optional[Mapping[str, Any]] = None,
+                     source: str = "checkpoint"):
+    """A `sam2` SAM2VideoPredictor of `config` in eval mode on `device`: random weights, or `state`'s.
+
+    With `state` (a file's weights, untrusted like its size record) the model the sizes describe is first
+    built on the meta device, which allocates nothing: it must hold exactly the state's tensors and fit
+    the device's memory, or ModelError says why before a byte is allocated (a record may declare a model
+    far larger than its weights: embed_dim 4096 and 64 blocks a stage once took 8.8 GB, then failed).
+    """
+    from .models.checkpoint import _check_memory
+
+    if state is not None:
+        expected = _instantiate(config, "meta").state_dict()
+        _check_state(expected, state, source)
+        _check_memory(expected, device, source=source)
+    model = _instantiate(config, "cpu").to(device).eval()
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+def _instantiate(config: Sam2Config, device: str):
+    """`config`'s model built by hydra from `sam2`'s config files; on "meta", parameters without storage."""
+    import torch
+
     compose, instantiate, omegaconf = _import_hydra()
     try:
         cfg = compose(config_name=config.config_file, overrides=config.get_overrides())
         omegaconf.OmegaConf.resolve(cfg)
-        model = instantiate(cfg.model, _recursive_=True)
+        with torch.device(device), _linspace_on_cpu():
+            return instantiate(cfg.model, _recursive_=True)
     except Exception as e:  # hydra / sam2 raise many kinds for sizes that do not fit together
         raise ModelError(f"cannot build SAM2 {config.name}: {type(e).__name__}: {e}") from e
-    return model.to(device).eval()
 
 
-def load_sam2_state(model, state: Mapping[str, Any], source: str) -> None:
-    """Load `state` into `model` or say exactly what differs (no wall of key lists)."""
+def _linspace_on_cpu():
+    """A torch function mode that makes `torch.linspace` on the CPU: Hiera reads its drop-path rates from
+    one with `.item()`, which a meta tensor cannot answer (everything else may stay on the meta device)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class CpuLinspace(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if func is torch.linspace:
+                kwargs["device"] = "cpu"
+            return func(*args, **kwargs)
+
+    return CpuLinspace()
+
+
+def _check_state(expected: Mapping[str, Any], state: Mapping[str, Any], source: str) -> None:
+    """Say exactly how `state` differs from the tensors `expected` (no wall of key lists)."""
     from .models.checkpoint import _summarize_keys
 
-    expected = model.state_dict()
     problems = []
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -162,7 +205,6 @@ def load_sam2_state(model, state: Mapping[str, Any], source: str) -> None:
         problems.append(f"{len(mismatched)} tensors of unexpected shape: {', '.join(mismatched[:4])}")
     if problems:
         raise ModelError(f"{source} cannot be loaded as a SAM2 model:\n  - " + "\n  - ".join(problems))
-    model.load_state_dict(state)
 
 
 def get_sam2_state(obj: Mapping[str, Any], source: str) -> Tuple[Dict[str, Any], Any]:

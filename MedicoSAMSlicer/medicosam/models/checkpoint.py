@@ -234,7 +234,7 @@ def _load_sam2(obj: Mapping[str, Any], checkpoint, path: Path, device: str) -> L
     Sizes beyond an official config come only from a registry entry or from the record `export_sam2`
     writes (`WRITER_KEY`): MedicoSAM's own either way, so a SAM2 file needs no allow_custom."""
     from medicosam.models.registry import find_model_spec
-    from medicosam.sam2_models import build_sam2_model, detect_sam2_config, get_sam2_state, get_sizes, load_sam2_state
+    from medicosam.sam2_models import build_sam2_model, detect_sam2_config, get_sam2_state, get_sizes
 
     state, record = get_sam2_state(obj, source=str(path))
     spec = find_model_spec(str(checkpoint)) if isinstance(checkpoint, str) else None
@@ -242,8 +242,7 @@ def _load_sam2(obj: Mapping[str, Any], checkpoint, path: Path, device: str) -> L
     config = detect_sam2_config(state, sizes, source=str(path))
     _check_memory(state, device, source=str(path))
     _check_tensors(state, source=str(path))
-    model = build_sam2_model(config, device)
-    load_sam2_state(model, state, source=str(path))
+    model = build_sam2_model(config, device, state, source=str(path))  # checked on the meta device first
     return LoadedSam2(sam2=model, config=config, source=str(checkpoint), path=path,
                       model_id=get_checked_file_id(path)[:16])
 
