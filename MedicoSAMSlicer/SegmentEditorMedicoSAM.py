@@ -35,11 +35,13 @@ class SegmentEditorMedicoSAM(ScriptedLoadableModule):
 
 
 class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (Developer Tools > Self Tests, or ctest). Needs torch and SAM installed;
-    with MEDICOSAM_TEST_INSTALL=1 the effect installs them as it would for a user.
+    """Runs inside Slicer (Developer Tools > Self Tests, Reload & Test, or ctest). Needs torch and SAM
+    installed; with MEDICOSAM_TEST_INSTALL=1 the effect installs them as it would for a user.
 
     Without them the test says so and returns: `skipTest` would count as a failure, because Reload & Test
-    and the SelfTests module call `runTest` directly and treat any exception as one.
+    and the SelfTests module call `runTest` directly and treat any exception as one. The checks are named
+    `check...`, not `test...`: ctest (`slicer_add_python_unittest`) loads the case with unittest, which runs
+    every `test*` method directly, past this guard; with none, it runs `runTest`.
     """
 
     def setUp(self):
@@ -55,11 +57,11 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
             self.delayDisplay(message)
             return
         self.setUp()
-        self.test_prompt_apply_propagate_undo()
+        self.checkPromptApplyPropagateUndo()
         self.setUp()
-        self.test_markups_roi_segment_in_roi_undo()
+        self.checkMarkupsRoiSegmentInRoiUndo()
 
-    def test_prompt_apply_propagate_undo(self):
+    def checkPromptApplyPropagateUndo(self):
         """The segment Slicer writes equals what the core session computes for the same point on the
         same array (Dice >= 0.99), the overwrite rule holds, and Undo steps back one action at a time.
         The point is a control point added in world RAS to a point list chosen as the segment's + list.
@@ -78,7 +80,7 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
             logic = effect.self()
             logic.promptSliceNodeId = sliceNode.GetID()
             pointListNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "object")
-            logic.setMarkupsNode("positive", pointListNode)
+            logic.markups.setNode("positive", pointListNode)
             pointListNode.AddControlPointWorld(*ras)
             logic.flushMarkups()  # the point event's update, without waiting for its timer
             logic.onApply()
@@ -102,9 +104,9 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
             self.assertFalse(self.getSegment(segmentationNode, targetId, volumeNode).any())
         finally:
             editor.setActiveEffect(None)  # removes the shortcuts, timer and temporary nodes even on failure
-        self.delayDisplay("test_prompt_apply_propagate_undo passed")
+        self.delayDisplay("checkPromptApplyPropagateUndo passed")
 
-    def test_markups_roi_segment_in_roi_undo(self):
+    def checkMarkupsRoiSegmentInRoiUndo(self):
         """An ROI over five slices and a negative point: moving the point changes the prompt of its slice,
         "Segment in ROI" writes exactly what the core writes (Dice >= 0.99) on the ROI's slices only, in one
         Undo step."""
@@ -125,9 +127,9 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
             roiNode.SetCenterWorld(*ras)
             thickness = 4.8 * np.linalg.norm(ijkToRas[:3, 2])  # 5 slices along K (the rounding covers 4.8)
             roiNode.SetSize(60.0, 60.0, thickness)
-            logic.setMarkupsNode("roi", roiNode)
+            logic.markups.setNode("roi", roiNode)
             negativeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "background negative")
-            logic.setMarkupsNode("negative", negativeNode)
+            logic.markups.setNode("negative", negativeNode)
             outside = (ijkToRas @ [array.shape[2] // 2 + 25, array.shape[1] // 2, array.shape[0] // 2, 1.0])[:3]
             negativeNode.AddControlPointWorld(*outside)
             logic.flushMarkups()
@@ -146,7 +148,7 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
             position = [0.0, 0.0, 0.0]
             negativeNode.GetNthControlPointPositionWorld(0, position)
             points = [MarkupsPoint(tuple(position), False)]  # negative by its list's name
-            self.assertEqual(logic.readMarkups().points, tuple(points))
+            self.assertEqual(logic.markups.read().points, tuple(points))
             expected = self.computeRoiWithCore(checkpoint, array, ijkToRas, roi, points, normal)
             self.assertGreaterEqual(getDice(written, expected), 0.99)
             axis = get_slice_axis(normal, ijkToRas)
@@ -161,7 +163,7 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
             self.assertFalse(self.getSegment(segmentationNode, targetId, volumeNode).any())
         finally:
             editor.setActiveEffect(None)  # removes the shortcuts, timers, observers and preview node even on failure
-        self.delayDisplay("test_markups_roi_segment_in_roi_undo passed")
+        self.delayDisplay("checkMarkupsRoiSegmentInRoiUndo passed")
 
     def prepareRedView(self, volumeNode):
         """The Red view rotated to the volume, centred on the middle voxel: (slice node, IJK->RAS, the

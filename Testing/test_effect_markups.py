@@ -1,6 +1,6 @@
 """What the effect reads from and writes to Slicer's markups nodes, without Slicer: an ROI node's world
 geometry from its object-to-world matrix, the ROI a box drag makes, the sign of a control point, what
-"Clear prompts" deletes, when an ROI bounds propagation, and the names the effect gives its nodes. Grids
+"Clear prompts" deletes and when an ROI bounds propagation. Grids
 are rotated and anisotropic (`helpers_session`)."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import pytest
 from helpers_session import get_rotated_ijk_to_ras, get_rotation, get_voxel_ras
 
 from medicosam.effect.session import SegmentationSession
-from medicosam.effect.settings import MARKUPS_NAMES, MARKUPS_TAGS
 from medicosam.errors import DataError, InputError
 from medicosam.geometry import get_slice_box
 from medicosam.markups import (
@@ -23,7 +22,6 @@ from medicosam.markups import (
     get_roi_from_drag,
     get_roi_from_matrix,
     get_roi_slice_range,
-    is_negative_list,
     is_negative_point,
 )
 
@@ -135,9 +133,3 @@ def shape_only_predictor():
         volume = np.zeros(SHAPE, np.float32)
     return Predictor()
 
-
-def test_nodes_the_effect_creates_keep_their_sign_in_files_and_their_tags_are_its_own():
-    assert is_negative_list(MARKUPS_NAMES["negative"])
-    assert not is_negative_list(MARKUPS_NAMES["positive"]) and not is_negative_list(MARKUPS_NAMES["roi"])
-    assert set(MARKUPS_TAGS) == set(MARKUPS_NAMES) == {"positive", "negative", "roi"}
-    assert len(set(MARKUPS_TAGS.values())) == 3 and all(tag.startswith("MedicoSAM.") for tag in MARKUPS_TAGS.values())

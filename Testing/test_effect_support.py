@@ -255,9 +255,10 @@ def test_sam2_is_refused_on_slicers_before_5_10(monkeypatch):
 
 
 def test_server_settings_come_from_the_application_settings_and_never_the_scene():
-    stored = {"MedicoSAM/RunOn": "server", "MedicoSAM/ServerURL": " http://gpu:8765 ", "MedicoSAM/ServerToken": "t"}
+    stored = {"MedicoSAM/RunOn": "server", "MedicoSAM/ServerURL": " http://gpu:8765 ", "MedicoSAM/ServerToken": "t",
+              "MedicoSAM/RememberToken": "1"}
     server = ServerSettings.from_application_settings(stored.get)
-    assert server == ServerSettings("server", "http://gpu:8765", "t") and server.remote
+    assert server == ServerSettings("server", "http://gpu:8765", "t", remember_token=True) and server.remote
     assert server.to_application_settings() == {**stored, "MedicoSAM/ServerURL": "http://gpu:8765"}
     assert ServerSettings.from_application_settings({}.get) == ServerSettings()  # qt.QSettings gives None
     assert ServerSettings.from_application_settings({"MedicoSAM/RunOn": "moon"}.get).run_on == "local"
@@ -266,3 +267,17 @@ def test_server_settings_come_from_the_application_settings_and_never_the_scene(
     assert "t" not in parameters.values()
     with pytest.raises(InputError, match="no server URL"):
         ServerSettings("server").get_url()
+
+
+def test_the_token_is_stored_only_when_remembered():
+    """Slicer.ini is plain text: by default the token lives in the effect for the Slicer session only."""
+    session_only = ServerSettings("server", "http://gpu:8765", "secret")
+    stored = session_only.to_application_settings()
+    assert stored["MedicoSAM/ServerToken"] == "" and stored["MedicoSAM/RememberToken"] == "0"  # a stored one is cleared
+    assert "secret" not in stored.values()
+    assert ServerSettings.from_application_settings(stored.get) == ServerSettings("server", "http://gpu:8765")
+    assert ServerSettings.from_application_settings(stored.get, session_token="secret") == session_only
+    remembered = ServerSettings("server", "http://gpu:8765", "secret", remember_token=True)
+    assert ServerSettings.from_application_settings(remembered.to_application_settings().get, "other") == remembered
+    before = {"MedicoSAM/RunOn": "server", "MedicoSAM/ServerToken": "old"}  # stored before "remember" existed
+    assert ServerSettings.from_application_settings(before.get).token == "old"

@@ -7,7 +7,9 @@ docs/slicer.md). The checker walks the AST of each Slicer-side file and types th
 variables by the names the files use for Slicer objects (`RECEIVERS`), variables assigned from typed calls,
 and call chains through the return types the headers declare. A member of a typed receiver must exist
 in that class or its Slicer bases in at least one release; `self.<method>()` must be defined in the file's
-class or its Slicer base class; any other `x.name()` must be a name of some listed class, of the
+class or its Slicer base class; the effect's helper objects (`self.markups`, `self.panel`, ..., and the
+effect itself as `self.effect` or `scriptedEffect.self()`: `HELPERS`) must have the methods called on them
+in the Slicer files' class of that name; any other `x.name()` must be a name of some listed class, of the
 `medicosam` core, of Python's builtin types, or of `QT_METHODS` / `VTK_METHODS` / `OTHER_METHODS`
 (Qt, CTK, VTK, torch and SlicerPyTorch are not in Slicer's tree). Attributes of the standard library
 and numpy are checked by importing them.
@@ -53,6 +55,9 @@ RECEIVERS = {
     "pointListNode": "vtkMRMLMarkupsFiducialNode", "roiNode": "vtkMRMLMarkupsROINode",
     "interactionNode": "vtkMRMLInteractionNode",
 }
+#: Attributes holding the effect's helper objects (and the effect) -> their class in the Slicer files.
+HELPERS = {"markups": "MarkupsPrompts", "panel": "OptionsPanel", "preview": "PreviewDisplay",
+           "dependencies": "Dependencies", "effect": "SegmentEditorEffect"}
 #: Module-level objects of `slicer` -> their class.
 SLICER_OBJECTS = {"app": "qSlicerApplication", "mrmlScene": "vtkMRMLScene"}
 #: Python base classes in Slicer's source (their method lists are in the JSON files too).
@@ -167,12 +172,17 @@ def get_python_base_methods(base: str) -> Set[str]:
 
 
 @functools.cache
-def get_effect_methods() -> Set[str]:
-    """Methods of the Python effect object that `scriptedEffect.self()` returns."""
-    tree = ast.parse(EFFECT_FILE.read_text(encoding="utf-8"))
-    effect = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SegmentEditorEffect")
-    return {item.name for item in effect.body if isinstance(item, ast.FunctionDef)} | \
-        get_python_base_methods("AbstractScriptedSegmentEditorEffect")
+def get_local_methods(name: str) -> Set[str]:
+    """Methods of the Slicer files' class `name` (with its Slicer base class's): the effect, which
+    `scriptedEffect.self()` returns, and its helper classes."""
+    for path in SLICER_FILES:
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef) and node.name == name:
+                methods = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+                for base in node.bases:
+                    methods |= get_python_base_methods(getattr(base, "id", ""))
+                return methods
+    raise LookupError(f"no class {name} in the Slicer files")
 
 
 def is_listed_class(name: str) -> bool:
@@ -234,7 +244,8 @@ class Checker:
                 self.env[statement.targets[0].id] = self.infer(statement.value) or ("unknown",)
 
     def infer(self, node: ast.AST) -> Optional[tuple]:
-        """("class", name), ("module", name) or ("self",) for what `node` evaluates to, if known."""
+        """("class", name), ("module", name), ("local", name) (a class of the Slicer files) or ("self",) for
+        what `node` evaluates to, if known."""
         if isinstance(node, ast.Name):
             if node.id == "self" and self.methods is not None:
                 return ("self",)
@@ -247,8 +258,10 @@ class Checker:
             return None
         if isinstance(node, ast.Attribute):
             base = self.infer(node.value)
-            if base == ("self",) and node.attr == "scriptedEffect":
+            if base is not None and base[0] in ("self", "local") and node.attr == "scriptedEffect":
                 return ("class", RECEIVERS["scriptedEffect"])
+            if base is not None and base[0] in ("self", "local") and node.attr in HELPERS:
+                return ("local", HELPERS[node.attr])
             if base == ("module", "slicer") and node.attr == "util":
                 return ("module", "slicer.util")
             if base == ("module", "slicer") and node.attr in SLICER_OBJECTS:
@@ -262,7 +275,7 @@ class Checker:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             base = self.infer(node.func.value)
             if base == ("class", "qSlicerSegmentEditorScriptedEffect") and node.func.attr == "self":
-                return ("effect",)
+                return ("local", HELPERS["effect"])
             if base is not None and base[0] == "class":
                 returned = get_return_class(base[1], node.func.attr)
                 return None if returned is None else ("class", returned)
@@ -286,9 +299,9 @@ class Checker:
         elif base == ("self",):
             if self.is_called(node) and name not in self.methods:
                 self.errors.append(f"{where}: self.{name}() is defined neither in the class nor in its Slicer base")
-        elif base == ("effect",):
-            if self.is_called(node) and name not in get_effect_methods():
-                self.errors.append(f"{where}: the MedicoSAM effect has no method {name}()")
+        elif base is not None and base[0] == "local":
+            if self.is_called(node) and name not in get_local_methods(base[1]):
+                self.errors.append(f"{where}: {base[1]} has no method {name}()")
         elif base is None and self.is_called(node) and name not in self.known and not hasattr(builtins, name):
             self.errors.append(f"{where}: {name}() is a method of no Slicer class listed, of the core, of "
                                "Python's builtin types or of QT_METHODS / VTK_METHODS / OTHER_METHODS")
@@ -335,6 +348,8 @@ class Effect(AbstractScriptedSegmentEditorEffect):
         self.xyToRass()
         self.helperThatIsNotThere()
         anything.frobnicate()
+        self.markups.readMarkups()
+        self.scriptedEffect.self().markups.read()
 """
     errors = check_source(source)
     assert [error.split(": ", 1)[1] for error in errors] == [
@@ -348,10 +363,12 @@ class Effect(AbstractScriptedSegmentEditorEffect):
         "self.helperThatIsNotThere() is defined neither in the class nor in its Slicer base",
         "frobnicate() is a method of no Slicer class listed, of the core, of Python's builtin types or of "
         "QT_METHODS / VTK_METHODS / OTHER_METHODS",
+        "MarkupsPrompts has no method readMarkups()",
     ]
     correct = source.replace("parametr", "parameter").replace("GetSegmnt", "GetSegment").replace(
         "ModeAdd", "ModificationModeAdd").replace("arrayFromVolumes", "arrayFromVolume").replace(
-        "mrmlSliceNod", "mrmlSliceNode").replace("zeroes", "zeros").replace("xyToRass", "xyToRas")
+        "mrmlSliceNod", "mrmlSliceNode").replace("zeroes", "zeros").replace("xyToRass", "xyToRas").replace(
+        "readMarkups", "read")
     assert len(check_source(correct)) == 2  # the helper and frobnicate stay unknown
 
 
@@ -416,15 +433,16 @@ protected:
     assert returns == {"GetSegmentation": "vtkSegmentation", "GetNode": "vtkMRMLNode"}
 
 
-#: Keys core Slicer binds without a modifier (v5.6.2 and v5.10.0): qMRMLSegmentEditorWidget::
-#: installKeyboardShortcuts (on the main window: effects 0-9, Escape, Space, undo Z / redo Y, previous / next
-#: segment Q W / * , . < >, toggle intensity mask I); the slice views (vtkMRMLSliceIntersectionWidget:
-#: g t f b v V [ ] { } r and arrows), the 3D views (vtkMRMLCameraWidget: b r + - arrows, keypad,
-#: Home End Insert Next Clear) and markups (vtkSlicerMarkupsWidget: s Delete BackSpace). Letters are
-#: upper case, as QKeySequence reads them (a shortcut "G" is the unmodified g key).
-SLICER_KEYS = {*"0123456789", "Esc", "Space", "Z", "Y", "Q", "W", "I", "/", "*", ",", ".", "<", ">",
-               "G", "T", "F", "B", "V", "[", "]", "{", "}", "R", "Left", "Right", "Up", "Down",
-               "+", "-", "Home", "End", "Ins", "PgDown", "Clear", "S", "Del", "Backspace"}
+#: Keys core Slicer binds (v5.6.2 and v5.10.0): qMRMLSegmentEditorWidget::installKeyboardShortcuts (on the
+#: main window: effects 0-9 and Shift+0-9, Escape, Space, undo Z / redo Y, previous / next segment
+#: Q W / * , . < >, toggle intensity mask I); the slice views (vtkMRMLSliceIntersectionWidget: g t f b v
+#: [ ] { } r and arrows, V with any modifier), the 3D views (vtkMRMLCameraWidget: b r + - arrows, keypad,
+#: Home End Insert Next Clear, with Shift too) and markups (vtkSlicerMarkupsWidget: s Delete BackSpace).
+#: Letters are upper case, as QKeySequence reads them (a shortcut "G" is the unmodified g key).
+SLICER_KEYS = {*"0123456789", *(f"Shift+{digit}" for digit in "0123456789"), "Esc", "Space", "Z", "Y", "Q", "W",
+               "I", "/", "*", ",", ".", "<", ">", "G", "T", "F", "B", "V", "Shift+V", "[", "]", "{", "}", "R",
+               "Left", "Right", "Up", "Down", "+", "-", "Home", "End", "Ins", "PgDown", "Clear", "S", "Del",
+               "Backspace"}
 #: SlicerNNInteractive keeps these on the main window while its module is shown.
 NNINTERACTIVE_KEYS = {"P", "B", "L", "S", "E", "R", "T", "V", "Del"}
 
@@ -433,6 +451,8 @@ def test_shortcuts_collide_with_no_slicer_or_nninteractive_key():
     keys = set(SHORTCUTS)
     assert keys.isdisjoint(SLICER_KEYS), sorted(keys & SLICER_KEYS)
     assert keys.isdisjoint(NNINTERACTIVE_KEYS), sorted(keys & NNINTERACTIVE_KEYS)
-    assert all(len(key) == 1 and key.isupper() for key in keys)  # plain letters: no modifier to hold
-    assert sorted(SHORTCUTS.values()) == sorted({"positive", "negative", "box", "apply", "propagate", "clear",
-                                                 "refine"})
+    letters = [key.removeprefix("Shift+") for key in keys]
+    assert all(len(letter) == 1 and letter.isupper() for letter in letters)  # letters, with Shift at most
+    assert len(set(SHORTCUTS.values())) == len(SHORTCUTS)  # one key per action
+    assert set(SHORTCUTS.values()) >= {"positive", "negative", "box", "lasso", "scribble", "flip", "apply",
+                                       "propagate", "clear", "undo_prompt", "refine", "reset", "new_segment"}

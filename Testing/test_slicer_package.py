@@ -43,7 +43,8 @@ NOT_INSTALLED_BY_EFFECT = {"numpy", "SimpleITK", "tqdm"}
 #: worker, errors): they must work with numpy alone.
 EARLY_CORE_MODULES = ["medicosam.device", "medicosam.effect.settings", "medicosam.effect.requirements",
                       "medicosam.effect.worker", "medicosam.effect.controller", "medicosam.effect.extent",
-                      "medicosam.models.download", "medicosam.geometry"]
+                      "medicosam.effect.panel", "medicosam.effect.interaction", "medicosam.effect.links",
+                      "medicosam.effect.history", "medicosam.models.download", "medicosam.geometry"]
 HEAVY = ["torch", "torchvision", "segment_anything", "scipy", "skimage", "SimpleITK", "requests", "xxhash",
          "platformdirs", "tqdm"]
 
@@ -121,6 +122,9 @@ def test_s4ext_has_every_field_and_agrees_with_cmake():
         assert s4ext[key] == cmake[variable], f"{key} differs from {variable}"
     urls = [s4ext["scmurl"], s4ext["homepage"], s4ext["iconurl"], *s4ext["screenshoturls"].split()]
     assert all(url.startswith("https://") and "?" not in url for url in urls)  # no query parameters
+    assert not any(";" in value for value in cmake.values())  # CMake splits a string at ";" into a list
+    for url in s4ext["screenshoturls"].split():  # a screenshot is an image of the effect, not the icon
+        assert url != s4ext["iconurl"] and get_repo_file(url).is_file()
     with Image.open(get_repo_file(s4ext["iconurl"])) as icon:
         assert (icon.format, icon.size) == ("PNG", (128, 128))
 
@@ -188,7 +192,7 @@ def test_slicer_files_import_only_stdlib_and_slicer_at_file_scope(path):
             names |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names.add(node.module.split(".")[0])
-    allowed = SLICER_MODULES | set(sys.stdlib_module_names)
+    allowed = SLICER_MODULES | set(sys.stdlib_module_names) | {"SegmentEditorMedicoSAMLib"}  # the effect's helpers
     assert names <= allowed, f"{path.name} imports {sorted(names - allowed)} at file scope"
 
 

@@ -1,45 +1,57 @@
 """MedicoSAM Segment Editor effect: the thin Slicer layer over `medicosam.effect`.
 
-Slicer cannot run in the project's tests, so this file keeps only what needs Slicer: widgets, Qt timers
-and dialogs, and MRML I/O. It reads the segment's markups point lists and ROI in world RAS, the view's
-orientation and the source volume as the editor aligned it to the segmentation, hands them to the
-`EffectController` (which owns the model, predictor and sessions and runs them on the inference worker),
-and writes what a session returns through `modifySelectedSegmentByLabelmap` after one `saveStateForUndo`.
-The prompts are the user's own markups nodes, chosen per segment and remembered in segment tags: the
-effect's click tools, Slicer's place mode and any module that edits them change the same nodes, and their
-point events update the preview. Every decision (which model to keep, which slice a point lands on, what
-to propagate, what to write) is in `medicosam.effect` and tested without Slicer. Nothing heavy is imported
-at file scope: torch and SAM are imported on first use, after the user agreed to install them. With
-"Run on: server" (URL and token in Slicer's application settings, never in the scene) the model runs
-in `medicosam serve` and nothing beyond what Slicer bundles is installed.
+Slicer cannot run in the project's tests, so the Slicer files keep only what needs Slicer; every decision
+(which model to keep, which slice a prompt lands on, what a press does, what to propagate, what to write)
+is in `medicosam.effect` and tested without Slicer. The effect is split like Slicer's own effects:
+- this class: the effect API, view interaction (clicks, box drags, drawn strokes) and the actions;
+- `OptionsPanel`: the widgets, bound to settings fields by one table (`medicosam.effect.panel.ROWS`);
+- `MarkupsPrompts`: the segment's prompt nodes (+ / - point lists, ROI, lassos, scribbles), linked by node
+  references on the segmentation node, observed, read as markups, and the history behind Undo prompt;
+- `PreviewDisplay`: the preview overlay; `Dependencies`: installs, downloads and deleting weights.
+The `EffectController` owns the model, predictor and sessions and runs them on the inference worker; the
+effect writes what a session returns through `modifySelectedSegmentByLabelmap` after one
+`saveStateForUndo`. Nothing heavy is imported at file scope: torch and SAM are imported on first use,
+after the user agreed to install them. With "Run on: server" the model runs in `medicosam serve`.
 """
 
 import contextlib
+import functools
 import logging
 import os
 import time
 
-import ctk
 import qt
 import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-TOOL_BUTTONS = (("positive", "+ Point", "Left-click adds a point inside the object to the + point list."),
-                ("negative", "- Point", "Left-click adds a point outside the object to the - point list."),
-                ("box", "Box", "Left-drag draws a box around the object: it sets the ROI."))
-#: Markups role -> (node class, label in the options, colour of a node the effect creates).
-MARKUPS_ROLES = {"positive": ("vtkMRMLMarkupsFiducialNode", "+ points:", (0.2, 0.9, 0.2)),
-                 "negative": ("vtkMRMLMarkupsFiducialNode", "- points:", (1.0, 0.25, 0.25)),
-                 "roi": ("vtkMRMLMarkupsROINode", "ROI:", (1.0, 0.85, 0.1))}
-MIN_BOX_DRAG_PIXELS = 4
+from SegmentEditorMedicoSAMLib.Dependencies import Dependencies
+from SegmentEditorMedicoSAMLib.MarkupsPrompts import MarkupsPrompts
+from SegmentEditorMedicoSAMLib.OptionsPanel import OptionsPanel
+from SegmentEditorMedicoSAMLib.PreviewDisplay import PreviewDisplay
+from SegmentEditorMedicoSAMLib.SlicerHelpers import (
+    closeDialog,
+    createProgressDialog,
+    getImageArray,
+    getNumpyMatrix,
+    getShortcutKeys,
+)
+
 MARKUPS_DELAY_MS = 100  # markups events within this time (a point being dragged) make one update
 BUSY_DIALOG_DELAY_MS = 400
 DOCS_URL = "https://github.com/MedicoSAM/SlicerMedicoSAM/blob/main/docs/slicer.md"
 
 
+class Drag:
+    """A box or a stroke being drawn with the left button held, in one slice view."""
+
+    def __init__(self, kind, xy, ras, sliceNodeId):
+        self.kind, self.startXy, self.startRas, self.sliceNodeId = kind, xy, ras, sliceNodeId
+        self.lastXy = xy
+
+
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
-    """Segment with SAM prompts (points, box), preview, apply, propagate through the volume."""
+    """Segment with SAM prompts (points, box, lasso, scribble), preview, apply, propagate through the volume."""
 
     def __init__(self, scriptedEffect):
         scriptedEffect.name = "MedicoSAM"
@@ -49,14 +61,18 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         from medicosam.effect.controller import EffectController
 
         self.controller = EffectController(self.runBlocking, self.clearDisplay)  # model, predictor, sessions
+        self.markups = MarkupsPrompts(self)
+        self.preview = PreviewDisplay(scriptedEffect)
+        self.dependencies = Dependencies(self)
+        self.panel = None  # the OptionsPanel, made with the options frame
         self.pending = []  # [(future, callback)] of preview jobs, polled on the GUI thread
         self.busy = False  # a blocking job (apply, propagate, model loading) is running
-        self.boxStart = None  # (xy, ras, slice node ID) while a box is dragged
+        self.drag = None  # the Drag in progress
         self.promptSliceNodeId = None  # the slice view last clicked in: its orientation picks the slices
-        self.markupsObservations = []  # (node, observer tag) of the selected segment's markups
+        self.boundSegmentKey = None  # the segment the panel, observers and preview follow
+        self.parameterSetObservation = None  # (segment editor node, observer tag) while active
         self.markupsFuture = None  # the markups update running on the worker
-        self.previewNode = None  # the temporary segmentation that shows the preview
-        self.displayedSessionKey = None
+        self.sessionToken = ""  # the server token when it is not remembered in Slicer's settings
         self.shortcuts = []
         self.connections = []  # (object, signal, slot), disconnected in cleanup (Slicer issue #7392)
         self.pollTimer = None  # created with the options frame, so it dies with it
@@ -75,16 +91,21 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def helpText(self):
         key = getShortcutKeys()
-        return f"""<html>Segment with MedicoSAM (Segment Anything for medical images).<br>
-<b>+ Point</b> ({key["positive"]}) / <b>- Point</b> ({key["negative"]}): click inside / outside the object in
-a Red, Green or Yellow view aligned with the volume. <b>Box</b> ({key["box"]}): drag a box around it. The
-points and the box are the segment's markups (+ / - point lists, ROI): place, move or delete them with the
-Markups toolbar or module too; the preview follows every change. <b>Segment in ROI</b> segments every slice
-the ROI covers; propagation stays inside a ROI that spans several slices.<br>
-<b>Apply</b> ({key["apply"]}) writes the previewed slice; <b>Propagate</b> ({key["propagate"]}) segments the
-neighbouring slices from every applied slice. To correct, prompt on a wrong slice, Apply, Propagate again.
-<b>Clear</b> ({key["clear"]}) removes the slice's prompts; <b>{key["refine"]}</b> toggles refinement with the
-previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user guide</a>.</html>"""
+        return f"""<html>Segment with MedicoSAM (Segment Anything for medical images), in a Red, Green or Yellow
+view aligned with the volume.<br>
+<b>+ Point</b> ({key["positive"]}) / <b>- Point</b> ({key["negative"]}): click inside / outside the object.
+<b>Box</b> ({key["box"]}): drag a box around it. <b>Lasso</b> ({key["lasso"]}): draw a closed contour around it.
+<b>Scribble</b> ({key["scribble"]}): draw a stroke inside it (- Scribble: over the background).
+{key["flip"]} flips + and -. The prompts are the segment's markups (point lists, ROI, curves): move a point by
+dragging it, delete it with the Markups toolbar or module; the preview follows every change.<br>
+<b>Apply</b> ({key["apply"]}) writes the previewed slice; <b>Propagate</b> ({key["propagate"]}, or down / both / up)
+segments the neighbouring slices; <b>Segment in ROI</b> segments every slice the ROI covers. Writes change the
+segment only where the prompts and propagation reach. <b>Undo prompt</b> ({key["undo_prompt"]}) takes back the
+newest prompt, <b>Clear</b> ({key["clear"]}) the slice's, <b>Reset</b> ({key["reset"]}) all of them;
+<b>New segment</b> ({key["new_segment"]}); Undo (Ctrl+Z) works as for any effect; Esc leaves the effect.
+See the <a href="{DOCS_URL}">user guide</a>.</html>"""
+
+    # Effect API ----------------------------------------------------------------------------------
 
     def cleanup(self):
         """Called by Slicer 5.10+ before deleting the effect; older versions only delete the options frame,
@@ -98,167 +119,32 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
     def releaseResources(self):
         """Stop the worker thread, remove the preview node, free the model, volume copies and embeddings."""
         self.pending = []
-        self.unobserveMarkups()
+        self.markups.unobserve()
+        self.unobserveParameterSetNode()
         self.controller.release()
-        self.removePreviewNode()
+        self.preview.remove()
 
     def activate(self):
-        self.createPreviewNode()
+        self.preview.create()
         self.installShortcuts()
         self.refreshModelChoices()
-        self.updateMarkupsSelectors()
+        self.observeParameterSetNode()
+        self.onSegmentChanged()
         self.pollTimer.start()
 
     def deactivate(self):
         self.pollTimer.stop()
         self.markupsTimer.stop()
-        self.unobserveMarkups()
+        self.unobserveParameterSetNode()
+        self.markups.unobserve()
         self.removeShortcuts()
-        self.removePreviewNode()
-        self.boxStart = None
+        self.preview.remove()
+        self.drag = None
         self.controller.stop_prefetch()
 
     def setupOptionsFrame(self):
-        from medicosam.device import DEVICE_CHOICES
-        from medicosam.effect.settings import DIRECTION_LABELS, MODE_LABELS, RUN_ON_LABELS
-
-        modelSection = ctk.ctkCollapsibleButton()
-        modelSection.text = "Model"
-        modelForm = qt.QFormLayout(modelSection)
-        self.runOnSelector = qt.QComboBox()
-        for runOn, label in RUN_ON_LABELS.items():
-            self.runOnSelector.addItem(label, runOn)
-        self.runOnSelector.setToolTip("Where the model runs: here (needs PyTorch), or on a `medicosam serve` server "
-                                      "(needs nothing more here). Kept in Slicer's settings, not in the scene.")
-        modelForm.addRow("Run on:", self.runOnSelector)
-        self.serverUrlEdit = qt.QLineEdit()
-        self.serverUrlEdit.placeholderText = "http://gpu-host:8765"
-        self.serverUrlEdit.setToolTip("The URL `medicosam serve` prints at start (https:// behind a TLS proxy).")
-        self.serverUrlLabel = qt.QLabel("Server URL:")
-        modelForm.addRow(self.serverUrlLabel, self.serverUrlEdit)
-        self.serverTokenEdit = qt.QLineEdit()
-        self.serverTokenEdit.echoMode = qt.QLineEdit.Password
-        self.serverTokenEdit.setToolTip("The token the server was started with (--token or MEDICOSAM_TOKEN); none "
-                                        "for a server on this computer's loopback. Kept in Slicer's settings.")
-        self.serverTokenLabel = qt.QLabel("Token:")
-        modelForm.addRow(self.serverTokenLabel, self.serverTokenEdit)
-        self.testConnectionButton = qt.QPushButton("Test connection")
-        self.testConnectionButton.objectName = self.__class__.__name__ + "TestConnection"
-        self.testConnectionButton.setToolTip("Ask the server which model it runs (name, architecture, hash).")
-        modelForm.addRow(self.testConnectionButton)
-        self.modelSelector = qt.QComboBox()
-        self.modelSelector.setToolTip("Downloaded models load at once; others download on first use, after you agree. "
-                                      "SAM2 models install the sam2 package first (Slicer 5.10 or later).")
-        self.modelLabel = qt.QLabel("Model:")
-        modelForm.addRow(self.modelLabel, self.modelSelector)
-        self.checkpointSelector = ctk.ctkPathLineEdit()
-        self.checkpointSelector.filters = ctk.ctkPathLineEdit.Files
-        self.checkpointSelector.nameFilters = ["SAM checkpoints (*.pth *.pt)"]
-        self.checkpointSelector.setToolTip("A SAM state dict (vit_b/l/h or a MedicoSAM export).")
-        self.checkpointLabel = qt.QLabel("Checkpoint file:")
-        modelForm.addRow(self.checkpointLabel, self.checkpointSelector)
-        self.deviceSelector = qt.QComboBox()
-        for device in DEVICE_CHOICES:
-            self.deviceSelector.addItem(device.upper() if device != "auto" else "Auto (GPU if available)", device)
-        self.deviceLabel = qt.QLabel("Device:")
-        modelForm.addRow(self.deviceLabel, self.deviceSelector)
-        self.cacheSpinBox = qt.QSpinBox()
-        self.cacheSpinBox.setRange(64, 1024 * 1024)
-        self.cacheSpinBox.setSingleStep(256)
-        self.cacheSpinBox.suffix = " MB"
-        self.cacheSpinBox.setToolTip("Memory for slice embeddings; the oldest are dropped beyond it.")
-        self.cacheLabel = qt.QLabel("Embedding memory:")
-        modelForm.addRow(self.cacheLabel, self.cacheSpinBox)
-        self.fastCheckBox = qt.QCheckBox("Fast inference")
-        self.fastCheckBox.setToolTip("Fused attention, bf16 where the device runs it natively and embeddings kept in "
-                                     "bf16 (twice as many slices fit in memory). Off: the official fp32 SAM path, "
-                                     "slower; use it to check a result.")
-        modelForm.addRow(self.fastCheckBox)
-        self.loadModelButton = qt.QPushButton("Load model")
-        self.loadModelButton.objectName = self.__class__.__name__ + "LoadModel"
-        self.loadModelButton.setToolTip("Install what is missing, download and load the model now (otherwise "
-                                        "the first click does it).")
-        modelForm.addRow(self.loadModelButton)
-        self.deleteModelsButton = qt.QPushButton("Delete downloaded models...")
-        self.deleteModelsButton.objectName = self.__class__.__name__ + "DeleteModels"
-        modelForm.addRow(self.deleteModelsButton)
-        self.scriptedEffect.addOptionsWidget(modelSection)
-
-        key = getShortcutKeys()
-        toolLayout = qt.QHBoxLayout()
-        self.toolButtons = {}
-        self.toolGroup = qt.QButtonGroup()
-        for tool, text, tip in TOOL_BUTTONS:
-            button = qt.QPushButton(f"{text} ({key[tool]})")
-            button.checkable = True
-            button.setToolTip(tip)
-            button.objectName = self.__class__.__name__ + "Tool" + tool.capitalize()
-            self.toolGroup.addButton(button)
-            toolLayout.addWidget(button)
-            self.toolButtons[tool] = button
-        self.scriptedEffect.addLabeledOptionsWidget("Prompt:", toolLayout)
-        self.markupsSelectors, self.placeWidgets = {}, {}
-        for role, (className, label, _) in MARKUPS_ROLES.items():
-            self.markupsSelectors[role], self.placeWidgets[role] = self.createMarkupsSelector(role, className)
-            markupsLayout = qt.QHBoxLayout()
-            markupsLayout.addWidget(self.markupsSelectors[role])
-            markupsLayout.addWidget(self.placeWidgets[role])
-            self.scriptedEffect.addLabeledOptionsWidget(label, markupsLayout)
-        self.refineCheckBox = qt.QCheckBox(f"Refine with the previous mask ({key['refine']})")
-        self.refineCheckBox.setToolTip("Give SAM the slice's previous mask with each new prompt, so a click "
-                                       "corrects the mask instead of starting over.")
-        self.scriptedEffect.addOptionsWidget(self.refineCheckBox)
-        sliceButtons = qt.QHBoxLayout()
-        self.applyButton = qt.QPushButton(f"Apply slice ({key['apply']})")
-        self.applyButton.objectName = self.__class__.__name__ + "Apply"
-        self.clearButton = qt.QPushButton(f"Clear prompts ({key['clear']})")
-        self.clearButton.objectName = self.__class__.__name__ + "Clear"
-        sliceButtons.addWidget(self.applyButton)
-        sliceButtons.addWidget(self.clearButton)
-        self.scriptedEffect.addOptionsWidget(sliceButtons)
-        self.segmentInRoiButton = qt.QPushButton("Segment in ROI")
-        self.segmentInRoiButton.objectName = self.__class__.__name__ + "SegmentInRoi"
-        self.segmentInRoiButton.setToolTip("Segment every slice the ROI covers (its box on each slice, plus the points "
-                                           "placed there), in one Undo step.")
-        self.scriptedEffect.addOptionsWidget(self.segmentInRoiButton)
-
-        propagationSection = ctk.ctkCollapsibleButton()
-        propagationSection.text = "Propagation"
-        propagationForm = qt.QFormLayout(propagationSection)
-        self.directionSelector = qt.QComboBox()
-        for direction, label in DIRECTION_LABELS.items():
-            self.directionSelector.addItem(label, direction)
-        propagationForm.addRow("Direction:", self.directionSelector)
-        self.slicesSpinBox = qt.QSpinBox()
-        self.slicesSpinBox.setRange(0, 10000)
-        self.slicesSpinBox.specialValueText = "until the object ends"
-        self.slicesSpinBox.setToolTip("At most this many slices beyond the outermost applied slices.")
-        propagationForm.addRow("Slices:", self.slicesSpinBox)
-        self.modeSelector = qt.QComboBox()
-        for mode, label in MODE_LABELS.items():
-            self.modeSelector.addItem(label, mode)
-        self.modeSelector.setToolTip("Prompt derived from the previous slice's mask.")
-        propagationForm.addRow("Prompt from previous slice:", self.modeSelector)
-        self.iouSpinBox = qt.QDoubleSpinBox()
-        self.iouSpinBox.setRange(0.0, 1.0)
-        self.iouSpinBox.setSingleStep(0.05)
-        self.iouSpinBox.setToolTip("Stop when a slice's mask overlaps the previous one less than this (IoU).")
-        propagationForm.addRow("Stop below IoU:", self.iouSpinBox)
-        self.boxExtensionSpinBox = qt.QDoubleSpinBox()
-        self.boxExtensionSpinBox.setRange(0.0, 100.0)
-        self.boxExtensionSpinBox.setSingleStep(0.05)
-        self.boxExtensionSpinBox.setToolTip("Grow the box derived from the previous slice's mask by this fraction "
-                                            "of its side (1 or more: by this many pixels).")
-        propagationForm.addRow("Box extension:", self.boxExtensionSpinBox)
-        self.propagateButton = qt.QPushButton(f"Propagate ({key['propagate']})")
-        self.propagateButton.objectName = self.__class__.__name__ + "Propagate"
-        propagationForm.addRow(self.propagateButton)
-        self.scriptedEffect.addOptionsWidget(propagationSection)
-
-        self.statusLabel = qt.QLabel()
-        self.statusLabel.wordWrap = True
-        self.scriptedEffect.addOptionsWidget(self.statusLabel)
-
+        self.panel = OptionsPanel(self)
+        self.panel.build()
         optionsFrame = self.scriptedEffect.optionsFrame()
         self.pollTimer = qt.QTimer(optionsFrame)
         self.pollTimer.setInterval(50)
@@ -268,50 +154,6 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.markupsTimer.setInterval(MARKUPS_DELAY_MS)
         self.connectSignal(self.markupsTimer, "timeout()", self.onMarkupsChanged)
         optionsFrame.connect("destroyed()", self.releaseResources)
-
-        for combo in (self.modelSelector, self.deviceSelector, self.directionSelector, self.modeSelector):
-            self.connectSignal(combo, "currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.connectSignal(self.cacheSpinBox, "valueChanged(int)", self.updateMRMLFromGUI)
-        self.connectSignal(self.slicesSpinBox, "valueChanged(int)", self.updateMRMLFromGUI)
-        self.connectSignal(self.iouSpinBox, "valueChanged(double)", self.updateMRMLFromGUI)
-        self.connectSignal(self.boxExtensionSpinBox, "valueChanged(double)", self.updateMRMLFromGUI)
-        self.connectSignal(self.checkpointSelector, "currentPathChanged(QString)", self.updateMRMLFromGUI)
-        self.connectSignal(self.refineCheckBox, "toggled(bool)", self.updateMRMLFromGUI)
-        self.connectSignal(self.fastCheckBox, "toggled(bool)", self.updateMRMLFromGUI)
-        for tool, button in self.toolButtons.items():
-            self.connectSignal(button, "clicked()", lambda tool=tool: self.setTool(tool))
-        self.connectSignal(self.applyButton, "clicked()", self.onApply)
-        self.connectSignal(self.clearButton, "clicked()", self.onClear)
-        self.connectSignal(self.propagateButton, "clicked()", self.onPropagate)
-        self.connectSignal(self.segmentInRoiButton, "clicked()", self.onSegmentInRoi)
-        for role, selector in self.markupsSelectors.items():
-            self.connectSignal(selector, "currentNodeChanged(vtkMRMLNode*)",
-                               lambda node, role=role: self.onMarkupsNodeSelected(role, node))
-        self.connectSignal(self.deleteModelsButton, "clicked()", self.onDeleteModels)
-        self.connectSignal(self.loadModelButton, "clicked()", self.onLoadModel)
-        self.connectSignal(self.runOnSelector, "currentIndexChanged(int)", self.onServerSettingsChanged)
-        self.connectSignal(self.serverUrlEdit, "editingFinished()", self.onServerSettingsChanged)
-        self.connectSignal(self.serverTokenEdit, "editingFinished()", self.onServerSettingsChanged)
-        self.connectSignal(self.testConnectionButton, "clicked()", self.onTestConnection)
-
-    def createMarkupsSelector(self, role, className):
-        """A node selector (create, rename, delete) and Slicer's place button for one markups role."""
-        from medicosam.effect.settings import MARKUPS_NAMES
-
-        selector = slicer.qMRMLNodeComboBox()
-        selector.nodeTypes = [className]
-        selector.addEnabled = selector.renameEnabled = selector.removeEnabled = selector.noneEnabled = True
-        selector.baseName = MARKUPS_NAMES[role]
-        selector.setMRMLScene(slicer.mrmlScene)
-        selector.setToolTip("The segment's " + ("ROI" if role == "roi" else f"{role} point list") +
-                            "; remembered with the segment and saved with the scene.")
-        placeWidget = slicer.qSlicerMarkupsPlaceWidget()
-        placeWidget.setMRMLScene(slicer.mrmlScene)
-        placeWidget.buttonsVisible = False
-        placeWidget.placeButton().show()
-        placeWidget.placeMultipleMarkups = (placeWidget.ForcePlaceSingleMarkup if role == "roi"
-                                            else placeWidget.ForcePlaceMultipleMarkups)
-        return selector, placeWidget
 
     def connectSignal(self, sender, signal, slot):
         sender.connect(signal, slot)
@@ -334,165 +176,168 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.controller.forget()
 
     def updateGUIFromMRML(self):
-        from medicosam.effect.settings import CUSTOM_MODEL
-
-        settings = self.getSettings()
-        propagation = settings.propagation
-        widgets = (self.modelSelector, self.checkpointSelector, self.deviceSelector, self.cacheSpinBox,
-                   self.fastCheckBox, self.refineCheckBox, self.directionSelector, self.slicesSpinBox,
-                   self.modeSelector, self.iouSpinBox, self.boxExtensionSpinBox)
-        wasBlocked = [widget.blockSignals(True) for widget in widgets]
-        self.modelSelector.setCurrentIndex(self.modelSelector.findData(settings.model))
-        self.checkpointSelector.currentPath = settings.custom_checkpoint
-        self.deviceSelector.setCurrentIndex(self.deviceSelector.findData(settings.device))
-        self.cacheSpinBox.value = settings.cache_mb
-        self.fastCheckBox.checked = settings.fast
-        self.refineCheckBox.checked = settings.refine
-        self.directionSelector.setCurrentIndex(self.directionSelector.findData(propagation.direction))
-        self.slicesSpinBox.value = propagation.max_slices or 0  # 0: "until the object ends"
-        self.modeSelector.setCurrentIndex(self.modeSelector.findData(propagation.mode))
-        self.iouSpinBox.value = propagation.iou_threshold
-        self.boxExtensionSpinBox.value = propagation.box_extension
-        for widget, blocked in zip(widgets, wasBlocked):
-            widget.blockSignals(blocked)
-        for tool, button in self.toolButtons.items():
-            button.checked = tool == settings.tool
-        remote = settings.server.remote
-        self.checkpointLabel.visible = self.checkpointSelector.visible = settings.model == CUSTOM_MODEL and not remote
-        self.updateServerWidgets(settings.server)
-        for widget in (self.modelLabel, self.modelSelector, self.deviceLabel, self.deviceSelector, self.cacheLabel,
-                       self.cacheSpinBox, self.deleteModelsButton):
-            widget.visible = not remote  # the server runs its own model, on its own device and cache
-        self.loadModelButton.text = "Connect" if remote else "Load model"
-        if self.getSessionKey() != self.displayedSessionKey:
-            self.clearDisplay()
-            self.updateMarkupsSelectors()
+        if self.panel is not None:
+            self.panel.update(self.getSettings())
 
     def updateMRMLFromGUI(self):
-        import dataclasses
+        """Every widget into the settings (the panel writes each change as it happens)."""
+        from medicosam.effect.panel import set_value
 
-        current = self.getSettings()
-        propagation = dataclasses.replace(
-            current.propagation,
-            direction=self.directionSelector.itemData(self.directionSelector.currentIndex),
-            max_slices=self.slicesSpinBox.value or None,  # 0: "until the object ends"
-            mode=self.modeSelector.itemData(self.modeSelector.currentIndex),
-            iou_threshold=self.iouSpinBox.value,
-            box_extension=self.boxExtensionSpinBox.value,
-        )
-        self.writeSettings(dataclasses.replace(
-            current,
-            model=self.modelSelector.itemData(self.modelSelector.currentIndex) or current.model,
-            custom_checkpoint=self.checkpointSelector.currentPath,
-            device=self.deviceSelector.itemData(self.deviceSelector.currentIndex),
-            refine=self.refineCheckBox.checked,
-            cache_mb=self.cacheSpinBox.value,
-            fast=self.fastCheckBox.checked,
-            propagation=propagation,
-        ))
+        settings = self.getSettings()
+        for field in self.panel.rows:
+            settings = set_value(settings, field, self.panel.read(field))
+        self.writeSettings(settings)
 
-    def updateServerWidgets(self, server):
-        widgets = (self.runOnSelector, self.serverUrlEdit, self.serverTokenEdit)
-        wasBlocked = [widget.blockSignals(True) for widget in widgets]
-        self.runOnSelector.setCurrentIndex(self.runOnSelector.findData(server.run_on))
-        if self.serverUrlEdit.text != server.url:
-            self.serverUrlEdit.text = server.url
-        if self.serverTokenEdit.text != server.token:
-            self.serverTokenEdit.text = server.token
-        for widget, blocked in zip(widgets, wasBlocked):
-            widget.blockSignals(blocked)
-        for widget in (self.serverUrlLabel, self.serverUrlEdit, self.serverTokenLabel, self.serverTokenEdit,
-                       self.testConnectionButton):
-            widget.visible = server.remote
-
-    def getServerSettings(self):
-        """Where the model runs, from Slicer's application settings (never the scene: the token stays here)."""
-        from medicosam.effect.settings import ServerSettings
-
-        return ServerSettings.from_application_settings(qt.QSettings().value)
-
-    def onServerSettingsChanged(self):
-        from medicosam.effect.settings import ServerSettings
+    def onOptionChanged(self, field):
+        """A widget of the panel changed: write its field (a bad value says why and is shown back)."""
+        from medicosam.effect.panel import set_value
 
         with self.reportingErrors():
-            server = ServerSettings(self.runOnSelector.itemData(self.runOnSelector.currentIndex) or "local",
-                                    self.serverUrlEdit.text.strip(), self.serverTokenEdit.text.strip())
-            applicationSettings = qt.QSettings()
-            for key, value in server.to_application_settings().items():
-                applicationSettings.setValue(key, value)
-        self.updateGUIFromMRML()
+            self.writeSettings(set_value(self.getSettings(), field, self.panel.read(field)))
+        self.updateGUIFromMRML()  # the server settings are no scene parameter: nothing else redraws them
 
-    def onTestConnection(self):
-        """Reach the server and show what it runs; errors (network, token, version) say what is wrong."""
-        from medicosam.client import ServerClient
+    # The selected segment --------------------------------------------------------------------------
 
-        self.onServerSettingsChanged()
-        server = self.getServerSettings()
-        with self.reportingErrors():
-            url, token = server.get_url(), server.token or None
-            self.showStatus(self.runBlocking(lambda: ServerClient(url, token).describe(),
-                                             f"Connecting to {url}..."))
+    def observeParameterSetNode(self):
+        """The selected segment is a plain string on the segment editor node, not an effect parameter:
+        its changes (the segment list, Q / W, another module) come as the node's Modified events."""
+        self.unobserveParameterSetNode()
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        if parameterSetNode is not None:
+            self.parameterSetObservation = (parameterSetNode, parameterSetNode.AddObserver(
+                vtk.vtkCommand.ModifiedEvent, self.onParameterSetNodeModified))
 
-    def writeSettings(self, settings):
-        with slicer.util.NodeModify(self.scriptedEffect.parameterSetNode()):
-            for name, value in settings.to_parameters().items():
-                self.scriptedEffect.setParameter(name, value)
+    def unobserveParameterSetNode(self):
+        if self.parameterSetObservation is not None:
+            parameterSetNode, tag = self.parameterSetObservation
+            parameterSetNode.RemoveObserver(tag)
+            self.parameterSetObservation = None
 
-    #
-    # Effect specific methods (the above ones are the API methods to override)
-    #
+    def onParameterSetNodeModified(self, caller, event):
+        if self.getSessionKey() != self.boundSegmentKey:
+            self.onSegmentChanged()
+
+    def onSegmentChanged(self):
+        """Another segment (or segmentation) is selected: the selectors, place buttons, observers and preview
+        follow it, and its markups are handed to its session (they may have changed meanwhile)."""
+        self.boundSegmentKey = self.getSessionKey()
+        self.drag = None
+        self.controller.stop_prefetch()
+        self.clearDisplay()
+        self.markups.updateSelectors()
+        self.scheduleMarkupsUpdate()
+
+    def getSessionKey(self):
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode() if parameterSetNode else None
+        if segmentationNode is None or not parameterSetNode.GetSelectedSegmentID():
+            return None
+        return segmentationNode.GetID(), parameterSetNode.GetSelectedSegmentID()
+
+    # View interaction ------------------------------------------------------------------------------
 
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
-        from medicosam.errors import MedicoSAMError
-
         if viewWidget.className() != "qMRMLSliceWidget":
             return False
         xy = callerInteractor.GetEventPosition()
         sliceNodeId = viewWidget.mrmlSliceNode().GetID()
         if eventId == vtk.vtkCommand.LeftButtonPressEvent:
             self.promptSliceNodeId = sliceNodeId  # also for points placed with Slicer's place mode
-        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-        if interactionNode.GetCurrentInteractionMode() != interactionNode.ViewTransform:
-            return False  # Slicer's place mode takes the click
-        if callerInteractor.GetShiftKey() or callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
+            return self.onPress(callerInteractor, xy, viewWidget)
+        if self.drag is None or self.drag.sliceNodeId != sliceNodeId:
             return False
-        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
-            if self.busy:
-                return True
-            confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
-            if confirmed in (self.scriptedEffect.NotConfirmed, self.scriptedEffect.ConfirmedWithDialog):
-                return True  # the release event went to the dialog: do not start a prompt
-            ras = self.xyToRas(xy, viewWidget)
-            tool = self.getSettings().tool
-            if tool == "box":
-                self.boxStart = (xy, ras, sliceNodeId)
-            else:
-                with self.reportingErrors():
-                    self.getMarkupsNode(tool, create=True).AddControlPointWorld(*ras)
+        if eventId == vtk.vtkCommand.MouseMoveEvent:
+            self.onDragMove(xy, viewWidget)
             return True
-        if self.boxStart is None or self.boxStart[2] != sliceNodeId:
-            return False
-        if eventId not in (vtk.vtkCommand.MouseMoveEvent, vtk.vtkCommand.LeftButtonReleaseEvent):
-            return False
-        startXy, startRas, _ = self.boxStart
-        dragged = max(abs(xy[0] - startXy[0]), abs(xy[1] - startXy[1])) >= MIN_BOX_DRAG_PIXELS
-        if dragged:
-            try:
-                self.setRoiFromDrag(startRas, self.xyToRas(xy, viewWidget), viewWidget.mrmlSliceNode())
-            except MedicoSAMError as error:  # no dialog inside a drag: the status says it, the drag ends
-                self.boxStart = None
-                self.showStatus(str(error))
-                return True
         if eventId == vtk.vtkCommand.LeftButtonReleaseEvent:
-            self.boxStart = None
-            if not dragged:
-                self.showStatus("Drag to draw a box: a click is too small for one.")
-            self.markupsTimer.start()
+            self.onDragEnd(xy, viewWidget)
+            return True
+        return False
+
+    def onPress(self, callerInteractor, xy, viewWidget):
+        """Take a left press when it is the tool's prompt (`interaction.get_press_action`): place mode, a
+        modifier key and a press on a hovered markup point or handle (to drag it) are left to Slicer."""
+        from medicosam.effect.interaction import get_press_action
+
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        tool = self.getSettings().tool
+        action = get_press_action(
+            tool, place_mode=interactionNode.GetCurrentInteractionMode() != interactionNode.ViewTransform,
+            modified=bool(callerInteractor.GetShiftKey() or callerInteractor.GetControlKey()
+                          or callerInteractor.GetAltKey()),
+            on_markup=isMarkupHovered(), busy=self.busy)
+        if action == "slicer":
+            return False
+        if action == "wait" or not self.confirmSegmentVisible(withDialog=False):
+            return True  # a dialog took the release event: no prompt starts
+        ras = self.xyToRas(xy, viewWidget)
+        with self.reportingErrors():
+            if action == "point":
+                self.markups.addPoint(tool, ras)
+            elif action == "box":
+                self.markups.startBox()
+                self.drag = Drag("box", xy, ras, viewWidget.mrmlSliceNode().GetID())
+            else:
+                self.markups.startStroke(tool, ras)
+                self.drag = Drag("stroke", xy, ras, viewWidget.mrmlSliceNode().GetID())
         return True
+
+    def onDragMove(self, xy, viewWidget):
+        from medicosam.effect.interaction import STROKE_STEP_PIXELS
+        from medicosam.errors import MedicoSAMError
+
+        drag = self.drag
+        if drag.kind == "stroke":
+            if max(abs(xy[0] - drag.lastXy[0]), abs(xy[1] - drag.lastXy[1])) >= STROKE_STEP_PIXELS:
+                self.markups.extendStroke(self.xyToRas(xy, viewWidget))
+                drag.lastXy = xy
+            return
+        if isDragged(drag, xy):
+            try:
+                self.markups.setRoiFromDrag(drag.startRas, self.xyToRas(xy, viewWidget), viewWidget.mrmlSliceNode())
+            except MedicoSAMError as error:  # no dialog inside a drag: the status says it, the drag ends
+                self.markups.finishBox(dragged=True)
+                self.drag = None
+                self.showStatus(str(error))
+
+    def onDragEnd(self, xy, viewWidget):
+        if self.drag.kind == "stroke":
+            self.drag = None
+            self.markups.extendStroke(self.xyToRas(xy, viewWidget))
+            if not self.markups.finishStroke():
+                self.showStatus("Draw a larger contour: a lasso needs 3 points or more.")
+        else:
+            self.onDragMove(xy, viewWidget)  # the box ends where the button is released
+            if self.drag is not None:
+                dragged = isDragged(self.drag, xy)
+                self.drag = None
+                self.markups.finishBox(dragged)
+                if not dragged:
+                    self.showStatus("Drag to draw a box: a click is too small for one.")
+        self.scheduleMarkupsUpdate()
 
     def interactionNodeModified(self, interactionNode):
         """Stay active in Slicer's place mode (the base class would deactivate the effect): placing the
         segment's points with the Markups toolbar or a place button is one way to prompt."""
+
+    # Actions -----------------------------------------------------------------------------------------
+
+    def onAction(self, action):
+        """A button or shortcut (`settings.SHORTCUTS`, `OptionsPanel`): a tool's name selects it."""
+        from medicosam.effect.settings import TOOLS
+
+        if action in TOOLS:
+            self.setTool(action)
+            return
+        handlers = {"flip": self.flipPolarity, "apply": self.onApply, "propagate": self.onPropagate,
+                    "propagate_down": lambda: self.onPropagate("down"),
+                    "propagate_both": lambda: self.onPropagate("both"),
+                    "propagate_up": lambda: self.onPropagate("up"), "clear": self.onClear,
+                    "undo_prompt": self.onUndoPrompt, "reset": self.onReset, "refine": self.toggleRefine,
+                    "new_segment": self.onNewSegment, "segment_in_roi": self.onSegmentInRoi,
+                    "load_model": self.onLoadModel, "delete_models": self.dependencies.deleteModels,
+                    "test_connection": self.onTestConnection}
+        handlers[action]()
 
     def setTool(self, tool):
         import dataclasses
@@ -500,142 +345,132 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()  # the tool takes clicks
         self.writeSettings(dataclasses.replace(self.getSettings(), tool=tool))
 
+    def flipPolarity(self):
+        """+ Point <-> - Point, + Scribble <-> - Scribble."""
+        from medicosam.effect.interaction import FLIPPED_TOOLS
+
+        tool = self.getSettings().tool
+        if tool in FLIPPED_TOOLS:
+            self.setTool(FLIPPED_TOOLS[tool])
+        else:
+            self.showStatus("A box and a lasso are positive only: pick a point or scribble tool to flip.")
+
     def toggleRefine(self):
-        self.refineCheckBox.checked = not self.refineCheckBox.checked
+        import dataclasses
 
-    def setRoiFromDrag(self, startRas, endRas, sliceNode):
-        """Set the segment's ROI to the dragged box: on the drag's slice, with the view's axes."""
-        from medicosam.effect.extent import get_extent_shape
-        from medicosam.markups import get_roi_from_drag, get_roi_from_matrix
+        settings = self.getSettings()
+        self.writeSettings(dataclasses.replace(settings, refine=not settings.refine))
 
-        source = self.scriptedEffect.sourceVolumeImageData()
-        if source is None:
-            self.showStatus("Select a source volume first.")
-            return
-        _, ijkToRas, extent = self.getSourceGeometry(source)
-        sliceToRas = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
-        roi = get_roi_from_drag(startRas, endRas, sliceToRas, ijkToRas, get_extent_shape(extent))
-        roiNode = self.getMarkupsNode("roi", create=True)
-        transformNode = roiNode.GetParentTransformNode()
-        if transformNode is not None:  # the ROI node's own frame
-            roi = get_roi_from_matrix(getNumpyMatrix(transformNode.GetMatrixTransformFromWorld) @ roi.get_matrix(),
-                                      roi.size)
-        with slicer.util.NodeModify(roiNode):
-            roiNode.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(roi.get_matrix()))
-            roiNode.SetSize(*roi.size)
+    def confirmSegmentVisible(self, withDialog=True):
+        """Ask to show the segment if it is hidden, as Slicer's own effects do before they change it; a
+        press answered with a dialog starts no prompt (`withDialog` False)."""
+        confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
+        if confirmed == self.scriptedEffect.NotConfirmed:
+            return False
+        return withDialog or confirmed != self.scriptedEffect.ConfirmedWithDialog
 
-    # Markups: the segment's prompt nodes ---------------------------------------------------------
+    def onApply(self):
+        with self.reportingErrors():
+            session = self.getSyncedSession()
+            if session is not None and self.confirmSegmentVisible():
+                self.writeRequest(self.runBlocking(session.apply, "Applying the preview..."))
 
-    def getSelectedSegment(self):
+    def onClear(self):
+        """Delete the current slice's prompts from the segment's markups (the markups are the prompts, so
+        clearing the session alone would not last)."""
+        with self.reportingErrors():
+            session = self.getSyncedSession()
+            if session is not None and session.current is not None:
+                self.markups.clearSlice(session)
+                self.runBlocking(session.clear_prompts, "Clearing prompts...")
+            self.clearDisplay()
+
+    def onUndoPrompt(self):
+        with self.reportingErrors():
+            if self.markups.undoLast():
+                self.scheduleMarkupsUpdate()
+            else:
+                self.showStatus("No prompt of this segment is left to undo (Ctrl+Z undoes writes).")
+
+    def onReset(self):
+        """Delete every prompt of the segment and forget its session: the segment starts over (its voxels
+        stay: Undo or the Erase effect remove them)."""
+        with self.reportingErrors():
+            key = self.getSessionKey()
+            if key is None:
+                self.showStatus("Select a segmentation and a segment first.")
+                return
+            self.markups.removeAll()
+            self.controller.forget_segment(key)
+            self.clearDisplay()
+            self.showStatus("Every prompt of the segment was deleted; its voxels stay as they are.")
+
+    def onNewSegment(self):
+        """Add an empty segment after the selected one and select it (the tool stays)."""
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         segmentationNode = parameterSetNode.GetSegmentationNode() if parameterSetNode else None
-        if segmentationNode is None or not parameterSetNode.GetSelectedSegmentID():
-            return None
-        return segmentationNode.GetSegmentation().GetSegment(parameterSetNode.GetSelectedSegmentID())
+        if segmentationNode is None:
+            self.showStatus("Select a segmentation first.")
+            return
+        segmentation = segmentationNode.GetSegmentation()
+        selected = parameterSetNode.GetSelectedSegmentID()
+        index = segmentation.GetSegmentIndex(selected) + 1 if selected else segmentation.GetNumberOfSegments()
+        segmentId = segmentation.AddEmptySegment()
+        segmentation.SetSegmentIndex(segmentId, index)
+        parameterSetNode.SetSelectedSegmentID(segmentId)  # observed: the effect follows it
 
-    def getMarkupsNode(self, role, create=False):
-        """The selected segment's node for `role` (its ID is a segment tag, saved with the segmentation);
-        with `create`, a new one when there is none."""
-        from medicosam.effect.settings import MARKUPS_NAMES, MARKUPS_TAGS
-        from medicosam.errors import InputError
+    def onPropagate(self, direction=None):
+        """Propagate along the Direction setting, or `direction` ("down", "both", "up": a button) this once."""
+        from medicosam.effect.controller import get_propagation_config
 
-        segment = self.getSelectedSegment()
-        if segment is None:
-            if create:
-                raise InputError("Select a segmentation and a segment first.")
-            return None
-        nodeId = vtk.mutable("")
-        node = slicer.mrmlScene.GetNodeByID(str(nodeId)) if segment.GetTag(MARKUPS_TAGS[role], nodeId) else None
-        if node is None and create:
-            className, _, color = MARKUPS_ROLES[role]
-            node = slicer.mrmlScene.AddNewNodeByClass(className, slicer.mrmlScene.GenerateUniqueName(
-                f"{MARKUPS_NAMES[role]} {segment.GetName()}"))
-            node.CreateDefaultDisplayNodes()
-            node.GetDisplayNode().SetSelectedColor(color)
-            node.GetDisplayNode().SetColor(color)
-            self.setMarkupsNode(role, node)
-        return node
+        with self.reportingErrors():
+            session = self.getSyncedSession()
+            if session is None or not self.confirmSegmentVisible():
+                return
+            config = get_propagation_config(session, self.getSettings(), self.markups.read().rois,
+                                            self.getPromptViewNormal(), direction)
+            segment = self.getSelectedSegmentArray()
+            self.runCancellableWrite(
+                lambda progress: session.propagate(config, segment, progress.report, progress.is_cancelled),
+                "Propagating...", "Propagation cancelled")
 
-    def setMarkupsNode(self, role, node):
-        """Make `node` the selected segment's node for `role` and show it in the role's selector."""
-        from medicosam.effect.settings import MARKUPS_TAGS
+    def onSegmentInRoi(self):
+        """The ROI's box on every slice it covers, with the prompts of each slice: one write, one Undo step."""
+        with self.reportingErrors():
+            markups = self.markups.read()
+            if not markups.rois:
+                self.showStatus("Select the segment's ROI or draw one (Box tool, Place ROI or New ROI) first.")
+                return
+            session = self.getSyncedSession(create=True)
+            if session is None or not self.confirmSegmentVisible():
+                return
+            normal = self.getPromptViewNormal()
+            self.runCancellableWrite(
+                lambda progress: session.segment_in_roi(markups.rois[0], markups, normal, progress.report,
+                                                        progress.is_cancelled),
+                "Segmenting in the ROI...", "Segment in ROI cancelled")
 
-        segment = self.getSelectedSegment()
-        if segment is not None:
-            segment.SetTag(MARKUPS_TAGS[role], node.GetID() if node is not None else "")
-        self.updateMarkupsSelectors()
+    def onLoadModel(self):
+        with self.reportingErrors():
+            self.ensureModel()
 
-    def onMarkupsNodeSelected(self, role, node):
-        if node is not None:
-            node.CreateDefaultDisplayNodes()  # a node made by the selector has none yet
-        self.setMarkupsNode(role, node)
-        self.markupsTimer.start()
+    def onTestConnection(self):
+        """Reach the server and show what it runs; errors (network, token, version) say what is wrong."""
+        from medicosam.client import ServerClient
 
-    def updateMarkupsSelectors(self):
-        """Selectors and place buttons show the selected segment's nodes, and only those are observed."""
-        for role, selector in self.markupsSelectors.items():
-            node = self.getMarkupsNode(role)
-            wasBlocked = selector.blockSignals(True)
-            selector.setCurrentNode(node)
-            selector.blockSignals(wasBlocked)
-            self.placeWidgets[role].setCurrentNode(node)
-            self.placeWidgets[role].enabled = node is not None
-        self.observeMarkups()
+        server = self.getSettings().server
+        with self.reportingErrors():
+            url, token = server.get_url(), server.token or None
+            self.showStatus(self.runBlocking(lambda: ServerClient(url, token).describe(),
+                                             f"Connecting to {url}..."))
 
-    def observeMarkups(self):
-        self.unobserveMarkups()
-        events = (vtk.vtkCommand.ModifiedEvent, slicer.vtkMRMLMarkupsNode.PointAddedEvent,
-                  slicer.vtkMRMLMarkupsNode.PointRemovedEvent, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
-                  slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-                  slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent,
-                  slicer.vtkMRMLTransformableNode.TransformModifiedEvent)
-        for role in MARKUPS_ROLES:
-            markupsNode = self.getMarkupsNode(role)
-            if markupsNode is not None:
-                self.markupsObservations += [(markupsNode, markupsNode.AddObserver(event, self.onMarkupsEvent))
-                                             for event in events]
+    # Markups -> session -> preview -------------------------------------------------------------------
 
-    def unobserveMarkups(self):
-        for markupsNode, tag in self.markupsObservations:
-            markupsNode.RemoveObserver(tag)
-        self.markupsObservations = []
-
-    def onMarkupsEvent(self, caller, event):
+    def scheduleMarkupsUpdate(self):
         """Any change of the segment's markups, by any module: one update once the events stop for a moment
-        (a dragged point sends one per mouse move). A box being dragged updates when it is released."""
-        if self.boxStart is None:
+        (a dragged point sends one per mouse move); a box or stroke being drawn updates when it ends."""
+        if self.drag is None and self.markupsTimer is not None:
             self.markupsTimer.start()
-
-    def readControlPoints(self):
-        """[(node, control point index, MarkupsPoint)] of the segment's defined points in world RAS (transforms
-        hold), signed by their list, its name, their label or description."""
-        from medicosam.markups import MarkupsPoint, is_negative_point
-
-        found = []
-        for role in ("positive", "negative"):
-            markupsNode = self.getMarkupsNode(role)
-            for n in range(markupsNode.GetNumberOfControlPoints() if markupsNode is not None else 0):
-                if markupsNode.GetNthControlPointPositionStatus(n) != slicer.vtkMRMLMarkupsNode.PositionDefined:
-                    continue  # still being placed, or skipped
-                position = [0.0, 0.0, 0.0]
-                markupsNode.GetNthControlPointPositionWorld(n, position)
-                negative = role == "negative" or is_negative_point(
-                    markupsNode.GetName(), markupsNode.GetNthControlPointLabel(n),
-                    markupsNode.GetNthControlPointDescription(n))
-                found.append((markupsNode, n, MarkupsPoint(tuple(position), not negative)))
-        return found
-
-    def readMarkups(self):
-        """The selected segment's `markups.Markups`, in world RAS."""
-        from medicosam.markups import Markups, get_roi_from_matrix
-
-        points, rois = [entry[2] for entry in self.readControlPoints()], []
-        roiNode = self.getMarkupsNode("roi")
-        if roiNode is not None:
-            roi = get_roi_from_matrix(slicer.util.arrayFromVTKMatrix(roiNode.GetObjectToWorldMatrix()),
-                                      roiNode.GetSize())
-            rois += [roi] if roi is not None else []
-        return Markups(points, rois)
 
     def getPromptViewNormal(self):
         """Normal of the slice view last clicked in (Red before any click): the slices prompts belong to."""
@@ -648,10 +483,10 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         if self.markupsFuture is not None and not self.markupsFuture.done():
             self.markupsTimer.start()  # the previous update is still running: try again shortly
             return
-        markups = self.readMarkups()
+        markups = self.markups.read()
         session = None
         with self.reportingErrors():
-            session = self.getSession(create=bool(markups.points or markups.rois))
+            session = self.getSession(create=bool(markups.points or markups.rois or markups.curves))
         if session is None:
             return
         sessionKey = self.getSessionKey()
@@ -671,10 +506,11 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             return  # nothing changed on the current slice, or another segment was selected meanwhile
         preview, neighbours = result
         if preview is None:
-            self.clearPreview()
+            self.preview.clear()
             self.showStatus("The slice has no prompt left.")
             return
-        self.showPreview(preview)
+        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+        self.preview.show(preview, segmentationNode, sessionKey[1])
         self.showStatus(f"Preview of slice {preview.index} (predicted IoU {preview.score:.2f}): "
                         f"Apply ({getShortcutKeys()['apply']}) to keep it.")
         self.controller.prefetch(session, neighbours)  # embeddings the next click or propagation will need
@@ -684,59 +520,52 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.flushMarkups()
         return self.getSession(create=create)
 
-    def onApply(self):
-        with self.reportingErrors():
-            session = self.getSyncedSession()
-            if session is not None:
-                self.writeRequest(self.runBlocking(session.apply, "Applying the preview..."))
+    def clearDisplay(self):
+        self.preview.clear()
 
-    def onClear(self):
-        """Delete the current slice's control points from the segment's lists, and the ROI when it is a box
-        on that slice only: the markups are the prompts, so clearing the session alone would not last."""
-        from medicosam.markups import get_markups_on_slice
+    # Reading and writing the segment -----------------------------------------------------------------
 
-        with self.reportingErrors():
-            session = self.getSyncedSession()
-            if session is not None and session.current is not None:
-                entries = self.readControlPoints()
-                points, roisOnSlice, _ = get_markups_on_slice(self.readMarkups(), session.ijk_to_ras, session.shape,
-                                                              *session.current)
-                for number in sorted(points, key=lambda number: -entries[number][1]):  # last index first
-                    entries[number][0].RemoveNthControlPoint(entries[number][1])
-                if roisOnSlice:
-                    self.getMarkupsNode("roi").SetSize(0.0, 0.0, 0.0)  # still the segment's ROI, but empty
-                self.runBlocking(session.clear_prompts, "Clearing prompts...")
-            self.clearDisplay()
+    def getSelectedSegmentArray(self):
+        """The selected segment now, as a bool (K, J, I) array on the session's grid."""
+        import numpy as np
 
-    def onPropagate(self):
-        from medicosam.effect.controller import get_propagation_config
+        from medicosam.effect.extent import get_array_on_extent, get_extent_shape
 
-        with self.reportingErrors():
-            session = self.getSyncedSession()
-            if session is None:
-                return
-            config = get_propagation_config(session, self.getSettings(), self.readMarkups().rois,
-                                            self.getPromptViewNormal())
-            segment = self.getSelectedSegmentArray()
-            self.runCancellableWrite(
-                lambda progress: session.propagate(config, segment, progress.report, progress.is_cancelled),
-                "Propagating...", "Propagation cancelled")
+        labelmap = self.scriptedEffect.selectedSegmentLabelmap()
+        extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
+        if labelmap is None or labelmap.GetPointData().GetScalars() is None:
+            return np.zeros(get_extent_shape(extent), bool)
+        return get_array_on_extent(getImageArray(labelmap) > 0, labelmap.GetExtent(), extent)
 
-    def onSegmentInRoi(self):
-        """The ROI's box on every slice it covers, with the points of each slice: one write, one Undo step."""
-        with self.reportingErrors():
-            markups = self.readMarkups()
-            if not markups.rois:
-                self.showStatus("Select the segment's ROI or draw one (Box tool or Place ROI) first.")
-                return
-            session = self.getSyncedSession(create=True)
-            if session is None:
-                return
-            normal = self.getPromptViewNormal()
-            self.runCancellableWrite(
-                lambda progress: session.segment_in_roi(markups.rois[0], markups, normal, progress.report,
-                                                        progress.is_cancelled),
-                "Segmenting in the ROI...", "Segment in ROI cancelled")
+    def writeRequest(self, request):
+        """One undo point when the request changes the segment, then per block: remove what it drops inside
+        the region it covers, add the masks (editor rules apply to both); the rest of the segment stays."""
+        if request is None:
+            return
+        modifier = self.scriptedEffect.defaultModifierLabelmap()
+        array = getImageArray(modifier)
+        self.controller.check_request(request, array.shape)
+        origin = modifier.GetExtent()[::2]
+        modes = slicer.qSlicerSegmentEditorAbstractEffect
+        segment = self.getSelectedSegmentArray()
+        self.preview.clear()
+        if not request.changes(segment):
+            self.showStatus("The segment already holds this result: nothing was written.")
+            return
+        self.scriptedEffect.saveStateForUndo()
+        with slicer.util.RenderBlocker():
+            for block in request.get_blocks():
+                extent = block.get_extent(request.shape, origin)
+                index = block.get_index()
+                for mode, values in ((modes.ModificationModeRemove, block.get_removed(segment)),
+                                     (modes.ModificationModeAdd, block.get_array())):
+                    if values.any():
+                        array[index] = values
+                        modifier.Modified()
+                        self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, mode, extent)
+                        array[index] = 0
+        modifier.Modified()
+        self.showStatus(request.describe())
 
     def runCancellableWrite(self, task, text, cancelled):
         """Run `task(progress)` behind a cancellable dialog and write the request it returns (None:
@@ -750,30 +579,100 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             return
         self.writeRequest(request)
 
-    def onLoadModel(self):
-        with self.reportingErrors():
-            self.ensureModel()
+    # Settings, sessions and the model ----------------------------------------------------------------
 
-    def onDeleteModels(self):
+    def getSettings(self):
+        import dataclasses
+
+        from medicosam.effect.settings import EffectSettings, ServerSettings
+        from medicosam.errors import InputError
+
         try:
-            from medicosam.models.download import get_cache_dir, list_cached_models, remove_cached_model
+            settings = EffectSettings.from_parameters(self.readParameter)
+        except InputError as error:
+            self.showStatus(str(error))
+            settings = EffectSettings()
+        server = ServerSettings.from_application_settings(qt.QSettings().value, self.sessionToken)
+        return dataclasses.replace(settings, server=server)
 
-            cached, folder = list_cached_models(), get_cache_dir()
-        except ImportError:
-            slicer.util.infoDisplay("No model was downloaded yet (MedicoSAM's Python packages are not installed).")
-            return
-        if not cached:
-            slicer.util.infoDisplay(f"No downloaded model in {folder}.")
-            return
-        sizeMb = sum(entry.size for entry in cached) / 1e6
-        names = ", ".join(entry.name for entry in cached)
-        if not self.confirm(f"Delete {names} ({sizeMb:.0f} MB) from {folder}?\n"
-                            "They will be downloaded again when you choose them."):
-            return
-        for entry in cached:
-            remove_cached_model(entry.name)
+    def writeSettings(self, settings):
+        """The scene parameters, and where the model runs in Slicer's application settings (the token only
+        when remembered: this effect holds it for the Slicer session otherwise)."""
+        with slicer.util.NodeModify(self.scriptedEffect.parameterSetNode()):
+            for name, value in settings.to_parameters().items():
+                self.scriptedEffect.setParameter(name, value)
+        self.sessionToken = settings.server.token
+        applicationSettings = qt.QSettings()
+        for key, value in settings.server.to_application_settings().items():
+            applicationSettings.setValue(key, value)
+
+    def getSession(self, create=True):
+        """The session of the selected segment; created (loading the model if needed) when `create`."""
+        segmentKey = self.getSessionKey()
+        source = self.scriptedEffect.sourceVolumeImageData()
+        if segmentKey is None or source is None:
+            self.showStatus("Select a segmentation, a segment and a source volume first.")
+            return None
+        if create and not self.ensureModel():  # first: the imports below need the installed packages
+            return None
+        session = None
+        if self.controller.loaded is not None:
+            from medicosam.effect.extent import get_array_on_extent
+
+            sourceKey, ijkToRas, extent = self.getSourceGeometry(source)
+            session = self.controller.get_session(
+                segmentKey, sourceKey, ijkToRas,
+                lambda: get_array_on_extent(getImageArray(source), source.GetExtent(), extent).copy(),
+                self.getSettings().refine, create)
+        if session is None:
+            self.showStatus("Nothing to do yet: click a point or drag a box on a slice first.")
+        return session
+
+    def getSourceGeometry(self, source):
+        """(key of the aligned source volume, array index -> world RAS matrix, the editor's extent)."""
+        from medicosam.effect.extent import get_world_ijk_to_ras
+        from medicosam.errors import DataError
+
+        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+        localToWorld = None
+        transformNode = segmentationNode.GetParentTransformNode()
+        if transformNode is not None:
+            if not transformNode.IsTransformToWorldLinear():
+                raise DataError("The segmentation is under a non-linear transform: harden the transform "
+                                "(Data module, right-click the segmentation) before using MedicoSAM.")
+            localToWorld = getNumpyMatrix(transformNode.GetMatrixTransformToWorld)
+        extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
+        imageToLocal = getNumpyMatrix(source.GetImageToWorldMatrix)
+        sourceKey = (source.GetMTime(), tuple(extent))
+        return sourceKey, get_world_ijk_to_ras(imageToLocal, extent, localToWorld), extent
+
+    def ensureModel(self):
+        """Load the chosen model (installing packages and downloading weights if the user agrees)."""
+        settings = self.getSettings()
+        if self.controller.use_settings(settings):
+            return True
+        if not self.dependencies.ensure(settings):
+            return False
+        if not settings.server.remote and not self.dependencies.confirmDownload(settings.model):
+            return False
+        status = self.controller.load_model(settings)
         self.refreshModelChoices()
-        self.showStatus(f"Deleted {sizeMb:.0f} MB of downloaded models.")
+        self.showStatus(status)
+        return True
+
+    def refreshModelChoices(self):
+        from medicosam.effect.settings import get_model_choices
+
+        try:
+            from medicosam.models.download import list_cached_models
+
+            cached = list_cached_models()
+        except ImportError:  # platformdirs is not installed yet: nothing was downloaded
+            cached = []
+        self.panel.setModelChoices(get_model_choices(cached))
+        self.updateGUIFromMRML()
+
+    # Worker, status and dialogs ----------------------------------------------------------------------
 
     def onPoll(self):
         """Hand finished preview jobs to their callbacks, in submission order, on the GUI thread."""
@@ -801,317 +700,6 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
             slicer.app.processEvents()
             self.onPoll()
             time.sleep(0.01)
-
-    # Sessions, model and dependencies -------------------------------------------------------------
-
-    def getSettings(self):
-        import dataclasses
-
-        from medicosam.effect.settings import EffectSettings
-        from medicosam.errors import InputError
-
-        try:
-            settings = EffectSettings.from_parameters(self.readParameter)
-        except InputError as error:
-            self.showStatus(str(error))
-            settings = EffectSettings()
-        return dataclasses.replace(settings, server=self.getServerSettings())
-
-    def getSessionKey(self):
-        parameterSetNode = self.scriptedEffect.parameterSetNode()
-        segmentationNode = parameterSetNode.GetSegmentationNode() if parameterSetNode else None
-        if segmentationNode is None or not parameterSetNode.GetSelectedSegmentID():
-            return None
-        return segmentationNode.GetID(), parameterSetNode.GetSelectedSegmentID()
-
-    def getSession(self, create=True):
-        """The session of the selected segment; created (loading the model if needed) when `create`."""
-        segmentKey = self.getSessionKey()
-        source = self.scriptedEffect.sourceVolumeImageData()
-        if segmentKey is None or source is None:
-            self.showStatus("Select a segmentation, a segment and a source volume first.")
-            return None
-        if create and not self.ensureModel():  # first: the imports below need the installed packages
-            return None
-        session = None
-        if self.controller.loaded is not None:
-            from medicosam.effect.extent import get_array_on_extent
-
-            sourceKey, ijkToRas, extent = self.getSourceGeometry(source)
-            session = self.controller.get_session(
-                segmentKey, sourceKey, ijkToRas,
-                lambda: get_array_on_extent(getImageArray(source), source.GetExtent(), extent).copy(),
-                self.getSettings().refine, create)
-        if session is None:
-            self.showStatus("Nothing to do yet: click a point or drag a box on a slice first.")
-            return None
-        self.displayedSessionKey = segmentKey
-        return session
-
-    def getSourceGeometry(self, source):
-        """(key of the aligned source volume, array index -> world RAS matrix, the editor's extent)."""
-        from medicosam.effect.extent import get_world_ijk_to_ras
-        from medicosam.errors import DataError
-
-        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
-        localToWorld = None
-        transformNode = segmentationNode.GetParentTransformNode()
-        if transformNode is not None:
-            if not transformNode.IsTransformToWorldLinear():
-                raise DataError("The segmentation is under a non-linear transform: harden the transform "
-                                "(Data module, right-click the segmentation) before using MedicoSAM.")
-            localToWorld = getNumpyMatrix(transformNode.GetMatrixTransformToWorld)
-        extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
-        imageToLocal = getNumpyMatrix(source.GetImageToWorldMatrix)
-        sourceKey = (source.GetMTime(), tuple(extent))
-        return sourceKey, get_world_ijk_to_ras(imageToLocal, extent, localToWorld), extent
-
-    def ensureModel(self):
-        """Load the chosen model (installing packages and downloading weights if the user agrees)."""
-        settings = self.getSettings()
-        if self.controller.use_settings(settings):
-            return True
-        if not self.ensureDependencies(settings):
-            return False
-        if not settings.server.remote and not self.confirmDownload(settings.model):
-            return False
-        status = self.controller.load_model(settings)
-        self.refreshModelChoices()
-        self.showStatus(status)
-        return True
-
-    def ensureDependencies(self, settings):
-        """torch via the PyTorch extension, the rest with pip: each only after the user agrees. On a server
-        only the client's packages (Slicer bundles them); SAM2 models add the SAM2 family's packages."""
-        import importlib
-
-        from medicosam.effect.requirements import (
-            SAM2_BUILD_ENVIRONMENT,
-            SAM2_PIP_OPTIONS,
-            SAM2_REQUIREMENTS,
-            check_family_supported,
-            get_missing_requirements,
-            is_torch_installed,
-        )
-
-        remote, family = settings.server.remote, settings.family
-        if not remote:
-            check_family_supported(family)
-        if not remote and not is_torch_installed():
-            try:
-                import PyTorchUtils
-            except ImportError:
-                slicer.util.errorDisplay("MedicoSAM needs the PyTorch extension. Install 'PyTorch' from the "
-                                         "Extensions Manager, restart Slicer, then try again.")
-                return False
-            if not self.confirm("MedicoSAM needs PyTorch, which is not installed yet. Install it now? "
-                                "It downloads up to a few GB (a CUDA build when a GPU is present); "
-                                "Slicer is busy until it finishes."):
-                return False
-            with self.installing("Installing PyTorch (up to a few GB)...", "PyTorch could not be installed"):
-                PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-            importlib.invalidate_caches()
-            if not is_torch_installed():
-                return False
-        missing = get_missing_requirements(family, remote)
-        if missing:
-            if not self.confirm(f"MedicoSAM needs these Python packages: {', '.join(missing)}. "
-                                "Install them now with pip?"):
-                return False
-            sam2 = bool(set(missing) & set(SAM2_REQUIREMENTS.values()))
-            with self.installing(f"Installing {', '.join(missing)}...", "The Python packages could not be installed"):
-                if sam2:  # an sdist: built here without its CUDA kernel, against the installed torch
-                    os.environ.update(SAM2_BUILD_ENVIRONMENT)
-                slicer.util.pip_install([*missing, *([SAM2_PIP_OPTIONS] if sam2 else [])])
-            importlib.invalidate_caches()
-        return not get_missing_requirements(family, remote)
-
-    @contextlib.contextmanager
-    def installing(self, text, failure):
-        """A progress dialog while pip runs (Slicer's pip runs on this thread and repaints at each output line);
-        a failure becomes one RunError (`tryWithErrorDisplay` would show a dialog and re-raise)."""
-        from medicosam.errors import RunError
-
-        dialog = createProgressDialog(text + " pip's output is in the Python console.", cancellable=False)
-        dialog.show()
-        slicer.app.processEvents()
-        try:
-            yield
-        except Exception as error:
-            logging.exception(failure)
-            raise RunError(f"{failure}: {error}. The Python console shows pip's output; install from the "
-                                 "PyTorch Util module or with pip there, then try again.") from error
-        finally:
-            closeDialog(dialog)
-
-    def confirmDownload(self, model):
-        from medicosam.models.download import get_cache_dir, get_model_path
-        from medicosam.models.registry import MODELS
-
-        if model not in MODELS or get_model_path(model).is_file():
-            return True
-        spec = MODELS[model]
-        size = f"{spec.size / 1e6:.0f} MB" if spec.size else "a few hundred MB"
-        return self.confirm(f"Download the {model} weights ({size}) from {spec.url.split('/')[2]} into "
-                            f"{get_cache_dir()}? They are checked against the published hash and kept for "
-                            "later sessions ('Delete downloaded models...' removes them).")
-
-    def refreshModelChoices(self):
-        from medicosam.effect.settings import get_model_choices
-
-        try:
-            from medicosam.models.download import list_cached_models
-
-            cached = list_cached_models()
-        except ImportError:  # platformdirs is not installed yet: nothing was downloaded
-            cached = []
-        wasBlocked = self.modelSelector.blockSignals(True)
-        self.modelSelector.clear()
-        for choice in get_model_choices(cached):
-            self.modelSelector.addItem(choice.label, choice.name)
-        self.modelSelector.blockSignals(wasBlocked)
-        self.updateGUIFromMRML()
-
-    # Reading and writing the segment -------------------------------------------------------------
-
-    def getSelectedSegmentArray(self):
-        """The selected segment now, as a bool (K, J, I) array on the session's grid."""
-        import numpy as np
-
-        from medicosam.effect.extent import get_array_on_extent, get_extent_shape
-
-        labelmap = self.scriptedEffect.selectedSegmentLabelmap()
-        extent = self.scriptedEffect.referenceGeometryImage().GetExtent()
-        if labelmap is None or labelmap.GetPointData().GetScalars() is None:
-            return np.zeros(get_extent_shape(extent), bool)
-        return get_array_on_extent(getImageArray(labelmap) > 0, labelmap.GetExtent(), extent)
-
-    def writeRequest(self, request):
-        """One undo point when the request changes the segment, then per block: remove what it drops inside
-        the region it covers, add the masks (editor rules apply to both); the rest of the segment stays."""
-        if request is None:
-            return
-        modifier = self.scriptedEffect.defaultModifierLabelmap()
-        array = getImageArray(modifier)
-        self.controller.check_request(request, array.shape)
-        origin = modifier.GetExtent()[::2]
-        modes = slicer.qSlicerSegmentEditorAbstractEffect
-        segment = self.getSelectedSegmentArray()
-        self.clearPreview()
-        if not request.changes(segment):
-            self.showStatus("The segment already holds this result: nothing was written.")
-            return
-        self.scriptedEffect.saveStateForUndo()
-        with slicer.util.RenderBlocker():
-            for block in request.get_blocks():
-                extent = block.get_extent(request.shape, origin)
-                index = block.get_index()
-                for mode, values in ((modes.ModificationModeRemove, block.get_removed(segment)),
-                                     (modes.ModificationModeAdd, block.get_array())):
-                    if values.any():
-                        array[index] = values
-                        modifier.Modified()
-                        self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, mode, extent)
-                        array[index] = 0
-        modifier.Modified()
-        self.showStatus(request.describe())
-
-    # Display -------------------------------------------------------------------------------------
-
-    def createPreviewNode(self):
-        """The preview: a segmentation that is never saved with the scene, hidden from node selectors (the
-        prompts need no display of their own: they are the segment's markups nodes)."""
-        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedicoSAM preview")
-        node.SetSaveWithScene(False)
-        node.SetHideFromEditors(True)
-        node.CreateDefaultDisplayNodes()
-        node.GetDisplayNode().SetSaveWithScene(False)
-        node.GetSegmentation().AddEmptySegment("preview", "MedicoSAM preview")
-        node.GetDisplayNode().SetOpacity2DFill(0.35)
-        node.GetDisplayNode().SetOpacity2DOutline(1.0)
-        self.previewNode = node
-
-    def removePreviewNode(self):
-        if self.previewNode is not None and self.previewNode.GetScene() is not None:  # not removed with the scene
-            self.previewNode.GetScene().RemoveNode(self.previewNode)
-        self.previewNode = None
-
-    def showPreview(self, preview):
-        node = self.previewNode
-        if node is None:
-            return
-        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
-        node.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
-        segment = segmentationNode.GetSegmentation().GetSegment(self.getSessionKey()[1])
-        node.GetSegmentation().GetSegment("preview").SetColor(segment.GetColor())
-        from medicosam.effect.extent import get_extent_shape
-
-        reference = self.scriptedEffect.referenceGeometryImage()
-        block = preview.get_block()
-        image = createLabelmap(reference, block.get_extent(get_extent_shape(reference.GetExtent()),
-                                                           reference.GetExtent()[::2]))
-        getImageArray(image)[:] = block.get_array()
-        image.Modified()
-        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            image, node, "preview", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
-
-    def clearPreview(self):
-        node = self.previewNode
-        if node is not None:
-            empty = createLabelmap(self.scriptedEffect.referenceGeometryImage(), [0, -1, 0, -1, 0, -1])
-            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                empty, node, "preview", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
-
-    def clearDisplay(self):
-        self.clearPreview()
-        self.displayedSessionKey = self.getSessionKey()
-
-    @contextlib.contextmanager
-    def reportingErrors(self):
-        """Show errors of a user action in the panel (and a dialog) instead of the Python console."""
-        from medicosam.errors import MedicoSAMError
-
-        try:
-            yield
-        except MedicoSAMError as error:
-            self.showError(error)
-        except Exception as error:
-            logging.exception("MedicoSAM failed")
-            self.showError(error)
-
-    def showStatus(self, text):
-        self.statusLabel.text = text
-        slicer.util.showStatusMessage("MedicoSAM: " + text, 5000)
-
-    def showError(self, error):
-        from medicosam.errors import InputError
-        from medicosam.geometry import PointOutsideVolumeError
-
-        self.showStatus(str(error))
-        if not isinstance(error, (PointOutsideVolumeError, InputError)):  # a missed click or an action out of
-            slicer.util.errorDisplay(str(error), windowTitle="MedicoSAM")  # order: the status says what to do
-
-    def confirm(self, text):
-        return slicer.app.testingEnabled() or slicer.util.confirmOkCancelDisplay(text, windowTitle="MedicoSAM")
-
-    def installShortcuts(self):
-        """Shortcuts on the options frame: active while it is shown, deleted with it even if Slicer never calls
-        `cleanup` (5.6, 5.8)."""
-        from medicosam.effect.settings import SHORTCUTS
-
-        actions = {"positive": lambda: self.setTool("positive"), "negative": lambda: self.setTool("negative"),
-                   "box": lambda: self.setTool("box"), "apply": self.onApply, "propagate": self.onPropagate,
-                   "clear": self.onClear, "refine": self.toggleRefine}
-        for key, action in SHORTCUTS.items():
-            shortcut = qt.QShortcut(qt.QKeySequence(key), self.scriptedEffect.optionsFrame())
-            shortcut.connect("activated()", actions[action])
-            self.shortcuts.append((shortcut, actions[action]))
-
-    def removeShortcuts(self):
-        for shortcut, slot in self.shortcuts:
-            shortcut.disconnect("activated()", slot)
-            shortcut.setParent(None)
-        self.shortcuts = []
 
     def runBlocking(self, function, text, progress=None):
         """Run `function` on the worker while the GUI stays live behind a progress dialog (Cancel
@@ -1143,55 +731,62 @@ previous mask. Undo works as for any effect. See the <a href="{DOCS_URL}">user g
         self.onPoll()  # jobs queued before this one finished first: show their results
         return future.result()
 
+    @contextlib.contextmanager
+    def reportingErrors(self):
+        """Show errors of a user action in the panel (and a dialog) instead of the Python console."""
+        from medicosam.errors import MedicoSAMError
 
-def getShortcutKeys():
-    """Action -> key of the effect's shortcuts."""
-    from medicosam.effect.settings import SHORTCUTS
+        try:
+            yield
+        except MedicoSAMError as error:
+            self.showError(error)
+        except Exception as error:
+            logging.exception("MedicoSAM failed")
+            self.showError(error)
 
-    return {action: key for key, action in SHORTCUTS.items()}
+    def showStatus(self, text):
+        if self.panel is not None:
+            self.panel.showStatus(text)
+        slicer.util.showStatusMessage("MedicoSAM: " + text, 5000)
+
+    def showError(self, error):
+        from medicosam.errors import InputError
+        from medicosam.geometry import PointOutsideVolumeError
+
+        self.showStatus(str(error))
+        if not isinstance(error, (PointOutsideVolumeError, InputError)):  # a missed click or an action out of
+            slicer.util.errorDisplay(str(error), windowTitle="MedicoSAM")  # order: the status says what to do
+
+    def confirm(self, text):
+        return slicer.app.testingEnabled() or slicer.util.confirmOkCancelDisplay(text, windowTitle="MedicoSAM")
+
+    def installShortcuts(self):
+        """Shortcuts on the options frame: active while it is shown, deleted with it even if Slicer never calls
+        `cleanup` (5.6, 5.8)."""
+        from medicosam.effect.settings import SHORTCUTS
+
+        for key, action in SHORTCUTS.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(key), self.scriptedEffect.optionsFrame())
+            slot = functools.partial(self.onAction, action)  # kept to disconnect it
+            shortcut.connect("activated()", slot)
+            self.shortcuts.append((shortcut, slot))
+
+    def removeShortcuts(self):
+        for shortcut, slot in self.shortcuts:
+            shortcut.disconnect("activated()", slot)
+            shortcut.setParent(None)
+        self.shortcuts = []
 
 
-def createProgressDialog(text, cancellable):
-    """An application-modal MedicoSAM progress dialog, indeterminate until a maximum is set."""
-    dialog = qt.QProgressDialog(text, "Cancel", 0, 0, slicer.util.mainWindow())
-    dialog.setWindowTitle("MedicoSAM")
-    dialog.setWindowModality(qt.Qt.ApplicationModal)
-    dialog.autoClose = dialog.autoReset = False
-    if not cancellable:
-        dialog.setCancelButton(None)
-    return dialog
+def isMarkupHovered():
+    """Whether the mouse is over a markup's control point or handle: the markups widget then drags it on a
+    left press, so the effect must let that press through (the display node's active component)."""
+    return any(markupsDisplay.GetActiveComponentType() != slicer.vtkMRMLMarkupsDisplayNode.ComponentNone
+               for markupsDisplay in slicer.util.getNodesByClass("vtkMRMLMarkupsDisplayNode"))
 
 
-def closeDialog(dialog):
-    """Close and delete: a dialog parented to the main window would otherwise live as long as Slicer."""
-    dialog.close()
-    dialog.deleteLater()
+def isDragged(drag, xy):
+    """Whether the mouse moved far enough from where the drag started to draw a box."""
+    from medicosam.effect.interaction import MIN_BOX_DRAG_PIXELS
 
-
-def getImageArray(image):
-    """Writable numpy view (K, J, I) of a VTK image's scalars."""
-    from vtk.util.numpy_support import vtk_to_numpy
-
-    dims = image.GetDimensions()
-    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
-
-
-def getNumpyMatrix(getter):
-    """A 4x4 numpy matrix from a VTK getter that fills a vtkMatrix4x4."""
-    import numpy as np
-
-    matrix = vtk.vtkMatrix4x4()
-    getter(matrix)
-    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
-
-
-def createLabelmap(reference, extent):
-    """An empty unsigned-char labelmap with the geometry of `reference` and the given extent."""
-    image = slicer.vtkOrientedImageData()
-    imageToWorld = vtk.vtkMatrix4x4()
-    reference.GetImageToWorldMatrix(imageToWorld)
-    image.SetImageToWorldMatrix(imageToWorld)
-    image.SetExtent(*extent)
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    image.GetPointData().GetScalars().Fill(0)
-    return image
+    return max(abs(xy[0] - drag.startXy[0]), abs(xy[1] - drag.startXy[1])) >= MIN_BOX_DRAG_PIXELS

@@ -98,6 +98,35 @@ def get_prompt_index(point: Sequence[float], volume, ijk: bool) -> tuple:
     return index
 
 
+def get_request_markups(request: SegmentRequest, volume, axis: int):
+    """The request's own prompts as `markups.Markups`: `--point` / `--neg-point` as control points (a voxel
+    given with `--ijk` at its centre), `--box` as an ROI on the slice its centre falls on, drawn with the
+    volume's in-plane axes. Box corners on different slices are named in a warning."""
+    from .geometry import ijk_to_ras, ras_to_ijk
+    from .markups import Markups, MarkupsPoint, get_roi_from_corners
+
+    points = []
+    for given, positive in ((request.points, True), (request.negative_points, False)):
+        for point in given:
+            if request.ijk:
+                point = ijk_to_ras(np.asarray(get_prompt_index(point, volume, True), float)[::-1], volume.ijk_to_ras)
+            points.append(MarkupsPoint(tuple(float(v) for v in np.asarray(point).reshape(3)), positive))
+    rois = []
+    if request.box:
+        if len(request.box) != 2:
+            raise InputError(f"--box needs exactly two corners (give it twice), got {len(request.box)}")
+        corners = [ijk_to_ras(np.asarray(c, float), volume.ijk_to_ras).reshape(3) if request.ijk
+                   else np.asarray(c, float) for c in request.box]
+        rois.append(get_roi_from_corners(corners[0], corners[1], volume.ijk_to_ras, volume.shape_kji, axis))
+        corner_slices = sorted({int(np.floor(ras_to_ijk(c, volume.ijk_to_ras).reshape(3)[2 - axis] + 0.5))
+                                for c in corners})
+        if len(corner_slices) > 1:
+            centre = int(np.floor(ras_to_ijk(np.mean(corners, axis=0), volume.ijk_to_ras).reshape(3)[2 - axis] + 0.5))
+            logger.warning("the box corners fall on slices %s along array axis %d; the box is drawn on slice %d, "
+                           "the one its centre falls on", corner_slices, axis, centre)
+    return Markups(points, rois)
+
+
 def get_slice_prompts(request: SegmentRequest, volume, axis: int, markups=None) -> Dict[int, object]:
     """Prompts per slice index, by the one placement rule (`markups.get_markup_prompts`) on the request's
     own prompts (`get_request_markups`) and `markups`, the Slicer markups files (`read_markups`).

@@ -120,6 +120,10 @@ class EffectController:
         session.ijk_to_ras = np.asarray(ijk_to_ras, float)
         return session
 
+    def forget_segment(self, segment_key: Hashable) -> None:
+        """Drop one segment's session (its prompts were all deleted: "Reset prompts"); the volume stays."""
+        self.sessions.pop(segment_key, None)
+
     def forget(self) -> None:
         """Drop the predictor and every session (the volume, its grid or the speed changed)."""
         self._drop_volume()
@@ -224,17 +228,21 @@ def get_model_device(loaded) -> str:
     return str(next(model.parameters()).device)
 
 
-def get_propagation_config(session, settings, rois: Sequence, view_normal_ras: Sequence[float]):
+def get_propagation_config(session, settings, rois: Sequence, view_normal_ras: Sequence[float],
+                           direction: Optional[str] = None):
     """The settings' `PropagationConfig`, kept inside the ROI when it spans several slices along
-    the propagation axis (the current slice's, else the view's)."""
+    the propagation axis (the current slice's, else the view's); `direction` ("down", "both", "up":
+    a propagation button) overrides the settings' one for this click."""
     from ..geometry import get_slice_axis
     from ..markups import get_propagation_range
 
+    config = settings.propagation if direction is None else dataclasses.replace(settings.propagation,
+                                                                                direction=direction)
     axis = session.current[0] if session.current else get_slice_axis(view_normal_ras, session.ijk_to_ras)
     slice_range = get_propagation_range(rois, session.ijk_to_ras, session.shape, axis)
     if slice_range is None:
-        return settings.propagation
-    return dataclasses.replace(settings.propagation, slice_range=slice_range)
+        return config
+    return dataclasses.replace(config, slice_range=slice_range)
 
 
 def _load_model(settings, progress: TaskProgress):

@@ -10,7 +10,8 @@ gives it), so a new propagation setting is stored and read without a change here
 
 Where the model runs (this computer or a `medicosam serve` server, its URL and token) is no scene
 parameter: it belongs to the workstation, and a token saved with a scene would travel with it. The
-effect keeps it in Slicer's application settings (`ServerSettings`, `qt.QSettings` keys).
+effect keeps it in Slicer's application settings (`ServerSettings`, `qt.QSettings` keys); the token
+itself only when the user asks to remember it (Slicer.ini is plain text), else for the Slicer session.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from ..errors import InputError
 from ..models.registry import MODELS
 from ..options import get_option_fields, get_value_type
 from ..propagation import PropagationConfig
+from .interaction import TOOL_PROMPTS
 from .requirements import SAM2_MIN_PYTHON
 
 CUSTOM_MODEL = "custom"  # the "Model" value that means "use the checkpoint file in CustomCheckpoint"
-TOOLS = ("positive", "negative", "box")
+TOOLS = tuple(TOOL_PROMPTS)
 
 #: Labels for the propagation modes of `medicosam.prompts.PROPAGATION_MODES`, in menu order.
 MODE_LABELS = {
@@ -40,18 +42,12 @@ MODE_LABELS = {
 }
 DIRECTION_LABELS = {"both": "Both directions", "up": "Up (increasing slice index)",
                     "down": "Down (decreasing slice index)"}
-#: The effect's keyboard shortcuts (key -> action). No key of core Slicer (Segment Editor, slice and 3D
-#: views) or SlicerNNInteractive: a key bound twice on one window fires neither (Testing/test_slicer_api.py).
-SHORTCUTS = {"O": "positive", "N": "negative", "X": "box", "A": "apply", "D": "propagate", "C": "clear",
-             "M": "refine"}
-
-#: Segment tags holding the IDs of each segment's prompt nodes (+ / - point lists, ROI): saved with the
-#: segmentation, so a reopened scene keeps each segment's markups.
-MARKUPS_TAGS = {"positive": "MedicoSAM.PositiveNodeID", "negative": "MedicoSAM.NegativeNodeID",
-                "roi": "MedicoSAM.ROINodeID"}
-#: Names of the nodes the effect creates: the negative list's name holds "negative", so its points stay
-#: negative when it is saved and read by `medicosam segment --markups` (`markups.is_negative_list`).
-MARKUPS_NAMES = {"positive": "MedicoSAM positive", "negative": "MedicoSAM negative", "roi": "MedicoSAM ROI"}
+#: The effect's keyboard shortcuts (key -> action): a tool's name selects it. No key of core Slicer
+#: (Segment Editor, slice and 3D views) or SlicerNNInteractive: a key bound twice on one window fires
+#: neither (Testing/test_slicer_api.py). Next / previous segment are the Segment Editor's own W / Q.
+SHORTCUTS = {"O": "positive", "N": "negative", "X": "box", "K": "lasso", "J": "scribble", "H": "flip",
+             "A": "apply", "D": "propagate", "C": "clear", "U": "undo_prompt", "M": "refine",
+             "Shift+C": "reset", "Shift+N": "new_segment"}
 
 #: `PropagationConfig` fields that are no parameter: the effect takes the slice range from the ROI.
 NOT_PARAMETERS = ("slice_range",)
@@ -63,16 +59,19 @@ RENAMED = {"PropagationIouThreshold": "IoUThreshold", "PropagationBoxExtension":
 #: Where the model runs -> its label in the "Run on" menu.
 RUN_ON_LABELS = {"local": "This computer", "server": "Server (medicosam serve)"}
 #: `ServerSettings` field -> its key in Slicer's application settings (qt.QSettings).
-SERVER_SETTINGS_KEYS = {"run_on": "MedicoSAM/RunOn", "url": "MedicoSAM/ServerURL", "token": "MedicoSAM/ServerToken"}
+SERVER_SETTINGS_KEYS = {"run_on": "MedicoSAM/RunOn", "url": "MedicoSAM/ServerURL", "token": "MedicoSAM/ServerToken",
+                        "remember_token": "MedicoSAM/RememberToken"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
-    """Where the model runs: "local", or "server" at `url` with `token` (Slicer's application settings)."""
+    """Where the model runs: "local", or "server" at `url` with `token` (Slicer's application settings;
+    the token only when `remember_token`, else the effect holds it for the Slicer session)."""
 
     run_on: str = "local"
     url: str = ""
     token: str = ""
+    remember_token: bool = False
 
     def __post_init__(self) -> None:
         if self.run_on not in RUN_ON_LABELS:
@@ -83,15 +82,21 @@ class ServerSettings:
         return self.run_on == "server"
 
     @classmethod
-    def from_application_settings(cls, get: Callable[[str], object]) -> ServerSettings:
-        """From `get(key)` (the effect passes `qt.QSettings().value`); None or "" means the default; an
-        unknown "run on" value falls back to this computer."""
+    def from_application_settings(cls, get: Callable[[str], object], session_token: str = "") -> ServerSettings:
+        """From `get(key)` (the effect passes `qt.QSettings().value`) and the token the effect holds for
+        this Slicer session; None or "" means the default; an unknown "run on" value falls back to this
+        computer. A token stored before "remember" existed counts as remembered."""
         values = {name: str(get(key) or "").strip() for name, key in SERVER_SETTINGS_KEYS.items()}
         values["run_on"] = values["run_on"] if values["run_on"] in RUN_ON_LABELS else "local"
-        return cls(**values)
+        flag = values.pop("remember_token").lower()
+        remember = flag in ("1", "true") if flag else bool(values["token"])
+        return cls(**{**values, "token": values["token"] if remember else session_token}, remember_token=remember)
 
     def to_application_settings(self) -> Dict[str, str]:
-        return {key: getattr(self, name) for name, key in SERVER_SETTINGS_KEYS.items()}
+        """What Slicer's settings keep: the token only when remembered (an empty one clears a stored one)."""
+        return {**{key: getattr(self, name) for name, key in SERVER_SETTINGS_KEYS.items() if name != "remember_token"},
+                SERVER_SETTINGS_KEYS["token"]: self.token if self.remember_token else "",
+                SERVER_SETTINGS_KEYS["remember_token"]: "1" if self.remember_token else "0"}
 
     def get_url(self) -> str:
         if not self.url:
