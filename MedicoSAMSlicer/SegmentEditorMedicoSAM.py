@@ -97,11 +97,12 @@ class SegmentEditorMedicoSAMTest(ScriptedLoadableModuleTest):
             other = self.getSegment(segmentationNode, otherId, volumeNode)
             self.assertFalse((other & propagated).any(), "the overwrite rule should clear 'other' under the new mask")
 
-            self.delayDisplay("Undo steps back: propagation, then apply")
+            self.delayDisplay("Undo steps back: propagation, then apply; the segment keeps its point list")
             editor.undo()
             self.assertTrue((self.getSegment(segmentationNode, targetId, volumeNode) == applied).all())
             editor.undo()
             self.assertFalse(self.getSegment(segmentationNode, targetId, volumeNode).any())
+            self.assertEqual(logic.markups.getNode("positive").GetID(), pointListNode.GetID())  # a node reference
         finally:
             editor.setActiveEffect(None)  # removes the shortcuts, timer and temporary nodes even on failure
         self.delayDisplay("checkPromptApplyPropagateUndo passed")

@@ -139,7 +139,7 @@ See the <a href="{DOCS_URL}">user guide</a>.</html>"""
         self.markups.unobserve()
         self.removeShortcuts()
         self.preview.remove()
-        self.drag = None
+        self.endDrag()
         self.controller.stop_prefetch()
 
     def setupOptionsFrame(self):
@@ -220,8 +220,8 @@ See the <a href="{DOCS_URL}">user guide</a>.</html>"""
     def onSegmentChanged(self):
         """Another segment (or segmentation) is selected: the selectors, place buttons, observers and preview
         follow it, and its markups are handed to its session (they may have changed meanwhile)."""
+        self.endDrag()  # before the links follow the new segment: a stroke belongs to the one it was drawn for
         self.boundSegmentKey = self.getSessionKey()
-        self.drag = None
         self.controller.stop_prefetch()
         self.clearDisplay()
         self.markups.updateSelectors()
@@ -315,6 +315,14 @@ See the <a href="{DOCS_URL}">user guide</a>.</html>"""
                 if not dragged:
                     self.showStatus("Drag to draw a box: a click is too small for one.")
         self.scheduleMarkupsUpdate()
+
+    def endDrag(self):
+        """End a box or stroke cut short (the effect or the segment changed): what was drawn is kept."""
+        drag, self.drag = self.drag, None
+        if drag is not None and drag.kind == "stroke":
+            self.markups.finishStroke()
+        elif drag is not None:
+            self.markups.finishBox(dragged=True)
 
     def interactionNodeModified(self, interactionNode):
         """Stay active in Slicer's place mode (the base class would deactivate the effect): placing the
