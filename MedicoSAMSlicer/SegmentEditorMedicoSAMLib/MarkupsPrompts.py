@@ -29,7 +29,7 @@ class MarkupsPrompts:
         self.selectors, self.placeWidgets = {}, {}
         self.observations = []  # (node, observer tag)
         self.history = PromptHistory()
-        self.stroke = None  # (role, curve node) while a stroke is drawn
+        self.stroke = None  # (role, curve node, segmentation node, segment ID) while a stroke is drawn
         self.roiBefore = None  # the ROI before the box drag in progress (`getRoiState`)
 
     # Links: node references on the segmentation node ---------------------------------------------
@@ -299,25 +299,24 @@ class MarkupsPrompts:
         node.SetCurveTypeToLinear()
         node.GetDisplayNode().PointLabelsVisibilityOff()
         node.AddControlPointWorld(*ras)
-        self.stroke = (role, node)
+        self.stroke = (role, node, *self.getSegment())
 
     def extendStroke(self, ras):
         self.stroke[1].AddControlPointWorld(*ras)
 
     def finishStroke(self):
-        """Link the drawn stroke to the segment; a lasso of fewer than 3 points is dropped. Returns whether
-        it was kept."""
+        """Link the drawn stroke to the segment it was drawn for (selected at its start); a lasso of fewer
+        than 3 points is dropped. Returns whether it was kept."""
         from medicosam.effect.history import PromptStep
         from medicosam.effect.links import get_reference_role
 
-        role, node = self.stroke
+        role, node, segmentationNode, segmentId = self.stroke
         self.stroke = None
-        segmentationNode, segmentId = self.getSegment()
-        if segmentationNode is None or node.GetNumberOfControlPoints() < (3 if role == "lasso" else 1):
+        if node.GetNumberOfControlPoints() < (3 if role == "lasso" else 1):
             slicer.mrmlScene.RemoveNode(node)
             return False
         segmentationNode.AddNodeReferenceID(get_reference_role(role, segmentId), node.GetID())
-        self.history.push(self.effect.getSessionKey(), PromptStep("stroke", node.GetID()))
+        self.history.push((segmentationNode.GetID(), segmentId), PromptStep("stroke", node.GetID()))
         self.observe()
         return True
 

@@ -220,7 +220,7 @@ See the <a href="{DOCS_URL}">user guide</a>.</html>"""
     def onSegmentChanged(self):
         """Another segment (or segmentation) is selected: the selectors, place buttons, observers and preview
         follow it, and its markups are handed to its session (they may have changed meanwhile)."""
-        self.endDrag()  # before the links follow the new segment: a stroke belongs to the one it was drawn for
+        self.endDrag()  # a stroke cut short stays with the segment it was drawn for
         self.boundSegmentKey = self.getSessionKey()
         self.controller.stop_prefetch()
         self.clearDisplay()
@@ -317,12 +317,13 @@ See the <a href="{DOCS_URL}">user guide</a>.</html>"""
         self.scheduleMarkupsUpdate()
 
     def endDrag(self):
-        """End a box or stroke cut short (the effect or the segment changed): what was drawn is kept."""
+        """End a box or stroke cut short (the effect or the segment changed): what was drawn is kept (a box
+        cut short is not recorded for Undo prompt: the segment it was drawn for may be gone from view)."""
         drag, self.drag = self.drag, None
         if drag is not None and drag.kind == "stroke":
             self.markups.finishStroke()
         elif drag is not None:
-            self.markups.finishBox(dragged=True)
+            self.markups.finishBox(dragged=False)
 
     def interactionNodeModified(self, interactionNode):
         """Stay active in Slicer's place mode (the base class would deactivate the effect): placing the
