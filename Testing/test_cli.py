@@ -349,3 +349,29 @@ def test_spaced_coordinates_get_the_fix_and_threads_go_anywhere(t1_path, tiny_ch
         assert _segment(t1_path, tiny_checkpoint, out, "--ijk", "--point", "90,100,90", *threads) == 2
         assert capsys.readouterr().err.strip() == "medicosam: error: --threads 0: use 1 or more"
     assert not out.exists()
+
+
+def test_ctrl_c_in_segment_is_one_line_and_writes_nothing(t1_path, tiny_checkpoint, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "mask.nii.gz"
+    process = subprocess.Popen([sys.executable, "-m", "medicosam.cli", "--threads", "1", "segment", t1_path,
+                                "--checkpoint", str(tiny_checkpoint), "--point", "0,-20,10", "--propagate",
+                                "--iou-threshold", "0", "--out", str(out)],
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: process.stderr.read(1), "")))
+    reader.start()
+    deadline = time.monotonic() + 300
+    while "propagating" not in "".join(err) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # as Ctrl-C in a terminal, mid-propagation
+    process.wait(timeout=120)
+    reader.join()
+    text = "".join(err)
+    assert process.returncode == 130 and "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert [line for line in text.splitlines() if line.startswith("medicosam:")] == ["medicosam: stopped (Ctrl-C)"]
+    assert not out.exists() and not list(tmp_path.iterdir())

@@ -16,7 +16,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import List, Optional
 
-from .errors import InputError, MedicoSAMError
+from .errors import Cancelled, InputError, MedicoSAMError
 
 #: Options whose value is a coordinate triplet that may start with a minus sign.
 _COORDINATE_OPTIONS = ("--point", "--neg-point", "--box")
@@ -289,6 +289,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, "needs_torch", True):  # `models` never imports torch: it starts in a fraction of a second
             configure_threads(args.threads)
         return int(args.func(args) or 0)
+    except Cancelled as error:  # the user stopped it (a command that knows what is kept says so)
+        print(f"medicosam: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C anywhere else: the writers are atomic, nothing half-written is left
+        print("medicosam: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
     except MedicoSAMError as error:
         print(f"medicosam: error: {error}", file=sys.stderr)
         return 2

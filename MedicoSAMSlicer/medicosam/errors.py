@@ -2,7 +2,8 @@
 
 Five kinds, one per thing that can be wrong, raised directly by every module (core, effect,
 training); a subclass exists only where some code catches that case on purpose. `medicosam`
-commands turn any of them into one line on stderr and exit status 2.
+commands turn any of them into one line on stderr and exit status 2; `Cancelled` (and Ctrl-C) into
+one "stopped" line and exit status 130, as a shell reports an interrupted command.
 """
 
 

@@ -97,6 +97,8 @@ def _add_export(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from medicosam.device import configure_threads
     from medicosam.models.checkpoint import load_sam
 
@@ -121,6 +123,7 @@ def _train(args: argparse.Namespace) -> int:
                                                seed=args.seed, label_mode=args.label_mode, axis=args.axis,
                                                index_dir=args.out, classes=args.classes)
     configure_threads(args.threads, load_aware=True)  # no user choice: leave the cores other work keeps busy
+    torch.manual_seed(args.seed)  # the e_sem decoder `train` builds starts from torch's generator: same seed, same run
     result = train(loaded, train_set, val_set, config)
     if result.export is not None:  # rank 0 only
         print(f"trained iterations {result.start_iteration} -> {result.iteration} (epoch {result.epoch})")

@@ -11,6 +11,8 @@ Files in `out_dir` (rank 0 writes, every other rank only reads):
 - `model.pt`: the final model as a plain SAM state dict (`segment_anything` loads it);
   `model_with_decoder.pt` with e_sem: micro-sam's `{"model_state", "decoder_state"}`.
 - `logs/`: TensorBoard scalars.
+- `.medicosam-train.lock` (a file lock, as downloads use) and `.medicosam-train.owner` (who holds it):
+  one training at a time per folder; another one is refused, naming the holder.
 
 Determinism without broadcasts: the prompt generator of iteration i on rank r is seeded with
 (seed, r, i) and the data order of epoch e with (seed, e), so a resumed run draws the same prompts
@@ -21,9 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
+import os
+import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -35,7 +41,7 @@ from torch import nn
 
 from medicosam.acceleration import fast_attention
 from medicosam.atomic import get_stale_temporaries
-from medicosam.errors import InputError, ModelError, RunError
+from medicosam.errors import Cancelled, InputError, ModelError, RunError
 from medicosam_training.configs import RESUMABLE_CHANGES, TrainConfig
 from medicosam_training.objective import ObjectiveModule, ObjectiveOutput
 from medicosam_training.runtime import (
@@ -56,6 +62,7 @@ EXPORT_NAME = "model.pt"
 JOINT_EXPORT_NAME = "model_with_decoder.pt"
 SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 _FORMAT = "medicosam-training-checkpoint/1"
+LOCK_NAME, OWNER_NAME = ".medicosam-train.lock", ".medicosam-train.owner"
 
 
 @dataclasses.dataclass
@@ -212,6 +219,7 @@ class _Run:
                 find_unused_parameters=True)
         self.amp_dtype = get_amp_dtype(config.amp, device)
         self.iteration = self.epoch = self.epoch_batches = 0
+        self.saved_iteration: Optional[int] = None  # of the checkpoint on disk, once this run knows it
         self.validation: List[Dict[str, float]] = []
         self.checkpoint_path = Path(config.out_dir) / CHECKPOINT_NAME
 
@@ -241,8 +249,27 @@ class _Run:
         from medicosam.models.checkpoint import save_atomically
 
         self.check_finite(_get_norm([p.detach() for p in self.parameters]), "the model weights", self.iteration)
+        failed = None
         if self.dist.is_main:
-            save_atomically(self.get_state(), self.checkpoint_path)
+            try:
+                save_atomically(self.get_state(), self.checkpoint_path)
+            except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
+                failed = error
+        if not self.everyone(failed is None):  # every rank stops, or the others hang in the next all-reduce
+            if failed is None:
+                raise RunError(f"rank 0 could not save {self.checkpoint_path}: see its message")
+            if not _is_disk_full(failed):
+                raise failed
+            raise _get_disk_full_error(self.checkpoint_path.parent, f"the checkpoint of iteration {self.iteration}",
+                                       self.describe_kept(), "run the same command with --resume") from None
+        self.saved_iteration = self.iteration
+
+    def describe_kept(self) -> str:
+        """What a failed run leaves: the last checkpoint (and its iteration) or nothing."""
+        if not self.checkpoint_path.exists():
+            return "no checkpoint was written"
+        at = "" if self.saved_iteration is None else f" (iteration {self.saved_iteration})"
+        return f"the last good checkpoint {self.checkpoint_path}{at} was kept"
 
     def restore(self) -> None:
         state = load_training_checkpoint(self.checkpoint_path)
@@ -259,6 +286,7 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_states(state["rng"])
         self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
+        self.saved_iteration = self.iteration
         self.epoch_batches = int(state["epoch_batches"])
         self.validation = list(state["validation"])
 
@@ -270,15 +298,17 @@ class _Run:
             moved["foreground"] = batch["foreground"].to(self.device, non_blocking=True)
         return moved
 
+    def everyone(self, ok: bool) -> bool:
+        """True when `ok` holds on every rank (an all-reduce under DDP): all ranks stop together."""
+        flag = torch.tensor([int(ok)], dtype=torch.int32, device=self.device)
+        if self.dist.world_size > 1:
+            torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
+        return bool(int(flag) == 1)
+
     def check_finite(self, value: torch.Tensor, what: str, iteration: int) -> None:
-        finite = torch.isfinite(value.detach().float()).all().to(torch.int32).reshape(1)
-        if self.dist.world_size > 1:  # every rank must stop, or the others hang in the next all-reduce
-            torch_dist.all_reduce(finite, op=torch_dist.ReduceOp.MIN)
-        if int(finite) == 0:
-            kept = (f"the last good checkpoint {self.checkpoint_path} was kept" if self.checkpoint_path.exists()
-                    else "no checkpoint was written")
+        if not self.everyone(bool(torch.isfinite(value.detach().float()).all())):
             raise RunError(
-                f"{what} is not finite (NaN/inf) at iteration {iteration}; {kept} and the broken "
+                f"{what} is not finite (NaN/inf) at iteration {iteration}; {self.describe_kept()} and the broken "
                 f"model was not saved. Lower the learning rate (now {self.optimizer.param_groups[0]['lr']:g}), "
                 "train in fp32 (amp='off' / --amp off), and check the data for NaN or constant images.")
 
@@ -372,7 +402,7 @@ def train(model: Any, train_dataset, val_dataset=None, config: Optional[TrainCon
         torch.cuda.set_device(device)
     try:
         run = _Run(sam, sam_config, semantic_decoder, config, device, dist)
-        with activation_checkpointing(sam.image_encoder, config.grad_checkpointing), \
+        with _holding_run_folder(run), activation_checkpointing(sam.image_encoder, config.grad_checkpointing), \
                 fast_attention(sam, use_fast_attention(config.fast_attention, device)):
             return _train(run, train_dataset, val_dataset)
     finally:
@@ -432,6 +462,9 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
                 run.epoch += 1
                 run.epoch_batches = 0
             run.save()
+    except KeyboardInterrupt:  # Ctrl-C: one line that says what is kept and how to go on
+        raise Cancelled(f"stopped (Ctrl-C) at iteration {run.iteration}; {run.describe_kept()}: run the same "
+                        "command with --resume to continue from it") from None
     finally:
         run.module.eval()
         progress.close()
@@ -443,14 +476,68 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
                        validation=run.validation, seconds=time.monotonic() - started)
 
 
+@contextlib.contextmanager
+def _holding_run_folder(run: _Run) -> Iterator[None]:
+    """Hold the run folder's file lock (rank 0; `filelock`, as downloads do) for the whole run, so two
+    trainings never mix their checkpoints and exports; a second one is refused, naming the holder."""
+    from filelock import FileLock, Timeout
+
+    out_dir, lock, refused = Path(run.config.out_dir), None, None
+    if run.dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(out_dir / LOCK_NAME))
+        try:
+            lock.acquire(timeout=0)
+            (out_dir / OWNER_NAME).write_text(f"process {os.getpid()} on {socket.gethostname()}, started "
+                                              f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        except Timeout:
+            try:
+                owner = (out_dir / OWNER_NAME).read_text().strip()
+            except OSError:
+                owner = "owner unknown"
+            refused = RunError(f"{out_dir} is in use by another training ({owner}): wait for it to end, or train "
+                               "into another --out")
+    if not run.everyone(refused is None):
+        raise refused or RunError(f"rank 0 could not lock {out_dir}: see its message")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            with contextlib.suppress(OSError):
+                (out_dir / OWNER_NAME).unlink()
+            lock.release()
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """True when `error`, or an error it was raised from, is the system's "no space left" (or quota)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _get_disk_full_error(folder: Path, what: str, kept: str, then: str) -> RunError:
+    free = shutil.disk_usage(folder).free / 2**20
+    return RunError(f"disk full: {what} does not fit in {folder} ({free:.1f} MB free there); {kept}. Free some "
+                    f"space, then {then}")
+
+
 def _export(run: _Run) -> Tuple[Path, Optional[Path]]:
     from medicosam.models.checkpoint import export_sam, export_sam_with_decoder
 
     out_dir = Path(run.config.out_dir)
-    export = export_sam(run.module.sam, out_dir / EXPORT_NAME)
-    decoder = run.module.semantic_decoder
-    joint = (export_sam_with_decoder(run.module.sam, decoder.state_dict(), out_dir / JOINT_EXPORT_NAME)
-             if decoder is not None else None)
+    try:
+        export = export_sam(run.module.sam, out_dir / EXPORT_NAME)
+        decoder = run.module.semantic_decoder
+        joint = (export_sam_with_decoder(run.module.sam, decoder.state_dict(), out_dir / JOINT_EXPORT_NAME)
+                 if decoder is not None else None)
+    except (OSError, RuntimeError) as error:
+        if not _is_disk_full(error):
+            raise
+        raise _get_disk_full_error(out_dir, "the exported model", f"the checkpoint {run.checkpoint_path} (iteration "
+                                   f"{run.saved_iteration}) is complete", f"`medicosam export {run.checkpoint_path} "
+                                   f"{out_dir / EXPORT_NAME}`") from None
     return export, joint
 
 
