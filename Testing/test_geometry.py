@@ -12,13 +12,13 @@ from medicosam.geometry import (
     PointOutsideVolumeError,
     get_ijk_to_ras_from_sitk,
     get_slice_axis,
-    get_slice_box,
     get_slice_point,
     get_voxel_index,
     ijk_to_ras,
     ras_to_array_index,
     ras_to_ijk,
 )
+from medicosam.markups import Markups, get_markup_prompts, get_roi_from_corners
 from medicosam_training.sample_data import get_itk_examples_dir, get_nilearn_icbm152
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -181,7 +181,9 @@ def test_slice_layout_follows_the_architecture_conventions():
         get_slice_point(index, 3)
 
 
-def test_slice_box_from_two_corners_on_a_rotated_volume():
+def test_box_from_two_corners_on_a_rotated_volume():
+    """`segment --box`: an ROI on the slice of the corners' centre, with the volume's axes; its box prompt there
+    holds every pixel a corner falls in and everything between, clipped to the slice."""
     image = with_geometry(read_image("kmeans"), "rotated")
     matrix = get_ijk_to_ras_from_sitk(image)
     shape = image.GetSize()[::-1]
@@ -189,14 +191,19 @@ def test_slice_box_from_two_corners_on_a_rotated_volume():
     def corner(index_kji, offset):
         return ijk_to_ras(np.array(index_kji[::-1], float) + offset, matrix)
 
+    def get_boxes(a, b, axis):
+        roi = get_roi_from_corners(a, b, matrix, shape, axis)
+        return {index: tuple(prompts.box.tolist())
+                for index, prompts in get_markup_prompts(Markups(rois=[roi]), matrix, shape, axis).items()}
+
     # Corners dragged from voxel (k=30, j=90, i=20) to (30, 40, 60), anywhere inside those voxels.
     a, b = corner((30, 90, 20), (0.3, -0.4, 0.1)), corner((30, 40, 60), (-0.2, 0.4, -0.3))
-    assert get_slice_box(a, b, matrix, shape, axis=0) == (30, (20, 40, 61, 91))
+    assert get_boxes(a, b, axis=0) == {30: (20, 40, 61, 91)}
     # On a sagittal-like slice (axis 2 = I): rows K, cols J.
     a, b = corner((10, 5, 70), (0, 0, 0)), corner((50, 9, 70), (0, 0, 0))
-    assert get_slice_box(a, b, matrix, shape, axis=2) == (70, (5, 10, 10, 51))
+    assert get_boxes(a, b, axis=2) == {70: (5, 10, 10, 51)}
     # A corner past the edge is clipped to the slice.
     a = corner((30, 90, 20), (-25.0, 0, 0))
-    assert get_slice_box(a, corner((30, 100, 40), (0, 0, 0)), matrix, shape, axis=0) == (30, (0, 90, 41, 101))
+    assert get_boxes(a, corner((30, 100, 40), (0, 0, 0)), axis=0) == {30: (0, 90, 41, 101)}
     with pytest.raises(PointOutsideVolumeError):
-        get_slice_box(corner((30, 0, 200), (0, 0, 0)), corner((30, 0, 300), (0, 0, 0)), matrix, shape, axis=0)
+        get_boxes(corner((30, 0, 200), (0, 0, 0)), corner((30, 0, 300), (0, 0, 0)), axis=0)

@@ -162,37 +162,6 @@ def get_voxel_index(slice_index: int, x: int, y: int, axis: int) -> Index:
     return tuple(index)
 
 
-def get_slice_box(
-    corner_a_ras: Sequence[float],
-    corner_b_ras: Sequence[float],
-    ijk_to_ras: np.ndarray,
-    shape_kji: Sequence[int],
-    axis: int,
-) -> Tuple[int, Box]:
-    """(slice_index, (x0, y0, x1, y1)) of a box given by two opposite RAS corners, on the slice along `axis`.
-
-    The corners are those of a rectangle drawn in a slice view aligned with the volume (a box drag). The
-    box holds every pixel a corner falls in and everything between (x1, y1 exclusive), clipped to the slice;
-    the slice is the one the box centre falls in.
-
-    Raises:
-        PointOutsideVolumeError: the box centre is outside the volume.
-        InputError: both corners fall in the same row or column (a click, not a drag).
-    """
-    corners = np.stack([np.asarray(corner_a_ras, float), np.asarray(corner_b_ras, float)])
-    slice_index = ras_to_array_index(corners.mean(0), ijk_to_ras, shape_kji)[axis]
-    corners_kji = _round_half_up(ras_to_ijk(corners, ijk_to_ras)[:, ::-1])
-    row_axis, col_axis = _get_plane_axes(axis)
-    in_plane = corners_kji[:, [row_axis, col_axis]]
-    (y0, x0), (y1, x1) = in_plane.min(0), in_plane.max(0)
-    if x0 == x1 or y0 == y1:
-        raise InputError(f"empty box: its corners {corners.tolist()} (RAS) fall in the same voxel row or "
-                            "column of the slice; drag the box over the structure")
-    n_rows, n_cols = shape_kji[row_axis], shape_kji[col_axis]
-    box = (max(int(x0), 0), max(int(y0), 0), min(int(x1) + 1, n_cols), min(int(y1) + 1, n_rows))
-    return int(slice_index), box
-
-
 def get_roi_slice_boxes(corners_ras: np.ndarray, ijk_to_ras: np.ndarray, shape_kji: Sequence[int],
                         axis: int) -> Dict[int, Box]:
     """Box `(x0, y0, x1, y1)` per slice index along `axis` of a 3D box given by its RAS corners.
@@ -201,7 +170,8 @@ def get_roi_slice_boxes(corners_ras: np.ndarray, ijk_to_ras: np.ndarray, shape_k
     (a box thinner than a voxel still gets the slice it lies in), clipped to the volume. On each slice the
     box prompt is the pixel rectangle around the box's cross-section with the slice plane (the plane
     through the slice's voxel centres, moved to the box's end where the box ends inside that voxel layer),
-    corners rounded like `get_slice_box`. Slices where that rectangle misses the image are left out.
+    corners rounded to the voxel they fall in (halves up) and every pixel between them kept (x1, y1
+    exclusive). Slices where that rectangle misses the image are left out.
     """
     corners = ras_to_ijk(np.asarray(corners_ras, float).reshape(-1, 3), ijk_to_ras)[:, ::-1]  # (N, 3) kji
     along = corners[:, axis]
