@@ -25,7 +25,7 @@ from medicosam.errors import DataError
 from medicosam_training.dataset import SAMed2DDataset, SAMed2DShardDataset, get_training_datasets
 from medicosam_training.records import get_samed2d_records, select_split
 from medicosam_training.samed2d.convert import ConvertConfig, convert_samed2d, merge_masks
-from medicosam_training.samed2d.index import INDEX_SUFFIX, load_samed2d_index
+from medicosam_training.samed2d.index import INDEX_SUFFIX, load_samed2d_index, read_index_file
 from medicosam_training.samed2d.shards import ShardRecords
 
 SIZE = 117  # the shards' side: the axial slices (117 x 99) are only padded, the others resized
@@ -165,3 +165,25 @@ def test_bad_inputs_name_the_file(tree, tmp_path):
         records = ShardRecords(shards)
         for i in range(len(records)):
             records.load(i)
+
+
+def test_an_index_damaged_in_place_is_built_again(tmp_path, caplog):
+    entries = {f"images/ct_{n:03d}--case.png": [f"masks/ct_{n:03d}--case_{m}.png" for m in range(2)] for n in range(50)}
+    (tmp_path / "SAMed2D_v1.json").write_text(json.dumps(entries))
+    expected = get_samed2d_records(tmp_path)
+    path = load_samed2d_index(tmp_path).path
+    whole = path.read_bytes()
+    header, index = read_index_file(path, tmp_path)
+    start = index.arrays["image_bytes"].start - header["arrays"]["image_bytes"]["offset"]  # of the arrays
+    places = {"a path's bytes": start + header["arrays"]["image_bytes"]["offset"] + 100,
+              "an offsets array": start + header["arrays"]["mask_offsets"]["offset"] + 8}
+    del index
+    for what, where in places.items():
+        damaged = bytearray(whole)
+        damaged[where:where + 4] = b"\xff\xfe\xff\xfe"  # in place: same size, the JSON untouched
+        (tmp_path / ("SAMed2D_v1.json" + INDEX_SUFFIX)).write_bytes(damaged)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert list(load_samed2d_index(tmp_path)) == expected, what  # was a UnicodeDecodeError or wrong paths
+        assert "is damaged (it does not match its checksum): it is built again" in caplog.text
+        assert (tmp_path / ("SAMed2D_v1.json" + INDEX_SUFFIX)).read_bytes() == whole

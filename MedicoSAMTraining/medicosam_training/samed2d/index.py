@@ -12,9 +12,11 @@ pages through the page cache and nothing is copied.
 `index[i]` is exactly `get_samed2d_records(root)[i]` and `index.select_split(split, val_fraction,
 seed)` exactly today's stratified, seeded split, computed on a modality code per image.
 
-File: `MAGIC`, the header length (8 bytes, little endian), a JSON header (format version, the
-JSON's path, size and mtime, the modality names, the table of arrays), then each array 64-byte
-aligned. Arrays, one row per JSON entry in file order:
+File: `MAGIC`, the xxh3-64 checksum of everything after it (8 bytes), the header length (8 bytes,
+little endian), a JSON header (format version, the JSON's path, size and mtime, the modality names,
+the table of arrays), then each array 64-byte aligned. A file that no longer matches its checksum (a
+disk error, bytes overwritten in place) is built again, as one built from another JSON is. Arrays,
+one row per JSON entry in file order:
 
 - `image_offsets` (n + 1) into `image_bytes`: the image paths, UTF-8;
 - `mask_offsets` (n + 1) into `mask_bytes`: the entry's mask paths, in JSON order, stored as
@@ -52,7 +54,8 @@ Arrays = Dict[str, np.ndarray]
 
 INDEX_SUFFIX = ".medicosam-index"
 MAGIC = b"MEDICOSAM-SAMED2D-INDEX\n"
-VERSION = 1
+VERSION = 2  # 2: the checksum after MAGIC
+_CHECKSUM_BYTES = 8
 _ALIGN = 64
 _ENCODING = ("utf-8", "surrogatepass")  # a JSON "\ud800" escape still round-trips
 _KEYS_PER_CHUNK = 100_000  # image paths kept as Python bytes at a time while sorting is prepared
@@ -297,9 +300,12 @@ def write_index_file(path: Path, arrays: Arrays, modalities: Tuple[str, ...], id
         table[name] = {"dtype": values.dtype.str, "count": len(values), "offset": offset}
         offset += _align(values.nbytes)
     header = json.dumps({"version": VERSION, **identity, "modalities": list(modalities), "arrays": table}).encode()
-    start = _align(len(MAGIC) + 8 + len(header))
+    head = len(header).to_bytes(8, "little") + header
+    start = _align(len(MAGIC) + _CHECKSUM_BYTES + len(head))
+    padding = bytes(start - len(MAGIC) - _CHECKSUM_BYTES - len(head))
+    checksum = _get_checksum([head, padding, *_iter_aligned(arrays)])  # the bytes after it, as the file holds them
     with writing_atomically(path) as temporary, open(temporary, "wb") as file:
-        file.write(MAGIC + len(header).to_bytes(8, "little") + header)
+        file.write(MAGIC + checksum + head)
         for name, values in arrays.items():
             file.seek(start + table[name]["offset"])
             file.write(memoryview(np.ascontiguousarray(values)).cast("B"))
@@ -307,11 +313,13 @@ def write_index_file(path: Path, arrays: Arrays, modalities: Tuple[str, ...], id
 
 
 def read_index_file(path: Path, root: PathLike) -> Tuple[Optional[dict], Optional[SAMed2DIndex]]:
-    """(header, index) of an index file, memory-mapped; (None, None) when it is missing or not an index."""
+    """(header, index) of an index file, memory-mapped; (None, None) when it is missing or not an index.
+    The header gets `checksum`, the file's (not checked here: `_open_current` does)."""
     try:
         with open(path, "rb") as file:
             if file.read(len(MAGIC)) != MAGIC:
                 return None, None
+            checksum = file.read(_CHECKSUM_BYTES)
             header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
             start = _align(file.tell())
             size = os.fstat(file.fileno()).st_size
@@ -320,17 +328,21 @@ def read_index_file(path: Path, root: PathLike) -> Tuple[Optional[dict], Optiona
         return None, None
     if not isinstance(header, dict) or header.get("version") != VERSION:
         return None, None
+    header["checksum"] = checksum
     arrays = {}
-    for name, entry in header["arrays"].items():
-        dtype = np.dtype(entry["dtype"])
-        if start + entry["offset"] + entry["count"] * dtype.itemsize > size:
-            return None, None  # truncated
-        if name in _READ_NOT_MAPPED:
-            arrays[name] = FileBytes(path, start + entry["offset"], entry["count"])
-        else:
-            arrays[name] = np.frombuffer(mapped, dtype, entry["count"], start + entry["offset"]) \
-                if entry["count"] else np.zeros(0, dtype)
-    return header, SAMed2DIndex(root, arrays, tuple(header["modalities"]), path=path)
+    try:
+        for name, entry in header["arrays"].items():
+            dtype = np.dtype(entry["dtype"])
+            if start + entry["offset"] + entry["count"] * dtype.itemsize > size:
+                return None, None  # truncated
+            if name in _READ_NOT_MAPPED:
+                arrays[name] = FileBytes(path, start + entry["offset"], entry["count"])
+            else:
+                arrays[name] = np.frombuffer(mapped, dtype, entry["count"], start + entry["offset"]) \
+                    if entry["count"] else np.zeros(0, dtype)
+        return header, SAMed2DIndex(root, arrays, tuple(header["modalities"]), path=path)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a header damaged into other valid JSON
+        return None, None
 
 
 def _reopen(root: PathLike, path: Path, positions: np.ndarray) -> SAMed2DIndex:
@@ -341,12 +353,42 @@ def _reopen(root: PathLike, path: Path, positions: np.ndarray) -> SAMed2DIndex:
 
 
 def _open_current(path: Path, json_path: Path, root: PathLike) -> Optional[SAMed2DIndex]:
-    """The index at `path` if it was built from `json_path` as it is now, else None."""
+    """The index at `path` if it was built from `json_path` as it is now and is whole, else None.
+
+    The checksum is read here, once per process that loads the index (a DDP rank), not by the workers
+    that reopen it: one pass over the file (0.02 s for the 49 MiB of 370,000 images, from the page cache)."""
     header, index = read_index_file(path, root)
     if header is None:
         return None
     identity = _get_json_identity(json_path)
-    return index if all(header.get(key) == value for key, value in identity.items()) else None
+    if not all(header.get(key) == value for key, value in identity.items()):
+        return None
+    if _get_checksum(_iter_file(path, len(MAGIC) + _CHECKSUM_BYTES)) != header["checksum"]:
+        logger.warning("%s is damaged (it does not match its checksum): it is built again", path)
+        return None
+    return index
+
+
+def _iter_aligned(arrays: Arrays):
+    """The bytes of the arrays region as the file holds it: each array, then zeros to the alignment."""
+    for values in arrays.values():
+        yield memoryview(np.ascontiguousarray(values)).cast("B")
+        yield bytes(_align(values.nbytes) - values.nbytes)
+
+
+def _iter_file(path: Path, start: int, chunk: int = 2**23):
+    with open(path, "rb") as file:
+        file.seek(start)
+        yield from iter(lambda: file.read(chunk), b"")
+
+
+def _get_checksum(parts) -> bytes:
+    import xxhash
+
+    digest = xxhash.xxh3_64()
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
 
 
 def load_samed2d_index(root: PathLike, fallback_dir: Optional[PathLike] = None) -> SAMed2DIndex:
