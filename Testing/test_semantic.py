@@ -136,7 +136,7 @@ def test_decoder_state_errors_name_the_problem():
 
 def test_registry_decoder_entry_matches_the_loader():
     spec = MODELS["medicosam_vit_b_decoder"]
-    assert spec.format == "unetr_decoder" and MODELS["medicosam_vit_b"].decoder == spec.name
+    assert spec.family is None and MODELS["medicosam_vit_b"].decoder == spec.name
 
 
 def test_joint_pretrained_decoder_starts_the_semantic_model(tmp_path):

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from medicosam.effect.requirements import PIP_REQUIREMENTS, SAM2_REQUIREMENTS, TORCH_MODULES
+from medicosam.effect.requirements import PIP_REQUIREMENTS, TORCH_MODULES
+from medicosam.models.families import FAMILIES
 from medicosam.effect.settings import SHORTCUTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,7 +247,8 @@ def test_effect_installs_every_package_the_core_imports():
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 found.add(node.module.split(".")[0])
     third_party = found - set(sys.stdlib_module_names) - {"medicosam"}
-    provided = set(PIP_REQUIREMENTS) | set(SAM2_REQUIREMENTS) | set(TORCH_MODULES) | NOT_INSTALLED_BY_EFFECT
+    provided = set(PIP_REQUIREMENTS).union(*(family.requirements for family in FAMILIES.values()), TORCH_MODULES,
+                                            NOT_INSTALLED_BY_EFFECT)
     assert third_party <= provided, f"add {sorted(third_party - provided)} to medicosam.effect.requirements"
 
 

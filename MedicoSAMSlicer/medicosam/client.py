@@ -130,7 +130,7 @@ class RemotePredictor:
         self.volume = volume[None] if volume.ndim == 2 else volume
         self.client, self.window, self.fast = client, window, fast
         self.digest = get_digest(self.volume)
-        self.low_res_size = int(client.get_model()["image_size"]) // 4
+        self.low_res_size = int(client.get_model()["low_res_size"])
         self.session: Optional[str] = None
 
     def _open(self) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .embedding_cache import EmbeddingCache
 from .errors import InputError
-from .preprocessing import get_resized_coords, get_resized_image, get_resized_shape
+from .preprocessing import get_input_transform, get_resized_shape
 from .prompts import Prompts
 
 logger = logging.getLogger(__name__)
@@ -89,16 +89,12 @@ def get_speed_options(fast: bool) -> dict:
 
 
 def get_volume_predictor(loaded, volume: np.ndarray, fast: bool = False, **kwargs):
-    """The predictor of a loaded model: SAM's `VolumePredictor`, or the SAM2 engine for a `LoadedSam2`.
+    """The predictor of a loaded model: its family's engine (`medicosam.models.families`).
 
-    Both answer the same calls (`predict`, `predict_mask`, `propagate`, `get_embedding(s)`), so
-    every tool chooses its model without knowing its family.
+    Every engine answers the same calls (`predict`, `predict_mask`, `propagate`, `get_embedding(s)`),
+    so every tool chooses its model without knowing its family.
     """
-    if getattr(loaded, "family", "sam") == "sam2":
-        from .sam2_predictor import Sam2VolumePredictor
-
-        return Sam2VolumePredictor.from_loaded(loaded, volume, fast=fast, **kwargs)
-    return VolumePredictor.from_loaded(loaded, volume, fast=fast, **kwargs)
+    return loaded.family.open_predictor(loaded, volume, fast=fast, **kwargs)
 
 
 def get_checked_volume(volume) -> np.ndarray:
@@ -149,7 +145,8 @@ class VolumePredictor:
         self.model_id = model_id
         self.volume_id = volume_id or uuid.uuid4().hex
         self.cache = cache if cache is not None else EmbeddingCache()
-        self.image_size = self.sam.image_encoder.img_size
+        self.transform = get_input_transform(self.sam)
+        self.image_size = self.transform.image_size
         self.model_dtype = next(self.sam.parameters()).dtype
         self.cache_dtype = get_dtype(cache_dtype)
         self.acceleration = acceleration
@@ -164,7 +161,8 @@ class VolumePredictor:
 
     @property
     def low_res_size(self) -> int:
-        return self.image_size // 4
+        """Side of the mask decoder's low-res logits (SAM: 256 at 1024 px; LiteMedSAM: 256 at 256 px)."""
+        return int(self.sam.prompt_encoder.mask_input_size[0])
 
     def get_slice(self, axis: int, index: int) -> np.ndarray:
         if not 0 <= index < self.volume.shape[axis]:
@@ -204,7 +202,7 @@ class VolumePredictor:
         import torch
 
         images = [self.window.apply(self.get_slice(axis, index)) for index in indexes]
-        resized = np.stack([get_resized_image(image, self.image_size) for image in images])
+        resized = np.stack([self.transform.resize_image(image) for image in images])
         tensor = torch.as_tensor(resized, device=self.device).permute(0, 3, 1, 2).contiguous()
         with torch.no_grad(), self._get_speed(self.sam.image_encoder), self._get_autocast():
             features = self.sam.image_encoder(self.sam.preprocess(tensor))
@@ -325,9 +323,9 @@ class VolumePredictor:
         from .decoding import decode_prompts, get_heads_in_play, get_kept_output, get_prompt_tokens
 
         size, n = embedding.original_size, len(objects)
-        points = [get_resized_coords(np.asarray(p.points, np.float32).reshape(-1, 2), size, self.image_size)
+        points = [self.transform.resize_coords(np.asarray(p.points, np.float32).reshape(-1, 2), size)
                   for p in objects]
-        boxes = [None if p.box is None else get_resized_coords(np.reshape(p.box, (2, 2)), size, self.image_size)
+        boxes = [None if p.box is None else self.transform.resize_coords(np.reshape(p.box, (2, 2)), size)
                  for p in objects]
         coords, labels = get_prompt_tokens(points, [p.labels for p in objects], boxes)
         mask_logits = None

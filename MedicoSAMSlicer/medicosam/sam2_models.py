@@ -72,6 +72,11 @@ class Sam2Config:
         base = Path(self.config_file).stem
         return f"{base} ({', '.join(f'{k}={v}' for k, v in self.sizes)})" if self.sizes else base
 
+    @property
+    def arch(self) -> str:
+        """What listings and the server's /v1/models call it (as `SamConfig.arch`)."""
+        return self.name
+
     def get_overrides(self) -> list:
         """Hydra overrides: the video predictor class, sam2's post-processing, these sizes and the
         memory attention's RoPE grid, which follows the input size (1/16 of it)."""
@@ -256,3 +261,25 @@ def _import_hydra():
         raise ModelError(f"{INSTALL_HINT} ({e})") from None
     return compose, instantiate, omegaconf
 
+
+
+def recognises(obj: Mapping[str, Any]) -> bool:
+    """The SAM2 family's rule (`medicosam.models.families`): SAM2 weights, plain or in Meta's layout."""
+    return is_sam2_state(obj)
+
+
+def load(obj: Mapping[str, Any], *, checkpoint, path: Path, device: str, allow_custom: bool):
+    """The `LoadedSam2` of a checkpoint's dict: sizes from the file's record or the registry entry, then the state.
+
+    Sizes beyond an official config come only from a registry entry or from the record `export_sam2`
+    writes (`WRITER_KEY`): MedicoSAM's own either way, so a SAM2 file needs no `allow_custom`."""
+    from .models.checkpoint import LoadedSam2, get_loaded_id, prepare_state
+    from .models.registry import find_model_spec
+
+    state, record = get_sam2_state(obj, source=str(path))
+    spec = find_model_spec(str(checkpoint)) if isinstance(checkpoint, str) else None
+    sizes = get_sizes(record, str(path)) if record is not None else tuple(spec.sam2_sizes if spec else ())
+    config = detect_sam2_config(state, sizes, source=str(path))
+    prepare_state(state, None, device, source=str(path))
+    model = build_sam2_model(config, device, state, source=str(path))  # checked on the meta device first
+    return LoadedSam2(sam2=model, config=config, source=str(checkpoint), path=path, model_id=get_loaded_id(path))

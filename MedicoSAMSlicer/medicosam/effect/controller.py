@@ -223,9 +223,8 @@ def get_model_key(settings) -> tuple:
 
 
 def get_model_device(loaded) -> str:
-    """The device a loaded SAM or SAM2 model is on."""
-    model = loaded.sam2 if loaded.family == "sam2" else loaded.sam
-    return str(next(model.parameters()).device)
+    """The device a loaded model is on."""
+    return str(next(loaded.model.parameters()).device)
 
 
 def get_propagation_config(session, settings, rois: Sequence, view_normal_ras: Sequence[float],

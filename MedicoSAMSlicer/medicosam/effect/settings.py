@@ -23,11 +23,11 @@ from typing import Callable, Dict, Iterable, List, Tuple
 
 from ..device import DEVICE_CHOICES
 from ..errors import InputError
+from ..models.families import FAMILIES, ModelFamily
 from ..models.registry import MODELS
 from ..options import get_option_fields, get_value_type
 from ..propagation import PropagationConfig
 from .interaction import TOOL_PROMPTS
-from .requirements import SAM2_MIN_PYTHON
 
 CUSTOM_MODEL = "custom"  # the "Model" value that means "use the checkpoint file in CustomCheckpoint"
 TOOLS = tuple(TOOL_PROMPTS)
@@ -164,10 +164,11 @@ class EffectSettings:
         return self.custom_checkpoint
 
     @property
-    def family(self) -> str:
-        """The model family of a registry model ("sam" or "sam2"); a custom file counts as "sam" until it
-        is read (a SAM2 file without the sam2 package then says what to install)."""
-        return MODELS[self.model].format if self.model in MODELS else "sam"
+    def family(self) -> ModelFamily:
+        """The model family of a registry model; a custom file counts as SAM until it is read (a SAM2 file
+        without the sam2 package then says what to install)."""
+        spec = MODELS.get(self.model)
+        return FAMILIES[spec.family] if spec is not None and spec.family else FAMILIES["sam"]
 
     @property
     def cache_bytes(self) -> int:
@@ -229,23 +230,28 @@ class ModelChoice:
     downloaded: bool
 
 
-#: Registry formats the effect can prompt (decoders cannot), with the label prefix of their entries.
-PROMPTABLE_FORMATS = {"sam": "", "sam2": "SAM2, "}
-
-
-def get_model_choices(cached: Iterable, python: Tuple[int, int] = tuple(sys.version_info[:2])) -> List[ModelChoice]:
-    """SAM and SAM2 models of the registry (decoders are not promptable), each marked downloaded or
-    not (SAM2 ones on a Python older than 3.10 marked as needing Slicer 5.10), then the
-    custom-checkpoint entry. `cached` is `models.download.list_cached_models()`."""
+def get_model_choices(cached: Iterable, python: Tuple[int, int] = tuple(sys.version_info[:2]),
+                      has_gpu: bool = True) -> List[ModelChoice]:
+    """The promptable models of the registry (decoders are not), each marked downloaded or not (or
+    needing a newer Slicer, for families whose packages need a newer Python), then the custom-checkpoint
+    entry. Without a GPU (torch sees neither CUDA nor MPS) the families that run fast on a CPU come
+    first and say so: ViT-B takes 6-16 s per slice there, LiteMedSAM well under one.
+    `cached` is `models.download.list_cached_models()`."""
     complete = {entry.name for entry in cached if entry.complete}
     choices = []
     for name, spec in MODELS.items():
-        if spec.format not in PROMPTABLE_FORMATS:
+        if spec.family is None:
             continue
+        family = FAMILIES[spec.family]
         size = f", {spec.size / 1e6:.0f} MB" if spec.size else ""
         state = "downloaded" if name in complete else f"not downloaded{size}"
-        if spec.format == "sam2" and python < SAM2_MIN_PYTHON:
+        if python < family.min_python:
             state = "needs Slicer 5.10 or later"
-        choices.append(ModelChoice(name, f"{name} ({PROMPTABLE_FORMATS[spec.format]}{state})", name in complete))
+        elif not has_gpu and family.capabilities.recommended_without_gpu:
+            state += ", recommended without a GPU"
+        prefix = "" if family.name == "sam" else f"{family.label}, "
+        choices.append(ModelChoice(name, f"{name} ({prefix}{state})", name in complete))
+    if not has_gpu:
+        choices.sort(key=lambda choice: not FAMILIES[MODELS[choice.name].family].capabilities.recommended_without_gpu)
     choices.append(ModelChoice(CUSTOM_MODEL, "Custom checkpoint file...", True))
     return choices

@@ -32,7 +32,7 @@ from medicosam.atomic import writing_atomically
 from medicosam.errors import ModelError
 from medicosam.models.config import OFFICIAL_CONFIGS, SamConfig, build_sam, detect_config
 from medicosam.models.download import ProgressCallback, get_checked_file_id, resolve_checkpoint
-from medicosam.sam2_models import is_sam2_state
+from medicosam.models.families import FAMILIES, ModelFamily, detect_family
 
 _SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 #: Wrapper prefixes, outermost first: DDP, torch.compile, micro-sam's TrainableSAM.
@@ -57,28 +57,39 @@ class LoadedSam:
     """A ready SAM model and where it came from.
 
     Attributes:
-        sam: the `segment_anything.modeling.Sam`, in eval mode on the requested device.
-        config: its architecture.
+        sam: the `segment_anything.modeling.Sam` (a `TinyVitSam` for LiteMedSAM), in eval mode on the
+            requested device.
+        config: its architecture (`SamConfig`; `LiteSamConfig` for LiteMedSAM).
         decoder_state: the segmentation decoder's state dict when the file carried one.
         source: what the caller asked for (registry name, path or URL).
         path: the local file that was read.
         model_id: first 16 hex digits of the file's xxh128, a stable key for embedding caches.
+        family: its `ModelFamily` (engine, packages, capabilities).
     """
 
     sam: Any
-    config: SamConfig
+    config: Any
     decoder_state: Optional[Dict[str, Any]]
     source: str
     path: Path
     model_id: str
-    family = "sam"  # which engine runs it (`medicosam.predictor.get_volume_predictor`)
+    family: ModelFamily = FAMILIES["sam"]
+
+    @property
+    def model(self):
+        return self.sam
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of its mask decoder's low-res logits (SAM: 256 at 1024 px; LiteMedSAM: 256 at 256 px)."""
+        return int(self.sam.prompt_encoder.mask_input_size[0])
 
 
 @dataclasses.dataclass
 class LoadedSam2:
     """A ready SAM2 / MedSAM2 model (`sam2`'s SAM2VideoPredictor, eval mode) and where it came from.
 
-    `load_sam` returns one for SAM2 files; `family` tells the two apart for the predictor factory.
+    `load_sam` returns one for SAM2 files.
     """
 
     sam2: Any
@@ -86,7 +97,15 @@ class LoadedSam2:
     source: str
     path: Path
     model_id: str
-    family = "sam2"
+    family: ModelFamily = FAMILIES["sam2"]
+
+    @property
+    def model(self):
+        return self.sam2
+
+    @property
+    def low_res_size(self) -> int:
+        return self.config.image_size // 4
 
 
 def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
@@ -168,7 +187,20 @@ def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
         ) from None
     except ModelError as e:
         raise ModelError(f"{source} is not a usable SAM checkpoint: {e}.") from None
-    expected = _get_expected_shapes(config)
+    problems = get_state_problems(state, _get_expected_shapes(config))
+    if not allow_custom and config.arch == "custom":
+        problems.append(
+            f"a non-official architecture ({_describe_config_difference(config)}) in a file MedicoSAM did not "
+            "write: segment_anything.sam_model_registry cannot load it; if you trust it, pass --allow-custom "
+            "(allow_custom=True) to build it with MedicoSAM's builder"
+        )
+    if problems:
+        raise ModelError(f"{source} cannot be loaded as a SAM model:\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def get_state_problems(state: Mapping[str, Any], expected: Mapping[str, Tuple[int, ...]]) -> List[str]:
+    """What differs between a state dict and the shapes a model expects (adapters named as such)."""
     problems = []
     unexpected = [key for key in state if key not in expected]
     adapters = [key for key in unexpected if "adapter" in key.lower()]
@@ -185,15 +217,7 @@ def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
                   for key, shape in expected.items() if key in state and tuple(state[key].shape) != shape]
     if mismatched:
         problems.append(f"{len(mismatched)} tensors of unexpected shape: {', '.join(mismatched[:4])}")
-    if not allow_custom and config.arch == "custom":
-        problems.append(
-            f"a non-official architecture ({_describe_config_difference(config)}) in a file MedicoSAM did not "
-            "write: segment_anything.sam_model_registry cannot load it; if you trust it, pass --allow-custom "
-            "(allow_custom=True) to build it with MedicoSAM's builder"
-        )
-    if problems:
-        raise ModelError(f"{source} cannot be loaded as a SAM model:\n  - " + "\n  - ".join(problems))
-    return config
+    return problems
 
 
 def load_sam(
@@ -209,42 +233,54 @@ def load_sam(
     `allow_custom` admits non-official SAM sizes in files MedicoSAM did not write; its own files
     (`is_medicosam_checkpoint`) load without it, in every command alike.
     """
-    import torch
-
     path = resolve_checkpoint(checkpoint, offline=offline, progress=progress)
     obj = load_checkpoint_file(path)
-    allow_custom = allow_custom or is_medicosam_checkpoint(obj)
-    if is_sam2_state(obj):
-        return _load_sam2(obj, checkpoint, path, device)
+    family = detect_family(obj) or FAMILIES["sam"]  # SAM's loader names what a file lacks
+    return family.get_module().load(obj, checkpoint=checkpoint, path=path, device=device,
+                                    allow_custom=allow_custom or is_medicosam_checkpoint(obj))
+
+
+def recognises(obj: Mapping[str, Any]) -> bool:
+    """True for a file with SAM weights in any layout `get_sam_state_dict` unwraps (the SAM family's rule)."""
+    try:
+        get_sam_state_dict(obj)
+    except ModelError:
+        return False
+    return True
+
+
+def load(obj: Mapping[str, Any], *, checkpoint, path: Path, device: str, allow_custom: bool) -> LoadedSam:
+    """The SAM (ViT) model of a checkpoint's dict: its architecture from the shapes, every key checked."""
+    import torch
+
     sam_state, decoder_state = get_sam_state_dict(obj, source=str(path))
     config = check_sam_state(sam_state, allow_custom=allow_custom, source=str(path))
-    _check_memory(sam_state, device, source=str(path))
-    for state in (sam_state, decoder_state or {}):
-        _check_tensors(state, source=str(path))
+    prepare_state(sam_state, decoder_state, device, source=str(path))
     with torch.device(device):  # random init on the target device: fast on GPUs, no CPU copy
         sam = build_sam(config)
     sam.load_state_dict(sam_state)
     return LoadedSam(sam=sam.to(device).eval(), config=config, decoder_state=decoder_state,
-                     source=str(checkpoint), path=path, model_id=get_checked_file_id(path)[:16])
+                     source=str(checkpoint), path=path, model_id=get_loaded_id(path))
 
 
-def _load_sam2(obj: Mapping[str, Any], checkpoint, path: Path, device: str) -> LoadedSam2:
-    """The SAM2 model of a loaded file: sizes from the file's record or the registry entry, then the state.
+def prepare_state(sam_state: Mapping[str, Any], decoder_state: Optional[Mapping[str, Any]], device: str,
+                  source: str) -> None:
+    """Refuse a model too big for `device` and weights that are not finite, before anything is built."""
+    _check_memory(sam_state, device, source=source)
+    for state in (sam_state, decoder_state or {}):
+        _check_tensors(state, source=source)
 
-    Sizes beyond an official config come only from a registry entry or from the record `export_sam2`
-    writes (`WRITER_KEY`): MedicoSAM's own either way, so a SAM2 file needs no allow_custom."""
-    from medicosam.models.registry import find_model_spec
-    from medicosam.sam2_models import build_sam2_model, detect_sam2_config, get_sam2_state, get_sizes
 
-    state, record = get_sam2_state(obj, source=str(path))
-    spec = find_model_spec(str(checkpoint)) if isinstance(checkpoint, str) else None
-    sizes = get_sizes(record, str(path)) if record is not None else tuple(spec.sam2_sizes if spec else ())
-    config = detect_sam2_config(state, sizes, source=str(path))
-    _check_memory(state, device, source=str(path))
-    _check_tensors(state, source=str(path))
-    model = build_sam2_model(config, device, state, source=str(path))  # checked on the meta device first
-    return LoadedSam2(sam2=model, config=config, source=str(checkpoint), path=path,
-                      model_id=get_checked_file_id(path)[:16])
+def get_loaded_id(path: Path) -> str:
+    """The `model_id` of a loaded file (embedding cache keys)."""
+    return get_checked_file_id(path)[:16]
+
+
+def check_state_keys(state: Mapping[str, Any], expected: Mapping[str, Tuple[int, ...]], title: str) -> None:
+    """ModelError titled `title` listing what differs, when anything does."""
+    problems = get_state_problems(state, expected)
+    if problems:
+        raise ModelError(f"{title}:\n  - " + "\n  - ".join(problems))
 
 
 def load_decoder_state(

@@ -92,39 +92,45 @@ def get_tiny_config(image_size: int = 256, embed_dim: int = 64, depth: int = 2) 
 def build_sam(config: SamConfig):
     """Build a real `segment_anything.modeling.Sam` for `config` (random weights, eval mode)."""
     import torch
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
+    from segment_anything.modeling import ImageEncoderViT, Sam
 
     c = config
-    grid = c.embedding_size
+    image_encoder = ImageEncoderViT(  # built first: seeded models keep the weights they always had
+        depth=c.encoder_depth, embed_dim=c.encoder_embed_dim, img_size=c.image_size,
+        mlp_ratio=c.mlp_ratio, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=c.encoder_num_heads, patch_size=c.patch_size, qkv_bias=True, use_rel_pos=True,
+        global_attn_indexes=c.encoder_global_attn_indexes, window_size=c.window_size,
+        out_chans=c.prompt_embed_dim,
+    )
+    prompt_encoder, mask_decoder = build_prompt_encoder_and_decoder(config)
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=c.encoder_depth, embed_dim=c.encoder_embed_dim, img_size=c.image_size,
-            mlp_ratio=c.mlp_ratio, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=c.encoder_num_heads, patch_size=c.patch_size, qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=c.encoder_global_attn_indexes, window_size=c.window_size,
-            out_chans=c.prompt_embed_dim,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=c.prompt_embed_dim, image_embedding_size=(grid, grid),
-            input_image_size=(c.image_size, c.image_size), mask_in_chans=c.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=c.num_multimask_outputs,
-            transformer=TwoWayTransformer(depth=c.decoder_depth, embedding_dim=c.prompt_embed_dim,
-                                          mlp_dim=c.decoder_mlp_dim, num_heads=c.decoder_num_heads),
-            transformer_dim=c.prompt_embed_dim, iou_head_depth=c.iou_head_depth,
-            iou_head_hidden_dim=c.iou_head_hidden_dim,
-        ),
+        image_encoder=image_encoder,
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
         pixel_mean=list(PIXEL_MEAN),
         pixel_std=list(PIXEL_STD),
     )
     return sam.eval()
+
+
+def build_prompt_encoder_and_decoder(config: SamConfig):
+    """`segment_anything`'s prompt encoder and mask decoder of `config` (every SAM-decoder family shares them)."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    c = config
+    grid = c.embedding_size
+    prompt_encoder = PromptEncoder(
+        embed_dim=c.prompt_embed_dim, image_embedding_size=(grid, grid),
+        input_image_size=(c.image_size, c.image_size), mask_in_chans=c.mask_in_chans,
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=c.num_multimask_outputs,
+        transformer=TwoWayTransformer(depth=c.decoder_depth, embedding_dim=c.prompt_embed_dim,
+                                      mlp_dim=c.decoder_mlp_dim, num_heads=c.decoder_num_heads),
+        transformer_dim=c.prompt_embed_dim, iou_head_depth=c.iou_head_depth,
+        iou_head_hidden_dim=c.iou_head_hidden_dim,
+    )
+    return prompt_encoder, mask_decoder
 
 
 def _count_indexed(state: Mapping, prefix: str) -> int:

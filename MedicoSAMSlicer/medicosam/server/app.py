@@ -110,8 +110,9 @@ def create_app(state: ServerState) -> FastAPI:
     def models():
         loaded = state.loaded
         return {"name": os.path.basename(str(loaded.source)), "architecture": loaded.config.arch,
-                "hash": loaded.model_id, "image_size": loaded.sam.image_encoder.img_size,
-                "device": str(next(loaded.sam.parameters()).device), "fast": config.fast,
+                "family": loaded.family.name, "hash": loaded.model_id, "image_size": loaded.config.image_size,
+                "low_res_size": loaded.low_res_size, "device": str(next(loaded.model.parameters()).device),
+                "fast": config.fast,
                 "protocol": PROTOCOL, **state.get_counts()}
 
     @app.head("/v1/volumes/{digest}")
@@ -216,14 +217,20 @@ async def _stream(session, axis: int, seeds: dict, config, lookahead: Optional[i
     events: queue.Queue = queue.Queue()
     predictor = session.predictor
     session.cancel.clear()
+    streamed: set = set()
 
     def run():
         try:
-            predictor.on_slice = lambda index, mask: events.put({"event": "slice", "index": index,
-                                                                 "mask": to_text(mask)})
+            def on_slice(index, mask):
+                streamed.add(index)
+                events.put({"event": "slice", "index": index, "mask": to_text(mask)})
+
+            predictor.on_slice = on_slice
             result = predictor.propagate(axis, seeds, config, progress=lambda d, t: events.put(
                 {"event": "progress", "done": d, "total": t}), should_cancel=session.cancel.is_set,
                 lookahead=lookahead)
+            for index in sorted(set(result.masks) - streamed):  # engines that track a video return them at the end
+                events.put({"event": "slice", "index": index, "mask": to_text(result.masks[index])})
             events.put({"event": "done", "accepted": sorted(result.masks), "cancelled": result.cancelled,
                         "stopped_at": result.stopped_at, "reasons": {k: v.value for k, v in result.reasons.items()}})
         except MedicoSAMError as error:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from .config import ServeConfig
 
 
@@ -23,9 +23,6 @@ def serve(config: ServeConfig, download_progress=None) -> None:
         raise InputError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
     loaded = load_sam(config.model, device=get_device(config.device), allow_custom=config.allow_custom,
                       offline=config.offline, progress=download_progress)
-    if loaded.family != "sam":  # the server's sessions are SAM `VolumePredictor`s
-        raise ModelError(f"{config.model} is a {loaded.family.upper()} model; `medicosam serve` runs SAM-family "
-                         "models (SAM, MedicoSAM, MedSAM): run SAM2 models locally (`medicosam segment --model ...`)")
     app = create_app(ServerState(loaded, config))
     scheme = "https" if config.ssl_certfile else "http"
     # the normal start, on stdout: not a warning (the log shows only warnings, uvicorn's included)

@@ -9,6 +9,7 @@ unit of scale (docs/server.md).
 
 from __future__ import annotations
 
+import functools
 import secrets
 import threading
 import time
@@ -18,7 +19,6 @@ import numpy as np
 
 from ..embedding_cache import EmbeddingCache
 from ..errors import InputError
-from ..predictor import VolumePredictor
 
 
 class SessionNotFound(LookupError):
@@ -29,11 +29,12 @@ class ServerFull(RuntimeError):
     """An upload does not fit under the volume caps, and every volume held belongs to an open session."""
 
 
-class _LockedPredictor(VolumePredictor):
-    """A `VolumePredictor` whose model calls hold the server's model lock (one call at a time)."""
+class _Locking:
+    """Mixed into a family's engine: its model calls hold the server's model lock (one call at a time),
+    and each slice a slice-by-slice propagation predicts goes to `on_slice` (streamed as it comes)."""
 
     model_lock: threading.RLock
-    on_slice = None  # called with (index, mask) for each slice a propagation predicts (streamed)
+    on_slice = None  # called with (index, mask)
 
     def predict_mask(self, axis: int, index: int, prompts):
         mask = super().predict_mask(axis, index, prompts)
@@ -54,15 +55,21 @@ class _LockedPredictor(VolumePredictor):
             return super().get_embedding(*args, **kwargs)
 
 
+@functools.lru_cache(maxsize=None)
+def get_locked_engine(engine: type) -> type:
+    """The server's version of a family's engine class (`ModelFamily.get_engine`)."""
+    return type(f"Locked{engine.__name__}", (_Locking, engine), {})
+
+
 class Session:
-    def __init__(self, owner: str, digest: str, predictor: VolumePredictor):
+    def __init__(self, owner: str, digest: str, predictor):
         self.owner, self.digest, self.predictor = owner, digest, predictor
         self.cancel = threading.Event()
         self.used = time.monotonic()
 
 
 class ServerState:
-    """The model (`LoadedSam`), the cache, the uploads and the sessions of one server process."""
+    """The model (any family's), the cache, the uploads and the sessions of one server process."""
 
     def __init__(self, loaded, config):
         self.loaded, self.config = loaded, config
@@ -105,7 +112,6 @@ class ServerState:
 
     def open_session(self, owner: str, digest: str, window: str, fast: bool) -> str:
         from ..normalization import get_intensity_window
-        from ..predictor import get_speed_options
 
         self.expire()
         with self._lock:
@@ -115,9 +121,9 @@ class ServerState:
         if fast and not self.config.fast:
             raise InputError("this server runs the official fp32 path only (--no-fast): ask for fast = false")
         volume = entry[0]
-        predictor = _LockedPredictor(self.loaded.sam, volume, get_intensity_window(volume, window),
-                                     model_id=self.loaded.model_id, volume_id=digest, cache=self.cache,
-                                     **get_speed_options(fast))
+        engine = get_locked_engine(self.loaded.family.get_engine())
+        predictor = engine.from_loaded(self.loaded, volume, fast=fast, window=get_intensity_window(volume, window),
+                                       volume_id=digest, cache=self.cache)
         predictor.model_lock = self.model_lock
         session_id = secrets.token_urlsafe(24)
         with self._lock:

