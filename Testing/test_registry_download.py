@@ -28,7 +28,7 @@ from medicosam.models.download import (
     resolve_checkpoint,
     verify_cached_model,
 )
-from medicosam.models.registry import ALIASES, MICROSAM_ALIASES, MODELS, ModelSpec, find_model_spec, get_model_spec
+from medicosam.models.registry import ALIASES, MODELS, ModelSpec, find_model_spec, get_model_spec
 
 PAYLOAD = random.Random(0).randbytes(2_500_000)  # > 2 chunks of download.CHUNK_SIZE
 PATH = "/weights/model.pth"

@@ -147,7 +147,7 @@ def test_bad_sam2_checkpoints(sam2_checkpoint, tmp_path):
 
     path, _ = sam2_checkpoint
     obj = torch.load(path, weights_only=True)
-    assert load_sam(path).family.name == "sam2"  # reduced, but `export_sam2`'s record marks it MedicoSAM's: no allow_custom
+    assert load_sam(path).family.name == "sam2"  # reduced, but marked MedicoSAM's by export_sam2: no allow_custom
     state = dict(obj["model"])
     state.pop("sam_mask_decoder.iou_token.weight")
     torch.save({**obj, "model": state}, tmp_path / "missing.pt")

@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 
 from medicosam.effect.requirements import PIP_REQUIREMENTS, TORCH_MODULES
-from medicosam.models.families import FAMILIES
 from medicosam.effect.settings import SHORTCUTS
+from medicosam.models.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICER_DIR = ROOT / "MedicoSAMSlicer"

@@ -55,7 +55,7 @@ class _Locking:
             return super().get_embedding(*args, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_locked_engine(engine: type) -> type:
     """The server's version of a family's engine class (`ModelFamily.get_engine`)."""
     return type(f"Locked{engine.__name__}", (_Locking, engine), {})
