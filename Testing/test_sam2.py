@@ -221,14 +221,16 @@ def test_a_size_record_larger_than_its_weights_is_refused_before_anything_is_bui
     record = {"image_encoder.trunk.embed_dim": 512, "image_encoder.trunk.stages": [2, 4, 8, 2],
               "image_encoder.neck.backbone_channel_list": [4096, 2048, 1024, 512]}  # 860 M parameters, 3.4 GB
     torch.save({**obj, "medicosam": {**obj["medicosam"], **record}}, tmp_path / "big.pt")
-    script = ("import resource, sys\n"
+    # The loader's own peak memory: VmHWM of its process (ru_maxrss would keep the forking parent's).
+    script = ("import sys\n"
               "from medicosam.errors import ModelError\n"
               "from medicosam.models.checkpoint import load_sam\n"
               "try:\n"
               "    load_sam(sys.argv[1], allow_custom=True)\n"
               "except ModelError as error:\n"
               "    print(error)\n"
-              "print('peak MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+              "status = open('/proc/self/status').read()\n"
+              "print('peak MB', int(status.split('VmHWM:')[1].split()[0]) // 1024)\n")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "big.pt")], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
