@@ -40,7 +40,7 @@ class ServeConfig:
     max_volume_mb: int = option(4096, "largest volume once decompressed, in MB")
     max_request_mb: int = option(256, "most a request's masks, logits and propagation seeds may take in all "
                                  "once decompressed, in MB")
-    max_volumes: int = option(64, "most uploaded volumes held at once, all tokens together (the least recently "
+    max_volumes: int = option(256, "most uploaded volumes held at once, all tokens together (the least recently "
                               "used one no session holds makes room)")
     volumes_mb: int = option(16384, "most memory the uploaded volumes may take together, in MB (the least "
                              "recently used one no session holds makes room)")
