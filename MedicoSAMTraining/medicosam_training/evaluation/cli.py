@@ -29,7 +29,6 @@ from .interactive_3d import (
     Interactive3DConfig,
     PropagationGrid,
     evaluate_interactive_3d,
-    is_native,
     select_best_settings,
 )
 from .protocol import START_PROMPTS
@@ -211,7 +210,8 @@ def _run_interactive_2d(args) -> int:
     return _report([results.path, *write_report_2d(results.rows, output)], complete)
 
 
-def _get_settings(args, with_validation: bool):
+def _get_grid(args, with_validation: bool) -> PropagationGrid:
+    """The propagation settings to search; without validation data, one setting (for every family)."""
     from medicosam.propagation import PropagationConfig
 
     defaults = PropagationGrid() if with_validation else None
@@ -221,17 +221,15 @@ def _get_settings(args, with_validation: bool):
                                                      else (PropagationConfig.iou_threshold,))),
         box_extensions=tuple(args.box_extensions or (defaults.box_extensions if defaults
                                                      else (PropagationConfig.box_extension,))))
-    settings = grid.get_settings()
-    if not with_validation and len(settings) > 1:
-        raise InputError(f"{len(settings)} propagation settings but no validation data to choose among "
+    n_settings = len(grid.get_settings())
+    if not with_validation and n_settings > 1:
+        raise InputError(f"{n_settings} propagation settings but no validation data to choose among "
                          "them: pass --val-images and --val-labels, or one value each for --modes, "
                          "--iou-thresholds and --box-extensions")
-    return settings
+    return grid
 
 
 def _run_interactive_3d(args) -> int:
-    from medicosam.propagation import PropagationConfig
-
     with_validation = bool(args.val_images)
     if args.val_labels and not args.val_images:
         raise InputError("--val-labels needs --val-images (or give neither, with one fixed setting)")
@@ -239,7 +237,7 @@ def _run_interactive_3d(args) -> int:
     config = Interactive3DConfig(axis=args.axis, min_size=args.min_size, min_slice_size=args.min_slice_size,
                                  split_components=args.components, classes=classes, window=args.window,
                                  fast=args.fast)
-    settings = _get_settings(args, with_validation)
+    grid = _get_grid(args, with_validation)
     test = LabeledFolder(args.images, args.labels, ndim=3, max_items=args.max_images, class_map=class_map)
     val = LabeledFolder(args.val_images, args.val_labels, ndim=3, class_map=class_map) if with_validation else None
     dataset = args.dataset or _get_dataset_name(args.images)
@@ -252,10 +250,10 @@ def _run_interactive_3d(args) -> int:
         loaded = _load_model(label, source, args, results)
         kwargs = dict(model=label, model_id=loaded.model_id, dataset=dataset, results=results,
                       show_progress=not args.quiet)
+        # the settings its family honours (SAM2's native engine: none of the grid's, so no search)
+        settings = grid.get_settings(loaded.family.capabilities.propagation_settings)
         chosen = {start: settings for start in args.starts}
-        if is_native(loaded):  # SAM2: its own propagation, no grid search (the paper's protocol)
-            chosen = {start: [PropagationConfig()] for start in args.starts}
-        elif val is not None:
+        if len(settings) > 1:
             run = evaluate_interactive_3d(loaded, val, chosen, config, split="val", max_objects=budget, **kwargs)
             budget = None if budget is None else budget - run.n_objects
             if not run.complete:

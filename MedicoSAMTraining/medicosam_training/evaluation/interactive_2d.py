@@ -169,7 +169,7 @@ def evaluate_interactive_2d(sam, samples: Sequence[LabeledImage], config: Intera
     """Run the 2D protocol for one model on labeled 2D images, skipping units `results` already holds.
 
     Args:
-        sam: a loaded model (`load_sam`: SAM or SAM2) or a `segment_anything` Sam, on the device to use.
+        sam: a loaded model (`load_sam`: any family) or a `segment_anything` Sam, on the device to use.
         samples: labeled images (e.g. a `LabeledFolder`), read one at a time.
         config: the protocol settings.
         starts: which start prompts to run ("point", "box").

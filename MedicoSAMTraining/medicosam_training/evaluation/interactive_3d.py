@@ -11,10 +11,11 @@ whole volume.
 Propagation settings (mode x IoU threshold x box extension) are chosen by a grid search on a
 validation split, one best setting per model and start prompt (mean Dice over the validation
 objects), and only that setting is then run on the test split. The reference implementation
-instead reports the best setting per test volume, an oracle (docs/evaluation.md).
-
-SAM2 models (`LoadedSam2`) propagate natively, slices as video frames with their memory bank, and
-run without a grid search, as in the paper: one default setting, their rows marked `NATIVE`.
+instead reports the best setting per test volume, an oracle (docs/evaluation.md). A model's grid
+holds only the settings its family honours (`Capabilities.propagation_settings`; the others keep
+their defaults), so SAM and LiteMedSAM search the whole grid, while SAM2, whose engine propagates
+natively (slices as video frames with its memory bank) and honours none of the three, runs one
+default setting without a grid search, as in the paper; rows of native engines are marked `NATIVE`.
 
 A setting is a `PropagationConfig`; its columns and keys are that class's option fields, so a new
 propagation field becomes a column here (and older CSVs, without it, read as its default).
@@ -23,11 +24,12 @@ propagation field becomes a column here (and older CSVs, without it, read as its
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from medicosam.errors import DataError, InputError
+from medicosam.models.families import PROPAGATION_SETTINGS
 from medicosam.normalization import get_intensity_window
 from medicosam.options import get_option_fields
 from medicosam.overlap import get_dice
@@ -41,6 +43,7 @@ from .protocol import (
     ObjectMask,
     check_starts,
     check_window,
+    get_model_family,
     get_model_predictor,
     get_sample_objects,
     get_start_prompts,
@@ -52,18 +55,12 @@ SETTING_FIELDS = tuple(field.name for field in get_option_fields(PropagationConf
 #: Columns of the 3D results CSV (one row per object, start and propagation setting) and the unit key.
 FIELDS_3D = ("model", "dataset", "split", "image", "class", "object", "start", "slice", *SETTING_FIELDS,
              "propagation", "seed_dice", "dice")
-#: The `propagation` column: SAM's prompt propagation (setting from the grid search) or SAM2's engine.
+#: The `propagation` column: prompt propagation (setting from the grid search) or a native engine (SAM2's).
 PROMPTED, NATIVE = "prompt propagation", "native propagation, no grid search"
 KEY_FIELDS_3D = ("model", "dataset", "split", "image", "object", "start", *SETTING_FIELDS)
 #: What a results CSV from before a propagation field existed held for it: the field's default
 #: (a new field defaults to the earlier behaviour), so such files resume (`ResultsCSV`'s `fill`).
 FILL_3D = {**{field.name: field.default for field in get_option_fields(PropagationConfig)}, "propagation": PROMPTED}
-
-
-def is_native(model) -> bool:
-    """True for models that propagate natively (SAM2): no grid search for them."""
-    return getattr(model, "family", "sam") == "sam2"
-
 
 
 @dataclasses.dataclass
@@ -94,13 +91,18 @@ class PropagationGrid:
     iou_thresholds: Tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
     box_extensions: Tuple[float, ...] = tuple(round(0.025 * i, 3) for i in range(11))
 
-    def get_settings(self) -> List[PropagationConfig]:
-        """Every combination, except that "single_point" (which ignores the box) gets one extension."""
+    def get_settings(self, honoured: Collection[str] = PROPAGATION_SETTINGS) -> List[PropagationConfig]:
+        """Every combination of the values of the `honoured` settings (the others keep their defaults),
+        except that "single_point" (which ignores the box) gets one extension."""
+        default = PropagationConfig()
+        modes = self.modes if "mode" in honoured else (default.mode,)
+        thresholds = self.iou_thresholds if "iou_threshold" in honoured else (default.iou_threshold,)
+        extensions = self.box_extensions if "box_extension" in honoured else (default.box_extension,)
         settings = []
-        for mode in self.modes:
-            extensions = self.box_extensions[:1] if mode == "single_point" else self.box_extensions
+        for mode in modes:
+            kept = extensions[:1] if mode == "single_point" else extensions
             settings += [PropagationConfig(mode=mode, iou_threshold=float(t), box_extension=float(e))
-                         for t in self.iou_thresholds for e in extensions]
+                         for t in thresholds for e in kept]
         return settings
 
 
@@ -156,6 +158,7 @@ class _Protocol3D(Protocol):
         check_starts(list(settings))
         self.sam, self.settings, self.config = sam, settings, config
         self.model, self.model_id, self.dataset, self.split = model, model_id, dataset, split
+        self.propagation = NATIVE if get_model_family(sam).capabilities.native_propagation else PROMPTED
 
     def get_objects(self, sample: LabeledImage) -> Tuple[List[ObjectMask], List[ObjectMask]]:
         """The objects of the volume, and those with fewer than `min_slice_size` pixels on their central slice."""
@@ -199,8 +202,8 @@ class _Protocol3D(Protocol):
                 setting = PropagationConfig(**{name: unit[name] for name in SETTING_FIELDS})
                 dice = get_dice(get_propagated_mask(predictor, axis, index, seed_mask, setting), target)
                 trace.dice[get_setting_key(setting)] = dice
-                run.add_rows([{**unit, "slice": index, "propagation": NATIVE if is_native(self.sam) else PROMPTED,
-                               "seed_dice": trace.seed_dice, "dice": dice}])
+                run.add_rows([{**unit, "slice": index, "propagation": self.propagation, "seed_dice": trace.seed_dice,
+                               "dice": dice}])
 
 
 def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapping[str, Sequence[PropagationConfig]],
@@ -210,7 +213,7 @@ def evaluate_interactive_3d(sam, samples: Sequence[LabeledImage], settings: Mapp
     """Run the 3D protocol for one model, skipping units `results` already holds.
 
     Args:
-        sam: a loaded model (`load_sam`: SAM or SAM2) or a `segment_anything` Sam, on the device to use.
+        sam: a loaded model (`load_sam`: any family) or a `segment_anything` Sam, on the device to use.
         samples: labeled volumes (KJI).
         settings: start prompt ("point" / "box") -> propagation settings to run from it (the grid
             on validation data, the selected setting on test data).

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from medicosam.errors import InputError
+from medicosam.models.families import FAMILIES, ModelFamily
 from medicosam.normalization import PRESETS
 from medicosam.prompts import Prompts, get_box, get_center_prompt
 
@@ -128,11 +129,26 @@ def get_start_prompts(mask: np.ndarray, start: str) -> Prompts:
     raise InputError(f"unknown start prompt {start!r}: use one of {START_PROMPTS}")
 
 
+def get_model_family(model) -> ModelFamily:
+    """The family of a loaded model (`load_sam`), or of a bare `segment_anything` Sam: SAM's, or
+    LiteMedSAM's for its `TinyVitSam`."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        return model.family
+    from medicosam.models.lite_sam import get_sam_class
+
+    return FAMILIES["lite" if isinstance(model, get_sam_class()) else "sam"]
+
+
 def get_model_predictor(model, image: np.ndarray, window, fast: bool, **kwargs):
-    """The predictor of a loaded model (SAM or SAM2, `get_volume_predictor`) or of a bare SAM `Sam`."""
+    """The predictor of a loaded model (its family's engine, `get_volume_predictor`) or of a bare `Sam`
+    (`VolumePredictor`, the engine of SAM and LiteMedSAM)."""
+    from torch import nn
+
     from medicosam.predictor import VolumePredictor, get_speed_options, get_volume_predictor
 
-    if hasattr(model, "family"):  # its model_id is the file's
-        kwargs.pop("model_id", None)
-        return get_volume_predictor(model, image, fast=fast, window=window, **kwargs)
-    return VolumePredictor(model, image, window, **kwargs, **get_speed_options(fast))
+    if isinstance(model, nn.Module):
+        return VolumePredictor(model, image, window, **kwargs, **get_speed_options(fast))
+    kwargs.pop("model_id", None)  # a loaded model's is its file's
+    return get_volume_predictor(model, image, fast=fast, window=window, **kwargs)
