@@ -25,6 +25,8 @@ from medicosam.effect.settings import (
 )
 from medicosam.errors import InputError
 from medicosam.markups import is_negative_list
+from medicosam.models.families import FAMILIES, PROPAGATION_SETTINGS
+from medicosam.models.registry import MODELS
 from medicosam.options import get_option_fields
 from medicosam.prompts import PROPAGATION_MODES
 from medicosam.propagation import PropagationConfig
@@ -178,3 +180,26 @@ def test_rows_shown_follow_where_the_model_runs_and_the_model():
     assert "custom_checkpoint" not in shown(local) and "custom_checkpoint" in shown(custom)
     assert shown(remote) >= {"server.url", "server.token", "server.remember_token", "fast", "propagation.mode"}
     assert not shown(remote) & {"model", "device", "cache_mb", "custom_checkpoint"}
+
+
+@pytest.mark.parametrize("family", FAMILIES.values(), ids=lambda family: family.name)
+def test_each_familys_panel_shows_exactly_the_propagation_settings_it_honours(family):
+    """The capability test: with a model of the family chosen, the panel's propagation rows are those
+    the family's engine honours; one it honours without a row is set by the segment's ROI."""
+    model = next(name for name, spec in MODELS.items() if spec.family == family.name)
+    settings = EffectSettings(model=model)
+    assert settings.family is family
+    honoured = family.capabilities.propagation_settings
+    rows = {row.field.partition(".")[2]: row for row in ROWS if row.field.startswith("propagation.")}
+    assert {name for name, row in rows.items() if is_row_shown(row, settings)} == honoured & set(rows)
+    assert honoured - set(rows) <= {"slice_range"}
+    remote = dataclasses.replace(settings, server=ServerSettings("server", "http://gpu:8765"))
+    assert all(is_row_shown(row, remote) for row in rows.values())  # the server's model is not known here
+
+
+def test_families_classify_every_propagation_setting():
+    """A new `PropagationConfig` field must be placed: every family says whether it honours it."""
+    assert {field.name for field in get_option_fields(PropagationConfig)} == PROPAGATION_SETTINGS
+    assert all(family.capabilities.propagation_settings <= PROPAGATION_SETTINGS for family in FAMILIES.values())
+    assert FAMILIES["sam2"].capabilities.propagation_settings == {"direction", "max_slices", "slice_range"}
+    assert FAMILIES["sam"].capabilities.propagation_settings == FAMILIES["lite"].capabilities.propagation_settings

@@ -115,8 +115,12 @@ def set_value(settings: EffectSettings, field: str, value) -> EffectSettings:
 
 def is_row_shown(row: OptionRow, settings: EffectSettings) -> bool:
     """Whether the panel shows `row` for `settings`: a server runs its own model, device and cache; the
-    checkpoint file belongs to "Custom checkpoint". The rows a model family does not honour are left out
-    here too, by `row.field`, once the families name their capabilities."""
+    checkpoint file belongs to "Custom checkpoint"; a propagation setting shows only where the chosen
+    model's family honours it (`Capabilities.propagation_settings`; SAM2 ignores mode, IoU threshold
+    and box extension). A server's model is not known here: its rows all show."""
     if row.where and row.where != ("remote" if settings.server.remote else "local"):
         return False
+    section, _, name = row.field.partition(".")
+    if section == "propagation" and not settings.server.remote:
+        return name in settings.family.capabilities.propagation_settings
     return row.field != "custom_checkpoint" or settings.model == CUSTOM_MODEL
