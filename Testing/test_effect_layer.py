@@ -197,9 +197,10 @@ def test_each_familys_panel_shows_exactly_the_propagation_settings_it_honours(fa
     assert all(is_row_shown(row, remote) for row in rows.values())  # the server's model is not known here
 
 
-def test_families_classify_every_propagation_setting():
-    """A new `PropagationConfig` field must be placed: every family says whether it honours it."""
-    assert {field.name for field in get_option_fields(PropagationConfig)} == PROPAGATION_SETTINGS
+def test_families_honour_propagation_settings_that_exist():
+    """Prompt propagation (SAM, LiteMedSAM) honours every `PropagationConfig` field, a new one too; SAM2's
+    video engine the three it implements."""
     assert all(family.capabilities.propagation_settings <= PROPAGATION_SETTINGS for family in FAMILIES.values())
+    assert {field.name for field in get_option_fields(PropagationConfig)} == PROPAGATION_SETTINGS
     assert FAMILIES["sam2"].capabilities.propagation_settings == {"direction", "max_slices", "slice_range"}
     assert FAMILIES["sam"].capabilities.propagation_settings == FAMILIES["lite"].capabilities.propagation_settings

@@ -24,10 +24,12 @@ import sys
 from typing import Any, FrozenSet, Mapping, Optional, Tuple
 
 from ..errors import InputError
+from ..options import get_option_fields
+from ..propagation import PropagationConfig
 
-#: Every `PropagationConfig` setting (`medicosam.propagation`); each family honours some of them.
-PROPAGATION_SETTINGS = frozenset({"mode", "iou_threshold", "box_extension", "direction", "max_slices",
-                                  "slice_range"})
+#: Every `PropagationConfig` setting (`medicosam.propagation`); each family honours some of them (a new
+#: setting is honoured by the families that name this whole set, the prompt-propagation ones).
+PROPAGATION_SETTINGS = frozenset(field.name for field in get_option_fields(PropagationConfig))
 
 
 @dataclasses.dataclass(frozen=True)
