@@ -143,3 +143,68 @@ def test_the_server_serves_litemedsam_with_the_local_masks(lite_cache, lite, ven
         np.testing.assert_allclose(ours.logits, theirs.logits, atol=1e-4)
     finally:
         server.kill()
+
+
+def test_the_fast_path_encodes_with_one_inference_copy_and_keeps_the_masks(lite, reference, icbm152, ventricle):
+    """`fast=True` (segment's default, the effect's Fast box, server sessions): LiteMedSAM's slices go through
+    its encoder's fp32 inference copy, one for the model, and the masks stay the reference pipeline's
+    (issue 21: IoU >= 0.99; measured 0.999-1.0 with the bf16 cache); the model is left as it was."""
+    from medicosam.models.tinyvit import get_current_inference_encoder
+    from medicosam.predictor import get_volume_predictor
+
+    encoder = lite.sam.image_encoder
+    before = {key: value.clone() for key, value in lite.sam.state_dict().items()}
+    classes = [type(module) for module in lite.sam.modules()]
+    inference_copy = get_current_inference_encoder(encoder)
+    calls = {"model": 0, "copy": 0}
+    hooks = [module.register_forward_hook(lambda *_, name=name: calls.update({name: calls[name] + 1}))
+             for name, module in (("model", encoder), ("copy", inference_copy))]
+    images, mask = ventricle
+    cases = [(icbm152["t1"], k, icbm152["wm"][k]) for k in (30, 47)] + [(images, 0, mask), (images, 1, mask)]
+    try:
+        for volume, k, label in cases:
+            predictor = get_volume_predictor(lite, volume, fast=True)
+            box = get_box(label)
+            ours = predictor.predict(0, k, Prompts(box=box)).masks[0]
+            expected = get_reference_mask(reference, predictor.window.apply(volume[k]), box)
+            assert get_iou(ours, expected) >= 0.99, k
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == {"model": 0, "copy": len(cases)}
+    assert get_current_inference_encoder(encoder) is inference_copy
+    assert [type(module) for module in lite.sam.modules()] == classes
+    assert all(torch.equal(before[key], value) for key, value in lite.sam.state_dict().items())
+
+
+def test_the_inference_copy_follows_weights_changed_in_place(lite, ventricle):
+    """Training changes weights in place (an optimizer step; BatchNorm statistics in train mode or by
+    hand): the fast path's next embedding is the changed model's, never the copy of the old weights."""
+    import copy
+
+    from medicosam.acceleration import AccelerationConfig
+    from medicosam.predictor import VolumePredictor
+
+    sam = copy.deepcopy(lite.sam)
+    images, _ = ventricle
+
+    def get_features(fast: bool) -> torch.Tensor:
+        """Slice 1's embedding in fp32 from a new predictor (a new cache: computed now)."""
+        speed = {"acceleration": AccelerationConfig()} if fast else {}
+        return VolumePredictor(sam, images, **speed).get_embedding(0, 1).features
+
+    old = get_features(fast=True)
+    sam.train()
+    optimizer = torch.optim.Adam(sam.image_encoder.parameters(), lr=1e-3)
+    image = torch.as_tensor(sam.input_transform.resize_image(images[1])).permute(2, 0, 1)[None]
+    sam.image_encoder(sam.preprocess(image)).mean().backward()  # in train mode: BatchNorm statistics move too
+    optimizer.step()
+    sam.eval()
+    trained = get_features(fast=False)
+    assert float((trained - old).abs().max()) > 1e-2  # the step changed the embedding
+    assert float((get_features(fast=True) - trained).abs().max()) < 1e-4
+    with torch.no_grad():
+        sam.image_encoder.layers[0].blocks[0].conv1.bn.running_var.mul_(4.0)  # a statistic alone
+    changed = get_features(fast=False)
+    assert float((changed - trained).abs().max()) > 1e-2
+    assert float((get_features(fast=True) - changed).abs().max()) < 1e-4

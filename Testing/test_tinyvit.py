@@ -28,6 +28,7 @@ from medicosam.models.tinyvit import (
     ConvNorm,
     TinyVitConfig,
     build_tinyvit,
+    get_current_inference_encoder,
     get_inference_encoder,
     get_tinyvit_config,
 )
@@ -129,6 +130,15 @@ def test_inference_encoder_in_other_dtypes(lite_encoder, images, lite_embeddings
         unfused = get_inference_encoder(lite_encoder, torch.float64)(crop)
         assert unfused.shape == (2, 256, 16, 16)
         assert float((unfused - copy.deepcopy(lite_encoder).double()(crop)).abs().max()) < 1e-10
+
+
+def test_an_encoder_made_in_inference_mode_gets_a_new_copy_each_time():
+    """Tensors made in inference mode keep no version counter, so a kept copy could go stale unseen: the
+    copy is made again on every call instead (the predictor's fast path stays correct, only slower)."""
+    with torch.inference_mode():
+        encoder = build_tinyvit(LITEMEDSAM_ENCODER)
+    first = get_current_inference_encoder(encoder)
+    assert get_current_inference_encoder(encoder) is not first
 
 
 def get_mobilesam_reference() -> ReferenceTinyViT:

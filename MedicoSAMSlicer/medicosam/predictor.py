@@ -79,7 +79,8 @@ def get_speed_options(fast: bool) -> dict:
     """`VolumePredictor` arguments of the one speed switch the tools offer.
 
     On: SDPA attention, bf16 autocast where the device runs it natively, a bf16 embedding cache
-    (masks match the reference at IoU >= 0.98). Off: the official fp32 path, the reference.
+    (masks match the reference at IoU >= 0.98); a TinyViT encoder (LiteMedSAM) runs its fp32 inference
+    copy instead (`VolumePredictor._get_encoder`). Off: the official fp32 path, the reference.
     """
     if not fast:
         return {}
@@ -120,8 +121,9 @@ class VolumePredictor:
         model_id: identifies the weights in cache keys (a checkpoint fingerprint).
         cache: embedding cache, shareable between predictors; a 2 GiB one if None.
         device: torch device for the model ("cpu", "cuda", "mps"); the model's own if None.
-        acceleration: the fast path for this predictor's calls (`medicosam.acceleration`); None: the
-            official fp32 path. Applied per call: `sam` is left as it was given.
+        acceleration: the fast path for this predictor's calls (`medicosam.acceleration`; a TinyViT
+            encoder runs its inference copy, `_get_encoder`); None: the official fp32 path. Applied per
+            call: `sam` is left as it was given.
         cache_dtype: dtype of cached features ("bfloat16", "float16" or a torch dtype): halves the
             cache's memory per slice; features go back to the model's dtype for decoding.
         decode_batch: most objects per mask-decoder call; None: 4 on the CPU (8 objects of ViT-b:
@@ -204,8 +206,8 @@ class VolumePredictor:
         images = [self.window.apply(self.get_slice(axis, index)) for index in indexes]
         resized = np.stack([self.transform.resize_image(image) for image in images])
         tensor = torch.as_tensor(resized, device=self.device).permute(0, 3, 1, 2).contiguous()
-        with torch.no_grad(), self._get_speed(self.sam.image_encoder), self._get_autocast():
-            features = self.sam.image_encoder(self.sam.preprocess(tensor))
+        with torch.no_grad(), self._get_encoder() as encoder:
+            features = encoder(self.sam.preprocess(tensor))
         features = features.to(self.cache_dtype or self.model_dtype)
         self.encoder_calls += 1
         self.encoded_slices += len(indexes)
@@ -213,6 +215,24 @@ class VolumePredictor:
         parts = [features] if len(indexes) == 1 else [f[None].clone() for f in features]
         return [SliceEmbedding(part, tuple(resized.shape[1:3]), tuple(image.shape[:2]))
                 for part, image in zip(parts, images)]
+
+    @contextlib.contextmanager
+    def _get_encoder(self):
+        """The image encoder this predictor's path runs, for the block.
+
+        Fast, a TinyViT (LiteMedSAM, MobileSAM): its inference copy (BatchNorms folded, GELUs fused) in
+        the model's fp32, remade whenever the weights change (`tinyvit.get_current_inference_encoder`);
+        not in bf16, which drops LiteMedSAM's box masks to IoU 0.92-0.95 against fp32 on real slices
+        (docs/performance.md). Otherwise the model's encoder with this predictor's attention and autocast.
+        """
+        from .models.tinyvit import TinyViT, get_current_inference_encoder
+
+        encoder = self.sam.image_encoder
+        if self.acceleration is not None and isinstance(encoder, TinyViT):
+            yield get_current_inference_encoder(encoder)
+            return
+        with self._get_speed(encoder), self._get_autocast():
+            yield encoder
 
     def _get_speed(self, module):
         """This predictor's attention path for `module` (a part of `sam`) during the block."""

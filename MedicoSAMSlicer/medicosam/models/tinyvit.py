@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import math
 import re
+import weakref
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
@@ -422,6 +423,36 @@ def get_inference_encoder(encoder: TinyViT, dtype: Optional[torch.dtype] = None)
         if isinstance(module, ConvNorm):
             _replace(fast, name, module.get_folded())
     return fast.to(dtype)
+
+
+#: encoder -> (the state of its weights a copy was made from, that copy): `get_current_inference_encoder`
+_INFERENCE_COPIES: weakref.WeakKeyDictionary[TinyViT, Tuple[tuple, TinyViT]] = weakref.WeakKeyDictionary()
+
+
+def _get_weights_state(encoder: TinyViT) -> Optional[tuple]:
+    """What changes whenever a weight or BatchNorm statistic of `encoder` changes: each tensor's storage,
+    dtype, device and in-place version counter (optimizer steps, BatchNorm updates and `load_state_dict`
+    bump it; `.to()` gives new storage). None where torch keeps no counter (tensors made in inference mode)."""
+    tensors = [*encoder.parameters(), *encoder.buffers()]
+    if any(tensor.is_inference() for tensor in tensors):
+        return None
+    return tuple((tensor.data_ptr(), tensor.dtype, tensor.device, tensor._version) for tensor in tensors)
+
+
+def get_current_inference_encoder(encoder: TinyViT) -> TinyViT:
+    """`get_inference_encoder(encoder)` in its own dtype, made once per state of its weights.
+
+    The predictor's fast path calls this per encoder call: the copy is kept (as long as `encoder` lives)
+    until training or loading changes a weight in place, and then made again, so it never computes with
+    stale weights; `encoder` itself is left as it is.
+    """
+    state = _get_weights_state(encoder)
+    found = _INFERENCE_COPIES.get(encoder)
+    if state is None or found is None or found[0] != state:
+        found = (state, get_inference_encoder(encoder))
+        if state is not None:
+            _INFERENCE_COPIES[encoder] = found
+    return found[1]
 
 
 _PREFIX = "image_encoder."
