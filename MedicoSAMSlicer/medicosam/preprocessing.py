@@ -100,5 +100,17 @@ def get_padded_image(rgb: np.ndarray, image_size: int) -> np.ndarray:
 
 def get_normalised_pixels(images):
     """(N, 3, ...) torch images in [0, 255] -> (images - PIXEL_MEAN) / PIXEL_STD, per channel."""
+    return get_scaled_pixels(images, SAM_TRANSFORM)
+
+
+def get_scaled_pixels(images, transform: InputTransform):
+    """(N, 3, ...) torch images in [0, 255] -> the encoder's input under `transform`: each image min-max
+    scaled to [0, 1] (`minmax`, LiteMedSAM's), else minus the pixel mean, over the pixel std, per channel."""
+    if transform.intensity == "minmax":
+        images = images.float()
+        axes = tuple(range(1, images.ndim))
+        low, high = images.amin(dim=axes, keepdim=True), images.amax(dim=axes, keepdim=True)
+        return (images - low) / (high - low).clamp_min(1e-8)
     shape = (1, 3) + (1,) * (images.ndim - 2)
-    return (images - images.new_tensor(PIXEL_MEAN).view(shape)) / images.new_tensor(PIXEL_STD).view(shape)
+    mean, std = images.new_tensor(transform.pixel_mean), images.new_tensor(transform.pixel_std)
+    return (images - mean.view(shape)) / std.view(shape)

@@ -263,6 +263,16 @@ def load(obj: Mapping[str, Any], *, checkpoint, path: Path, device: str, allow_c
                      source=str(checkpoint), path=path, model_id=get_loaded_id(path))
 
 
+def build(config: SamConfig):
+    """The family's builder (`medicosam.models.families`): `build_sam`."""
+    return build_sam(config)
+
+
+def read_config(values: Mapping[str, Any]) -> SamConfig:
+    """A `SamConfig` from its `dataclasses.asdict` (what semantic checkpoints store)."""
+    return SamConfig(**{**values, "encoder_global_attn_indexes": tuple(values["encoder_global_attn_indexes"])})
+
+
 def prepare_state(sam_state: Mapping[str, Any], decoder_state: Optional[Mapping[str, Any]], device: str,
                   source: str) -> None:
     """Refuse a model too big for `device` and weights that are not finite, before anything is built."""

@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from ..errors import ModelError
-from ..preprocessing import AREA_TRANSFORM, SAM_TRANSFORM, InputTransform
+from ..preprocessing import AREA_TRANSFORM, SAM_TRANSFORM, InputTransform, get_scaled_pixels
 
 #: The key only TinyViT encoders have (SAM's ViT has `image_encoder.blocks.*`).
 _TINYVIT_MARKER = "image_encoder.layers.0."
@@ -77,6 +77,22 @@ def build_lite_sam(config: LiteSamConfig):
     return get_sam_class()(encoder, prompt_encoder, mask_decoder, config.transform).eval()
 
 
+def build(config: LiteSamConfig):
+    """The family's builder (`medicosam.models.families`): `build_lite_sam`."""
+    return build_lite_sam(config)
+
+
+def read_config(values: Mapping[str, Any]) -> LiteSamConfig:
+    """A `LiteSamConfig` from its `dataclasses.asdict` (what semantic checkpoints store)."""
+    from .tinyvit import TinyVitConfig
+
+    def get_fields(part: Mapping[str, Any]) -> dict:
+        return {name: tuple(value) if isinstance(value, (list, tuple)) else value for name, value in part.items()}
+
+    return LiteSamConfig(TinyVitConfig(**get_fields(values["encoder"])),
+                         InputTransform(**get_fields(values["transform"])))
+
+
 def load(obj: Mapping[str, Any], *, checkpoint, path, device: str, allow_custom: bool):
     """A `LoadedSam` of the TinyViT SAM in a checkpoint's dict (strict: every key, every shape)."""
     import torch
@@ -124,10 +140,7 @@ def _define_sam_class():
         def preprocess(self, x):
             if self.input_transform.intensity != "minmax":
                 return super().preprocess(x)
-            x = x.float()
-            low = x.amin(dim=(1, 2, 3), keepdim=True)
-            high = x.amax(dim=(1, 2, 3), keepdim=True)
-            x = (x - low) / (high - low).clamp_min(1e-8)
+            x = get_scaled_pixels(x, self.input_transform)
             size = self.image_encoder.img_size
             return F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
 
