@@ -43,7 +43,7 @@ FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (
         capabilities=Capabilities(
             propagation_settings=PROPAGATION_SETTINGS, native_propagation=False,
             fast="its encoder's inference copy in fp32 (BatchNorms folded, GELUs fused: ~2x on CPUs), SDPA in "
-                 "the mask decoder, a bf16 embedding cache (masks IoU >= 0.999 against fp32); no bf16 encoding, "
+                 "the mask decoder, a bf16 embedding cache (box masks IoU >= 0.997 against fp32); no bf16 encoding, "
                  "which drops box masks to IoU 0.92-0.95",
             trainable=True, export_layouts=("litemedsam",), semantic_encoder=True, adapters_3d=False,
             recommended_without_gpu=True),
