@@ -22,6 +22,7 @@ from typing import Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import Attention as EncoderAttention
 from segment_anything.modeling.image_encoder import get_rel_pos
 from segment_anything.modeling.transformer import Attention as DecoderAttention
@@ -84,6 +85,18 @@ class FastDecoderAttention(DecoderAttention):
         return self.out_proj(self._recombine_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
+class FusedLayerNorm2d(LayerNorm2d):
+    """SAM's channel LayerNorm as one `layer_norm` call on the channels-last view; same parameters.
+
+    SAM spells it as six passes over the tensor (mean, subtract, square, mean, divide, scale), each
+    kept for the backward pass: at LiteMedSAM's 256 x 256 mask resolution that was a third of a
+    training step's decoder time on a CPU. Equal up to float rounding (autocast runs it in fp32).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+
+
 _FAST_CLASSES = {EncoderAttention: FastEncoderAttention, DecoderAttention: FastDecoderAttention}
 _OFFICIAL_CLASSES = {fast: official for official, fast in _FAST_CLASSES.items()}
 
@@ -103,12 +116,27 @@ def fast_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[tor
     checkpointing recomputes the forward there. One model is switched by one thread at a time
     (the effect runs every model call on one thread, `medicosam.effect.worker`).
     """
-    wanted = _FAST_CLASSES if enabled else _OFFICIAL_CLASSES
-    found = [(module, type(module)) for module in model.modules() if type(module) in wanted]
-    for module, found_class in found:
-        module.__class__ = wanted[found_class]
-    try:
+    with _switching(model, _FAST_CLASSES if enabled else _OFFICIAL_CLASSES):
         yield model
+
+
+@contextlib.contextmanager
+def fused_norms(model: torch.nn.Module, enabled: bool = True) -> Iterator[torch.nn.Module]:
+    """`FusedLayerNorm2d` for SAM's channel LayerNorms (`enabled`, training's choice) or SAM's own for
+    the block, then `model` as it was found (as `fast_attention`)."""
+    with _switching(model, {LayerNorm2d: FusedLayerNorm2d} if enabled else {FusedLayerNorm2d: LayerNorm2d}):
+        yield model
+
+
+@contextlib.contextmanager
+def _switching(model: torch.nn.Module, classes: dict) -> Iterator[None]:
+    """Modules of a class in `classes` get the class it maps to for the block (parameters, buffers and
+    state-dict keys never change), then the class they had."""
+    found = [(module, type(module)) for module in model.modules() if type(module) in classes]
+    for module, found_class in found:
+        module.__class__ = classes[found_class]
+    try:
+        yield
     finally:
         for module, found_class in found:
             module.__class__ = found_class

@@ -53,6 +53,23 @@ class InputTransform:
             return np.asarray(coords, dtype=float) * (self.image_size / max(original_size))
         return get_resized_coords(coords, original_size, self.image_size)
 
+    def get_padded_image(self, rgb: np.ndarray) -> np.ndarray:
+        """(h, w, 3) uint8 -> (3, S, S) float32 in [0, 255]: resized, then zero-padded bottom / right.
+
+        The training input (batches need one size); the model's `preprocess` normalises it. A min-max
+        model scales the padded image, so here its resized image is first stretched to [0, 255]: the
+        zero padding then cannot lower the minimum, and the model sees what its inference feeds it
+        (the min-max of the resized image, `TinyVitSam.preprocess`), up to float rounding.
+        """
+        image = self.resize_image(rgb).astype(np.float32)
+        if self.intensity == "minmax":
+            low, high = float(image.min()), float(image.max())
+            image = (image - low) * np.float32(255.0 / max(high - low, 1e-8))
+        h, w = image.shape[:2]
+        padded = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
+        padded[:, :h, :w] = image.transpose(2, 0, 1)
+        return padded
+
 
 SAM_TRANSFORM = InputTransform()
 AREA_TRANSFORM = InputTransform(image_size=256, resize="area", intensity="minmax", pixel_mean=(0.0, 0.0, 0.0),
@@ -87,15 +104,8 @@ def get_resized_coords(coords: np.ndarray, original_size: Tuple[int, int], image
 
 
 def get_padded_image(rgb: np.ndarray, image_size: int) -> np.ndarray:
-    """(h, w, 3) uint8 -> (3, S, S) float32 in [0, 255]: resized, then zero-padded bottom / right.
-
-    The training input: SAM normalises it with `Sam.preprocess` (which then has nothing to pad).
-    """
-    image = get_resized_image(rgb, image_size)
-    h, w = image.shape[:2]
-    padded = np.zeros((3, image_size, image_size), dtype=np.float32)
-    padded[:, :h, :w] = image.transpose(2, 0, 1)
-    return padded
+    """SAM's training input at `image_size` (`InputTransform.get_padded_image`)."""
+    return dataclasses.replace(SAM_TRANSFORM, image_size=image_size).get_padded_image(rgb)
 
 
 def get_normalised_pixels(images):

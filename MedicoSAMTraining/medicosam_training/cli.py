@@ -11,7 +11,7 @@ import argparse
 from medicosam.cli import add_allow_custom
 
 from .choices import PRESETS
-from .configs import AMP_CHOICES, DEFAULT_PRESET, TrainConfig
+from .configs import AMP_CHOICES, BATCHNORM_CHOICES, DEFAULT_PRESET, TrainConfig
 from .extras import needs_training_extra
 from .records import LABEL_MODES
 
@@ -36,7 +36,8 @@ def _add_train(subparsers) -> None:
                         help="SA-Med2D-20M folder, a folder with images/ and labels/ (2D files or 3D volumes), or "
                              "volumes next to Slicer .seg.nrrd files / DICOM series next to DICOM SEG files")
     model = parser.add_mutually_exclusive_group()
-    model.add_argument("--model", help="registry name or URL of the start model (default: sam_vit_b)")
+    model.add_argument("--model", help="registry name or URL of the start model (default: sam_vit_b; litemedsam: "
+                                       "LiteMedSAM, offline from the [lite] extra)")
     model.add_argument("--checkpoint", help="local SAM checkpoint file to start from")
     add_allow_custom(parser)
     parser.add_argument("--out", default=str(defaults.out_dir), help="output folder (checkpoints, logs, model.pt)")
@@ -45,11 +46,19 @@ def _add_train(subparsers) -> None:
                         help="stop after this many iterations (paper: 300000)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help="images per step and process (paper: 7)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (paper: 1e-5)")
+    parser.add_argument("--lr", type=float, default=defaults.lr,
+                        help="AdamW learning rate of every part but the image encoder (default: the model "
+                             "family's recipe: SAM 1e-5, the paper's; LiteMedSAM: see docs/training.md)")
+    parser.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr,
+                        help="the image encoder's learning rate (default: the family's recipe, else --lr)")
+    parser.add_argument("--batchnorm", choices=BATCHNORM_CHOICES, default=defaults.batchnorm,
+                        help="BatchNorm layers (TinyViT's) train with each batch's statistics, or keep the "
+                             "running ones (default: the family's recipe)")
     parser.add_argument("--lr-decay", type=float, default=defaults.lr_decay,
                         help="lr factor after every epoch (paper: 0.9)")
-    parser.add_argument("--freeze", nargs="+", default=list(defaults.freeze), metavar="PREFIX",
-                        help="keep these parts fixed, e.g. prompt_encoder image_encoder")
+    parser.add_argument("--freeze", nargs="*", default=defaults.freeze, metavar="PREFIX",
+                        help="keep these parts fixed, e.g. prompt_encoder image_encoder; --freeze alone: none "
+                             "(default: the family's recipe)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt if it exists")
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or mps")
     parser.add_argument("--amp", choices=AMP_CHOICES, default=defaults.amp,
@@ -100,7 +109,8 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from medicosam.device import configure_threads
-    from medicosam.models.checkpoint import load_sam
+    from medicosam.models.checkpoint import get_export_note, load_sam
+    from medicosam.preprocessing import get_input_transform
 
     from .dataset import get_training_datasets
     from .objective import get_preset
@@ -109,8 +119,9 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in
                  (("n_steps", args.n_steps), ("p_box", args.p_box), ("p_mask", args.p_mask)) if value is not None}
     objective = get_preset(args.preset, n_obj=args.n_obj, **overrides)
-    config = TrainConfig(objective=objective, lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
-                         iterations=args.iterations, batch_size=args.batch_size, freeze=tuple(args.freeze),
+    config = TrainConfig(objective=objective, lr=args.lr, encoder_lr=args.encoder_lr, batchnorm=args.batchnorm,
+                         lr_decay=args.lr_decay, epochs=args.epochs, iterations=args.iterations,
+                         batch_size=args.batch_size, freeze=args.freeze,
                          amp=args.amp, grad_checkpointing=args.grad_checkpointing,
                          fast_attention=args.fast_attention, out_dir=args.out,
                          save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
@@ -118,7 +129,8 @@ def _train(args: argparse.Namespace) -> int:
                          progress=not args.quiet)
     loaded = load_sam(args.checkpoint or args.model or "sam_vit_b", allow_custom=args.allow_custom,
                       offline=args.offline)
-    train_set, val_set = get_training_datasets(args.data, image_size=loaded.config.image_size, n_obj=args.n_obj,
+    loaded.family.check("trainable", "be trained")
+    train_set, val_set = get_training_datasets(args.data, image_size=get_input_transform(loaded.sam), n_obj=args.n_obj,
                                                min_size=args.min_size, val_fraction=args.val_fraction,
                                                seed=args.seed, label_mode=args.label_mode, axis=args.axis,
                                                index_dir=args.out, classes=args.classes)
@@ -130,16 +142,19 @@ def _train(args: argparse.Namespace) -> int:
         if result.validation:
             dices = ", ".join(f"{entry['dice']:.3f}" for entry in result.validation)
             print(f"validation Dice (last pass) per epoch: {dices}")
-        print(f"model: {result.export}")
+        print(f"model: {result.export} ({get_export_note(result.export)})")
         if result.joint_export is not None:
             print(f"model with decoder: {result.joint_export}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    from medicosam.models.checkpoint import get_export_note
+
     from .trainer import export_training_checkpoint
 
-    print(export_training_checkpoint(args.checkpoint, args.out, with_decoder=args.with_decoder))
+    path = export_training_checkpoint(args.checkpoint, args.out, with_decoder=args.with_decoder)
+    print(path if args.with_decoder else f"{path} ({get_export_note(path)})")
     return 0
 
 

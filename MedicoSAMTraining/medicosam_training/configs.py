@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple, Union
 
 from medicosam.errors import InputError
 
@@ -25,6 +25,13 @@ DEFAULT_PRESET = "medicosam"
 #: match neither configuration (the optimizer would even keep the saved lr), so it is refused.
 RESUMABLE_CHANGES = ("epochs", "iterations", "save_every", "log_every", "num_workers", "device", "amp",
                      "grad_checkpointing", "fast_attention", "out_dir", "resume", "progress")
+#: How the BatchNorm layers of the model (TinyViT's; SAM's ViT has none) normalise while training:
+#: with each batch's statistics, updating the running ones ("batch"), or with the running statistics
+#: the weights came with, kept fixed ("running", as in eval mode; their scale and shift still train).
+BATCHNORM_CHOICES = ("batch", "running")
+#: The settings a model family chooses when a config leaves them None (its module's `TRAINING_DEFAULTS`),
+#: else these, the paper's: lr 1e-5 for every part (encoder_lr None: the same lr), nothing frozen.
+RECIPE_DEFAULTS = {"lr": 1e-5, "encoder_lr": None, "batchnorm": "batch", "freeze": ()}
 
 
 def _get_default_objective() -> ObjectiveConfig:
@@ -37,9 +44,16 @@ def _get_default_objective() -> ObjectiveConfig:
 class TrainConfig:
     """How to train (the objective is one field of it).
 
+    The fields of `RECIPE_DEFAULTS` (lr, encoder_lr, batchnorm, freeze) may be left None: `train` then
+    takes the model family's recipe (`with_recipe`; SAM: the paper's, LiteMedSAM: docs/training.md).
+
     Attributes:
         objective: Algorithm 1's settings; default the `medicosam` preset.
-        lr, weight_decay: AdamW's (paper: lr 1e-5; weight decay is torch's default 0.01).
+        lr, weight_decay: AdamW's (paper: lr 1e-5; weight decay is torch's default 0.01); lr is that of
+            every part but the image encoder (prompt encoder, mask decoder, e_sem decoder).
+        encoder_lr: the image encoder's lr (None in the recipe: the same as lr).
+        batchnorm: see `BATCHNORM_CHOICES`; a BatchNorm whose parameters are all frozen keeps its
+            running statistics either way (`freeze` keeps a part fixed, statistics included).
         lr_decay, lr_decay_every: multiply the lr by `lr_decay` every `lr_decay_every` epochs
             (paper: 0.9 every epoch; micro-sam's v2 run: every 2).
         epochs, iterations: stop after this many epochs or iterations, whichever comes first;
@@ -65,14 +79,16 @@ class TrainConfig:
     """
 
     objective: ObjectiveConfig = dataclasses.field(default_factory=_get_default_objective)
-    lr: float = 1e-5
+    lr: Optional[float] = None
+    encoder_lr: Optional[float] = None
+    batchnorm: Optional[str] = None
     weight_decay: float = 0.01
     lr_decay: float = 0.9
     lr_decay_every: int = 1
     epochs: Optional[int] = None
     iterations: Optional[int] = None
     batch_size: int = 1
-    freeze: Tuple[str, ...] = ()
+    freeze: Optional[Tuple[str, ...]] = None
     amp: str = "auto"
     grad_checkpointing: bool = False
     fast_attention: Optional[bool] = None
@@ -90,7 +106,10 @@ class TrainConfig:
         from .unetr import MAX_DECODER_FEATURES
 
         checks = [
-            (self.lr > 0, f"lr={self.lr}: must be > 0"),
+            (self.lr is None or self.lr > 0, f"lr={self.lr}: must be > 0"),
+            (self.encoder_lr is None or self.encoder_lr > 0, f"encoder_lr={self.encoder_lr}: must be > 0"),
+            (self.batchnorm in (None,) + BATCHNORM_CHOICES,
+             f"batchnorm={self.batchnorm!r}: use one of {BATCHNORM_CHOICES}"),
             (0 < self.lr_decay <= 1, f"lr_decay={self.lr_decay}: use a factor in (0, 1]"),
             (self.lr_decay_every >= 1, f"lr_decay_every={self.lr_decay_every}: use 1 or more epochs"),
             (self.epochs is None or self.epochs >= 1, f"epochs={self.epochs}: use 1 or more"),
@@ -106,8 +125,19 @@ class TrainConfig:
         errors = [message for ok, message in checks if not ok]
         if errors:
             raise InputError("invalid training configuration: " + "; ".join(errors))
-        self.freeze = tuple(self.freeze)
+        self.freeze = None if self.freeze is None else tuple(self.freeze)
         self.out_dir = Path(self.out_dir)
+
+    def with_recipe(self, family_defaults: Mapping[str, Any]) -> TrainConfig:
+        """This config with each recipe field left None taken from the model family's defaults, else
+        from `RECIPE_DEFAULTS`; an encoder_lr still None becomes lr. What a run records and resumes with."""
+        values = {name: getattr(self, name) for name in RECIPE_DEFAULTS}
+        for name, default in RECIPE_DEFAULTS.items():
+            if values[name] is None:
+                values[name] = family_defaults.get(name, default)
+        if values["encoder_lr"] is None:
+            values["encoder_lr"] = values["lr"]
+        return dataclasses.replace(self, **values)
 
 
 

@@ -3,8 +3,9 @@
 Every dataset yields the same sample, so the objective never cares where an image came from::
 
     {"image":    float32 tensor (3, S, S), values in [0, 255], grey replicated to 3 channels,
-                 resized so the longest side is S (`medicosam.preprocessing`: SAM's own resize, bilinear)
-                 and zero-padded at the bottom and right to S x S, as SAM pads;
+                 resized so the longest side is S and zero-padded at the bottom and right to S x S by
+                 the model's own input transform (`InputTransform.get_padded_image`: SAM's bilinear
+                 resize, or LiteMedSAM's area resize and min-max), so training sees what inference sees;
      "masks":    bool tensor (n, S, S), 1 <= n <= n_obj objects, resized with nearest neighbour,
                  drawn without replacement among the objects that keep >= min_size pixels at size S;
      "modality": str (e.g. "ct", "mr", "us"; "unknown" when the file name does not say);
@@ -27,10 +28,11 @@ docs/training.md); bad data: every file problem raises
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from torch.utils.data import Dataset
 
 from medicosam.errors import DataError, InputError
 from medicosam.normalization import get_rgb_uint8
-from medicosam.preprocessing import get_padded_image, get_resized_shape
+from medicosam.preprocessing import SAM_TRANSFORM, InputTransform, get_resized_shape
 
 from .records import (
     IMAGE_SUFFIXES,
@@ -66,6 +68,9 @@ from .records import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: A dataset's image size: SAM's resize to this many pixels, or the model's whole input transform.
+ImageSize = Union[int, InputTransform]
 
 
 def collate_objects(batch: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
@@ -106,6 +111,13 @@ def _get_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
 
 
+def get_dataset_transform(image_size: ImageSize) -> InputTransform:
+    """The input transform a dataset resizes with: the model's own, or SAM's at `image_size` pixels."""
+    if isinstance(image_size, InputTransform):
+        return image_size
+    return dataclasses.replace(SAM_TRANSFORM, image_size=int(image_size))
+
+
 def get_object_ids(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Ids (sorted) of the objects with at least `min_size` pixels; for (n, H, W) masks, 1 + mask index."""
     if labels.ndim == 3:  # a stack of object masks that may overlap (segments of a segmentation file)
@@ -121,9 +133,13 @@ class ObjectDataset(Dataset):
     """Base of the readers: (RGB uint8 image, instance labels) -> the sample dict of this module.
 
     Subclasses implement `__len__` and `_load(index) -> (rgb, labels, source, modality)`.
+    `image_size`: the model's input side (SAM's resize), or the model's whole `InputTransform`
+    (`medicosam.preprocessing.get_input_transform(sam)`), which every model not resized as SAM needs.
     """
 
-    def __init__(self, name: str, image_size: int, n_obj: int, min_size: int, seed: int):
+    def __init__(self, name: str, image_size: ImageSize, n_obj: int, min_size: int, seed: int):
+        self.transform = get_dataset_transform(image_size)
+        image_size = self.transform.image_size
         if n_obj < 1 or image_size < 1 or min_size < 1:
             raise InputError(f"image_size={image_size}, n_obj={n_obj}, min_size={min_size}: each must be 1 or "
                              "more")
@@ -171,7 +187,7 @@ class ObjectDataset(Dataset):
     def _get_sample(self, rgb: np.ndarray, resized: np.ndarray, ids: np.ndarray, source: str,
                     modality: str) -> Dict[str, Any]:
         size = self.image_size
-        padded = get_padded_image(rgb, size)
+        padded = self.transform.get_padded_image(rgb)
         h, w = resized.shape[-2:]
         masks = np.zeros((ids.size, size, size), dtype=bool)
         masks[:, :h, :w] = resized[ids - 1] if resized.ndim == 3 else resized[None] == ids[:, None, None]
@@ -189,7 +205,7 @@ class ObjectDataset(Dataset):
 class _RecordDataset(ObjectDataset):
     """2D datasets whose items are `Record`s (one image file, its label file(s))."""
 
-    def __init__(self, name: str, records: Sequence[Record], image_size: int, n_obj: int, min_size: int,
+    def __init__(self, name: str, records: Sequence[Record], image_size: ImageSize, n_obj: int, min_size: int,
                  seed: int):
         super().__init__(name, image_size, n_obj, min_size, seed)
         self.records = records  # a list, or SA-Med2D's memory-mapped index: kept as it is (no copy per worker)
@@ -226,7 +242,7 @@ class SAMed2DDataset(_RecordDataset):
     from its image raises instead of being dropped silently.
     """
 
-    def __init__(self, root: PathLike, image_size: int = 1024, n_obj: int = 5, min_size: int = 25,
+    def __init__(self, root: PathLike, image_size: ImageSize = 1024, n_obj: int = 5, min_size: int = 25,
                  split: Optional[str] = None, val_fraction: float = 0.1, seed: int = 0,
                  index_dir: Optional[PathLike] = None):
         from .samed2d.index import load_samed2d_index
@@ -245,7 +261,7 @@ class SAMed2DShardDataset(ObjectDataset):
     """SA-Med2D-20M as torch-em's v2 HDF5 shards (`medicosam data convert-samed2d`, docs/data.md): one side of
     the same stratified split, sampled like every reader."""
 
-    def __init__(self, folder: PathLike, image_size: int = 1024, n_obj: int = 5, min_size: int = 25,
+    def __init__(self, folder: PathLike, image_size: ImageSize = 1024, n_obj: int = 5, min_size: int = 25,
                  split: Optional[str] = None, val_fraction: float = 0.1, seed: int = 0):
         from .samed2d.shards import ShardRecords
 
@@ -268,7 +284,7 @@ class FolderDataset2D(_RecordDataset):
     The modality comes from an SA-Med2D-style name prefix (`ct_...--rest.png`), else `modality`.
     """
 
-    def __init__(self, images_dir: PathLike, labels_dir: PathLike, image_size: int = 1024, n_obj: int = 5,
+    def __init__(self, images_dir: PathLike, labels_dir: PathLike, image_size: ImageSize = 1024, n_obj: int = 5,
                  min_size: int = 25, label_mode: str = "instance", split: Optional[str] = None,
                  val_fraction: float = 0.1, seed: int = 0, modality: str = "unknown"):
         if label_mode not in LABEL_MODES:
@@ -311,7 +327,7 @@ class VolumeSliceDataset(ObjectDataset):
     """
 
     def __init__(self, image_paths: Sequence[PathLike], label_paths: Sequence[PathLike], axis: int = 0,
-                 image_size: int = 1024, n_obj: int = 5, min_size: int = 25, label_mode: str = "instance",
+                 image_size: ImageSize = 1024, n_obj: int = 5, min_size: int = 25, label_mode: str = "instance",
                  split: Optional[str] = None, val_fraction: float = 0.1, seed: int = 0,
                  modality: str = "unknown", classes: Optional[Sequence[str]] = None):
         if len(image_paths) != len(label_paths):
@@ -338,7 +354,7 @@ class VolumeSliceDataset(ObjectDataset):
             self._add_volume(record)
         if not self.slices:
             raise DataError(f"{self.name}: no slice along axis {axis} has an object of at least {min_size} "
-                            f"pixels after resizing to {image_size} px; check the label volumes or lower "
+                            f"pixels after resizing to {self.image_size} px; check the label volumes or lower "
                             "min_size.")
 
     def _add_volume(self, record: Record) -> None:
@@ -417,7 +433,7 @@ def _holds_shards(path: Path) -> bool:
     return path.is_dir() and any(SHARD_NAME.match(child.name) for child in path.iterdir())
 
 
-def get_training_datasets(path: PathLike, image_size: int, n_obj: int = 5, min_size: int = 25,
+def get_training_datasets(path: PathLike, image_size: ImageSize, n_obj: int = 5, min_size: int = 25,
                           val_fraction: float = 0.1, seed: int = 0, label_mode: str = "instance",
                           axis: int = 0, index_dir: Optional[PathLike] = None,
                           classes: Optional[Sequence[str]] = None) -> Tuple[ObjectDataset, Optional[ObjectDataset]]:
@@ -434,6 +450,8 @@ def get_training_datasets(path: PathLike, image_size: int, n_obj: int = 5, min_s
     Images and labels pair by file stem (`case.nii.gz` <-> `case.png` works; `case_0000` also
     pairs with `case`). Name files `<modality>--rest` or `<modality>_<sub>--rest` to stratify
     the split by modality. `label_mode` applies to layout 2. val is None when val_fraction is 0.
+    `image_size`: the model's `InputTransform` (`medicosam.preprocessing.get_input_transform(sam)`, what
+    `medicosam train` passes), or a side in pixels for SAM's resize.
     """
     path = Path(path)
     kwargs: Dict[str, Any] = dict(image_size=image_size, n_obj=n_obj, min_size=min_size,

@@ -2,7 +2,8 @@
 
 One iteration on a batch of images with up to `n_obj` object masks each:
 
-1. the image encoder runs once per image;
+1. the image encoder runs once per image (a frozen one as the predictor's fast path runs it:
+   `get_frozen_embeddings`);
 2. every object gets a first prompt: a box (probability `p_box`, edges jittered outward by
    `box_jitter`) or one random positive point; a lone point is decoded with the multimask head
    and the mask with the best *predicted* IoU is kept, a box with the single-mask head;
@@ -253,7 +254,9 @@ def _get_step_losses(low_res: torch.Tensor, iou_pred: torch.Tensor, targets: tor
     used = np.flatnonzero(heads.any(axis=0)).tolist()  # upsample only the outputs some object uses
     in_play = torch.from_numpy(heads[:, used]).to(targets.device)
     low_res, iou_pred = low_res[:, used], iou_pred[:, used].float()
-    logits = F.interpolate(low_res.float(), targets.shape[-2:], mode="bilinear", align_corners=False)
+    logits = low_res.float()
+    if logits.shape[-2:] != targets.shape[-2:]:  # SAM: 256 -> 1024; LiteMedSAM's logits are at its input size
+        logits = F.interpolate(logits, targets.shape[-2:], mode="bilinear", align_corners=False)
     target = targets[:, None].float()
     dice_loss = get_soft_dice_loss(torch.sigmoid(logits), target)
     with torch.no_grad():  # float products and sums: twice as fast as bool and/or counts on the CPU
@@ -273,6 +276,21 @@ def _get_step_losses(low_res: torch.Tensor, iou_pred: torch.Tensor, targets: tor
 def _get_hard_dice(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     overlap = 2.0 * (prediction & target).sum(dim=(-2, -1)).float()
     return overlap / (prediction.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1))).float().clamp(min=1.0)
+
+
+def get_frozen_embeddings(sam: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The embeddings of an encoder nothing in it trains: no autograd graph, and a TinyViT's through its
+    fp32 inference copy (BatchNorms folded, running statistics: what the predictor's fast path encodes
+    with), outside autocast, since bf16 features drop LiteMedSAM's masks to IoU 0.92-0.95 against fp32.
+    The decoder passes then train on the features inference gives them."""
+    from medicosam.models.tinyvit import TinyViT, get_current_inference_encoder
+
+    encoder = sam.image_encoder
+    with torch.no_grad():
+        if not isinstance(encoder, TinyViT):
+            return encoder(sam.preprocess(images))
+        with torch.autocast(images.device.type, enabled=False):
+            return get_current_inference_encoder(encoder)(sam.preprocess(images).float())
 
 
 def compute_objective(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
@@ -305,7 +323,10 @@ def compute_objective(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor,
     targets = masks[image_index, object_index].bool()
     targets_np = targets.cpu().numpy()
 
-    embeddings = sam.image_encoder(sam.preprocess(images))
+    if any(parameter.requires_grad for parameter in sam.image_encoder.parameters()):
+        embeddings = sam.image_encoder(sam.preprocess(images))
+    else:
+        embeddings = get_frozen_embeddings(sam, images)
     object_embeddings = embeddings[image_index]
     prompts = _PromptState(targets_np, config, rng, iteration)
     iteration_draw = config.mask_prompt_per == "iteration" and bool(rng.random() < config.p_mask)

@@ -1,15 +1,19 @@
 """The training loop: Algorithm 1 on one CPU, one GPU or many GPUs (torchrun), resumable.
 
 Paper settings (section 3) are the defaults: AdamW with lr 1e-5, the learning rate multiplied by
-0.9 after every epoch, all model parts trained. Settings: `configs.TrainConfig`; precision, data
-loading, DDP and RNG states: `runtime.py` (shared with the semantic trainer).
+0.9 after every epoch, all model parts trained. A model family may choose its own (its module's
+`TRAINING_DEFAULTS`: learning rate per part, BatchNorm mode, frozen parts; `TrainConfig.with_recipe`):
+the model is a `LoadedSam` or a bare model of any trainable family, asked for its family, never
+tested by name. Settings: `configs.TrainConfig`; precision, data loading, DDP and RNG states:
+`runtime.py` (shared with the semantic trainer).
 
 Files in `out_dir` (rank 0 writes, every other rank only reads):
 - `latest.pt`: model (plain SAM keys under `model_state`, micro-sam's layout, so `load_sam` reads
   it), segmentation decoder, optimizer, scheduler, RNG states, iteration, epoch, configs. Written
   atomically (temporary file, fsync, rename): a crash leaves the previous checkpoint.
-- `model.pt`: the final model as a plain SAM state dict (`segment_anything` loads it);
-  `model_with_decoder.pt` with e_sem: micro-sam's `{"model_state", "decoder_state"}`.
+- `model.pt`: the final model as a plain state dict in its family's layout (`export_sam`: SAM's loads in
+  `segment_anything`, LiteMedSAM's in its reference builder); `model_with_decoder.pt` with e_sem:
+  micro-sam's `{"model_state", "decoder_state"}`.
 - `logs/`: TensorBoard scalars.
 - `.medicosam-train.lock` (a file lock, as downloads use) and `.medicosam-train.owner` (who holds it):
   one training at a time per folder; another one is refused, naming the holder.
@@ -28,18 +32,19 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from medicosam.acceleration import fast_attention
+from medicosam.acceleration import fast_attention, fused_norms
 from medicosam.atomic import get_stale_temporaries
 from medicosam.errors import Cancelled, InputError, ModelError, RunError
 from medicosam_training.configs import RESUMABLE_CHANGES, TrainConfig
@@ -92,18 +97,25 @@ def freeze_parameters(model: nn.Module, prefixes: Tuple[str, ...]) -> None:
             parameter.requires_grad_(False)
 
 
+def get_encoder_blocks(image_encoder: nn.Module) -> List[nn.Module]:
+    """The encoder's repeated blocks, the members of its `blocks` lists (SAM's ViT: `blocks.N`; TinyViT:
+    `layers.N.blocks.M`), which activation checkpointing recomputes one by one."""
+    return [module for name, module in image_encoder.named_modules() if re.fullmatch(r"(.+\.)?blocks\.\d+", name)]
+
+
 @contextlib.contextmanager
 def activation_checkpointing(image_encoder: nn.Module, enabled: bool) -> Iterator[None]:
     """Recompute each encoder block in the backward pass instead of keeping its activations.
 
-    The blocks' `forward` is wrapped on the instances (state-dict keys stay those of SAM) and
-    restored on exit.
+    The blocks' `forward` is wrapped on the instances (state-dict keys stay the model's) and
+    restored on exit. A BatchNorm with batch statistics in a recomputed block updates its running
+    statistics twice per step (use batchnorm="running" with it, as the LiteMedSAM recipe does).
     """
     from functools import partial
 
     from torch.utils.checkpoint import checkpoint
 
-    blocks = list(image_encoder.blocks) if enabled else []
+    blocks = get_encoder_blocks(image_encoder) if enabled else []
     for block in blocks:
         block.forward = partial(checkpoint, block.forward, use_reentrant=False)
     try:
@@ -113,19 +125,31 @@ def activation_checkpointing(image_encoder: nn.Module, enabled: bool) -> Iterato
             del block.forward  # the instance attribute goes, the class method is back
 
 
+def set_train_mode(module: nn.Module, sam: nn.Module, batchnorm: str) -> None:
+    """`module` in training mode, except the BatchNorms of `sam` that keep their running statistics:
+    all with batchnorm="running", and those whose parameters are all frozen (`TrainConfig.batchnorm`)."""
+    module.train()
+    norms = [norm for norm in sam.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        if batchnorm == "running" or not any(p.requires_grad for p in norm.parameters()):
+            norm.eval()
+
+
 def build_semantic_decoder(sam: nn.Module, features: int,
                            decoder_state: Optional[Dict[str, Any]] = None) -> nn.Module:
     """The e_sem segmentation decoder on `sam`'s encoder.
 
     With a `decoder_state` (a joint checkpoint, micro-sam's released decoder) the decoder takes that
-    state's layout (upsampler variant, widths) and weights; otherwise a new one `features` wide.
+    state's layout (upsampler variant, widths) and weights; otherwise a new one `features` wide. Either
+    upsamples the model's embedding to its input size (`unetr.get_decoder_scale`).
     """
-    from medicosam_training.unetr import get_unetr_decoder, get_unetr_decoder_from_state
+    from medicosam_training.unetr import get_decoder_scale, get_unetr_decoder, get_unetr_decoder_from_state
 
+    scale = get_decoder_scale(sam)
     if decoder_state is None:
-        return get_unetr_decoder(sam.image_encoder, out_channels=2, initial_features=features)
+        return get_unetr_decoder(sam.image_encoder, out_channels=2, initial_features=features, scale=scale)
     try:
-        return get_unetr_decoder_from_state(sam.image_encoder, decoder_state, out_channels=2)
+        return get_unetr_decoder_from_state(sam.image_encoder, decoder_state, out_channels=2, scale=scale)
     except (InputError, ModelError) as error:
         raise ModelError(f"the checkpoint's segmentation decoder does not fit this model: {error}") from error
 
@@ -167,12 +191,13 @@ def check_resumed_config(state: Dict[str, Any], config: TrainConfig, path: Path)
                             f"{', '.join(RESUMABLE_CHANGES)})")
 
 
-def export_training_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path],
+def export_training_checkpoint(checkpoint: Union[str, Path, Mapping[str, Any]], out: Union[str, Path],
                                with_decoder: bool = False) -> Path:
-    """Write the model of a training checkpoint as a plain SAM state dict (or the joint layout)."""
+    """Write the model of a training checkpoint (a `latest.pt`, or the dict `load_training_checkpoint`
+    read from one) as a plain state dict in its family's layout (`export_sam`), or the joint layout."""
     from medicosam.models.checkpoint import export_sam, export_sam_with_decoder
 
-    state = load_training_checkpoint(checkpoint)
+    state = checkpoint if isinstance(checkpoint, Mapping) else load_training_checkpoint(checkpoint)
     if not with_decoder:
         return export_sam(state["model_state"], out)
     if state.get("decoder_state") is None:
@@ -196,17 +221,17 @@ def _get_norm(tensors: List[torch.Tensor]) -> torch.Tensor:
 class _Run:
     """One training run's state; `train` drives it."""
 
-    def __init__(self, sam: nn.Module, sam_config: Any, decoder: Optional[nn.Module], config: TrainConfig,
-                 device: torch.device, dist: Distributed) -> None:
+    def __init__(self, sam: nn.Module, sam_config: Any, family: Any, decoder: Optional[nn.Module],
+                 config: TrainConfig, device: torch.device, dist: Distributed) -> None:
         self.config, self.device, self.dist = config, device, dist
-        self.sam_config = sam_config
+        self.sam_config, self.family = sam_config, family
         self.module = ObjectiveModule(sam, config.objective, decoder).to(device)
         freeze_parameters(self.module.sam, config.freeze)
         self.parameters = [p for p in self.module.parameters() if p.requires_grad]
         if not self.parameters:
             raise InputError(f"freeze={config.freeze} leaves nothing to train: freeze fewer parts")
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay,
-                                           fused=device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(self.get_parameter_groups(), lr=config.lr,
+                                           weight_decay=config.weight_decay, fused=device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_decay_every,
                                                          gamma=config.lr_decay)
         self.model: nn.Module = self.module
@@ -222,6 +247,18 @@ class _Run:
         self.saved_iteration: Optional[int] = None  # of the checkpoint on disk, once this run knows it
         self.validation: List[Dict[str, float]] = []
         self.checkpoint_path = Path(config.out_dir) / CHECKPOINT_NAME
+
+    def get_parameter_groups(self) -> List[Dict[str, Any]]:
+        """One group at `lr`, or, when the encoder's lr differs, the rest at `lr` then the encoder at its own."""
+        if self.config.encoder_lr == self.config.lr:
+            return [{"params": self.parameters}]
+        encoder = {id(p) for p in self.module.sam.image_encoder.parameters()}
+        groups = [{"params": [p for p in self.parameters if id(p) not in encoder]},
+                  {"params": [p for p in self.parameters if id(p) in encoder], "lr": self.config.encoder_lr}]
+        return [group for group in groups if group["params"]]
+
+    def set_train_mode(self) -> None:
+        set_train_mode(self.module, self.module.sam, self.config.batchnorm)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -242,6 +279,7 @@ class _Run:
             "epoch_batches": self.epoch_batches,
             "validation": self.validation,
             **get_config_record(self.config),
+            "family": self.family.name,
             "sam_config": dataclasses.asdict(self.sam_config),
         }
 
@@ -349,7 +387,7 @@ class _Run:
                 dices.append(float(output.dice))
                 weights.append(output.n_objects)
         finally:
-            self.module.train()
+            self.set_train_mode()
         return {"loss": float(np.mean(losses)), "dice": float(np.average(dices, weights=weights))}
 
 
@@ -364,21 +402,25 @@ def _get_epoch_indices(dataset, config: TrainConfig, dist: Distributed, epoch: i
     return indices[: len(indices) // config.batch_size * config.batch_size]
 
 
-def _get_sam_and_config(model: Any) -> Tuple[nn.Module, Any, Optional[Dict[str, Any]]]:
-    """(Sam, SamConfig, decoder state) from a `LoadedSam` or a bare `Sam`."""
-    from medicosam.models.config import detect_config
+def _get_model(model: Any) -> Tuple[nn.Module, Any, Optional[Dict[str, Any]], Any]:
+    """(model, its config, decoder state, its `ModelFamily`) from a loaded or a bare model of a trainable family."""
+    from medicosam.models.checkpoint import get_model_family
 
-    if hasattr(model, "sam"):
-        return model.sam, model.config, model.decoder_state
-    return model, detect_config(model.state_dict()), None
+    loaded = hasattr(model, "family")  # what load_sam returns
+    family = model.family if loaded else get_model_family(model.state_dict())
+    family.check("trainable", "be trained")
+    if loaded:
+        return model.sam, model.config, model.decoder_state, family
+    config = family.get_module().get_checked_config(model.state_dict(), source="the model to train")
+    return model, config, None, family
 
 
 def train(model: Any, train_dataset, val_dataset=None, config: Optional[TrainConfig] = None,
           semantic_decoder: Optional[nn.Module] = None) -> TrainResult:
-    """Finetune `model` (a `LoadedSam` or a `segment_anything` Sam) with Algorithm 1.
+    """Finetune `model` (a `LoadedSam`, a `segment_anything` Sam or a `TinyVitSam`) with Algorithm 1.
 
     Args:
-        model: the model to train, changed in place.
+        model: the model to train, changed in place; its family decides the settings `config` leaves None.
         train_dataset, val_dataset: datasets of `medicosam_training.dataset` samples (any map-style
             dataset yielding its dicts); validation runs after every epoch when given.
         config: the run's settings.
@@ -391,8 +433,8 @@ def train(model: Any, train_dataset, val_dataset=None, config: Optional[TrainCon
     """
     from medicosam.device import get_device
 
-    config = config or TrainConfig()
-    sam, sam_config, decoder_state = _get_sam_and_config(model)
+    sam, sam_config, decoder_state, family = _get_model(model)
+    config = (config or TrainConfig()).with_recipe(getattr(family.get_module(), "TRAINING_DEFAULTS", {}))
     if config.objective.e_sem and semantic_decoder is None:
         semantic_decoder = build_semantic_decoder(sam, config.decoder_features, decoder_state)
     device = get_device(config.device)
@@ -401,9 +443,9 @@ def train(model: Any, train_dataset, val_dataset=None, config: Optional[TrainCon
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     try:
-        run = _Run(sam, sam_config, semantic_decoder, config, device, dist)
+        run = _Run(sam, sam_config, family, semantic_decoder, config, device, dist)
         with _holding_run_folder(run), activation_checkpointing(sam.image_encoder, config.grad_checkpointing), \
-                fast_attention(sam, use_fast_attention(config.fast_attention, device)):
+                fast_attention(sam, use_fast_attention(config.fast_attention, device)), fused_norms(sam):
             return _train(run, train_dataset, val_dataset)
     finally:
         if dist.owns_group:
@@ -431,7 +473,7 @@ def _train(run: _Run, train_dataset, val_dataset) -> TrainResult:
     writer = _get_writer(out_dir) if dist.is_main else None
     progress = _get_progress(total, run.iteration, config.progress and dist.is_main, run.device)
     started = time.monotonic()
-    run.module.train()
+    run.set_train_mode()
     try:
         while run.epoch < epochs and run.iteration < total:
             if hasattr(train_dataset, "set_epoch"):

@@ -16,6 +16,12 @@ does, and `get_unetr_decoder_from_state` builds the matching decoder and loads i
 Unlike the UNETR, this module does not own the encoder: it takes the encoder features, so the
 training objective runs SAM's encoder once and feeds both SAM's mask decoder and this decoder, and
 the 3D semantic model runs it per slice (`forward_features`, without `out_conv`).
+
+Its output is at the model's input size: `scale` (`get_decoder_scale`) is input side / embedding
+side, 16 for SAM (64 x 64 at 1024 px), 4 for LiteMedSAM (64 x 64 at 256 px). The four x2 stages of
+each path upsample only as often as the scale needs (the first ones keep the size, their 1x1
+convolution still runs), so every scale has micro-sam's keys and a LiteMedSAM decoder never computes
+the 1024 x 1024 maps it would only shrink again.
 """
 
 from __future__ import annotations
@@ -60,14 +66,17 @@ class _ConvBlock(nn.Module):
 
 
 class _Upsampler(nn.Module):
-    """Bilinear x2 upsampling then a 1x1 conv, torch-em's `Upsampler2d` (keys `conv.*`)."""
+    """Bilinear x2 upsampling (`upsample`, else none) then a 1x1 conv, torch-em's `Upsampler2d` (keys `conv.*`)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, upsample: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        self.upsample = upsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.conv(x)
 
 
 class _TransposedUpsampler(nn.Module):
@@ -81,8 +90,10 @@ class _TransposedUpsampler(nn.Module):
         return self.block(x)
 
 
-def _get_upsampler(in_channels: int, out_channels: int, use_conv_transpose: bool) -> nn.Module:
-    return (_TransposedUpsampler if use_conv_transpose else _Upsampler)(in_channels, out_channels)
+def _get_upsampler(in_channels: int, out_channels: int, use_conv_transpose: bool, upsample: bool = True) -> nn.Module:
+    if use_conv_transpose:
+        return _TransposedUpsampler(in_channels, out_channels)  # UNETRDecoder allows it at scale 16 only
+    return _Upsampler(in_channels, out_channels, upsample)
 
 
 class _SingleConv(nn.Module):
@@ -97,9 +108,9 @@ class _SingleConv(nn.Module):
 class _Deconv(nn.Module):
     """Upsample x2 -> Conv3x3 -> BatchNorm -> ReLU, torch-em's `Deconv2DBlock`."""
 
-    def __init__(self, in_channels: int, out_channels: int, use_conv_transpose: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, use_conv_transpose: bool, upsample: bool = True) -> None:
         super().__init__()
-        self.block = nn.Sequential(_get_upsampler(in_channels, out_channels, use_conv_transpose),
+        self.block = nn.Sequential(_get_upsampler(in_channels, out_channels, use_conv_transpose, upsample),
                                    _SingleConv(out_channels), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,11 +124,12 @@ def _center_crop(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 class _Decoder(nn.Module):
-    def __init__(self, features: List[int], use_conv_transpose: bool) -> None:
+    def __init__(self, features: List[int], use_conv_transpose: bool, upsample: List[bool]) -> None:
         super().__init__()
         pairs = list(zip(features[:-1], features[1:]))
         self.blocks = nn.ModuleList([_ConvBlock(c_in, c_out) for c_in, c_out in pairs])
-        self.samplers = nn.ModuleList([_get_upsampler(c_in, c_out, use_conv_transpose) for c_in, c_out in pairs])
+        self.samplers = nn.ModuleList([_get_upsampler(c_in, c_out, use_conv_transpose, up)
+                                       for (c_in, c_out), up in zip(pairs, upsample)])
 
     def forward(self, x: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
         for block, sampler, skip in zip(self.blocks, self.samplers, skips):
@@ -126,34 +138,45 @@ class _Decoder(nn.Module):
         return x
 
 
+#: The upsampling factors a decoder can have (x2 stages: 1 to 4).
+SCALES = (2, 4, 8, 16)
+
+
 class UNETRDecoder(nn.Module):
-    """Encoder features (B, C, h, w) -> logits (B, out_channels, 16 h, 16 w), i.e. at SAM's input size.
+    """Encoder features (B, C, h, w) -> logits (B, out_channels, scale h, scale w), i.e. at the model's input size.
 
     Args:
         in_channels: channels of the encoder output (SAM's neck: 256).
         out_channels: output channels; None builds no `out_conv` (the 3D model ends in its own head).
         initial_features: width of the last level; the levels are 8x, 4x, 2x, 1x this (micro-sam: 64).
-        use_conv_transpose: transposed-convolution upsamplers instead of bilinear + 1x1 conv.
+        use_conv_transpose: transposed-convolution upsamplers instead of bilinear + 1x1 conv (scale 16 only).
+        scale: input side / embedding side (`get_decoder_scale`; SAM: 16, LiteMedSAM: 4).
     """
 
     def __init__(self, in_channels: int, out_channels: Optional[int] = 2, initial_features: int = 64,
-                 use_conv_transpose: bool = False) -> None:
+                 use_conv_transpose: bool = False, scale: int = 16) -> None:
         super().__init__()
         check_decoder_features(initial_features)
+        if scale not in SCALES or use_conv_transpose and scale != 16:
+            raise ModelError(f"a UNETR decoder upsamples {' or '.join(map(str, SCALES))} times (transposed "
+                             f"convolutions: 16 only), not {scale}: the model's input side / embedding side")
+        stages = SCALES.index(scale) + 1  # x2 stages needed: the last ones of each path upsample
+        upsample = [stage >= 4 - stages for stage in range(4)]
         features = [initial_features * 2 ** i for i in range(4)][::-1]  # micro-sam: [512, 256, 128, 64]
         self.features = features[-1]
-        self.deconv1 = _Deconv(in_channels, features[0], use_conv_transpose)
-        self.deconv2 = _Deconv(features[0], features[1], use_conv_transpose)
-        self.deconv3 = _Deconv(features[1], features[2], use_conv_transpose)
-        self.deconv4 = _Deconv(features[2], features[3], use_conv_transpose)
+        self.scale = scale
+        self.deconv1 = _Deconv(in_channels, features[0], use_conv_transpose, upsample[0])
+        self.deconv2 = _Deconv(features[0], features[1], use_conv_transpose, upsample[1])
+        self.deconv3 = _Deconv(features[1], features[2], use_conv_transpose, upsample[2])
+        self.deconv4 = _Deconv(features[2], features[3], use_conv_transpose, upsample[3])
         self.base = _ConvBlock(in_channels, features[0])
-        self.decoder = _Decoder(features, use_conv_transpose)
-        self.deconv_out = _get_upsampler(features[-1], features[-1], use_conv_transpose)
+        self.decoder = _Decoder(features, use_conv_transpose, upsample[:3])
+        self.deconv_out = _get_upsampler(features[-1], features[-1], use_conv_transpose, upsample[3])
         self.decoder_head = _ConvBlock(2 * features[-1], features[-1])
         self.out_conv = None if out_channels is None else nn.Conv2d(features[-1], out_channels, 1)
 
     def forward_features(self, features: torch.Tensor) -> torch.Tensor:
-        """The last feature map before `out_conv`: (B, initial_features, 16 h, 16 w)."""
+        """The last feature map before `out_conv`: (B, initial_features, scale h, scale w)."""
         z9 = self.deconv1(features)
         z6 = self.deconv2(z9)
         z3 = self.deconv3(z6)
@@ -201,18 +224,24 @@ def get_decoder_layout(state: Mapping[str, Any]) -> DecoderLayout:
         use_conv_transpose=any(key.startswith("decoder.samplers.") and ".block." in key for key in state))
 
 
+def get_decoder_scale(sam: nn.Module) -> int:
+    """Input side / embedding side of a SAM-like model: the decoder's `scale` (SAM: 1024 / 64; LiteMedSAM: 256 / 64)."""
+    return sam.prompt_encoder.input_image_size[0] // sam.prompt_encoder.image_embedding_size[0]
+
+
 def get_unetr_decoder(image_encoder: nn.Module, out_channels: Optional[int] = 2, initial_features: int = 64,
-                      use_conv_transpose: bool = False) -> UNETRDecoder:
+                      use_conv_transpose: bool = False, scale: int = 16) -> UNETRDecoder:
     """A decoder sized for `image_encoder`'s neck output (micro-sam uses `initial_features=64`).
 
     Smaller `initial_features` make the decoder affordable for tiny CPU models (tests, demo);
-    only 64 matches micro-sam's released weights.
+    only 64 matches micro-sam's released weights. `scale`: `get_decoder_scale(sam)`.
     """
-    return UNETRDecoder(image_encoder.neck[2].out_channels, out_channels, initial_features, use_conv_transpose)
+    return UNETRDecoder(image_encoder.neck[2].out_channels, out_channels, initial_features, use_conv_transpose,
+                        scale)
 
 
 def get_unetr_decoder_from_state(image_encoder: nn.Module, state: Mapping[str, Any],
-                                 out_channels: Union[int, str, None] = "saved") -> UNETRDecoder:
+                                 out_channels: Union[int, str, None] = "saved", scale: int = 16) -> UNETRDecoder:
     """A decoder in the layout of `state` (variant and widths auto-detected) with its weights loaded.
 
     Args:
@@ -220,6 +249,7 @@ def get_unetr_decoder_from_state(image_encoder: nn.Module, state: Mapping[str, A
         state: a micro-sam / MedicoSAM decoder state (e.g. `load_decoder_state("medicosam_vit_b_decoder")`).
         out_channels: "saved" keeps the state's output head; a number (a new task's classes) or None
             (no head) keeps everything but `out_conv`, which is then freshly initialised or absent.
+        scale: the model's `get_decoder_scale` (the layout of the weights does not show it).
     """
     state = get_decoder_state(state)
     layout = get_decoder_layout(state)
@@ -230,7 +260,8 @@ def get_unetr_decoder_from_state(image_encoder: nn.Module, state: Mapping[str, A
                                 "architectures")
     if out_channels == "saved":
         out_channels = layout.out_channels
-    decoder = UNETRDecoder(layout.in_channels, out_channels, layout.initial_features, layout.use_conv_transpose)
+    decoder = UNETRDecoder(layout.in_channels, out_channels, layout.initial_features, layout.use_conv_transpose,
+                           scale)
     keep_head = out_channels is not None and out_channels == layout.out_channels
     load_decoder_weights(decoder, {k: v for k, v in state.items() if keep_head or not k.startswith("out_conv.")})
     return decoder

