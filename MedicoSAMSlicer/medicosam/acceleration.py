@@ -90,11 +90,14 @@ class FusedLayerNorm2d(LayerNorm2d):
 
     SAM spells it as six passes over the tensor (mean, subtract, square, mean, divide, scale), each
     kept for the backward pass: at LiteMedSAM's 256 x 256 mask resolution that was a third of a
-    training step's decoder time on a CPU. Equal up to float rounding (autocast runs it in fp32).
+    training step's decoder time on a CPU. Equal up to float rounding (autocast runs it in fp32). The
+    output keeps the input's memory layout (a layout change would reach the next layer's weight
+    gradients, which DDP then copies into its buckets).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
 
 
 _FAST_CLASSES = {EncoderAttention: FastEncoderAttention, DecoderAttention: FastDecoderAttention}
