@@ -94,9 +94,11 @@ def _add_train(subparsers) -> None:
 
 def _add_export(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="write a training checkpoint's model as a plain SAM checkpoint",
-        description="Write the model of a training checkpoint (latest.pt) as a plain SAM state dict that "
-                    "segment_anything loads, or with --with-decoder in micro-sam's joint layout.")
+        "export", help="write a training checkpoint's model as a plain checkpoint in its family's layout",
+        description="Write the model of a training checkpoint (latest.pt) as a plain state dict in its model "
+                    "family's own layout (SAM: what segment_anything loads; LiteMedSAM: what LiteMedSAM's own "
+                    "builder loads, since segment_anything cannot load a TinyViT model), or with --with-decoder "
+                    "in micro-sam's joint layout. It prints which tool loads the file.")
     parser.add_argument("checkpoint", help="training checkpoint (OUT/latest.pt of `medicosam train`)")
     parser.add_argument("out", help="file to write")
     parser.add_argument("--with-decoder", action="store_true",
