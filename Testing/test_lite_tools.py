@@ -93,3 +93,79 @@ def test_evaluate_interactive_3d_grid_search_with_litemedsam(lite_env, icbm152, 
     best = max(rows[:3], key=lambda r: float(r["dice"]))
     assert (rows[3]["mode"], rows[3]["box_extension"]) == (best["mode"], best["box_extension"])
     assert float(rows[3]["seed_dice"]) > 0.5 and float(rows[3]["dice"]) > 0.3
+
+
+@pytest.fixture(scope="module")
+def brain_slices(icbm152, tmp_path_factory):
+    """Four axial ICBM152 slices (2 mm) with grey (1) and white matter (2): a train-semantic folder."""
+    folder = tmp_path_factory.mktemp("brain_slices")
+    label = np.where(icbm152["gm"], 1, np.where(icbm152["wm"], 2, 0)).astype(np.uint8)
+    for k in (34, 40, 46, 52):
+        _write(icbm152["t1"][k], folder / "images" / f"axial{k}.png")
+        _write(label[k], folder / "labels" / f"axial{k}.png")
+    return folder
+
+
+def test_train_semantic_2d_with_the_lite_encoder(lite_env, lite, brain_slices, tmp_path, capsys):
+    """`train-semantic --model litemedsam`: LiteMedSAM's TinyViT under the UNETR decoder, which upsamples its
+    64 x 64 embedding 4x to the 256-px input, and the encoder sees the input LiteMedSAM was trained on."""
+    import torch
+
+    from medicosam.preprocessing import get_resized_shape
+    from medicosam_training.semantic.data import get_model_input
+    from medicosam_training.semantic.models import get_normalised, load_semantic_model
+
+    args = ["train-semantic", "--data", str(brain_slices), "--classes", "3", "--iterations", "2", "--batch-size", "1",
+            "--val-every", "2", "--val-fraction", "0.25", "--decoder-features", "8", "--quiet"]
+    assert main([*args, "--model", "litemedsam", "--out", str(tmp_path / "new")]) == 0
+    assert "litemedsam encoder with a new decoder (the model has none)" in capsys.readouterr().out
+    model = load_semantic_model(tmp_path / "new" / "best.pt")
+    assert model.config.family == "lite" and model.config.image_size == 256
+    assert model.decoder.scale == 4 and model.transform == lite.sam.input_transform
+    plane = sitk.GetArrayFromImage(sitk.ReadImage(str(brain_slices / "images" / "axial40.png")))
+    image = get_model_input(plane[None], 256)  # what the semantic datasets feed: resized, zero-padded
+    with torch.no_grad():
+        assert model(image).shape == (1, 3, 256, 256)
+    # the encoder's input is LiteMedSAM's: the resized slice min-max scaled, then zero-padded
+    height, width = get_resized_shape(plane.shape, 256)
+    content = image[..., :height, :width]
+    expected = torch.zeros_like(image)
+    expected[..., :height, :width] = (content - content.min()) / (content.max() - content.min())
+    assert content.min() == 0 and width < 256
+    torch.testing.assert_close(get_normalised(image, model.transform), expected)
+
+
+def test_train_semantic_starts_from_a_lite_e_sem_decoder(lite_env, lite, brain_slices, tmp_path, capsys):
+    """A LiteMedSAM finetune saved with its e_sem decoder (the trainer's joint layout) starts the semantic
+    decoder; only the class head is new."""
+    import torch
+
+    from medicosam.models.checkpoint import export_sam_with_decoder
+    from medicosam_training.semantic.models import get_semantic_model
+    from medicosam_training.unetr import get_decoder_scale, get_unetr_decoder
+
+    torch.manual_seed(0)
+    e_sem = get_unetr_decoder(lite.sam.image_encoder, out_channels=2, initial_features=8,
+                              scale=get_decoder_scale(lite.sam))
+    export_sam_with_decoder(lite.sam, e_sem.state_dict(), tmp_path / "lite_with_decoder.pt")
+    model = get_semantic_model(lite.model, lite.config, 3, family=lite.family, decoder_state=e_sem.state_dict())
+    kept = {key: value for key, value in e_sem.state_dict().items() if not key.startswith("out_conv.")}
+    assert all(torch.equal(model.decoder.state_dict()[key], value) for key, value in kept.items())
+    assert model.decoder.out_conv.out_channels == 3
+    assert main(["train-semantic", "--data", str(brain_slices), "--classes", "3", "--checkpoint",
+                 str(tmp_path / "lite_with_decoder.pt"), "--iterations", "1", "--batch-size", "1", "--val-every", "1",
+                 "--val-fraction", "0.25", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "encoder with the decoder stored with" in capsys.readouterr().out
+
+
+def test_what_the_lite_encoder_cannot_do_is_one_line(lite_env, brain_slices, tmp_path, capsys):
+    """MA-SAM's 3D adapters are ViT-only and TinyViT runs at its own size: one line each, exit 2."""
+    args = ["train-semantic", "--data", str(brain_slices), "--classes", "3", "--model", "litemedsam", "--out",
+            str(tmp_path / "out"), "--quiet"]
+    assert main([*args, "--ndim", "3"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "LiteMedSAM models cannot be trained into a 3D semantic model (--ndim 3): " \
+                                      "MA-SAM's 3D adapters are written for ViT encoders" in error
+    assert main([*args, "--image-size", "512"]) == 2
+    assert "--image-size 512: LiteMedSAM models run at their own 256 px only" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

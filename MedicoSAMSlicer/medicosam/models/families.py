@@ -8,9 +8,12 @@ read these fields; no tool tests a family's name. The families themselves (`FAMI
 is its module, its registry rows, its test and its docs (docs/architecture.md, "A new model family").
 
 A family's module gives `recognises(state) -> bool` and `load(obj, *, checkpoint, path, device,
-allow_custom)`; one whose encoder feeds the semantic decoder (`semantic_encoder`) also gives
-`build(config)` (a model of random weights) and `read_config(values)` (its config from
-`dataclasses.asdict`, as semantic checkpoints store it).
+allow_custom)`; one that is trained or exported also gives `get_checked_config(state, source)` (the
+config of a plain state dict, every key and shape checked), `EXPORT_NOTE` (who loads its exported
+files) and, where its recipe differs from the paper's, `TRAINING_DEFAULTS` (`TrainConfig.with_recipe`);
+one whose encoder feeds the semantic decoder (`semantic_encoder`) also gives `build(config)` (a model
+of random weights) and `read_config(values)` (its config from `dataclasses.asdict`, as semantic
+checkpoints store it).
 
 This module imports neither torch nor the families' modules: the Slicer effect reads it before its
 packages are installed, and each family's module is imported only when a model of it is used.

@@ -41,8 +41,9 @@ def _add_train(subparsers) -> None:
                         help="sam (the paper's model) or a baseline: unet, swin_unetr")
     parser.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2D slice model or 3D model")
     model = parser.add_mutually_exclusive_group()
-    model.add_argument("--model", default="medicosam_vit_b", help="SAM start model: registry name or URL")
-    model.add_argument("--checkpoint", help="SAM start model: a local checkpoint file")
+    model.add_argument("--model", default="medicosam_vit_b", help="start model (SAM, or LiteMedSAM in 2D): registry "
+                                                                  "name or URL")
+    model.add_argument("--checkpoint", help="start model: a local checkpoint file")
     add_allow_custom(parser)
     parser.add_argument("--decoder", default="auto",
                         help="decoder start: auto (the model's own or its registry companion, else new), none "
@@ -138,7 +139,7 @@ def _get_model(args: argparse.Namespace, n_classes: int):
     from medicosam.models.checkpoint import load_sam
 
     from .baselines import BaselineConfig, build_baseline_model
-    from .models import get_semantic_model
+    from .models import check_semantic_family, get_semantic_model
 
     if args.architecture != "sam":
         config = BaselineConfig(args.architecture, args.ndim, n_classes, args.image_size or 256,
@@ -146,9 +147,11 @@ def _get_model(args: argparse.Namespace, n_classes: int):
         return build_baseline_model(config), f"{args.architecture} baseline"
     source = args.checkpoint or args.model
     loaded = load_sam(source, allow_custom=args.allow_custom, offline=args.offline)
+    check_semantic_family(loaded.family, args.ndim)
     decoder_state, decoder = _get_decoder_state(args.decoder, loaded, source, args.offline)
-    model = get_semantic_model(loaded.sam, loaded.config, n_classes, args.ndim, image_size=args.image_size,
-                               decoder_state=decoder_state, decoder_features=args.decoder_features,
+    model = get_semantic_model(loaded.model, loaded.config, n_classes, args.ndim, family=loaded.family,
+                               image_size=args.image_size, decoder_state=decoder_state,
+                               decoder_features=args.decoder_features,
                                patch_depth=args.patch_depth or 8, zero_init_adapters=args.zero_init_adapters)
     return model, f"{source} encoder with {decoder}"
 
