@@ -11,6 +11,7 @@ best mean is kept, written to `out_dir/best.pt` and loaded back at the end.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -95,6 +96,14 @@ def _get_batches(dataset: Dataset, config: SemanticTrainConfig, device: torch.de
         epoch += 1
 
 
+def _without_onednn_3d(model: nn.Module, device: torch.device):
+    """ATen's own 3D convolutions instead of oneDNN's on the CPU while training: torch 2.14.1's oneDNN 3D
+    convolution backward corrupts memory on AVX-512 / AMX CPUs (NaN weights after one step, or an abort
+    with "double free or corruption"; measured with ONEDNN_MAX_CPU_ISA=AVX512_CORE and unrestricted)."""
+    has_3d = any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in model.modules())
+    return torch.backends.mkldnn.flags(enabled=False) if device.type == "cpu" and has_3d else contextlib.nullcontext()
+
+
 def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Dataset] = None,
                    config: Optional[SemanticTrainConfig] = None) -> SemanticTrainResult:
     """Finetune `model` in place (see the module docstring); with `val_set` it ends with the best weights.
@@ -124,7 +133,7 @@ def train_semantic(model: nn.Module, train_set: Dataset, val_set: Optional[Datas
     best_dice, best_state, best_path = -math.inf, None, None
     start = time.monotonic()
     batches = _get_batches(train_set, config, device)
-    with fast_attention(model, use_fast_attention(config.fast_attention, device)):
+    with fast_attention(model, use_fast_attention(config.fast_attention, device)), _without_onednn_3d(model, device):
         bar = tqdm(total=config.iterations, disable=not config.progress, desc="semantic training")
         running = []
         for iteration in range(1, config.iterations + 1):
