@@ -81,35 +81,3 @@ def lite(lite_cache):
     from medicosam.models.checkpoint import load_sam
 
     return load_sam(lite_cache / "litemedsam.pth")
-
-
-@pytest.fixture(scope="session")
-def trained_tiny(tmp_path_factory):
-    """A tiny SAM (128 px) trained with the `medicosam` preset for ~2 minutes on real axial MR slices
-    (tissue classes of ICBM152 at 2 mm) plus phantoms, with its untrained twin and the volumes."""
-    import copy
-
-    import torch
-
-    from medicosam.models.config import build_sam, get_tiny_config
-    from medicosam_training.dataset import FolderDataset2D
-    from medicosam_training.demo import get_brain_volumes, write_training_data
-    from medicosam_training.objective import get_preset
-    from medicosam_training.trainer import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("trained_tiny")
-    volumes = get_brain_volumes()
-    data = write_training_data(root / "data", volumes, n_phantoms=48, seed=0)
-    dataset = FolderDataset2D(data / "images", data / "labels", image_size=128, n_obj=5, min_size=25,
-                              label_mode="semantic")
-    torch.manual_seed(0)
-    sam = build_sam(get_tiny_config(image_size=128))
-    untrained = copy.deepcopy(sam)
-    config = TrainConfig(objective=get_preset("medicosam"), lr=TRAINED_TINY_LR, batch_size=4,
-                         iterations=TRAINED_TINY_ITERATIONS, out_dir=root / "run", decoder_features=8, progress=False)
-    result = train(sam, dataset, None, config)
-    return {"sam": sam.eval(), "untrained": untrained.eval(), "volumes": volumes, "result": result}
-
-
-TRAINED_TINY_LR = 3e-3
-TRAINED_TINY_ITERATIONS = 240
