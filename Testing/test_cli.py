@@ -361,7 +361,9 @@ def test_ctrl_c_in_segment_is_one_line_and_writes_nothing(t1_path, tiny_checkpoi
     process = subprocess.Popen([sys.executable, "-m", "medicosam.cli", "--threads", "1", "segment", t1_path,
                                 "--checkpoint", str(tiny_checkpoint), "--point", "0,-20,10", "--propagate",
                                 "--iou-threshold", "0", "--out", str(out)],
-                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True,
+                               # a shell's background job starts with SIGINT ignored: Ctrl-C must reach Python
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err = []
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: process.stderr.read(1), "")))
     reader.start()

@@ -426,7 +426,9 @@ def test_disk_full_during_a_checkpoint_save_says_so_and_keeps_the_previous_one(t
 def test_ctrl_c_stops_training_in_one_line_that_says_how_to_resume(train_folder, tmp_path):
     out = tmp_path / "run"
     command = _train_command(train_folder, out, "--preset", "medsam", "--iterations", "100000", "--save-every", "1")
-    process = subprocess.Popen(command, env=_get_env(), stderr=subprocess.PIPE, text=True)
+    # a shell's background job starts with SIGINT ignored, and Python then never turns it into Ctrl-C
+    process = subprocess.Popen(command, env=_get_env(), stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (out / CHECKPOINT_NAME).exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
