@@ -174,3 +174,29 @@ def test_unetr_decoder_layout(tiny_sam):
     assert decoder.decoder.blocks[0].block[1].in_channels == 32
     features = torch.randn(2, 64, 16, 16)
     assert decoder(features).shape == (2, 2, SIZE, SIZE)
+
+
+def test_backward_pass_by_pass_gives_the_gradients_of_one_backward(tiny_sam, brain_batch):
+    """`backward=True` (the trainer's single-process path: one decoder pass's activations in memory): the
+    loss and the gradients of backpropagating the returned loss once, decoder passes, encoder and e_sem."""
+    import copy
+
+    torch.manual_seed(0)
+    decoder = get_unetr_decoder(tiny_sam.image_encoder, initial_features=4)
+    twin, twin_decoder = copy.deepcopy(tiny_sam), copy.deepcopy(decoder)
+    config = get_preset("medicosam", n_steps=2)
+    once = _run(tiny_sam, brain_batch, config, decoder=decoder)
+    once.loss.backward()
+    streamed = compute_objective(twin, brain_batch["image"], brain_batch["masks"], brain_batch["valid"], config,
+                                 np.random.default_rng(0), semantic_decoder=twin_decoder, backward=True)
+    assert not streamed.loss.requires_grad
+    assert float(streamed.loss) == pytest.approx(float(once.loss), rel=1e-6)
+    pairs = list(zip(tiny_sam.named_parameters(), twin.parameters())) + list(
+        zip(decoder.named_parameters(), twin_decoder.parameters()))
+    for (name, expected), got in pairs:
+        if expected.grad is None:
+            assert got.grad is None, name
+        else:
+            torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-7, msg=name)
+    encoder_grads = [p.grad for p in twin.image_encoder.parameters() if p.grad is not None]
+    assert encoder_grads and any(bool(g.abs().sum() > 0) for g in encoder_grads)

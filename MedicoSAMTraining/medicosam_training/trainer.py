@@ -354,11 +354,13 @@ class _Run:
         batch = self.get_batch(batch)
         rng = np.random.default_rng((self.config.seed, self.dist.rank, self.iteration))
         self.optimizer.zero_grad(set_to_none=True)
+        streaming = self.dist.world_size == 1  # backward pass by pass (compute_objective); DDP: after its forward
         with autocast(self.device, self.amp_dtype):
             output = self.model(batch["image"], batch["masks"], batch["valid"], rng, self.iteration,
-                                batch.get("foreground"))
+                                batch.get("foreground"), backward=streaming)
         self.check_finite(output.loss, "the loss", self.iteration + 1)
-        output.loss.backward()
+        if not streaming:
+            output.loss.backward()
         grads = [p.grad for p in self.parameters if p.grad is not None]
         self.check_finite(_get_norm(grads), "the gradient", self.iteration + 1)
         self.optimizer.step()
