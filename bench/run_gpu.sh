@@ -34,6 +34,7 @@ step() {  # step NAME LIMIT_S SCRIPT ARGS...: run one bench, keep going if it fa
     step propagation 120 bench/propagation.py --arch "$ARCH" --slices "$SLICES" --batch-size 8
     if [ -f bench/train_step.py ]; then
         step train_step 90 bench/train_step.py --arch "$ARCH"
+        step train_step_lite 60 bench/train_step.py --arch litemedsam --repeat 10
     fi
     step sam2_propagation 90 bench/sam2_propagation.py --arch "$ARCH" --fast
     "$PYTHON" bench/summarize.py "$OUT" --json "$OUT/summary.json" || true
