@@ -201,6 +201,3 @@ def _run_demo(args: argparse.Namespace) -> int:
         return 0
     print(describe(run_demo(config)))
     return 0
-    summary = run_demo(config)
-    print(json.dumps({k: v for k, v in summary.items() if k != "details"}, indent=2))
-    return 0

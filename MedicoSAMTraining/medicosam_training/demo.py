@@ -246,6 +246,7 @@ def run_demo(config: DemoConfig) -> dict:
     from medicosam.device import describe_threads
     from medicosam.models.checkpoint import load_sam
     from medicosam.overlap import get_dice
+    from medicosam.preprocessing import get_input_transform
     from medicosam.volume_io import read_volume, write_mask
 
     from .dataset import FolderDataset2D
@@ -259,7 +260,7 @@ def run_demo(config: DemoConfig) -> dict:
     target, central = get_held_out_target(volumes, half_width)
     data_dir = write_training_data(out / "training-data", volumes, 0, config.seed, held_out=target)
     base = load_sam(config.model)
-    dataset = FolderDataset2D(data_dir / "images", data_dir / "labels", image_size=base.config.image_size,
+    dataset = FolderDataset2D(data_dir / "images", data_dir / "labels", image_size=get_input_transform(base.sam),
                               n_obj=config.n_obj, min_size=25, label_mode="semantic", seed=config.seed)
     sets = get_evaluation_sets(volumes)
     rows = evaluate_2d(base, "litemedsam", sets, config.seed)
@@ -331,6 +332,7 @@ def run_compare_presets(config: DemoConfig) -> dict:
     """Finetune the model once per preset (same data, initial weights and iterations), evaluate all with
     the paper's 2D protocol on the held-out slices, and write CSV, summary and plots."""
     from medicosam.models.checkpoint import load_sam
+    from medicosam.preprocessing import get_input_transform
 
     from .dataset import FolderDataset2D
     from .evaluation.interactive_2d import FIELDS_2D
@@ -341,7 +343,7 @@ def run_compare_presets(config: DemoConfig) -> dict:
     volumes = get_brain_volumes()
     data_dir = write_training_data(out / "training-data", volumes, 0, config.seed)
     base = load_sam(config.model)
-    dataset = FolderDataset2D(data_dir / "images", data_dir / "labels", image_size=base.config.image_size,
+    dataset = FolderDataset2D(data_dir / "images", data_dir / "labels", image_size=get_input_transform(base.sam),
                               n_obj=config.n_obj, min_size=25, label_mode="semantic", seed=config.seed)
     sets = get_evaluation_sets(volumes)
     rows, seconds = evaluate_2d(base, "litemedsam", sets, config.seed), {}

