@@ -91,8 +91,8 @@ def test_the_lite_recipe_is_what_the_run_recorded_and_did(trained, lite):
     assert state["family"] == "lite"
     recipe = lite_sam.TRAINING_DEFAULTS
     record = state["train_config"]
-    assert {key: record[key] for key in ("lr", "encoder_lr", "batchnorm")} == \
-        {key: recipe[key] for key in ("lr", "encoder_lr", "batchnorm")}
+    assert {key: record[key] for key in ("lr", "encoder_lr", "batchnorm", "multimask_heads")} == \
+        {key: recipe[key] for key in ("lr", "encoder_lr", "batchnorm", "multimask_heads")}
     assert tuple(record["freeze"]) == tuple(recipe["freeze"]) == ()
     groups = state["optimizer"]["param_groups"]
     assert sorted(group["lr"] for group in groups) == pytest.approx(sorted([recipe["encoder_lr"], recipe["lr"]]))
@@ -102,6 +102,13 @@ def test_the_lite_recipe_is_what_the_run_recorded_and_did(trained, lite):
     assert statistics and all(torch.equal(trained_state[key], start[key]) for key in statistics)
     for part in ("image_encoder.", "prompt_encoder.", "mask_decoder."):
         assert any(not torch.equal(trained_state[key], start[key]) for key in start if key.startswith(part)), part
+    # multimask heads from the single-mask head: 2 Adam steps at lr 1e-4 away from its start, far from their own
+    mlp = "mask_decoder.output_hypernetworks_mlps"
+    for head in (1, 2, 3):
+        for key in [key for key in start if key.startswith(f"{mlp}.0.")]:
+            copied = trained_state[key.replace(f"{mlp}.0.", f"{mlp}.{head}.")]
+            assert (copied - start[key]).abs().max() < 1e-3, key
+            assert (start[key.replace(f"{mlp}.0.", f"{mlp}.{head}.")] - start[key]).abs().max() > 0.1, key
 
 
 def test_the_export_is_litemedsams_own_layout(trained, tmp_path, capsys):

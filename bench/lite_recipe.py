@@ -13,7 +13,9 @@ so only the recipe differs; with several `--steps` budgets one run goes on from 
 - `split_lr`: every part, lr 1e-4 (prompt encoder, mask decoder) and 1e-5 (image encoder), running statistics;
 - `frozen_encoder`: the image encoder frozen (statistics included), the rest at lr 1e-4;
 - `frozen_encoder_1e-5`: the same at lr 1e-5;
-- `medsam_control`: `split_lr`'s recipe with the `medsam` preset (box only, no corrections, no e_sem): the
+- `recipe`: the family's recipe (`lite_sam.TRAINING_DEFAULTS`): `split_lr` with the three multimask heads
+  started from the single-mask head (`multimask_heads="from-single"`; the variants above keep them);
+- `medsam_control`: the family's recipe with the `medsam` preset (box only, no corrections, no e_sem): the
   paper's control, same data and budget.
 Held out (never trained on): coronal 1 mm ICBM152 slices with their tissue components (`tissue`) and the
 AAL atlas regions resampled onto them (`aal`, drawn on another brain), and BrainWeb's T1 and PD slices
@@ -61,12 +63,13 @@ from medicosam_training.trainer import train
 FROZEN = ("image_encoder",)
 VARIANTS: Dict[str, dict] = {
     "litemedsam": {},
-    "paper": dict(lr=1e-5, freeze=(), batchnorm="batch"),
-    "paper_bn_running": dict(lr=1e-5, freeze=(), batchnorm="running"),
-    "split_lr": dict(lr=1e-4, encoder_lr=1e-5, freeze=(), batchnorm="running"),
-    "frozen_encoder": dict(lr=1e-4, freeze=FROZEN, batchnorm="running"),
-    "frozen_encoder_1e-5": dict(lr=1e-5, freeze=FROZEN, batchnorm="running"),
-    "medsam_control": dict(lr=1e-4, encoder_lr=1e-5, freeze=(), batchnorm="running", preset="medsam"),
+    "paper": dict(lr=1e-5, freeze=(), batchnorm="batch", multimask_heads="keep"),
+    "paper_bn_running": dict(lr=1e-5, freeze=(), batchnorm="running", multimask_heads="keep"),
+    "split_lr": dict(lr=1e-4, encoder_lr=1e-5, freeze=(), batchnorm="running", multimask_heads="keep"),
+    "frozen_encoder": dict(lr=1e-4, freeze=FROZEN, batchnorm="running", multimask_heads="keep"),
+    "frozen_encoder_1e-5": dict(lr=1e-5, freeze=FROZEN, batchnorm="running", multimask_heads="keep"),
+    "recipe": dict(preset="medicosam"),  # the family's TRAINING_DEFAULTS: split_lr + multimask heads from-single
+    "medsam_control": dict(preset="medsam"),
 }
 CORONAL = (90, 120, 150)  # 1 mm coronal planes of ICBM152 (233 of them): front, middle, back of the brain
 
@@ -125,7 +128,7 @@ def main() -> None:
         loaded = load_sam("litemedsam", offline=True)
         dataset = FolderDataset2D(data / "images", data / "labels", image_size=get_input_transform(loaded.sam),
                                   n_obj=5, min_size=25, label_mode="semantic", seed=0)
-        if not VARIANTS[name]:
+        if name == "litemedsam":
             report["batchnorm_at_batch_1"] = check_batchnorm(loaded, dataset)
             report["variants"][name] = measure(loaded, held_out, out, name, None)
             continue

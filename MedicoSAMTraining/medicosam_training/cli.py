@@ -12,7 +12,7 @@ from medicosam.cli import add_allow_custom
 from medicosam.errors import InputError
 
 from .choices import PRESETS
-from .configs import AMP_CHOICES, BATCHNORM_CHOICES, DEFAULT_PRESET, TrainConfig
+from .configs import AMP_CHOICES, BATCHNORM_CHOICES, DEFAULT_PRESET, MULTIMASK_HEAD_CHOICES, TrainConfig
 from .extras import needs_training_extra
 from .records import LABEL_MODES
 
@@ -55,6 +55,10 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--batchnorm", choices=BATCHNORM_CHOICES, default=defaults.batchnorm,
                         help="BatchNorm layers (TinyViT's) train with each batch's statistics, or keep the "
                              "running ones (default: the family's recipe)")
+    parser.add_argument("--multimask-heads", choices=MULTIMASK_HEAD_CHOICES, default=defaults.multimask_heads,
+                        help="a new run's three multimask heads (a lone point's outputs): as the model has them, "
+                             "or started from its single-mask head, for a model trained with one output "
+                             "(default: the family's recipe: SAM keep, LiteMedSAM from-single)")
     parser.add_argument("--lr-decay", type=float, default=defaults.lr_decay,
                         help="lr factor after every epoch (paper: 0.9)")
     parser.add_argument("--freeze", nargs="*", default=defaults.freeze, metavar="PREFIX",
@@ -123,8 +127,8 @@ def _train(args: argparse.Namespace) -> int:
                  (("n_steps", args.n_steps), ("p_box", args.p_box), ("p_mask", args.p_mask)) if value is not None}
     objective = get_preset(args.preset, n_obj=args.n_obj, **overrides)
     config = TrainConfig(objective=objective, lr=args.lr, encoder_lr=args.encoder_lr, batchnorm=args.batchnorm,
-                         lr_decay=args.lr_decay, epochs=args.epochs, iterations=args.iterations,
-                         batch_size=args.batch_size, freeze=args.freeze,
+                         multimask_heads=args.multimask_heads, lr_decay=args.lr_decay, epochs=args.epochs,
+                         iterations=args.iterations, batch_size=args.batch_size, freeze=args.freeze,
                          amp=args.amp, grad_checkpointing=args.grad_checkpointing,
                          fast_attention=args.fast_attention, out_dir=args.out,
                          save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,

@@ -29,9 +29,14 @@ RESUMABLE_CHANGES = ("epochs", "iterations", "save_every", "log_every", "num_wor
 #: with each batch's statistics, updating the running ones ("batch"), or with the running statistics
 #: the weights came with, kept fixed ("running", as in eval mode; their scale and shift still train).
 BATCHNORM_CHOICES = ("batch", "running")
+#: Where the mask decoder's three multimask heads (a lone point's outputs) start a new run: as the model
+#: has them ("keep"), or with the single-mask head's hypernetwork MLP copied into each ("from-single"):
+#: for a model trained with one output only (LiteMedSAM: boxes, multimask_output=False), whose multimask
+#: heads never learnt and give empty masks; their own mask tokens stay, so every other output starts unchanged.
+MULTIMASK_HEAD_CHOICES = ("keep", "from-single")
 #: The settings a model family chooses when a config leaves them None (its module's `TRAINING_DEFAULTS`),
 #: else these, the paper's: lr 1e-5 for every part (encoder_lr None: the same lr), nothing frozen.
-RECIPE_DEFAULTS = {"lr": 1e-5, "encoder_lr": None, "batchnorm": "batch", "freeze": ()}
+RECIPE_DEFAULTS = {"lr": 1e-5, "encoder_lr": None, "batchnorm": "batch", "freeze": (), "multimask_heads": "keep"}
 
 
 def _get_default_objective() -> ObjectiveConfig:
@@ -44,7 +49,7 @@ def _get_default_objective() -> ObjectiveConfig:
 class TrainConfig:
     """How to train (the objective is one field of it).
 
-    The fields of `RECIPE_DEFAULTS` (lr, encoder_lr, batchnorm, freeze) may be left None: `train` then
+    The fields of `RECIPE_DEFAULTS` (lr, encoder_lr, batchnorm, freeze, multimask_heads) may be left None: `train` then
     takes the model family's recipe (`with_recipe`; SAM: the paper's, LiteMedSAM: docs/training.md).
 
     Attributes:
@@ -60,6 +65,7 @@ class TrainConfig:
             both None: one epoch.
         batch_size: images per step and process.
         freeze: parameter-name prefixes kept fixed, e.g. ("prompt_encoder",).
+        multimask_heads: see `MULTIMASK_HEAD_CHOICES` (a resumed run continues from its saved weights).
         amp: "auto" (bf16 autocast where the device runs it natively, else fp32: the core's
             `medicosam.device.get_autocast_dtype` with training=True), "bf16" or "off".
         grad_checkpointing: recompute encoder blocks in the backward pass (less memory, ~30 % slower).
@@ -89,6 +95,7 @@ class TrainConfig:
     iterations: Optional[int] = None
     batch_size: int = 1
     freeze: Optional[Tuple[str, ...]] = None
+    multimask_heads: Optional[str] = None
     amp: str = "auto"
     grad_checkpointing: bool = False
     fast_attention: Optional[bool] = None
@@ -110,6 +117,8 @@ class TrainConfig:
             (self.encoder_lr is None or self.encoder_lr > 0, f"encoder_lr={self.encoder_lr}: must be > 0"),
             (self.batchnorm in (None,) + BATCHNORM_CHOICES,
              f"batchnorm={self.batchnorm!r}: use one of {BATCHNORM_CHOICES}"),
+            (self.multimask_heads in (None,) + MULTIMASK_HEAD_CHOICES,
+             f"multimask_heads={self.multimask_heads!r}: use one of {MULTIMASK_HEAD_CHOICES}"),
             (0 < self.lr_decay <= 1, f"lr_decay={self.lr_decay}: use a factor in (0, 1]"),
             (self.lr_decay_every >= 1, f"lr_decay_every={self.lr_decay_every}: use 1 or more epochs"),
             (self.epochs is None or self.epochs >= 1, f"epochs={self.epochs}: use 1 or more"),

