@@ -8,8 +8,9 @@
    ventricle, which no training here labels.
 3. A short finetune with Algorithm 1 (the `medicosam` preset) on axial ICBM152 slices, exported in
    LiteMedSAM's own layout and reloaded as any user would; step 2 again. The paper's finding in
-   miniature: a box-trained model is poor from a point and corrections do not help it; the MedicoSAM
-   objective teaches both. `--compare-presets` adds the MedSAM-objective control (box-only training).
+   miniature: a box-trained model is poor from a point and corrections make it worse; the MedicoSAM
+   objective fixes both (how far 30 iterations get, and longer runs: docs/training.md).
+   `--compare-presets` adds the MedSAM-objective control (box-only training).
 4. A held-out structure in 3D: one hemisphere's white matter in a slab of 20 axial slices that training
    never saw, from one box on the slab's central slice plus propagation, with both models; the same
    `VolumePredictor` path the Slicer effect and `medicosam segment` use.
@@ -310,11 +311,16 @@ def describe(summary: dict) -> str:
         f"Held-out 2D slices (ICBM152 coronal, BrainWeb T1/PD ventricle), mean Dice, "
         f"start -> after {N_CORRECTIONS} correction clicks:",
     ]
-    for label, row in (("  LiteMedSAM          ", base), (f"  + {summary['preset']:<17}", tuned)):
+    for label, row in (("  LiteMedSAM".ljust(22), base), (f"  + {summary['preset']}".ljust(22), tuned)):
         lines.append(f"{label} point {row['point it0']:.2f} -> {row[f'point it{N_CORRECTIONS}']:.2f}   "
                      f"box {row['box it0']:.2f} -> {row[f'box it{N_CORRECTIONS}']:.2f}")
-    lines.append("  (the paper's finding: a box-trained model is poor from a point and corrections do not help it;"
-                 " the MedicoSAM objective teaches both)")
+    last = f"it{N_CORRECTIONS}"
+    lines.append(f"  The finetune changed the point start by {tuned['point it0'] - base['point it0']:+.2f} and the box "
+                 f"start by {tuned['box it0'] - base['box it0']:+.2f}; {N_CORRECTIONS} corrections after a box changed "
+                 f"Dice by {base[f'box {last}'] - base['box it0']:+.2f} before it and "
+                 f"{tuned[f'box {last}'] - tuned['box it0']:+.2f} after it.")
+    lines.append("  (The paper: a box-trained model is poor from a point and corrections make it worse; the MedicoSAM "
+                 "objective fixes both. Longer runs: docs/training.md.)")
     for model, score in summary["dice_3d"].items():
         lines.append(f"3D, {model}: Dice {score['dice']:.2f} on the held-out white matter ({score['slices']} slices "
                      f"from one box).")
