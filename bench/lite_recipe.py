@@ -25,7 +25,8 @@ logits fed back. `litemedsam` is the model before training. Before training, the
 what BatchNorm on batch statistics does to LiteMedSAM at batch 1 (first decoder pass, same prompts).
 
 Everything goes to OUT (models, one CSV per variant and budget; run again to continue); the table prints
-as markdown with each run's training time (`-` where it resumed an earlier run's).
+as markdown with each run's training time (`-` where it resumed an earlier run's); OUT/summary_2d.md and
+OUT/interactive_2d_curves.png (Dice per correction, the paper's Fig. 3a) hold every variant measured.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,7 +55,7 @@ from medicosam_training.evaluation.interactive_2d import (
     Interactive2DConfig,
     evaluate_interactive_2d,
 )
-from medicosam_training.evaluation.reports import get_summary
+from medicosam_training.evaluation.reports import get_summary, write_report_2d
 from medicosam_training.evaluation.results import open_results
 from medicosam_training.objective import compute_objective, get_preset
 from medicosam_training.sample_data import get_aal_on_icbm152, get_itk_examples_dir, get_nilearn_icbm152
@@ -124,13 +125,15 @@ def main() -> None:
         write_training_data(data, get_brain_volumes(), n_phantoms=0, seed=0)
     held_out = get_held_out()
     report = {"bench": "lite_recipe", **get_environment(torch.device("cpu")), "steps": args.steps, "variants": {}}
+    rows: List[dict] = []
     for name in args.variants:
         loaded = load_sam("litemedsam", offline=True)
         dataset = FolderDataset2D(data / "images", data / "labels", image_size=get_input_transform(loaded.sam),
                                   n_obj=5, min_size=25, label_mode="semantic", seed=0)
         if name == "litemedsam":
             report["batchnorm_at_batch_1"] = check_batchnorm(loaded, dataset)
-            report["variants"][name] = measure(loaded, held_out, out, name, None)
+            report["variants"][name], found = measure(loaded, held_out, out, name, None)
+            rows += found
             continue
         recipe = dict(VARIANTS[name])
         preset = recipe.pop("preset", "medicosam")
@@ -144,15 +147,18 @@ def main() -> None:
             trained = None if resumed_other or trained is None else trained + result.seconds
             seconds = None if trained is None else round(trained, 1)
             key = name if len(args.steps) == 1 else f"{name}@{steps}"
-            report["variants"][key] = measure(loaded, held_out, out, key, seconds, VARIANTS[name])
+            report["variants"][key], found = measure(loaded, held_out, out, key, seconds, VARIANTS[name])
+            rows += found
+    write_report_2d(rows, out)
     print(get_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
-def measure(loaded, held_out: Dict[str, List[LabeledImage]], out: Path, name: str, seconds, recipe=None) -> dict:
-    """The paper's 2D protocol (point and box start, 7 corrections, logits fed back) on each held-out set;
-    rows go to OUT/NAME.csv (a run again reads them back)."""
+def measure(loaded, held_out: Dict[str, List[LabeledImage]], out: Path, name: str, seconds,
+            recipe=None) -> Tuple[dict, List[dict]]:
+    """The paper's 2D protocol (point and box start, 7 corrections, logits fed back) on each held-out set:
+    the report entry and the rows, which go to OUT/NAME.csv (a run again reads them back)."""
     protocol = Interactive2DConfig(n_corrections=7, use_mask_prompt=True, seed=0)
     started = time.time()
     results = open_results(out, name, {key: value for key, value in vars(protocol).items() if key != "batch_size"},
@@ -165,7 +171,7 @@ def measure(loaded, held_out: Dict[str, List[LabeledImage]], out: Path, name: st
              "dice": {f"{s['dataset']} {s['start']} it{s['iteration']}": round(float(s["mean"]), 3) for s in summary},
              "objects": {s["dataset"]: int(s["n"]) for s in summary}}
     print(json.dumps({name: entry}), flush=True)
-    return entry
+    return entry, list(results.rows)
 
 
 def get_table(report: dict) -> str:
